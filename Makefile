@@ -1,0 +1,41 @@
+# KVTier. `make run` and `make test` work on a fresh Debian 12 machine with Swift 6.
+SWIFT ?= swift
+MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+RUN_DIR ?= run
+
+.PHONY: all setup deps model build release test run bench clean
+
+all: build
+
+## setup: install missing Debian packages and fetch the model (idempotent)
+setup: deps model
+
+deps:
+	@deploy/scripts/install-deps.sh
+
+model:
+	@deploy/scripts/fetch-model.sh $(MODEL)
+
+## build: debug build of everything, tests included
+build: deps
+	$(SWIFT) build --build-tests
+
+## release: optimized build of the executables
+release: deps
+	$(SWIFT) build -c release
+
+## test: setup, build, and run every test (unit tests on tiny models, integration on the real one)
+test: setup build
+	$(SWIFT) test --skip-build --disable-swift-testing
+
+## run: setup, release build, start kvtierd in the foreground
+run: setup release
+	@mkdir -p $(RUN_DIR)
+	KVTIER_MODEL=$(MODEL) .build/release/kvtierd
+
+## bench: release build and the decoder benchmark
+bench: setup release
+	.build/release/kvtier-bench decoder --model $(MODEL)
+
+clean:
+	rm -rf .build

@@ -1,0 +1,55 @@
+// swift-tools-version:6.0
+// KVTier: a tiered KV-cache store for multi-turn LLM serving (CachedAttention).
+// Module map: docs/architecture.md.
+import PackageDescription
+
+let package = Package(
+    name: "KVTier",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "kvtierd", targets: ["kvtierd"]),
+        .executable(name: "kvtierctl", targets: ["kvtierctl"]),
+        .executable(name: "kvtier-bench", targets: ["kvtier-bench"]),
+        .library(name: "KVTierModel", targets: ["KVTierModel"]),
+        .library(name: "KVTierStore", targets: ["KVTierStore"]),
+        .library(name: "KVTierEngine", targets: ["KVTierEngine"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C libraries, through pkg-config (Debian: librocksdb-dev, liblz4-dev, libopenblas-dev).
+        .systemLibrary(name: "CRocksDB", pkgConfig: "rocksdb", providers: [.apt(["librocksdb-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        // Our own SIMD kernels (quantized dot products, conversions) with run-time CPU dispatch.
+        .target(
+            name: "CKVTierKernels",
+            cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]
+        ),
+        // Byte-level BPE tokenizer; knows nothing about GGUF.
+        .target(name: "KVTierTokenizer"),
+        // GGUF reader, chat template, transformer, sampler.
+        .target(name: "KVTierModel", dependencies: ["KVTierTokenizer", "CKVTierKernels", "COpenBLAS"]),
+        // Tiered KV store (HBM arena, DRAM, RocksDB disk).
+        .target(name: "KVTierStore", dependencies: ["KVTierModel", "CLZ4", "CRocksDB"]),
+        // Sessions, scheduler, generation on top of model and store.
+        .target(name: "KVTierEngine", dependencies: ["KVTierModel", "KVTierStore"]),
+        .executableTarget(
+            name: "kvtierd",
+            dependencies: ["KVTierEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "kvtierctl",
+            dependencies: ["KVTierEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "kvtier-bench",
+            dependencies: ["KVTierEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .testTarget(name: "KVTierTokenizerTests", dependencies: ["KVTierTokenizer", "KVTierModel"]),
+        .testTarget(name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine"], exclude: ["Golden", "Reference"]),
+        .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

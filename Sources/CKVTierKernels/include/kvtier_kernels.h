@@ -1,0 +1,94 @@
+// KVTier compute kernels: quantized dot products, dequantization, half-precision
+// conversion and attention helpers. Each entry point picks an AVX-512, AVX2 or portable
+// implementation at run time from what the CPU and the kernel's saved state allow.
+#ifndef KVTIER_KERNELS_H
+#define KVTIER_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// ggml tensor type ids understood by the kernels.
+enum {
+    KVT_TYPE_F32 = 0,
+    KVT_TYPE_F16 = 1,
+    KVT_TYPE_Q4_0 = 2,
+    KVT_TYPE_Q4_1 = 3,
+    KVT_TYPE_Q8_0 = 8,
+    KVT_TYPE_BF16 = 30,
+};
+
+/// Instruction-set levels, lowest first.
+enum {
+    KVT_CPU_PORTABLE = 0,
+    KVT_CPU_AVX2 = 1,    // AVX2 + FMA + F16C
+    KVT_CPU_AVX512 = 2,  // AVX512 F/BW/VL + VNNI
+};
+
+/// Activations quantized in blocks of 32: x[i] ~= d * qs[i]; s = d * sum(qs).
+typedef struct {
+    float d;
+    float s;
+    int8_t qs[32];
+} kvt_block_q8;
+
+/// The level the kernels use (detected once; lowered by kvt_set_cpu_level).
+int kvt_cpu_level(void);
+/// The best level this CPU and OS support.
+int kvt_cpu_level_detected(void);
+/// Caps the level (tests use it to compare paths); returns the level now in force.
+int kvt_set_cpu_level(int level);
+const char *kvt_cpu_level_name(int level);
+
+/// Quantizes n floats (n % 32 == 0) into n/32 blocks.
+void kvt_quantize_q8(const float *x, kvt_block_q8 *y, int n);
+
+/// Dot product of one weight row (n/32 blocks of `type`, quantized) with quantized activations.
+float kvt_dot_q(int type, const void *w, const kvt_block_q8 *x, int n);
+
+/// out[r - r0] = dot(row r of W, x) for r in [r0, r1). W has rows of rowBytes bytes, n elements each.
+/// Quantized types use the q8 activations `xq`; float types (F32/F16/BF16) use `xf`.
+void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                const kvt_block_q8 *xq, const float *xf, float *out);
+
+/// Dequantizes one row of n elements of `type` into dst.
+void kvt_dequantize_row(int type, const void *src, float *dst, int n);
+
+/// IEEE half <-> single, round to nearest even.
+void kvt_f32_to_f16(const float *src, uint16_t *dst, size_t n);
+void kvt_f16_to_f32(const uint16_t *src, float *dst, size_t n);
+
+/// y[i] = x[i] * w[i] / rms(x) for n elements, rms = sqrt(mean(x^2) + eps).
+void kvt_rmsnorm(const float *x, const float *w, float *y, int n, float eps);
+
+/// Rotates `nheads` heads of `headDim` (adjacent pairs, as ggml's NORM rope) in place, one row.
+/// cosv/sinv hold headDim/2 values for the row's position.
+void kvt_rope_row(float *x, int nheads, int headDim, const float *cosv, const float *sinv);
+
+/// Converts T cached pre-RoPE keys of one KV head from f16 to f32 and rotates each by its
+/// position: dst[t*headDim + ...] = rope(k[t], pos[t]). k rows are `ldk` halves apart.
+/// The rope tables hold headDim/2 cos and sin values per position.
+void kvt_rope_keys_f16(const uint16_t *k, size_t ldk, const int32_t *pos, int T, int headDim,
+                       const float *cosTable, const float *sinTable, float *dst);
+
+/// One query against T cached keys/values of one KV head (decode step).
+/// q: headDim floats, already rotated. keys pre-RoPE f16 (stride ldk), values f16 (stride ldv).
+/// scores: scratch of T floats. out: headDim floats.
+void kvt_attend_one(const float *q, const uint16_t *k, size_t ldk, const uint16_t *v, size_t ldv,
+                    const int32_t *pos, int T, int headDim, float scale,
+                    const float *cosTable, const float *sinTable, float *scores, float *out);
+
+/// Row-wise softmax of an n x T score matrix with causal masking: row j may see columns
+/// [0, firstVisible + j], the rest are set to 0. Scores are multiplied by `scale` first.
+void kvt_softmax_causal(float *s, int n, int T, int firstVisible, float scale);
+
+/// y = silu(g) * u, elementwise.
+void kvt_swiglu(const float *g, const float *u, float *y, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,277 @@
+// Run-time dispatch and the kernels that are plain loops (compiled once per
+// instruction-set level through an always-inline body).
+#include "kernels_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+// ---------------------------------------------------------------------------------------
+// CPU detection. The level is computed once; a race between two first callers is benign
+// (both compute the same value).
+
+static int detect_level(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return KVT_CPU_PORTABLE;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    if (!(fma && osxsave && avx && f16c)) return KVT_CPU_PORTABLE;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0x6) != 0x6) return KVT_CPU_PORTABLE;  // OS does not save YMM state
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return KVT_CPU_PORTABLE;
+    int avx2 = (b >> 5) & 1;
+    if (!avx2) return KVT_CPU_PORTABLE;
+    int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    if (f && bw && vl && vnni && (lo & 0xe6) == 0xe6) return KVT_CPU_AVX512;
+    return KVT_CPU_AVX2;
+#else
+    return KVT_CPU_PORTABLE;
+#endif
+}
+
+static int g_detected = -1;
+static int g_level = -1;
+
+int kvt_cpu_level_detected(void) {
+    int v = __atomic_load_n(&g_detected, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = detect_level();
+        __atomic_store_n(&g_detected, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+int kvt_cpu_level(void) {
+    int v = __atomic_load_n(&g_level, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = kvt_cpu_level_detected();
+        const char *env = getenv("KVTIER_SIMD");  // operator override: portable | avx2 | avx512
+        if (env) {
+            int want = strcmp(env, "portable") == 0 ? KVT_CPU_PORTABLE
+                     : strcmp(env, "avx2") == 0     ? KVT_CPU_AVX2
+                                                    : KVT_CPU_AVX512;
+            if (want < v) v = want;
+        }
+        __atomic_store_n(&g_level, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+int kvt_set_cpu_level(int level) {
+    int best = kvt_cpu_level_detected();
+    int v = level < best ? level : best;
+    if (v < 0) v = 0;
+    __atomic_store_n(&g_level, v, __ATOMIC_RELAXED);
+    return v;
+}
+
+const char *kvt_cpu_level_name(int level) {
+    switch (level) {
+    case KVT_CPU_AVX512: return "avx512-vnni";
+    case KVT_CPU_AVX2: return "avx2-fma-f16c";
+    default: return "portable";
+    }
+}
+
+#if defined(KVT_X86)
+#define LEVEL() kvt_cpu_level()
+#else
+#define LEVEL() KVT_CPU_PORTABLE
+#endif
+
+// ---------------------------------------------------------------------------------------
+// Dispatched entry points.
+
+void kvt_quantize_q8(const float *x, kvt_block_q8 *y, int n) {
+#if defined(KVT_X86)
+    if (LEVEL() >= KVT_CPU_AVX2) { kvt_quantize_q8_avx2(x, y, n); return; }
+#endif
+    kvt_quantize_q8_portable(x, y, n);
+}
+
+float kvt_dot_q(int type, const void *w, const kvt_block_q8 *x, int n) {
+#if defined(KVT_X86)
+    int l = LEVEL();
+    if (l >= KVT_CPU_AVX512) return kvt_dot_q_avx512(type, w, x, n);
+    if (l >= KVT_CPU_AVX2) return kvt_dot_q_avx2(type, w, x, n);
+#endif
+    return kvt_dot_q_portable(type, w, x, n);
+}
+
+static inline int is_quantized(int type) {
+    return type == KVT_TYPE_Q4_0 || type == KVT_TYPE_Q4_1 || type == KVT_TYPE_Q8_0;
+}
+
+void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                const kvt_block_q8 *xq, const float *xf, float *out) {
+    const uint8_t *base = (const uint8_t *)w;
+    int l = LEVEL();
+    if (is_quantized(type)) {
+        for (int r = r0; r < r1; r++) {
+            const void *row = base + (size_t)r * rowBytes;
+#if defined(KVT_X86)
+            if (l >= KVT_CPU_AVX512) { out[r - r0] = kvt_dot_q_avx512(type, row, xq, n); continue; }
+            if (l >= KVT_CPU_AVX2) { out[r - r0] = kvt_dot_q_avx2(type, row, xq, n); continue; }
+#endif
+            out[r - r0] = kvt_dot_q_portable(type, row, xq, n);
+        }
+    } else {
+        for (int r = r0; r < r1; r++) {
+            const void *row = base + (size_t)r * rowBytes;
+#if defined(KVT_X86)
+            if (l >= KVT_CPU_AVX2) { out[r - r0] = kvt_dot_f_avx2(type, row, xf, n); continue; }
+#endif
+            out[r - r0] = kvt_dot_f_portable(type, row, xf, n);
+        }
+    }
+}
+
+void kvt_dequantize_row(int type, const void *src, float *dst, int n) {
+#if defined(KVT_X86)
+    if (LEVEL() >= KVT_CPU_AVX2) { kvt_dequantize_row_avx2(type, src, dst, n); return; }
+#endif
+    kvt_dequantize_row_portable(type, src, dst, n);
+}
+
+void kvt_f16_to_f32(const uint16_t *src, float *dst, size_t n) {
+#if defined(KVT_X86)
+    if (LEVEL() >= KVT_CPU_AVX2) { kvt_f16_to_f32_avx2(src, dst, n); return; }
+#endif
+    kvt_f16_to_f32_portable(src, dst, n);
+}
+
+void kvt_f32_to_f16(const float *src, uint16_t *dst, size_t n) {
+#if defined(KVT_X86)
+    if (LEVEL() >= KVT_CPU_AVX2) { kvt_f32_to_f16_avx2(src, dst, n); return; }
+#endif
+    kvt_f32_to_f16_portable(src, dst, n);
+}
+
+// ---------------------------------------------------------------------------------------
+// Plain loops: one always-inline body, instantiated for AVX2 and for the baseline.
+
+#define BODY static inline __attribute__((always_inline))
+#if defined(KVT_X86)
+#define AVX2_ATTR __attribute__((target("avx2,fma,f16c")))
+#define INSTANTIATE(name, params, args)                          \
+    AVX2_ATTR static void name##_avx2 params { name##_body args; } \
+    static void name##_base params { name##_body args; }            \
+    void kvt_##name params {                                        \
+        if (LEVEL() >= KVT_CPU_AVX2) name##_avx2 args;              \
+        else name##_base args;                                      \
+    }
+#else
+#define INSTANTIATE(name, params, args) \
+    void kvt_##name params { name##_body args; }
+#endif
+
+BODY void rmsnorm_body(const float *x, const float *w, float *y, int n, float eps) {
+    float ss = 0.0f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
+}
+INSTANTIATE(rmsnorm, (const float *x, const float *w, float *y, int n, float eps), (x, w, y, n, eps))
+
+BODY void rope_row_body(float *x, int nheads, int headDim, const float *cosv, const float *sinv) {
+    int half = headDim / 2;
+    for (int h = 0; h < nheads; h++) {
+        float *v = x + h * headDim;
+        for (int i = 0; i < half; i++) {
+            float c = cosv[i], s = sinv[i];
+            float a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = a * c - b * s;
+            v[2 * i + 1] = a * s + b * c;
+        }
+    }
+}
+INSTANTIATE(rope_row, (float *x, int nheads, int headDim, const float *cosv, const float *sinv),
+            (x, nheads, headDim, cosv, sinv))
+
+BODY void rope_keys_f16_body(const uint16_t *k, size_t ldk, const int32_t *pos, int T, int headDim,
+                             const float *cosTable, const float *sinTable, float *dst) {
+    int half = headDim / 2;
+    for (int t = 0; t < T; t++) {
+        float *row = dst + (size_t)t * headDim;
+        kvt_f16_to_f32(k + (size_t)t * ldk, row, (size_t)headDim);
+        const float *c = cosTable + (size_t)pos[t] * half, *s = sinTable + (size_t)pos[t] * half;
+        for (int i = 0; i < half; i++) {
+            float a = row[2 * i], b = row[2 * i + 1];
+            row[2 * i] = a * c[i] - b * s[i];
+            row[2 * i + 1] = a * s[i] + b * c[i];
+        }
+    }
+}
+INSTANTIATE(rope_keys_f16,
+            (const uint16_t *k, size_t ldk, const int32_t *pos, int T, int headDim, const float *cosTable,
+             const float *sinTable, float *dst),
+            (k, ldk, pos, T, headDim, cosTable, sinTable, dst))
+
+BODY void softmax_causal_body(float *s, int n, int T, int firstVisible, float scale) {
+    for (int j = 0; j < n; j++) {
+        float *row = s + (size_t)j * T;
+        int visible = firstVisible + j + 1;
+        if (visible > T) visible = T;
+        if (visible < 1) visible = 1;
+        float mx = -INFINITY;
+        for (int t = 0; t < visible; t++) {
+            row[t] *= scale;
+            mx = row[t] > mx ? row[t] : mx;
+        }
+        float sum = 0.0f;
+        for (int t = 0; t < visible; t++) {
+            row[t] = expf(row[t] - mx);
+            sum += row[t];
+        }
+        float inv = 1.0f / sum;
+        for (int t = 0; t < visible; t++) row[t] *= inv;
+        for (int t = visible; t < T; t++) row[t] = 0.0f;
+    }
+}
+INSTANTIATE(softmax_causal, (float *s, int n, int T, int firstVisible, float scale), (s, n, T, firstVisible, scale))
+
+BODY void attend_one_body(const float *q, const uint16_t *k, size_t ldk, const uint16_t *v, size_t ldv,
+                          const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
+                          const float *sinTable, float *scores, float *out) {
+    int half = headDim / 2;
+    float row[256];
+    float mx = -INFINITY;
+    for (int t = 0; t < T; t++) {
+        kvt_f16_to_f32(k + (size_t)t * ldk, row, (size_t)headDim);
+        const float *c = cosTable + (size_t)pos[t] * half, *s = sinTable + (size_t)pos[t] * half;
+        // q . rope(k): per pair, c*(q0 k0 + q1 k1) + s*(q1 k0 - q0 k1)
+        float acc = 0.0f;
+        for (int i = 0; i < half; i++) {
+            float q0 = q[2 * i], q1 = q[2 * i + 1], k0 = row[2 * i], k1 = row[2 * i + 1];
+            acc += c[i] * (q0 * k0 + q1 * k1) + s[i] * (q1 * k0 - q0 * k1);
+        }
+        acc *= scale;
+        scores[t] = acc;
+        mx = acc > mx ? acc : mx;
+    }
+    float sum = 0.0f;
+    for (int t = 0; t < T; t++) {
+        scores[t] = expf(scores[t] - mx);
+        sum += scores[t];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < headDim; i++) out[i] = 0.0f;
+    for (int t = 0; t < T; t++) {
+        kvt_f16_to_f32(v + (size_t)t * ldv, row, (size_t)headDim);
+        float p = scores[t] * inv;
+        for (int i = 0; i < headDim; i++) out[i] += p * row[i];
+    }
+}
+INSTANTIATE(attend_one,
+            (const float *q, const uint16_t *k, size_t ldk, const uint16_t *v, size_t ldv, const int32_t *pos, int T,
+             int headDim, float scale, const float *cosTable, const float *sinTable, float *scores, float *out),
+            (q, k, ldk, v, ldv, pos, T, headDim, scale, cosTable, sinTable, scores, out))
+
+BODY void swiglu_body(const float *g, const float *u, float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+INSTANTIATE(swiglu, (const float *g, const float *u, float *y, size_t n), (g, u, y, n))

@@ -1,0 +1,75 @@
+/// Shape of the KV data for one model: per layer and token, `kvHeads * headDim` keys and as many values.
+public struct KVLayout: Sendable, Equatable, Hashable {
+    public var layers: Int
+    public var kvHeads: Int
+    public var headDim: Int
+
+    public init(layers: Int, kvHeads: Int, headDim: Int) {
+        self.layers = layers
+        self.kvHeads = kvHeads
+        self.headDim = headDim
+    }
+
+    /// Elements of keys (or of values) per token per layer.
+    public var rowWidth: Int { kvHeads * headDim }
+    /// Bytes of keys and values per token over all layers, stored as F16.
+    public var bytesPerToken: Int { 2 * layers * rowWidth * 2 }
+}
+
+/// Read-only view of one layer of a cache: `count` slots, keys pre-RoPE, F16, `rowWidth` halves per slot.
+public struct KVLayerView {
+    public let keys: UnsafePointer<UInt16>
+    public let values: UnsafePointer<UInt16>
+    /// The position of each slot; attention rotates slot t's key by `positions[t]`.
+    public let positions: UnsafePointer<Int32>
+    public let count: Int
+}
+
+/// The seam between the decoder and whoever owns KV memory (an in-memory cache for local
+/// use, the tiered store's HBM arena in the daemon).
+///
+/// Protocol of one forward pass over `n` new tokens:
+/// 1. `append(positions:)` reserves n slots at the end, with explicit positions;
+/// 2. per layer l, in order: `write(layer:start:...)` stores the new tokens' keys (before RoPE)
+///    and values; `waitUntilResident(layer:)` blocks until the older slots of layer l are
+///    readable (a layer-wise load may still be moving them); `withLayer` reads; `didFinish(layer:)`
+///    tells the owner that layer l of the new slots is final (it may start saving it).
+///
+/// A cache is used by one decoder at a time; implementations need not be thread-safe
+/// except where they say so.
+public protocol KVCache: AnyObject {
+    var layout: KVLayout { get }
+    /// Number of slots (tokens) held.
+    var count: Int { get }
+    /// Reserves `positions.count` slots after the last one; returns the index of the first.
+    func append(positions: [Int32]) throws(KVCacheError) -> Int
+    /// Stores keys (pre-RoPE) and values for slots [start, start + count) of `layer`.
+    /// `keys`/`values` are `count * rowWidth` floats, row-major by slot.
+    func write(layer: Int, start: Int, count: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>)
+    /// Blocks until all slots of `layer` before the ones being written are readable.
+    func waitUntilResident(layer: Int)
+    /// Calls `body` with a view of `layer`'s slots [0, count).
+    func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R
+    /// Layer `layer` of the slots appended by the current pass is complete.
+    func didFinish(layer: Int)
+}
+
+extension KVCache {
+    public func waitUntilResident(layer: Int) {}
+    public func didFinish(layer: Int) {}
+}
+
+/// Why a cache cannot take more tokens.
+public enum KVCacheError: Error, Equatable, Sendable, CustomStringConvertible {
+    case full(capacity: Int, requested: Int)
+    case badPosition(Int32)
+
+    public var description: String {
+        switch self {
+        case .full(let capacity, let requested):
+            return "KV cache is full: \(requested) slots requested, capacity \(capacity); start a new session or truncate"
+        case .badPosition(let p):
+            return "position \(p) is invalid (must be >= 0 and below the model's rope table)"
+        }
+    }
+}

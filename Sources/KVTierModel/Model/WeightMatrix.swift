@@ -1,0 +1,60 @@
+import CKVTierKernels
+
+/// A weight matrix inside the mapped GGUF: `rows` rows of `cols` elements of `type`.
+/// Row r holds the weights of output r (GGUF dims are [cols, rows]).
+public struct WeightMatrix: @unchecked Sendable {
+    // @unchecked: `base` points into the immutable model mapping, which the owning
+    // LlamaWeights keeps alive; nothing ever writes through it.
+    public let name: String
+    public let type: GGMLType
+    public let rows: Int
+    public let cols: Int
+    public let rowBytes: Int
+    let base: UnsafeRawPointer
+
+    init(file: GGUFFile, name: String, rows: Int, cols: Int) throws(GGUFError) {
+        guard let t = file.tensor(name) else { throw GGUFError.missingTensor(name) }
+        guard t.dims.count <= 2, t.rowLength == cols, t.rowCount == rows else {
+            throw GGUFError.badTensorShape(tensor: name, expected: [cols, rows], found: t.dims)
+        }
+        guard let base = file.data(of: t).baseAddress else { throw GGUFError.missingTensor(name) }
+        self.name = name
+        self.type = t.type
+        self.rows = rows
+        self.cols = cols
+        self.rowBytes = t.rowBytes
+        self.base = base
+    }
+
+    var isQuantized: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 }
+
+    func row(_ r: Int) -> UnsafeRawPointer { base + r * rowBytes }
+
+    /// Dequantizes rows [r0, r1) into `dst` (row-major, `cols` floats per row).
+    func dequantize(rows r0: Int, _ r1: Int, into dst: UnsafeMutablePointer<Float>) {
+        for r in r0..<r1 {
+            kvt_dequantize_row(Int32(type.rawValue), row(r), dst + (r - r0) * cols, Int32(cols))
+        }
+    }
+}
+
+/// A 1-D F32 weight (norms). Copied out of the mapping.
+struct NormWeight: Sendable {
+    let values: [Float]
+
+    init(file: GGUFFile, name: String, count: Int) throws(GGUFError) {
+        guard let t = file.tensor(name) else { throw GGUFError.missingTensor(name) }
+        guard t.elementCount == count else { throw GGUFError.badTensorShape(tensor: name, expected: [count], found: t.dims) }
+        var v = [Float](repeating: 0, count: count)
+        let data = file.data(of: t)
+        v.withUnsafeMutableBufferPointer { out in
+            if let src = data.baseAddress, let dst = out.baseAddress {
+                kvt_dequantize_row(Int32(t.type.rawValue), src, dst, Int32(count))
+            }
+        }
+        guard t.type == .f32 || t.type == .f16 || t.type == .bf16 else {
+            throw GGUFError.unsupportedTensorType(tensor: name, type: t.type.rawValue)
+        }
+        self.values = v
+    }
+}

@@ -1,0 +1,56 @@
+/// The kind of a vocabulary entry, as stored in a model's token-type table.
+///
+/// The raw values are the ones used by GGUF files (`tokenizer.ggml.token_type`).
+public enum TokenType: Int32, Sendable, CaseIterable {
+    /// Type not given; such tokens are never produced as text.
+    case undefined = 0
+    /// An ordinary byte-level BPE token.
+    case normal = 1
+    /// The unknown-token marker.
+    case unknown = 2
+    /// A control token such as `<|im_start|>`; hidden when decoding unless asked for.
+    case control = 3
+    /// A token added by the user; always matched whole in input text and always rendered.
+    case userDefined = 4
+    /// A placeholder that is never produced.
+    case unused = 5
+    /// A raw byte written as `<0xXX>`.
+    case byte = 6
+}
+
+/// Per-token attributes the tokenizer works with once the vocabulary is loaded.
+///
+/// These start from the declared `TokenType` and are then adjusted by the
+/// end-of-generation and special-token detection rules.
+struct TokenAttributes: OptionSet, Sendable, Hashable {
+    let rawValue: UInt8
+
+    static let unknown = TokenAttributes(rawValue: 1 << 0)
+    static let unused = TokenAttributes(rawValue: 1 << 1)
+    static let normal = TokenAttributes(rawValue: 1 << 2)
+    static let control = TokenAttributes(rawValue: 1 << 3)
+    static let userDefined = TokenAttributes(rawValue: 1 << 4)
+    static let byte = TokenAttributes(rawValue: 1 << 5)
+
+    /// Tokens that are hidden when decoding unless special rendering is requested.
+    static let hiddenUnlessRendered: TokenAttributes = [.unknown, .control]
+    /// Tokens that are cut out of input text before pre-tokenization.
+    static let matchedWhole: TokenAttributes = [.control, .userDefined, .unknown]
+
+    /// The attributes that correspond to a declared token type; unrecognised values give none.
+    init(declaredType raw: Int32) {
+        switch TokenType(rawValue: raw) {
+        case .normal: self = .normal
+        case .unknown: self = .unknown
+        case .control: self = .control
+        case .userDefined: self = .userDefined
+        case .unused: self = .unused
+        case .byte: self = .byte
+        case .undefined, .none: self = []
+        }
+    }
+
+    init(rawValue: UInt8) {
+        self.rawValue = rawValue
+    }
+}

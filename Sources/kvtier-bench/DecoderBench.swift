@@ -1,0 +1,89 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import KVTierModel
+
+/// Prefill and decode throughput of the in-process decoder, in the shape of llama-bench's
+/// pp/tg tests: prefill of N prompt tokens into an empty cache; decode of N tokens one at a time.
+struct DecoderBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "decoder", abstract: "Prefill and decode tokens/s.")
+
+    @Option(name: .long, help: "GGUF model file (default: $KVTIER_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf).")
+    var model: String?
+    @Option(help: "Threads.") var threads = 2
+    @Option(help: "Prompt lengths to prefill (comma-separated).") var prefill = "128,512,2048"
+    @Option(help: "Tokens to decode.") var decode = 128
+    @Option(help: "Repetitions; the median is reported.") var repetitions = 3
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        let path = ModelLocator.resolve(flag: model)
+        let m: LlamaModel
+        do { m = try LlamaModel(path: path) } catch { throw ValidationError("\(error)") }
+        let lengths = prefill.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        let transformer = m.makeTransformer(threads: threads)
+        var rng = SplitMix64(seed: 1234)
+        func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(m.config.vocabularySize)) } }
+
+        struct Row: Encodable { let test: String; let tokens: Int; let tokens_per_second: Double; let runs: [Double] }
+        var rows: [Row] = []
+        // Warm-up: touches the weights once.
+        let warm = InMemoryKVCache(layout: m.kvLayout, capacity: 64)
+        try transformer.forward(tokens: randomTokens(32), positions: (0..<32).map { Int32($0) }, cache: warm, logits: .last)
+
+        for n in lengths {
+            var rates: [Double] = []
+            for _ in 0..<repetitions {
+                let cache = InMemoryKVCache(layout: m.kvLayout, capacity: n)
+                let toks = randomTokens(n)
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                try transformer.forward(tokens: toks, positions: (0..<n).map { Int32($0) }, cache: cache, logits: .last)
+                let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                rates.append(Double(n) / dt)
+            }
+            rows.append(Row(test: "pp\(n)", tokens: n, tokens_per_second: median(rates), runs: rates))
+        }
+        if decode > 0 {
+            var rates: [Double] = []
+            for _ in 0..<repetitions {
+                let cache = InMemoryKVCache(layout: m.kvLayout, capacity: decode + 1)
+                var token = randomTokens(1)[0]
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                for i in 0..<decode {
+                    try transformer.forward(tokens: [token], positions: [Int32(i)], cache: cache, logits: .last) { _, logits in
+                        token = Sampler.argmax(logits)
+                    }
+                }
+                let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                rates.append(Double(decode) / dt)
+            }
+            rows.append(Row(test: "tg\(decode)", tokens: decode, tokens_per_second: median(rates), runs: rates))
+        }
+        let peak = ProcessStats.peakResidentBytes()
+        if json {
+            struct Out: Encodable {
+                let benchmark: String; let model: String; let threads: Int; let simd: String; let repetitions: Int
+                let results: [Row]; let peak_rss_bytes: Int
+            }
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            let out = Out(
+                benchmark: "decoder", model: path, threads: threads, simd: LlamaModel.simdLevel, repetitions: repetitions,
+                results: rows, peak_rss_bytes: peak)
+            print(String(decoding: try enc.encode(out), as: UTF8.self))
+        } else {
+            print("| test | t/s (median of \(repetitions)) | runs |")
+            print("|---|---:|---|")
+            for r in rows {
+                print("| \(r.test) | \(String(format: "%.1f", r.tokens_per_second)) | \(r.runs.map { String(format: "%.1f", $0) }.joined(separator: ", ")) |")
+            }
+            print("threads \(threads), simd \(LlamaModel.simdLevel), peak RSS \(peak / 1_000_000) MB")
+        }
+    }
+}
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    guard !s.isEmpty else { return 0 }
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct KVTierBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kvtier-bench",
+        abstract: "KVTier benchmarks; each subcommand prints a table, or one JSON object with --json.",
+        subcommands: [DecoderBench.self]
+    )
+}

@@ -1,0 +1,25 @@
+import ArgumentParser
+
+@main
+struct KVTierCtl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kvtierctl",
+        abstract: "Inspect and drive KVTier: the local model today, the daemon's tiers later.",
+        subcommands: [ModelCommand.self, ChatCommand.self]
+    )
+}
+
+/// Options every command that loads the model shares.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: "GGUF model file (default: $KVTIER_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf).")
+    var model: String?
+
+    @Option(name: .long, help: "Compute threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, !(1...256).contains(threads) {
+            throw ValidationError("--threads must be between 1 and 256.")
+        }
+    }
+}

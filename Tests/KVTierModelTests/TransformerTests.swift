@@ -1,0 +1,114 @@
+import XCTest
+
+@testable import KVTierModel
+
+/// The decoder against the naive Double reference on tiny random models.
+final class TransformerTests: XCTestCase {
+    private func maxDiff(_ a: UnsafeBufferPointer<Float>, _ b: [Double]) -> Double {
+        zip(a, b).map { abs(Double($0) - $1) }.max() ?? .infinity
+    }
+
+    /// `tolerance` bounds the sgemm (float activation) path. The token-by-token path rounds
+    /// activations to q8 before quantized matrices; in a random model a rounding step that lands
+    /// differently from the reference's is amplified, so it gets `decodeTolerance` (the kernels'
+    /// exactness given q8 inputs is tested in KernelTests).
+    private func check(_ tiny: TinyModel, tokens: [Int32], tolerance: Double, decodeTolerance: Double, file: StaticString = #filePath, line: UInt = #line) throws {
+        let model = try LlamaModel(path: tiny.write())
+        let ref = ReferenceLlama(tiny).logits(tokens: tokens, positions: Array(tokens.indices))
+        let refQ8 = ReferenceLlama(tiny).logits(tokens: tokens, positions: Array(tokens.indices), quantizeActivations: true)
+        for threads in [1, 2] {
+            // One batch (sgemm path) and token by token (q8 matrix-vector path).
+            let t = model.makeTransformer(threads: threads)
+            let cache = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
+            var worst = 0.0
+            try t.forward(tokens: tokens, positions: tokens.indices.map { Int32($0) }, cache: cache, logits: .all) { i, l in
+                worst = max(worst, maxDiff(l, ref[i]))
+            }
+            XCTAssertLessThan(worst, tolerance, "batch, \(threads) threads", file: file, line: line)
+            let c2 = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
+            worst = 0
+            for (i, tok) in tokens.enumerated() {
+                try t.forward(tokens: [tok], positions: [Int32(i)], cache: c2, logits: .last) { _, l in
+                    worst = max(worst, maxDiff(l, refQ8[i]))
+                }
+            }
+            XCTAssertLessThan(worst, decodeTolerance, "token by token, \(threads) threads", file: file, line: line)
+        }
+    }
+
+    private let tokens: [Int32] = [1, 75, 104, 259, 40, 110, 260, 261, 2, 1, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140]
+
+    func testQuantizedTinyModelMatchesReference() throws {
+        try check(TinyModel(), tokens: tokens, tolerance: 0.02, decodeTolerance: 0.5)
+    }
+
+    func testFloatWeightsMatchReference() throws {
+        var tiny = TinyModel(seed: 11)
+        tiny.matrixType = 0
+        tiny.embeddingType = 1
+        try check(tiny, tokens: tokens, tolerance: 0.02, decodeTolerance: 0.02)
+    }
+
+    func testQ4_0WeightsMatchReference() throws {
+        var tiny = TinyModel(seed: 12)
+        tiny.matrixType = 2
+        try check(tiny, tokens: tokens, tolerance: 0.02, decodeTolerance: 0.5)
+    }
+
+    /// Keys are cached before RoPE: shifting every position by the same amount leaves attention
+    /// unchanged (RoPE is relative), and re-positioning a cache gives the logits of recomputation.
+    func testPositionsAreExplicitAndRelative() throws {
+        let tiny = TinyModel()
+        let model = try LlamaModel(path: tiny.write())
+        let t = model.makeTransformer(threads: 2)
+        func lastLogits(_ positions: [Int32]) throws -> [Float] {
+            let c = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
+            var out: [Float] = []
+            try t.forward(tokens: tokens, positions: positions, cache: c, logits: .last) { _, l in out = Array(l) }
+            return out
+        }
+        let base = try lastLogits(tokens.indices.map { Int32($0) })
+        let shifted = try lastLogits(tokens.indices.map { Int32($0 + 37) })
+        for (a, b) in zip(base, shifted) { XCTAssertEqual(a, b, accuracy: 2e-3) }
+        // A different spacing changes the result: positions are really used.
+        let spread = try lastLogits(tokens.indices.map { Int32($0 * 3) })
+        XCTAssertGreaterThan(zip(base, spread).map { abs($0 - $1) }.max() ?? 0, 1e-2)
+    }
+
+    func testContinuingFromACacheEqualsOneBatch() throws {
+        // Same kernels either way (all sgemm, or all matrix-vector): splitting must not matter.
+        for threshold in [1, 1000] {
+            try continuing(threshold: threshold)
+        }
+    }
+
+    private func continuing(threshold: Int) throws {
+        let model = try LlamaModel(path: TinyModel().write())
+        let t = model.makeTransformer(threads: 2)
+        t.gemmThreshold = threshold
+        let whole = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
+        var expected: [Float] = []
+        try t.forward(tokens: tokens, positions: tokens.indices.map { Int32($0) }, cache: whole, logits: .last) { _, l in expected = Array(l) }
+        let split = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
+        try t.forward(tokens: Array(tokens[..<7]), positions: (0..<7).map { Int32($0) }, cache: split, logits: .none)
+        try t.forward(tokens: Array(tokens[7..<9]), positions: [7, 8], cache: split, logits: .none)
+        var got: [Float] = []
+        try t.forward(tokens: Array(tokens[9...]), positions: (9..<tokens.count).map { Int32($0) }, cache: split, logits: .last) { _, l in got = Array(l) }
+        XCTAssertEqual(split.count, tokens.count)
+        for (a, b) in zip(expected, got) { XCTAssertEqual(a, b, accuracy: 2e-3, "threshold \(threshold)") }
+    }
+
+    func testBadInputIsAnErrorNotACrash() throws {
+        let model = try LlamaModel(path: TinyModel().write())
+        let t = model.makeTransformer(threads: 1)
+        let c = InMemoryKVCache(layout: model.kvLayout, capacity: 4)
+        XCTAssertThrowsError(try t.forward(tokens: [99999], positions: [0], cache: c, logits: .last))
+        XCTAssertThrowsError(try t.forward(tokens: [1], positions: [-1], cache: c, logits: .last))
+        XCTAssertThrowsError(try t.forward(tokens: [1, 2], positions: [0], cache: c, logits: .last))
+        XCTAssertThrowsError(try t.forward(tokens: [1, 2, 3, 4, 5], positions: [0, 1, 2, 3, 4], cache: c, logits: .last)) {
+            XCTAssertEqual($0 as? DecoderError, .cache(.full(capacity: 4, requested: 5)))
+        }
+        let wrong = InMemoryKVCache(layout: KVLayout(layers: 1, kvHeads: 1, headDim: 8), capacity: 4)
+        XCTAssertThrowsError(try t.forward(tokens: [1], positions: [0], cache: wrong, logits: .last))
+    }
+}
