@@ -352,7 +352,7 @@ public final class BPETokenizer: Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Converts token ids back to text the way llama.cpp's detokenizer does: optionally
+    /// Converts token ids back to text for display, with clean-up: optionally
     /// dropping a leading BOS / trailing EOS that `encode` would add, and, for the `gpt2`,
     /// `llama-bpe` and `default` pre-tokenizers, removing the space before `?!.,`, around a
     /// lone `'`, and before `'s`, `'m`, `'re`, `'ve`.

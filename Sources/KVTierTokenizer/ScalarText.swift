@@ -10,8 +10,8 @@ struct ScalarText {
 
     init() {}
 
-    /// Decodes `bytes[range]`, replacing the previous content. Malformed input gives U+FFFD
-    /// for each bad byte (Swift strings are always well formed, so that only happens for raw bytes).
+    /// Decodes `bytes[range]`. Malformed input gives U+FFFD for each bad byte (Swift strings
+    /// are always well formed, so that only happens for raw bytes).
     init(_ bytes: UnsafeBufferPointer<UInt8>, range: Range<Int>) {
         load(bytes, range: range)
     }
@@ -24,6 +24,7 @@ struct ScalarText {
         }
     }
 
+    /// Number of scalars.
     var count: Int { values.count }
 
     /// Replaces the content with the scalars of `bytes[range]`.

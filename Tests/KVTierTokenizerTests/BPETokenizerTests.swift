@@ -27,7 +27,7 @@ final class BPETokenizerTests: XCTestCase {
         XCTAssertEqual(tokenizer.encode("hello"), [259])
         XCTAssertEqual(tokenizer.encode("hello hello"), [259, 260])
         XCTAssertEqual(tokenizer.encode("hell"), [257, 256])
-        XCTAssertEqual(tokenizer.encode("Hello"), [72, 101, 256, 111])
+        XCTAssertEqual(tokenizer.encode("Hello"), [72, 101, 258])
     }
 
     func testLowerRankMergesFirst() throws {
@@ -99,7 +99,7 @@ final class BPETokenizerTests: XCTestCase {
         let smollm = try TestVocabulary.make(pre: "smollm", extra: extra, merges: ["1 2", "Ġ 1"])
         XCTAssertEqual(smollm.encode(" 12"), [32, 49, 50])
         let gpt2 = try TestVocabulary.make(pre: "gpt2", extra: extra, merges: ["1 2", "Ġ 1"])
-        XCTAssertEqual(gpt2.encode(" 12"), [257, 50])
+        XCTAssertEqual(gpt2.encode(" 12"), [32, 256])
     }
 
     func testBOSAndEOS() throws {
@@ -125,13 +125,13 @@ final class BPETokenizerTests: XCTestCase {
         ]
         for sample in samples {
             let ids = tokenizer.encode(sample, addSpecial: false)
-            XCTAssertEqual(tokenizer.decode(ids), sample)
+            XCTAssertEqual(Array(tokenizer.decode(ids).utf8), Array(sample.utf8), sample)
         }
         var generator = SplitMix64(seed: 7)
         let alphabet = Array("ab ,.'1\n\tÅé日🦙\u{301}")
         for _ in 0..<200 {
             let sample = String((0..<Int(generator.next() % 40)).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
-            XCTAssertEqual(tokenizer.decode(tokenizer.encode(sample)), sample)
+            XCTAssertEqual(Array(tokenizer.decode(tokenizer.encode(sample)).utf8), Array(sample.utf8))
         }
     }
 
@@ -158,6 +158,22 @@ final class BPETokenizerTests: XCTestCase {
         XCTAssertEqual(tokenizer.tokenType(257), .control)
         XCTAssertNil(tokenizer.tokenText(258))
         XCTAssertEqual(tokenizer.preTokenize("a  b"), ["a", " ", " b"])
+    }
+
+    func testPiecesByTokenType() throws {
+        // "<0x41>" = 256 (byte), "zz" = 257 (unused), "yy" = 258 (undefined), "Ġé" = 259 (normal).
+        var tokens = TestVocabulary.byteTokens
+        tokens += ["<0x41>", "zz", "yy", "Ġé"]
+        let types = [Int32](repeating: 1, count: 256) + [6, 5, 0, 1]
+        let tokenizer = try BPETokenizer(spec: TokenizerSpec(tokens: tokens, tokenTypes: types, merges: []))
+        XCTAssertEqual(tokenizer.pieceBytes(256), [0x41])
+        XCTAssertEqual(tokenizer.pieceBytes(257), [])
+        XCTAssertEqual(tokenizer.pieceBytes(258), [])
+        XCTAssertEqual(tokenizer.pieceBytes(259), [0x20, 0xE9], "byte-level text decodes to raw bytes")
+        XCTAssertEqual(tokenizer.tokenType(256), .byte)
+        XCTAssertEqual(tokenizer.tokenType(258), .undefined)
+        XCTAssertEqual(tokenizer.pieceBytes(-1), [])
+        XCTAssertEqual(tokenizer.pieceBytes(260), [])
     }
 
     func testEmptyTokenTextIsReplaced() throws {

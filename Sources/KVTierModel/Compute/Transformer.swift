@@ -27,13 +27,15 @@ public final class Transformer {
     private let weightScratch = FloatBuffer(), logitsBuffer = FloatBuffer()
     private let q8 = Q8Buffer()
     private let workers: [AttentionScratch]
+    private let pool: WorkerPool
 
     public init(config: LlamaConfig, weights: LlamaWeights, threads: Int) {
         self.config = config
         self.weights = weights
-        self.threads = max(1, threads)
+        self.pool = WorkerPool(threads: max(1, threads))
+        self.threads = pool.threads
         self.rope = RopeTable(capacity: min(config.contextLength, 4096), headDim: config.headDim, base: config.ropeFreqBase)
-        self.workers = (0..<max(1, threads)).map { _ in AttentionScratch() }
+        self.workers = (0..<pool.threads).map { _ in AttentionScratch() }
         openblas_set_num_threads(1)  // we split work across our own workers
     }
 
@@ -185,12 +187,10 @@ public final class Transformer {
             // Large matrices (the vocabulary projection) go through in slices of rows.
             let sliceRows = max(workers, min(w.rows, (1 << 22) / w.cols))
             let scratch = weightScratch.reserve(sliceRows * w.cols)
-            let ctx = UncheckedBox((x, y, scratch))
             var s0 = 0
             while s0 < w.rows {
                 let s1 = min(s0 + sliceRows, w.rows)
-                Parallel.run(workers) { t in
-                    let (x, y, scratch) = ctx.value
+                pool.run(workers) { t in
                     let (a, b) = Parallel.share(s1 - s0, t, workers)
                     guard b > a else { return }
                     let dst = scratch + a * w.cols
@@ -211,9 +211,7 @@ public final class Transformer {
                 kvt_quantize_q8(x + i * w.cols, (xq + i * blocks * Q8Buffer.blockBytes).assumingMemoryBound(to: kvt_block_q8.self), Int32(w.cols))
             }
         }
-        let ctx = UncheckedBox((x, y, xq))
-        Parallel.run(workers) { t in
-            let (x, y, xq) = ctx.value
+        pool.run(workers) { t in
             let (r0, r1) = Parallel.share(w.rows, t, workers)
             guard r1 > r0 else { return }
             for i in 0..<n {
@@ -236,13 +234,11 @@ public final class Transformer {
         let scale = 1 / Float(d).squareRoot()
         let total = slot0 + n
         let workers = min(threads, heads)
-        let ctx = UncheckedBox((view, q, out, self.workers))
+        let scratch = self.workers
         rope.cos.withUnsafeBufferPointer { cs in
             rope.sin.withUnsafeBufferPointer { sn in
-                let tables = UncheckedBox((cs.baseAddress!, sn.baseAddress!))
-                Parallel.run(workers) { t in
-                    let (view, q, out, scratch) = ctx.value
-                    let (cosT, sinT) = tables.value
+                let cosT = cs.baseAddress!, sinT = sn.baseAddress!
+                pool.run(workers) { t in
                     let (h0, h1) = Parallel.share(heads, t, workers)
                     let s = scratch[t]
                     if n < self.gemmThreshold {

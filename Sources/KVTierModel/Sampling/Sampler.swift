@@ -56,14 +56,18 @@ public struct Sampler: Sendable {
     }
 
     /// Index of the largest logit (the first one on ties).
-    public static func argmax<C: Collection>(_ l: C) -> Int32 where C.Element == Float, C.Index == Int {
-        var best = l.startIndex
+    public static func argmax(_ l: UnsafeBufferPointer<Float>) -> Int32 {
+        var best = 0
         var bestValue = -Float.infinity
-        for i in l.indices where l[i] > bestValue {
+        for i in 0..<l.count where l[i] > bestValue {
             bestValue = l[i]
             best = i
         }
         return Int32(best)
+    }
+
+    public static func argmax(_ l: [Float]) -> Int32 {
+        l.withUnsafeBufferPointer { argmax($0) }
     }
 }
 

@@ -1,0 +1,51 @@
+import XCTest
+
+@testable import KVTierModel
+
+/// The decoder on the real SmolLM2 model against an independent float64 numpy reference
+/// (Reference/reference_forward.py; golden data in Golden/reference-logits.json) over 2,000
+/// teacher-forced positions of ShareGPT text.
+final class RealModelLogitsTests: XCTestCase {
+    struct ReferenceLogits: Decodable {
+        let ids: [Int32]
+        let top1: [Int32]
+        let mean_next_token_nll: Double
+        struct Samples: Decodable {
+            let positions: [Int]
+            let logits: [[Double]]
+        }
+        let logits_samples: Samples
+    }
+
+    func testTeacherForcedLogitsMatchTheFloatReference() throws {
+        let model = try RealModel.load()
+        let ref = try RealModel.golden("reference-logits.json", as: ReferenceLogits.self)
+        let n = ref.ids.count
+        XCTAssertEqual(n, 2000)
+        let t = model.makeTransformer(threads: 2)
+        let cache = InMemoryKVCache(layout: model.kvLayout, capacity: n)
+        var agree = 0
+        var nll = 0.0
+        var maxDiff = 0.0
+        let samples = Dictionary(uniqueKeysWithValues: zip(ref.logits_samples.positions, ref.logits_samples.logits))
+        try t.forward(tokens: ref.ids, positions: (0..<n).map { Int32($0) }, cache: cache, logits: .all) { i, logits in
+            if Sampler.argmax(logits) == ref.top1[i] { agree += 1 }
+            if i + 1 < n {
+                var m = -Double.infinity
+                for v in logits { m = max(m, Double(v)) }
+                var s = 0.0
+                for v in logits { s += exp(Double(v) - m) }
+                nll += -(Double(logits[Int(ref.ids[i + 1])]) - m - log(s))
+            }
+            if let expected = samples[i] {
+                for (a, b) in zip(logits, expected) { maxDiff = max(maxDiff, abs(Double(a) - b)) }
+            }
+        }
+        let agreement = Double(agree) / Double(n)
+        let meanNLL = nll / Double(n - 1)
+        print("teacher forcing: top-1 agreement \(agree)/\(n) = \(agreement); max |logit diff| at sampled positions \(maxDiff); mean NLL \(meanNLL) vs reference \(ref.mean_next_token_nll)")
+        XCTAssertGreaterThanOrEqual(agreement, 0.99)
+        XCTAssertLessThan(maxDiff, 0.5, "logits drift from the float reference")
+        XCTAssertEqual(meanNLL, ref.mean_next_token_nll, accuracy: 0.01)
+    }
+}
