@@ -5,7 +5,7 @@ struct KVTierCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierctl",
         abstract: "Inspect and drive KVTier: the local model today, the daemon's tiers later.",
-        subcommands: [ModelCommand.self, ChatCommand.self]
+        subcommands: [ModelCommand.self, ChatCommand.self, DebugCommand.self]
     )
 }
 

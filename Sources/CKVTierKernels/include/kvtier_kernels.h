@@ -90,6 +90,9 @@ void kvt_softmax_causal(float *s, int n, int T, int firstVisible, float scale);
 /// y = silu(g) * u, elementwise.
 void kvt_swiglu(const float *g, const float *u, float *y, size_t n);
 
+/// CRC-32C (Castagnoli) of n bytes; SSE4.2 when available.
+uint32_t kvt_crc32c(const void *data, size_t n);
+
 #ifdef __cplusplus
 }
 #endif

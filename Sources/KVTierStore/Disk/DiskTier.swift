@@ -1,0 +1,418 @@
+import Dispatch
+import Foundation
+
+/// The disk tier: KV blocks in RocksDB in a state directory, LZ4-compressed (after a byte-shuffle)
+/// by us, with RocksDB's own compression off, and a capacity limit on the stored bytes.
+///
+/// **Threads.** The private serial queue "kvtier.disk" owns the database handle and all mutable
+/// state (the in-memory index, byte accounting, counters); nothing touches them off that queue.
+/// The synchronous methods hop onto it with `queue.sync` (or run inline when called from the
+/// queue itself, e.g. from a completion handler, so that re-entrant calls do not deadlock);
+/// `putAsync` and `getAsync` run there and call back there. Compression (in `put`) and
+/// decompression plus checksum verification (in `get`) run on the caller's thread, outside the
+/// queue, so several callers can encode and decode in parallel while the queue does only I/O and
+/// bookkeeping.
+///
+/// **Index.** The index (key → stored and raw size) is rebuilt at open by iterating the database's
+/// own index records, which are written and deleted in the same atomic write batch as the block
+/// records (see `DiskRecordFormat`), so the two cannot disagree, and the start-up scan reads a few
+/// bytes per block instead of every value.
+///
+/// **Capacity.** `capacityBytes` limits the stored bytes (header + LZ4 data of every block). A put
+/// that would exceed it throws `.full`; choosing victims is the store's policy, which then calls
+/// `delete`. The tier drops data on its own only when a block is found corrupt.
+///
+/// **Durability.** The write-ahead log is always on, and RocksDB recovers it to the last intact
+/// record (point-in-time recovery). A put returns after its records are in the WAL:
+/// * `sync: true` fsyncs the WAL before returning: the block survives a process kill and a power
+///   loss (or kernel crash).
+/// * `sync: false` leaves the WAL write in the OS page cache: the block survives a process kill
+///   (`kill -9`, crash of kvtierd), but a power loss may lose the puts since the last sync. What
+///   is recovered is always a consistent prefix of the writes, and a torn tail is discarded, never
+///   returned.
+/// * `flush()` fsyncs the WAL, making every earlier put power-loss safe.
+///
+/// The store acknowledges "saved to disk" with `sync: false` plus a periodic `flush()` (group
+/// commit): the requirement, that everything acknowledged survives a process kill, holds
+/// for unsynced WAL writes, while one fsync per block would add the device's flush latency to
+/// every save (see `docs/operations.md`, "Disk tier durability", for measured costs). For a cache
+/// the price of power loss is a bounded window of blocks that are recomputed.
+public final class DiskTier: @unchecked Sendable {
+    /// The state directory.
+    public let directory: String
+    /// Limit on stored (compressed) bytes.
+    public let capacityBytes: Int
+    /// Whether new blocks are byte-shuffled before LZ4 (every block records its own setting).
+    public let shuffle: Bool
+
+    /// Owns `database`, `index`, `sessionBlocks`, `counters` and `nextGeneration`.
+    private let queue = DispatchQueue(label: "kvtier.disk")
+    private let queueKey = DispatchSpecificKey<UInt8>()
+
+    // State below: only on `queue` (or in `init`, before `self` is shared).
+    private var database: RocksDatabase?
+    private var index: [BlockKey: Entry] = [:]
+    private var sessionBlocks: [SessionRef: Set<BlockKey>] = [:]
+    private var counters: DiskTierStats
+    private var nextGeneration: UInt64 = 0
+
+    /// One indexed block: its sizes and a generation number that changes on every put, so that a
+    /// block read, found corrupt off the queue, is deleted only if it was not replaced meanwhile.
+    private struct Entry {
+        var storedBytes: Int
+        var rawBytes: Int
+        var generation: UInt64
+    }
+
+    private struct SessionRef: Hashable {
+        var model: ModelFingerprint
+        var session: String
+    }
+
+    /// Opens (or creates) the disk tier in `directory` and rebuilds the index from the database.
+    ///
+    /// Blocks already stored beyond `capacityBytes` (after a restart with a smaller capacity) stay;
+    /// puts fail with `.full` until the store has deleted enough.
+    public init(directory: String, capacityBytes: Int, shuffle: Bool = true) throws(DiskTierError) {
+        self.directory = directory
+        self.capacityBytes = max(0, capacityBytes)
+        self.shuffle = shuffle
+        counters = DiskTierStats(capacityBytes: max(0, capacityBytes))
+        queue.setSpecific(key: queueKey, value: 1)
+        try Self.prepareDirectory(directory)
+        let db = try RocksDatabase(path: directory)
+        database = db
+        try rebuildIndex(db)
+    }
+
+    // MARK: - Writing
+
+    /// Stores `block`, replacing any block with the same key. With `sync`, the WAL is fsynced
+    /// before this returns (power-loss safe); without, the block survives a process kill.
+    /// Throws `.full` when the stored bytes would exceed the capacity, `.invalidBlock` for a
+    /// malformed block.
+    public func put(_ block: KVBlock, sync: Bool) throws(DiskTierError) {
+        let record = try encode(block)
+        try onQueue { () throws(DiskTierError) in try self.storeOnQueue(record, sync: sync) }
+    }
+
+    /// `put` on the disk queue (encoding included); `completion` runs on the disk queue and may
+    /// call this tier's synchronous methods.
+    public func putAsync(_ block: KVBlock, sync: Bool, completion: @escaping @Sendable (Result<Void, DiskTierError>) -> Void) {
+        queue.async {
+            completion(Result { () throws(DiskTierError) in
+                try self.storeOnQueue(try self.encode(block), sync: sync)
+            })
+        }
+    }
+
+    /// Deletes the block under `key`; returns whether there was one.
+    @discardableResult
+    public func delete(_ key: BlockKey, sync: Bool = false) throws(DiskTierError) -> Bool {
+        try onQueue { () throws(DiskTierError) -> Bool in
+            guard let db = self.database else { throw .closed }
+            guard self.index[key] != nil else { return false }
+            try db.write(Self.deletions(key), sync: sync)
+            self.forget(key)
+            return true
+        }
+    }
+
+    /// Deletes every block of one session of `model`; returns how many there were.
+    @discardableResult
+    public func deleteSession(model: ModelFingerprint, session: String, sync: Bool = false) throws(DiskTierError) -> Int {
+        try onQueue { () throws(DiskTierError) -> Int in
+            guard let db = self.database else { throw .closed }
+            let keys = self.sessionBlocks[SessionRef(model: model, session: session)] ?? []
+            guard !keys.isEmpty else { return 0 }
+            try db.write(keys.flatMap(Self.deletions), sync: sync)
+            for key in keys { self.forget(key) }
+            return keys.count
+        }
+    }
+
+    /// Fsyncs the WAL: every put that returned before this call survives a power loss.
+    public func flush() throws(DiskTierError) {
+        try onQueue { () throws(DiskTierError) in
+            guard let db = self.database else { throw .closed }
+            try db.flushWAL(sync: true)
+        }
+    }
+
+    /// Fsyncs the WAL and closes the database (RocksDB flushes its memtables on close). Later
+    /// calls throw `.closed` (reads miss). The database is closed even when the final sync fails;
+    /// the error then says so.
+    public func close() throws(DiskTierError) {
+        try onQueue { () throws(DiskTierError) in
+            guard let db = self.database else { return }
+            self.database = nil
+            defer { db.close() }
+            try db.flushWAL(sync: true)
+        }
+    }
+
+    // MARK: - Reading
+
+    /// Reads the block under `key`: `.hit` with a verified block, `.miss`, or `.corrupt` (the
+    /// damaged block has been deleted and counted). Blocks are keyed by model fingerprint, so a
+    /// block of another model is never found; the header's fingerprint is checked as well.
+    public func get(_ key: BlockKey) -> DiskReadResult {
+        guard let read = onQueueRead({ self.readOnQueue(key) }) else { return .miss }
+        switch DiskRecordFormat.decodeValue(read.bytes, for: key) {
+        case .success(let block):
+            onQueueRead { self.counters.hits += 1 }
+            return .hit(block)
+        case .failure(let why):
+            onQueueRead { self.dropCorruptOnQueue(key, generation: read.generation, reason: why.description) }
+            return .corrupt(reason: why.description)
+        }
+    }
+
+    /// `get` on the disk queue (decoding included); `completion` runs on the disk queue and may
+    /// call this tier's synchronous methods.
+    public func getAsync(_ key: BlockKey, completion: @escaping @Sendable (DiskReadResult) -> Void) {
+        queue.async {
+            guard let read = self.readOnQueue(key) else { return completion(.miss) }
+            switch DiskRecordFormat.decodeValue(read.bytes, for: key) {
+            case .success(let block):
+                self.counters.hits += 1
+                completion(.hit(block))
+            case .failure(let why):
+                self.dropCorruptOnQueue(key, generation: read.generation, reason: why.description)
+                completion(.corrupt(reason: why.description))
+            }
+        }
+    }
+
+    /// Whether a block is stored under `key` (by the index; reading it may still find it corrupt).
+    public func contains(_ key: BlockKey) -> Bool {
+        onQueueRead { self.index[key] != nil }
+    }
+
+    /// The stored blocks of one session, ordered by layer, then start, then count.
+    public func keys(model: ModelFingerprint, session: String) -> [BlockKey] {
+        onQueueRead { Array(self.sessionBlocks[SessionRef(model: model, session: session)] ?? []) }
+            .sorted { ($0.layer, $0.start, $0.count) < ($1.layer, $1.start, $1.count) }
+    }
+
+    /// Sessions of `model` with at least one stored block, sorted.
+    public func sessions(model: ModelFingerprint) -> [String] {
+        onQueueRead { self.sessionBlocks.keys.filter { $0.model == model }.map(\.session) }.sorted()
+    }
+
+    /// Every stored block's key (all models), sorted.
+    public func allKeys() -> [BlockKey] {
+        onQueueRead { Array(self.index.keys) }.sorted()
+    }
+
+    /// Stored (compressed) bytes of the block under `key`, if there is one.
+    public func storedBytes(of key: BlockKey) -> Int? {
+        onQueueRead { self.index[key]?.storedBytes }
+    }
+
+    /// A snapshot of the counters.
+    public var stats: DiskTierStats {
+        onQueueRead { self.counters }
+    }
+
+    // MARK: - Compression measurement
+
+    /// Compression ratios (raw bytes / compressed bytes, over all payloads together) of
+    /// byte-shuffled LZ4 and of plain LZ4, for choosing the `shuffle` setting on real KV data.
+    public static func measureCompression(payloads: [[UInt8]]) -> (shuffled: Double, plain: Double) {
+        var raw = 0
+        var shuffled = 0
+        var plain = 0
+        for p in payloads where !p.isEmpty {
+            raw += p.count
+            shuffled += p.count % 2 == 0 ? ShuffledLZ4Codec.compress(p, shuffle: true).count : p.count
+            plain += ShuffledLZ4Codec.compress(p, shuffle: false).count
+        }
+        guard raw > 0 else { return (1, 1) }
+        return (Double(raw) / Double(max(shuffled, 1)), Double(raw) / Double(max(plain, 1)))
+    }
+
+    // MARK: - On the queue
+
+    /// An encoded block, ready to be written.
+    private struct Record {
+        var key: BlockKey
+        var blockKey: [UInt8]
+        var value: [UInt8]
+        var rawBytes: Int
+    }
+
+    /// Checks and encodes a block (pure; runs on any thread).
+    private func encode(_ block: KVBlock) throws(DiskTierError) -> Record {
+        if let why = DiskRecordFormat.unrepresentable(block.key) { throw .invalidBlock(why) }
+        guard block.rowWidth > 0, block.isWellFormed else {
+            throw .invalidBlock("payload is \(block.payload.count) bytes, expected 2 x \(block.key.count) tokens x \(block.rowWidth) x \(block.elementType.byteWidth)")
+        }
+        guard block.payload.count < 1 << 30 else { throw .invalidBlock("payload of \(block.payload.count) bytes exceeds 1 GiB") }
+        guard Checksum.crc32c(block.payload) == block.checksum else {
+            throw .invalidBlock("checksum does not match the payload (damaged in memory before the save)")
+        }
+        return Record(key: block.key, blockKey: DiskRecordFormat.encodeKey(block.key, prefix: DiskRecordFormat.blockPrefix),
+                      value: DiskRecordFormat.encodeValue(block, shuffle: shuffle), rawBytes: block.payload.count)
+    }
+
+    private func storeOnQueue(_ record: Record, sync: Bool) throws(DiskTierError) {
+        guard let db = database else { throw .closed }
+        let previous = index[record.key]?.storedBytes ?? 0
+        let after = counters.storedBytes - previous + record.value.count
+        guard after <= capacityBytes else {
+            throw .full(requestedBytes: record.value.count, storedBytes: counters.storedBytes, capacityBytes: capacityBytes)
+        }
+        let entry = DiskRecordFormat.IndexEntry(storedBytes: record.value.count, rawBytes: record.rawBytes)
+        try db.write([
+            .put(key: record.blockKey, value: record.value),
+            .put(key: DiskRecordFormat.encodeKey(record.key, prefix: DiskRecordFormat.indexPrefix),
+                 value: DiskRecordFormat.encodeIndexValue(entry)),
+        ], sync: sync)
+        forget(record.key)
+        remember(record.key, entry)
+        counters.bytesWritten += record.value.count
+    }
+
+    /// A block record's value as read, with the generation of the index entry it belongs to.
+    private struct StoredValue {
+        var bytes: [UInt8]
+        var generation: UInt64
+    }
+
+    /// The stored value and its generation, or nil (counted as a miss) when there is none or it
+    /// cannot be read.
+    private func readOnQueue(_ key: BlockKey) -> StoredValue? {
+        guard let db = database, let entry = index[key] else {
+            counters.misses += 1
+            return nil
+        }
+        let value: [UInt8]?
+        do {
+            value = try db.get(key: DiskRecordFormat.encodeKey(key, prefix: DiskRecordFormat.blockPrefix))
+        } catch {
+            if case .damaged = error {
+                dropCorruptOnQueue(key, generation: entry.generation, reason: error.description)
+            } else {
+                counters.readErrors += 1
+                counters.misses += 1
+            }
+            return nil
+        }
+        guard let value else {
+            // Indexed but absent: the index record outlived its block (cannot happen with atomic
+            // batches); treat it as a damaged block.
+            dropCorruptOnQueue(key, generation: entry.generation, reason: "block record missing")
+            return nil
+        }
+        counters.bytesRead += value.count
+        return StoredValue(bytes: value, generation: entry.generation)
+    }
+
+    /// Deletes a block found corrupt (unless it was replaced since it was read) and counts it.
+    private func dropCorruptOnQueue(_ key: BlockKey, generation: UInt64, reason: String) {
+        counters.misses += 1
+        counters.corruptBlocks += 1
+        guard let entry = index[key], entry.generation == generation else { return }
+        // If this delete fails the block stays indexed; the next read finds it corrupt again.
+        guard (try? database?.write(Self.deletions(key), sync: false)) != nil else { return }
+        forget(key)
+    }
+
+    private func remember(_ key: BlockKey, _ entry: DiskRecordFormat.IndexEntry) {
+        nextGeneration += 1
+        index[key] = Entry(storedBytes: entry.storedBytes, rawBytes: entry.rawBytes, generation: nextGeneration)
+        sessionBlocks[SessionRef(model: key.model, session: key.session), default: []].insert(key)
+        counters.storedBytes += entry.storedBytes
+        counters.rawBytes += entry.rawBytes
+        counters.blockCount += 1
+    }
+
+    private func forget(_ key: BlockKey) {
+        guard let old = index.removeValue(forKey: key) else { return }
+        let ref = SessionRef(model: key.model, session: key.session)
+        sessionBlocks[ref]?.remove(key)
+        if sessionBlocks[ref]?.isEmpty == true { sessionBlocks[ref] = nil }
+        counters.storedBytes -= old.storedBytes
+        counters.rawBytes -= old.rawBytes
+        counters.blockCount -= 1
+    }
+
+    private static func deletions(_ key: BlockKey) -> [RocksDatabase.BatchOperation] {
+        [.delete(key: DiskRecordFormat.encodeKey(key, prefix: DiskRecordFormat.blockPrefix)),
+         .delete(key: DiskRecordFormat.encodeKey(key, prefix: DiskRecordFormat.indexPrefix))]
+    }
+
+    /// Rebuilds the index from the index records; malformed ones are deleted with their blocks
+    /// and counted as corrupt.
+    private func rebuildIndex(_ db: RocksDatabase) throws(DiskTierError) {
+        var damaged: [[UInt8]] = []
+        var entries: [(BlockKey, DiskRecordFormat.IndexEntry)] = []
+        try db.forEach(prefix: [DiskRecordFormat.indexPrefix]) { rawKey, rawValue in
+            if let key = DiskRecordFormat.decodeKey(rawKey, prefix: DiskRecordFormat.indexPrefix),
+               let entry = DiskRecordFormat.decodeIndexValue(rawValue) {
+                entries.append((key, entry))
+            } else {
+                damaged.append(rawKey)
+            }
+            return true
+        }
+        for (key, entry) in entries { remember(key, entry) }
+        if !damaged.isEmpty {
+            let ops = damaged.flatMap { k -> [RocksDatabase.BatchOperation] in
+                [.delete(key: k), .delete(key: [DiskRecordFormat.blockPrefix] + k.dropFirst())]
+            }
+            try db.write(ops, sync: false)
+            counters.corruptBlocks += damaged.count
+        }
+    }
+
+    // MARK: - Queue helpers
+
+    private func onQueue<T>(_ body: () throws(DiskTierError) -> T) throws(DiskTierError) -> T {
+        if DispatchQueue.getSpecific(key: queueKey) != nil { return try body() }
+        let result: Result<T, DiskTierError> = queue.sync { Result { () throws(DiskTierError) -> T in try body() } }
+        return try result.get()
+    }
+
+    private func onQueueRead<T>(_ body: () -> T) -> T {
+        if DispatchQueue.getSpecific(key: queueKey) != nil { return body() }
+        return queue.sync { body() }
+    }
+
+    /// Creates the state directory (with parents) and checks that it is a writable directory,
+    /// so that the common mistakes get a precise message before RocksDB is involved.
+    private static func prepareDirectory(_ path: String) throws(DiskTierError) {
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw .directoryNotWritable(directory: path, detail: "it is a file, not a directory") }
+        } else {
+            do {
+                try fm.createDirectory(atPath: path, withIntermediateDirectories: true)
+            } catch {
+                throw .directoryNotWritable(directory: path, detail: explainCreateFailure(path, error))
+            }
+        }
+        guard fm.isWritableFile(atPath: path) else {
+            throw .directoryNotWritable(directory: path, detail: "this user may not write in it")
+        }
+    }
+
+    /// Names the ancestor that prevents creating `path`.
+    private static func explainCreateFailure(_ path: String, _ error: any Error) -> String {
+        let fm = FileManager.default
+        var ancestor = URL(fileURLWithPath: path).deletingLastPathComponent()
+        while ancestor.path != "/" && !fm.fileExists(atPath: ancestor.path) {
+            ancestor = ancestor.deletingLastPathComponent()
+        }
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: ancestor.path, isDirectory: &isDirectory), !isDirectory.boolValue {
+            return "\(ancestor.path) is a file, not a directory"
+        }
+        if !fm.isWritableFile(atPath: ancestor.path) {
+            return "no permission to create directories in \(ancestor.path)"
+        }
+        return "cannot create it: \(error.localizedDescription)"
+    }
+}

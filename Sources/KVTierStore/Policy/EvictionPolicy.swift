@@ -1,0 +1,77 @@
+import Foundation
+
+/// Chooses which sessions leave a tier when it must make room (the store demotes them: HBM ->
+/// DRAM -> disk). A policy only ranks sessions; the store decides which sessions are
+/// candidates (those with blocks in the full tier and not pinned by a running request) and
+/// moves the data.
+///
+/// Implementations are `Sendable` classes whose state is guarded by a lock, so the store may
+/// call them from any of its queues.
+public protocol EvictionPolicy: AnyObject, Sendable {
+    /// Short name for statistics and logs ("lru", "hint").
+    var name: String { get }
+    /// `session` was just used (loaded, saved, decoded).
+    func touch(session: String)
+    /// `session` is gone (ended or deleted everywhere); drops what the policy knows of it.
+    func forget(session: String)
+    /// `candidates` (duplicates ignored) ordered from first to evict to last.
+    func evictionOrder(of candidates: [String]) -> [String]
+    /// Sessions to demote, in order, until enough bytes are freed; the default implementation
+    /// below takes `evictionOrder(of:)` and is what both policies use.
+    func victims(among candidates: [String], bytesNeeded: Int, sizeOf: (String) -> Int) -> [String]
+}
+
+extension EvictionPolicy {
+    /// Sessions to demote, in order, until their sizes add up to at least `bytesNeeded`.
+    /// Sessions of size 0 are skipped (evicting them frees nothing). If all candidates together
+    /// are not enough, all of them are returned (the caller sees the shortfall by summing and
+    /// must then wait or fail). `bytesNeeded <= 0` returns an empty list.
+    ///
+    /// `sizeOf` is called without any policy lock held, so it may take the tier's lock.
+    public func victims(among candidates: [String], bytesNeeded: Int, sizeOf: (String) -> Int) -> [String] {
+        guard bytesNeeded > 0 else { return [] }
+        var chosen: [String] = []
+        var freed = 0
+        for session in evictionOrder(of: candidates) {
+            let size = sizeOf(session)
+            guard size > 0 else { continue }
+            chosen.append(session)
+            freed += size
+            if freed >= bytesNeeded { break }
+        }
+        return chosen
+    }
+}
+
+/// Recency bookkeeping shared by the policies: a logical clock stamped on each touch.
+/// Not thread-safe by itself; each policy keeps one under its own lock.
+struct SessionRecency {
+    private var clock: UInt64 = 0
+    private var lastUse: [String: UInt64] = [:]
+
+    mutating func touch(_ session: String) {
+        clock += 1
+        lastUse[session] = clock
+    }
+
+    mutating func forget(_ session: String) {
+        lastUse[session] = nil
+    }
+
+    /// When `session` was last touched; 0 (older than anything) if never.
+    func stamp(_ session: String) -> UInt64 { lastUse[session] ?? 0 }
+
+    /// `sessions` in their order, each once.
+    static func unique(_ sessions: [String]) -> [String] {
+        var seen = Set<String>()
+        return sessions.filter { seen.insert($0).inserted }
+    }
+
+    /// `sessions` least recently used first; never-touched ones first of all, ties by name.
+    func leastRecentFirst(_ sessions: [String]) -> [String] {
+        sessions.map { ($0, stamp($0)) }
+            .sorted { ($0.1, $0.0) < ($1.1, $1.0) }
+            .map(\.0)
+    }
+}
+
