@@ -35,7 +35,13 @@ final class DRAMTierTests: XCTestCase {
         // Replacing a block accounts for the one it replaces.
         XCTAssertEqual(tier.insert(block("b", layer: 0, seed: 1)), .stored)
         XCTAssertEqual(tier.usedBytes, 3 * 512)
-        XCTAssertEqual(tier.insert(block("b", layer: 0, tokens: 20)), .needsRoom(bytes: 3 * 512 - 512 + 640 - (3 * 512 + 100)))
+        // Same key with a wider row (640 bytes): only the difference must fit.
+        XCTAssertEqual(tier.insert(block("b", layer: 0, rowWidth: 10)), .needsRoom(bytes: 3 * 512 - 512 + 640 - (3 * 512 + 100)))
+        // Another key (20 tokens) needs its whole size.
+        XCTAssertEqual(tier.insert(block("b", layer: 0, tokens: 20)), .needsRoom(bytes: 3 * 512 + 640 - (3 * 512 + 100)))
+        XCTAssertEqual(tier.insert(block("b", layer: 0, rowWidth: 4)), .stored)
+        XCTAssertEqual(tier.usedBytes, 2 * 512 + 256)
+        XCTAssertEqual(tier.insert(block("b", layer: 0)), .stored)
 
         // A block larger than everything can never fit.
         XCTAssertEqual(tier.insert(block("huge", tokens: 64)), .tooLarge(bytes: 2048, capacity: 3 * 512 + 100))
@@ -53,7 +59,7 @@ final class DRAMTierTests: XCTestCase {
         XCTAssertEqual(s.blocks, 3)
         XCTAssertEqual(s.evictions, 1)
         XCTAssertEqual(s.demotions, 1)
-        XCTAssertEqual(s.bytesIn, 5 * 512)
+        XCTAssertEqual(s.bytesIn, 6 * 512 + 256)
         XCTAssertEqual(s.bytesOut, 512)
         XCTAssertEqual(s.hits, 0, "a demotion read is not a lookup")
         XCTAssertNil(s.compressionRatio)

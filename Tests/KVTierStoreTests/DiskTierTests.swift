@@ -39,6 +39,11 @@ final class DiskTierTests: XCTestCase {
         }
         XCTAssertEqual(tier.stats.hits, blocks.count)
         XCTAssertEqual(tier.stats.blockCount, blocks.count)
+        let summary = tier.stats.tierStats
+        XCTAssertEqual(summary.tier, "disk")
+        XCTAssertEqual(summary.usedBytes, tier.stats.storedBytes)
+        XCTAssertEqual(summary.bytesIn, blocks.reduce(0) { $0 + $1.payload.count })
+        XCTAssertEqual(summary.bytesOut, summary.bytesIn)
         XCTAssertEqual(tier.stats.rawBytes, blocks.reduce(0) { $0 + $1.payload.count })
         XCTAssertGreaterThan(tier.stats.compressionRatio, 1.2, "synthetic KV should compress with shuffle + LZ4")
 
@@ -179,6 +184,10 @@ final class DiskTierTests: XCTestCase {
                     } catch {
                         failures.add("client \(client): \(error)")
                     }
+                    if client == 0 && j % 2 == 0 {
+                        // Group commit from a timer: the WAL fsync runs off the disk queue, alongside the others.
+                        do { try tier.flush() } catch { failures.add("flush: \(error)") }
+                    }
                     let s = tier.stats
                     if s.storedBytes > capacity { failures.add("stored \(s.storedBytes) > capacity \(capacity)") }
                     if s.storedBytes < 0 || s.blockCount < 0 { failures.add("negative accounting \(s)") }
@@ -192,7 +201,7 @@ final class DiskTierTests: XCTestCase {
                 }
             }
         }
-        XCTAssertEqual(failures.all, [])
+        XCTAssertEqual(failures.all.count, 0, failures.all.prefix(10).joined(separator: "; "))
         let s = tier.stats
         XCTAssertLessThanOrEqual(s.storedBytes, capacity)
         XCTAssertEqual(s.blockCount, tier.allKeys().count)
@@ -437,53 +446,70 @@ final class DiskTierTests: XCTestCase {
         try killWriterAndVerify(sync: false)
     }
 
-    /// Measures what a put of a 1 MB block costs with and without an fsync of the WAL, through
-    /// the tier (encode + write) and through RocksDB alone (write only), and what a group-commit
-    /// flush costs. Prints the figures; asserts only that everything was written.
+    /// Measures what a put of a 1 MB block costs with and without an fsync of the WAL: through
+    /// RocksDB alone (the same encoded value; this isolates the fsync) and through the tier
+    /// (encoding included, which in a debug build dominates), plus the group-commit alternative
+    /// (unsynced puts, then one `flush()`). Prints medians of 3 rounds; asserts only that
+    /// everything was written.
     func testDiskTierDurabilityCostPerMegabyteBlock() throws {
         let dir = try temporaryDirectory()
-        let tier = try DiskTier(directory: dir, capacityBytes: 1 << 32)
         let tokens = (1 << 20) / (2 * SyntheticKVBlocks.rowWidth * 2)  // 1365 tokens: 1,048,320 bytes
         let samples = (0..<3).map { SyntheticKVBlocks.block(index: $0, tokens: tokens) }
-        let n = 12
+        let n = 16
+        let rounds = 3
         func block(_ i: Int, _ tag: String) -> KVBlock {
             let s = samples[i % samples.count]
             return KVBlock(key: BlockKey(model: modelA, session: tag, layer: i, start: 0, count: tokens),
                            elementType: .f16, rowWidth: s.rowWidth, payload: s.payload)
         }
-        try tier.put(block(0, "warm"), sync: true)
-        var results: [String: Double] = [:]
-        for (tag, sync) in [("nosync", false), ("sync", true), ("nosync2", false), ("sync2", true)] {
-            let blocks = (0..<n).map { block($0, tag) }
+        func ms(_ body: () throws -> Void) rethrows -> Double {
             let t0 = Date()
-            for b in blocks { try tier.put(b, sync: sync) }
-            results[tag] = Date().timeIntervalSince(t0) * 1000 / Double(n)
+            try body()
+            return Date().timeIntervalSince(t0) * 1000
         }
-        let t0 = Date()
-        try tier.flush()
-        let flushMs = Date().timeIntervalSince(t0) * 1000
-        // Encoding alone (runs on the caller's thread in `put`).
-        let e0 = Date()
-        for i in 0..<n { _ = DiskRecordFormat.encodeValue(block(i, "enc"), shuffle: true) }
-        let encodeMs = Date().timeIntervalSince(e0) * 1000 / Double(n)
+        func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
         let value = DiskRecordFormat.encodeValue(samples[0], shuffle: true)
+
+        // RocksDB alone.
+        var rawNoSync: [Double] = []
+        var rawSync: [Double] = []
+        var rawGroup: [Double] = []
+        do {
+            let db = try RocksDatabase(path: dir)
+            try db.put(key: Array("warm".utf8), value: value, sync: true)
+            for r in 0..<rounds {
+                rawNoSync.append(try ms { for i in 0..<n { try db.put(key: Array("a\(r)-\(i)".utf8), value: value, sync: false) } } / Double(n))
+                rawSync.append(try ms { for i in 0..<n { try db.put(key: Array("b\(r)-\(i)".utf8), value: value, sync: true) } } / Double(n))
+                rawGroup.append(try ms {
+                    for i in 0..<n { try db.put(key: Array("c\(r)-\(i)".utf8), value: value, sync: false) }
+                    try db.flushWAL(sync: true)
+                } / Double(n))
+            }
+            db.close()
+        }
+
+        // Through the tier.
+        let tier = try DiskTier(directory: dir, capacityBytes: 1 << 34)
+        var tierNoSync: [Double] = []
+        var tierSync: [Double] = []
+        var flushes: [Double] = []
+        for r in 0..<rounds {
+            let a = (0..<n).map { block($0, "a\(r)") }
+            let b = (0..<n).map { block($0, "b\(r)") }
+            tierNoSync.append(try ms { for x in a { try tier.put(x, sync: false) } } / Double(n))
+            flushes.append(try ms { try tier.flush() })
+            tierSync.append(try ms { for x in b { try tier.put(x, sync: true) } } / Double(n))
+        }
+        let encode = ms { for i in 0..<n { _ = DiskRecordFormat.encodeValue(block(i, "enc"), shuffle: true) } } / Double(n)
+        XCTAssertEqual(tier.stats.blockCount, 2 * rounds * n)
         try tier.close()
 
-        // RocksDB alone, the same encoded value, 1 MB each.
-        let db = try RocksDatabase(path: dir)
-        var raw: [Bool: Double] = [:]
-        for sync in [false, true, false, true] {
-            let r0 = Date()
-            for i in 0..<n { try db.put(key: Array("raw-\(sync)-\(i)".utf8), value: value, sync: sync) }
-            raw[sync] = min(raw[sync] ?? .infinity, Date().timeIntervalSince(r0) * 1000 / Double(n))
-        }
-        db.close()
-        let tierNoSync = min(results["nosync"] ?? 0, results["nosync2"] ?? 0)
-        let tierSync = min(results["sync"] ?? 0, results["sync2"] ?? 0)
-        print(String(format: "disk tier put of a 1 MB block (%d bytes raw, %d stored): sync=false %.2f ms, sync=true %.2f ms; "
-                     + "encode alone %.2f ms; flush() after %d unsynced puts %.2f ms; RocksDB put alone: sync=false %.2f ms, sync=true %.2f ms",
-                     samples[0].payload.count, value.count, tierNoSync, tierSync, encodeMs, n, flushMs, raw[false] ?? 0, raw[true] ?? 0))
-        XCTAssertGreaterThan(tierSync, 0)
+        print(String(format: "1 MB block put (%d bytes raw, %d stored), medians of %d rounds x %d puts:\n"
+                     + "  RocksDB put alone: sync=false %.2f ms, sync=true %.2f ms, sync=false + one flush per %d puts %.2f ms/put\n"
+                     + "  DiskTier.put (debug build): sync=false %.2f ms, sync=true %.2f ms, encode alone %.2f ms; flush() after %d unsynced puts %.2f ms",
+                     samples[0].payload.count, value.count, rounds, n,
+                     median(rawNoSync), median(rawSync), n, median(rawGroup),
+                     median(tierNoSync), median(tierSync), encode, n, median(flushes)))
     }
 
     // MARK: - Helpers
@@ -541,7 +567,7 @@ final class DiskTierTests: XCTestCase {
         }
         XCTAssertEqual(tier.stats.corruptBlocks, 0)
         XCTAssertLessThanOrEqual(tier.stats.blockCount, acked.count + 1, "at most the block in flight is extra")
-        print("kill -9 (sync: \(sync)): \(acked.count) acked, \(tier.stats.blockCount) on disk after reopen, all intact")
+        print("kill -9 (sync: \(sync), \(binary.path)): \(acked.count) acked, \(tier.stats.blockCount) on disk after reopen, all intact")
     }
 
     private func parseAcks(_ text: String) -> [Int] {

@@ -24,6 +24,10 @@ public struct DiskTierStats: Sendable, Equatable, CustomStringConvertible {
     public var bytesWritten: Int
     /// Stored bytes read by gets since open.
     public var bytesRead: Int
+    /// Raw payload bytes of the blocks put since open.
+    public var rawBytesWritten: Int
+    /// Raw payload bytes of the blocks returned by gets since open.
+    public var rawBytesRead: Int
 
     /// Raw bytes per stored byte of the blocks on disk now (1 when empty).
     public var compressionRatio: Double {
@@ -31,7 +35,8 @@ public struct DiskTierStats: Sendable, Equatable, CustomStringConvertible {
     }
 
     public init(capacityBytes: Int, storedBytes: Int = 0, rawBytes: Int = 0, blockCount: Int = 0, hits: Int = 0,
-                misses: Int = 0, corruptBlocks: Int = 0, readErrors: Int = 0, bytesWritten: Int = 0, bytesRead: Int = 0) {
+                misses: Int = 0, corruptBlocks: Int = 0, readErrors: Int = 0, bytesWritten: Int = 0, bytesRead: Int = 0,
+                rawBytesWritten: Int = 0, rawBytesRead: Int = 0) {
         self.capacityBytes = capacityBytes
         self.storedBytes = storedBytes
         self.rawBytes = rawBytes
@@ -42,6 +47,17 @@ public struct DiskTierStats: Sendable, Equatable, CustomStringConvertible {
         self.readErrors = readErrors
         self.bytesWritten = bytesWritten
         self.bytesRead = bytesRead
+        self.rawBytesWritten = rawBytesWritten
+        self.rawBytesRead = rawBytesRead
+    }
+
+    /// The store-wide form: used bytes are stored (compressed) bytes, bytes in and out are raw
+    /// payload bytes, corrupt blocks are checksum failures. Evictions, promotions and demotions
+    /// are decided by the store, which fills them in.
+    public var tierStats: TierStats {
+        TierStats(tier: "disk", capacityBytes: capacityBytes, usedBytes: storedBytes, blocks: blockCount, hits: hits,
+                  misses: misses, bytesIn: rawBytesWritten, bytesOut: rawBytesRead, checksumFailures: corruptBlocks,
+                  compressionRatio: compressionRatio)
     }
 
     public var description: String {

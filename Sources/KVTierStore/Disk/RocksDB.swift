@@ -5,10 +5,12 @@ import CRocksDB
 /// crossing the fence is copied into Swift arrays (`[UInt8]`), and every `char *err` is turned into
 /// a `DiskTierError` and freed.
 ///
-/// Ownership: a `RocksDatabase` belongs to one `DiskTier` and is used only on that tier's serial
-/// I/O queue ("kvtier.disk"); tests open one directly while no tier has the directory open.
-/// RocksDB itself is thread-safe, so the `@unchecked Sendable` is about the handles being
-/// destroyed exactly once (in `close()` or `deinit`), which the owning queue serializes.
+/// Ownership: a `RocksDatabase` belongs to one `DiskTier` and is used on that tier's serial I/O
+/// queue ("kvtier.disk"), except `flushWAL`, which the tier also runs off the queue while the
+/// queue goes on with reads and writes (RocksDB is thread-safe; the tier's `close()` waits for
+/// such flushes before calling `close()` here). Tests open one directly while no tier has the
+/// directory open. The `@unchecked Sendable` rests on that: the handles are destroyed exactly
+/// once (in `close()` or `deinit`), never while another thread is inside a call.
 final class RocksDatabase: @unchecked Sendable {
     /// One operation of an atomic write batch.
     enum BatchOperation {

@@ -1,0 +1,52 @@
+/// Sizes and behaviour of a `TieredStore`.
+public struct StoreConfiguration: Sendable {
+    /// Directory of the RocksDB disk tier.
+    public var stateDirectory: String
+    /// Simulated device memory (HBM) arena.
+    public var hbmCapacityBytes: Int = 512 << 20
+    /// Host memory tier.
+    public var dramCapacityBytes: Int = 4 << 30
+    /// Stored (compressed) bytes on disk.
+    public var diskCapacityBytes: Int = 20 << 30
+    /// Tokens per block (one block = one layer's keys and values for this many tokens).
+    public var blockTokens: Int = 256
+    /// The modelled DRAM <-> HBM link.
+    public var link = CopyEngine.Configuration()
+    /// Keep DRAM blocks byte-shuffled and LZ4-compressed.
+    public var compressDRAM = false
+    /// Byte-shuffle F16 data before LZ4 on disk.
+    public var shuffleOnDisk = true
+    /// fsync the disk tier's WAL on every block written (survives power loss) instead of only
+    /// on `flush()` (survives a process kill; see docs/operations.md).
+    public var syncEveryDiskWrite = false
+    /// At most this many saves in flight; `save` blocks the caller beyond it (back-pressure).
+    public var maxSavesInFlight = 256
+    public var policy: PolicyKind = .hintDriven
+
+    public enum PolicyKind: String, Sendable {
+        case lru
+        case hintDriven = "hint"
+    }
+
+    public init(stateDirectory: String) {
+        self.stateDirectory = stateDirectory
+    }
+}
+
+/// Where a saved block should stay.
+public enum Placement: Sendable, Equatable {
+    /// Keep in DRAM; it goes to disk only when DRAM must make room (write-back).
+    case keepInDRAM
+    /// Write to disk now as well (the session's next turn is far away).
+    case writeThrough
+}
+
+/// A storage tier.
+public enum Tier: String, Sendable, Codable, Comparable {
+    case hbm, dram, disk
+
+    public static func < (a: Tier, b: Tier) -> Bool {
+        let order: [Tier] = [.hbm, .dram, .disk]
+        return order.firstIndex(of: a)! < order.firstIndex(of: b)!
+    }
+}

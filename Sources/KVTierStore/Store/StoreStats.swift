@@ -1,0 +1,20 @@
+/// A snapshot of every tier's counters and of the modelled link.
+public struct StoreStats: Sendable {
+    public var hbm: TierStats
+    public var dram: TierStats
+    public var disk: TierStats
+    public var link: CopyEngine.Counters
+    public var savesInFlight: Int
+}
+
+/// Where one session's blocks are, per layer.
+public struct SessionPlacement: Sendable, Equatable {
+    public var session: String
+    /// For each layer, the tiers holding each of its blocks (a block may be in several).
+    public var layers: [[BlockPlacement]]
+
+    public struct BlockPlacement: Sendable, Equatable {
+        public var tokens: Range<Int>
+        public var tiers: [Tier]
+    }
+}

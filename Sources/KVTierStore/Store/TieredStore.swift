@@ -1,0 +1,484 @@
+import Dispatch
+import Foundation
+import KVTierModel
+
+/// CachedAttention's AttentionStore: blocks of KV in simulated HBM, host DRAM and RocksDB on
+/// disk, moved up layer by layer for a session about to run and moved down without stalling
+/// compute.
+///
+/// Ownership:
+/// - `lock` guards `hbm` (which block sits in which HBM page), `pins` (sessions whose pages a
+///   consumer holds), `lastUse` and the HBM counters. It is never held across I/O or copies.
+/// - `loader` (serial queue "kvtier.store.loader") runs loads and prefetches: it reads disk,
+///   promotes into DRAM and submits DRAM -> HBM copies to the copy engine, layer after layer.
+/// - `writeback` (serial queue "kvtier.store.writeback") finishes saves: DRAM insertion, making
+///   room in DRAM by demoting sessions to disk, and write-through to disk.
+/// - The copy engine (its own serial queue) does every DRAM <-> HBM byte move; the disk tier
+///   (its own serial queue) owns RocksDB; DRAMTier, HBMArena and the policy lock themselves.
+public final class TieredStore: @unchecked Sendable {
+    public let configuration: StoreConfiguration
+    public let model: ModelFingerprint
+    public let layout: KVLayout
+    public let elementType: KVElementType
+    public let arena: HBMArena
+    public let copyEngine: CopyEngine
+    public let dram: DRAMTier
+    public let disk: DiskTier
+    public let policy: EvictionPolicy
+
+    private let lock = NSLock()
+    private var hbm: [BlockKey: PageID] = [:]
+    private var pins: [String: Int] = [:]
+    private var hbmCounters = TierStats(tier: "hbm", capacityBytes: 0)
+    private let loader = DispatchQueue(label: "kvtier.store.loader")
+    private let writeback = DispatchQueue(label: "kvtier.store.writeback")
+    private let saveSlots: DispatchSemaphore
+    private let inFlight = Counter()
+
+    /// Bytes of one block's payload (keys and values) at full block size.
+    public var blockBytes: Int { 2 * configuration.blockTokens * layout.rowWidth * elementType.byteWidth }
+
+    public init(
+        configuration: StoreConfiguration, model: ModelFingerprint, layout: KVLayout, elementType: KVElementType = .f16
+    ) throws(StoreError) {
+        self.configuration = configuration
+        self.model = model
+        self.layout = layout
+        self.elementType = elementType
+        let pageBytes = 2 * configuration.blockTokens * layout.rowWidth * elementType.byteWidth
+        do {
+            arena = try HBMArena(capacityBytes: configuration.hbmCapacityBytes, pageBytes: pageBytes, prefault: false)
+        } catch {
+            throw .arena(error)
+        }
+        copyEngine = CopyEngine(configuration: configuration.link)
+        dram = DRAMTier(configuration: .init(capacityBytes: configuration.dramCapacityBytes, compress: configuration.compressDRAM))
+        do {
+            disk = try DiskTier(
+                directory: configuration.stateDirectory, capacityBytes: configuration.diskCapacityBytes,
+                shuffle: configuration.shuffleOnDisk)
+        } catch {
+            throw .disk(error)
+        }
+        policy = configuration.policy == .lru ? LRUPolicy() : HintDrivenPolicy()
+        saveSlots = DispatchSemaphore(value: max(1, configuration.maxSavesInFlight))
+        hbmCounters.capacityBytes = arena.capacityBytes
+    }
+
+    // MARK: HBM
+
+    /// Places a freshly computed block in HBM (the decoder's output lands there). Evicts other,
+    /// unpinned sessions' pages (saving them to DRAM first when they exist nowhere else) if the
+    /// arena is full; throws `hbmFull` when nothing can be evicted.
+    @discardableResult
+    public func admit(_ block: KVBlock) throws(StoreError) -> PageID {
+        try checkShape(block)
+        let page = try allocatePage(for: block.key.session)
+        block.payload.withUnsafeBytes { src in
+            arena.pointer(page).copyMemory(from: src.baseAddress!, byteCount: src.count)
+        }
+        lock.withLock {
+            if let old = hbm[block.key] { arena.free([old]) }
+            hbm[block.key] = page
+            hbmCounters.bytesIn += block.payload.count
+        }
+        policy.touch(session: block.key.session)
+        return page
+    }
+
+    /// The bytes of a block resident in HBM. The page must be pinned by the caller (a load
+    /// handle not yet released) or otherwise not evictable.
+    public func contents(of page: PageID, bytes: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: arena.pointer(page), count: bytes)
+    }
+
+    public func isInHBM(_ key: BlockKey) -> Bool { lock.withLock { hbm[key] != nil } }
+
+    private func checkShape(_ block: KVBlock) throws(StoreError) {
+        guard block.key.model == model else { throw .blockShape(block.key, "it was computed by another model") }
+        guard block.elementType == elementType, block.rowWidth == layout.rowWidth else {
+            throw .blockShape(block.key, "element type or row width differs from the store's")
+        }
+        guard block.key.count > 0, block.key.count <= configuration.blockTokens, block.isWellFormed else {
+            throw .blockShape(block.key, "token count \(block.key.count) must be 1...\(configuration.blockTokens) and match the payload")
+        }
+        guard block.key.layer >= 0, block.key.layer < layout.layers else { throw .blockShape(block.key, "no such layer") }
+    }
+
+    private func allocatePage(for session: String) throws(StoreError) -> PageID {
+        if let p = arena.allocate(count: 1)?.first { return p }
+        try evictHBM(pages: 1, sparing: session)
+        if let p = arena.allocate(count: 1)?.first { return p }
+        throw .hbmFull(neededPages: 1, freePages: arena.freePages)
+    }
+
+    /// Frees at least `pages` HBM pages from unpinned sessions chosen by the policy.
+    private func evictHBM(pages: Int, sparing: String) throws(StoreError) {
+        let candidates: [String] = lock.withLock {
+            Set(hbm.keys.map(\.session)).filter { pins[$0, default: 0] == 0 && $0 != sparing }.sorted()
+        }
+        let pageBytes = arena.pageStride
+        let victims = policy.victims(among: candidates, bytesNeeded: pages * pageBytes) { s in
+            self.lock.withLock { self.hbm.keys.filter { $0.session == s }.count } * pageBytes
+        }
+        for v in victims {
+            try demoteFromHBM(session: v)
+            if arena.freePages >= pages { return }
+        }
+    }
+
+    /// Moves a session out of HBM: blocks not yet in DRAM or on disk are copied down first.
+    private func demoteFromHBM(session: String) throws(StoreError) {
+        let resident: [(BlockKey, PageID)] = lock.withLock {
+            guard pins[session, default: 0] == 0 else { return [] }
+            return hbm.filter { $0.key.session == session }.map { ($0.key, $0.value) }
+        }
+        for (key, page) in resident {
+            if !dram.contains(key) && !disk.contains(key) {
+                let block = readBlock(key: key, page: page)
+                try insertIntoDRAM(block, arrival: .saved)
+            }
+            lock.withLock {
+                if hbm[key] == page {
+                    hbm[key] = nil
+                    arena.free([page])
+                    hbmCounters.evictions += 1
+                    hbmCounters.demotions += 1
+                    hbmCounters.bytesOut += blockPayloadBytes(key)
+                }
+            }
+        }
+    }
+
+    private func blockPayloadBytes(_ key: BlockKey) -> Int { 2 * key.count * layout.rowWidth * elementType.byteWidth }
+
+    private func readBlock(key: BlockKey, page: PageID) -> KVBlock {
+        let n = blockPayloadBytes(key)
+        var bytes = [UInt8](repeating: 0, count: n)
+        bytes.withUnsafeMutableBytes { dst in
+            copyEngine.copySync(from: arena.pointer(page), to: dst.baseAddress!, bytes: n)
+        }
+        return KVBlock(key: key, elementType: elementType, rowWidth: layout.rowWidth, payload: bytes)
+    }
+
+    // MARK: Save (HBM -> DRAM -> disk)
+
+    /// Saves an HBM-resident block down the hierarchy, asynchronously: the copy engine moves it
+    /// to DRAM, then (write-through, or when DRAM must make room) it goes to disk. Blocks the
+    /// caller while `maxSavesInFlight` saves are pending (back-pressure).
+    @discardableResult
+    public func save(_ key: BlockKey, placement: Placement = .keepInDRAM) -> SaveTicket {
+        let ticket = SaveTicket(key: key)
+        guard let page = lock.withLock({ hbm[key] }) else {
+            ticket.finish(.failed(StoreError.notInHBM(key).description))
+            return ticket
+        }
+        saveSlots.wait()
+        inFlight.add(1)
+        let n = blockPayloadBytes(key)
+        let buffer = ByteBuffer(count: n)
+        copyEngine.copy(from: arena.pointer(page), to: buffer.pointer, bytes: n) { [self] in
+            writeback.async { [self] in
+                defer {
+                    inFlight.add(-1)
+                    saveSlots.signal()
+                }
+                let block = KVBlock(key: key, elementType: elementType, rowWidth: layout.rowWidth, payload: buffer.bytes())
+                lock.withLock {
+                    hbmCounters.demotions += 1
+                    hbmCounters.bytesOut += n
+                }
+                do {
+                    try insertIntoDRAM(block, arrival: .saved)
+                    if placement == .writeThrough {
+                        try writeToDisk(block)
+                        ticket.finish(.onDisk)
+                    } else {
+                        ticket.finish(.inDRAM)
+                    }
+                } catch {
+                    ticket.finish(.failed("\(error)"))
+                }
+            }
+        }
+        return ticket
+    }
+
+    /// Waits until every save issued so far has finished.
+    public func waitForSaves() {
+        copyEngine.waitUntilIdle()
+        writeback.sync {}
+    }
+
+    private func insertIntoDRAM(_ block: KVBlock, arrival: DRAMTier.Arrival) throws(StoreError) {
+        for _ in 0..<8 {
+            switch dram.insert(block, arrival: arrival) {
+            case .stored:
+                return
+            case .tooLarge(let bytes, let capacity):
+                throw .dramTooSmall(blockBytes: bytes, capacity: capacity)
+            case .needsRoom(let bytes):
+                try makeRoomInDRAM(bytes: bytes, sparing: block.key.session)
+            }
+        }
+        // Only the session being inserted is left: write the block through to disk instead.
+        try writeToDisk(block)
+    }
+
+    /// Demotes whole sessions (policy's choice) from DRAM to disk until `bytes` are free.
+    private func makeRoomInDRAM(bytes: Int, sparing: String) throws(StoreError) {
+        var candidates = dram.sessions.filter { $0 != sparing }
+        if candidates.isEmpty { candidates = dram.sessions }
+        let victims = policy.victims(among: candidates, bytesNeeded: bytes) { self.dram.bytes(session: $0) }
+        for v in victims {
+            for key in dram.keys(session: v) {
+                guard let block = dram.get(key, recordLookup: false) else { continue }
+                if !disk.contains(key) { try writeToDisk(block) }
+                _ = dram.remove(key, departure: .demoted)
+            }
+        }
+    }
+
+    /// Writes a block to disk, deleting the policy's victims there when the disk tier is full.
+    private func writeToDisk(_ block: KVBlock) throws(StoreError) {
+        for attempt in 0..<4 {
+            do {
+                try disk.put(block, sync: configuration.syncEveryDiskWrite)
+                return
+            } catch .full {
+                guard attempt < 3 else { break }
+                let candidates = disk.sessions(model: model).filter { $0 != block.key.session }
+                let sizes = Dictionary(uniqueKeysWithValues: candidates.map { s in
+                    (s, disk.keys(model: model, session: s).reduce(0) { $0 + (disk.storedBytes(of: $1) ?? 0) })
+                })
+                let victims = policy.victims(among: candidates, bytesNeeded: block.payload.count) { sizes[$0] ?? 0 }
+                if victims.isEmpty { break }
+                for v in victims {
+                    do { _ = try disk.deleteSession(model: model, session: v) } catch { throw .disk(error) }
+                }
+            } catch {
+                throw .disk(error)
+            }
+        }
+        throw .disk(.full(requestedBytes: block.payload.count, storedBytes: disk.stats.storedBytes, capacityBytes: disk.capacityBytes))
+    }
+
+    // MARK: Load (disk -> DRAM -> HBM), layer by layer
+
+    /// Starts moving a session's blocks for `layers` into HBM. Layer l is signalled on the
+    /// handle as soon as its blocks are there, while later layers keep moving. The session's
+    /// pages are pinned (not evictable) until the handle is released.
+    public func load(session: String, layers: Range<Int>? = nil) -> LoadHandle {
+        let layers = layers ?? 0..<layout.layers
+        lock.withLock { pins[session, default: 0] += 1 }
+        policy.touch(session: session)
+        let handle = LoadHandle(session: session, layers: layers) { [weak self] _ in
+            self?.lock.withLock { self?.pins[session, default: 1] -= 1 }
+        }
+        let keysByLayer = blockKeys(session: session)
+        loader.async { [self] in
+            for l in layers {
+                loadLayer(l, keys: keysByLayer[l] ?? [], into: handle)
+            }
+        }
+        return handle
+    }
+
+    private func loadLayer(_ layer: Int, keys: [BlockKey], into handle: LoadHandle) {
+        var result = LayerLoad(layer: layer, pages: [], missing: [])
+        var transfers: [CopyEngine.Transfer] = []
+        var newPages: [(BlockKey, PageID, Int)] = []
+        for key in keys {
+            if let page = lock.withLock({ hbm[key] }) {
+                result.pages.append((key, page))
+                result.fromHBM += 1
+                lock.withLock { hbmCounters.hits += 1 }
+                continue
+            }
+            var block = dram.get(key)
+            if block != nil {
+                result.fromDRAM += 1
+            } else {
+                switch disk.get(key) {
+                case .hit(let b):
+                    block = b
+                    result.fromDisk += 1
+                    try? insertIntoDRAM(b, arrival: .promoted)
+                default:
+                    break
+                }
+            }
+            guard let block else {
+                result.missing.append(key)
+                lock.withLock { hbmCounters.misses += 1 }
+                continue
+            }
+            guard let page = try? allocatePage(for: handle.session) else {
+                result.missing.append(key)
+                lock.withLock { hbmCounters.misses += 1 }
+                continue
+            }
+            let source = ByteBuffer(block.payload)
+            transfers.append(CopyEngine.Transfer(from: UnsafeRawPointer(source.pointer), to: arena.pointer(page), bytes: block.payload.count))
+            newPages.append((key, page, block.payload.count))
+            // Keep the source alive until the copy ran.
+            retained.append(source)
+        }
+        let base = result
+        let placed = newPages
+        let finish: @Sendable () -> Void = { [self] in
+            var r = base
+            lock.withLock {
+                for (key, page, bytes) in placed {
+                    if let old = hbm[key], old != page { arena.free([old]) }
+                    hbm[key] = page
+                    hbmCounters.promotions += 1
+                    hbmCounters.bytesIn += bytes
+                }
+            }
+            r.pages += placed.map { ($0.0, $0.1) }
+            r.pages.sort { $0.key.start < $1.key.start }
+            handle.complete(r)
+        }
+        if transfers.isEmpty {
+            finish()
+        } else {
+            let keepAlive = retained
+            retained = []
+            copyEngine.copy(transfers) {
+                withExtendedLifetime(keepAlive) {}
+                finish()
+            }
+        }
+    }
+
+    // Owned by the loader queue: source buffers of the transfers being built.
+    private var retained: [ByteBuffer] = []
+
+    /// Moves a session's blocks from disk up to DRAM ahead of use (scheduler-aware prefetch).
+    public func prefetch(session: String, completion: (@Sendable () -> Void)? = nil) {
+        loader.async { [self] in
+            for key in disk.keys(model: model, session: session) where !dram.contains(key) && !isInHBM(key) {
+                if case .hit(let b) = disk.get(key) { try? insertIntoDRAM(b, arrival: .promoted) }
+            }
+            completion?()
+        }
+    }
+
+    /// Every block of the session across tiers, by layer, in token order.
+    public func blockKeys(session: String) -> [Int: [BlockKey]] {
+        var all = Set(disk.keys(model: model, session: session))
+        all.formUnion(dram.keys(session: session, model: model))
+        lock.withLock { all.formUnion(hbm.keys.filter { $0.session == session && $0.model == model }) }
+        return Dictionary(grouping: all.sorted { $0.start < $1.start }, by: \.layer)
+    }
+
+    // MARK: Placement, demotion, deletion
+
+    public func setUpcoming(_ sessions: [String]) {
+        (policy as? HintDrivenPolicy)?.setUpcoming(sessions)
+    }
+
+    /// Moves a session down to `tier` (`.dram`: out of HBM; `.disk`: out of HBM and DRAM).
+    public func demote(session: String, to tier: Tier) throws(StoreError) {
+        waitForSaves()
+        try demoteFromHBM(session: session)
+        guard tier == .disk else { return }
+        for key in dram.keys(session: session) {
+            guard let block = dram.get(key, recordLookup: false) else { continue }
+            if !disk.contains(key) { try writeToDisk(block) }
+            _ = dram.remove(key, departure: .demoted)
+        }
+    }
+
+    /// Forgets a session in every tier.
+    public func delete(session: String) throws(StoreError) {
+        waitForSaves()
+        lock.withLock {
+            let keys = hbm.keys.filter { $0.session == session }
+            for k in keys {
+                if let p = hbm.removeValue(forKey: k) { arena.free([p]) }
+            }
+        }
+        _ = dram.removeAll(session: session)
+        do { _ = try disk.deleteSession(model: model, session: session) } catch { throw .disk(error) }
+        policy.forget(session: session)
+    }
+
+    /// Writes every DRAM block that is not yet on disk, then syncs the disk tier.
+    public func flush() throws(StoreError) {
+        waitForSaves()
+        for s in dram.sessions {
+            for key in dram.keys(session: s) where !disk.contains(key) {
+                if let block = dram.get(key, recordLookup: false) { try writeToDisk(block) }
+            }
+        }
+        do { try disk.flush() } catch { throw .disk(error) }
+    }
+
+    public func close() throws(StoreError) {
+        try flush()
+        do { try disk.close() } catch { throw .disk(error) }
+    }
+
+    // MARK: Introspection
+
+    public var stats: StoreStats {
+        var h = lock.withLock { hbmCounters }
+        h.usedBytes = arena.usedBytes
+        h.blocks = arena.usedPages
+        return StoreStats(hbm: h, dram: dram.stats, disk: disk.stats.tierStats, link: copyEngine.counters, savesInFlight: inFlight.value)
+    }
+
+    public func placement(session: String) -> SessionPlacement {
+        let byLayer = blockKeys(session: session)
+        var layers: [[SessionPlacement.BlockPlacement]] = []
+        for l in 0..<layout.layers {
+            layers.append((byLayer[l] ?? []).map { key in
+                var tiers: [Tier] = []
+                if isInHBM(key) { tiers.append(.hbm) }
+                if dram.contains(key) { tiers.append(.dram) }
+                if disk.contains(key) { tiers.append(.disk) }
+                return .init(tokens: key.tokens, tiers: tiers)
+            })
+        }
+        return SessionPlacement(session: session, layers: layers)
+    }
+
+    /// Sessions known to any tier.
+    public var sessions: [String] {
+        var s = Set(disk.sessions(model: model))
+        s.formUnion(dram.sessions)
+        lock.withLock { s.formUnion(hbm.keys.map(\.session)) }
+        return s.sorted()
+    }
+}
+
+/// Owned bytes handed to the copy engine (source or destination of a transfer). The engine is
+/// the only user while the transfer runs; afterwards the single owner reads it.
+final class ByteBuffer: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer
+    let count: Int
+
+    init(count: Int) {
+        self.count = count
+        pointer = .allocate(byteCount: max(count, 1), alignment: 64)
+    }
+
+    convenience init(_ bytes: [UInt8]) {
+        self.init(count: bytes.count)
+        bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+    }
+
+    func bytes() -> [UInt8] { Array(UnsafeRawBufferPointer(start: pointer, count: count)) }
+
+    deinit { pointer.deallocate() }
+}
+
+/// A lock-guarded integer.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v = 0
+    func add(_ d: Int) { lock.withLock { v += d } }
+    var value: Int { lock.withLock { v } }
+}

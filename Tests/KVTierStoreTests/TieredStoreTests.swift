@@ -1,0 +1,241 @@
+import Foundation
+import KVTierModel
+import XCTest
+
+@testable import KVTierStore
+
+final class TieredStoreTests: XCTestCase {
+    let model = ModelFingerprint(value: 0xABCD)
+    let layout = KVLayout(layers: 3, kvHeads: 3, headDim: 64)
+
+    private func tempDir() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-store-\(UUID().uuidString)").path
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
+        return d
+    }
+
+    private func config(_ dir: String, blockTokens: Int = 16) -> StoreConfiguration {
+        var c = StoreConfiguration(stateDirectory: dir)
+        c.blockTokens = blockTokens
+        c.hbmCapacityBytes = 64 << 20
+        c.dramCapacityBytes = 64 << 20
+        c.diskCapacityBytes = 256 << 20
+        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        return c
+    }
+
+    /// Deterministic F16-looking payload for a key; `smooth` makes it compressible like real KV.
+    private func block(_ session: String, layer: Int, start: Int, count: Int = 16, smooth: Bool = false) -> KVBlock {
+        let key = BlockKey(model: model, session: session, layer: layer, start: start, count: count)
+        var rng = SystemRandomNumberGenerator()
+        _ = rng
+        var bytes = [UInt8](repeating: 0, count: 2 * count * layout.rowWidth * 2)
+        var h = UInt64(truncatingIfNeeded: session.hashValue) &+ UInt64(layer * 1000 + start)
+        for i in stride(from: 0, to: bytes.count, by: 2) {
+            h = h &* 6_364_136_223_846_793_005 &+ 1
+            let v = smooth ? Float16(Float(i % 64) / 64) : Float16(Float(Int(h >> 48) % 2000 - 1000) / 500)
+            bytes[i] = UInt8(v.bitPattern & 0xff)
+            bytes[i + 1] = UInt8(v.bitPattern >> 8)
+        }
+        return KVBlock(key: key, elementType: .f16, rowWidth: layout.rowWidth, payload: bytes)
+    }
+
+    private func sessionBlocks(_ s: String, blocks: Int = 2, smooth: Bool = false) -> [KVBlock] {
+        (0..<layout.layers).flatMap { l in (0..<blocks).map { block(s, layer: l, start: $0 * 16, smooth: smooth) } }
+    }
+
+    private func assertLoaded(_ store: TieredStore, _ handle: LoadHandle, equal blocks: [KVBlock], file: StaticString = #filePath, line: UInt = #line) {
+        for l in handle.layers {
+            let load = handle.wait(layer: l)
+            XCTAssertTrue(load.missing.isEmpty, "layer \(l) missing \(load.missing)", file: file, line: line)
+            let expected = blocks.filter { $0.key.layer == l }.sorted { $0.key.start < $1.key.start }
+            XCTAssertEqual(load.pages.map(\.key), expected.map(\.key), file: file, line: line)
+            for (p, b) in zip(load.pages, expected) {
+                XCTAssertTrue(Array(store.contents(of: p.page, bytes: b.payload.count)) == b.payload, "layer \(l) block \(b.key) differs", file: file, line: line)
+            }
+        }
+    }
+
+    func testRoundTripThroughEveryTierAndPath() throws {
+        let store = try TieredStore(configuration: config(tempDir()), model: model, layout: layout)
+        let blocks = sessionBlocks("a")
+        for b in blocks { try store.admit(b) }
+        // HBM -> DRAM (keep in DRAM)
+        for b in blocks { XCTAssertEqual(store.save(b.key).wait(), .inDRAM) }
+        try store.demote(session: "a", to: .dram)
+        XCTAssertFalse(store.isInHBM(blocks[0].key))
+        var h = store.load(session: "a")
+        assertLoaded(store, h, equal: blocks)
+        XCTAssertEqual(h.wait(layer: 0).fromDRAM, 2)
+        h.release()
+        // DRAM -> disk, then disk -> DRAM -> HBM
+        try store.demote(session: "a", to: .disk)
+        XCTAssertEqual(store.placement(session: "a").layers[1].map(\.tiers), [[.disk], [.disk]])
+        h = store.load(session: "a")
+        assertLoaded(store, h, equal: blocks)
+        XCTAssertEqual(h.wait(layer: 2).fromDisk, 2)
+        h.release()
+        // Already in HBM: served from there.
+        h = store.load(session: "a")
+        XCTAssertEqual(h.wait(layer: 1).fromHBM, 2)
+        h.release()
+        // Write-through goes to disk at once.
+        let other = sessionBlocks("b")
+        for b in other { try store.admit(b) }
+        for b in other { XCTAssertEqual(store.save(b.key, placement: .writeThrough).wait(), .onDisk) }
+        XCTAssertTrue(store.disk.contains(other[0].key))
+        let s = store.stats
+        XCTAssertGreaterThan(s.hbm.promotions, 0)
+        XCTAssertGreaterThan(s.dram.demotions, 0)
+        XCTAssertGreaterThan(s.disk.bytesIn, 0)
+    }
+
+    func testLayersArriveInOrderAndWhole() throws {
+        var c = config(tempDir())
+        c.link = .init(bandwidthBytesPerSecond: 200e6, latencySeconds: 1e-4)  // slow link: layers trickle in
+        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let blocks = sessionBlocks("slow", blocks: 4)
+        for b in blocks { try store.admit(b) }
+        for b in blocks { _ = store.save(b.key, placement: .writeThrough) }
+        store.waitForSaves()
+        try store.demote(session: "slow", to: .disk)
+        let h = store.load(session: "slow")
+        for l in h.layers {
+            _ = h.wait(layer: l)
+            // Whenever layer l is ready, every earlier layer is too.
+            for e in 0..<l { XCTAssertTrue(h.isReady(layer: e)) }
+        }
+        assertLoaded(store, h, equal: blocks)
+        h.release()
+    }
+
+    /// A block whose bytes were damaged in (compressed) DRAM fails its checksum on the way up:
+    /// it is reported missing for the caller to recompute, never handed out.
+    func testDamagedBlocksAreReportedMissingNotReturned() throws {
+        var c = config(tempDir())
+        c.compressDRAM = true
+        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let blocks = sessionBlocks("m", smooth: true)
+        for b in blocks { try store.admit(b) }
+        for b in blocks { XCTAssertEqual(store.save(b.key).wait(), .inDRAM) }
+        try store.demote(session: "m", to: .dram)
+        XCTAssertTrue(store.dram.damageStoredBytes(of: blocks[2].key, at: 5))
+        let h = store.load(session: "m")
+        let l1 = h.wait(layer: 1)
+        XCTAssertEqual(l1.missing, [blocks[2].key])
+        XCTAssertEqual(l1.pages.map(\.key), [blocks[3].key])
+        XCTAssertTrue(Array(store.contents(of: l1.pages[0].page, bytes: blocks[3].payload.count)) == blocks[3].payload)
+        h.release()
+        XCTAssertGreaterThan(store.stats.hbm.misses, 0)
+        XCTAssertGreaterThan(store.stats.dram.checksumFailures, 0)
+        // Blocks of another model are refused at the door.
+        let foreignKey = BlockKey(model: ModelFingerprint(value: 1), session: "x", layer: 0, start: 0, count: 16)
+        XCTAssertThrowsError(
+            try store.admit(KVBlock(key: foreignKey, elementType: .f16, rowWidth: layout.rowWidth, payload: blocks[0].payload)))
+    }
+
+    func testRestartFindsTheDiskTier() throws {
+        let dir = tempDir()
+        let blocks = sessionBlocks("persist")
+        do {
+            let store = try TieredStore(configuration: config(dir), model: model, layout: layout)
+            for b in blocks { try store.admit(b) }
+            for b in blocks { _ = store.save(b.key).wait() }
+            try store.close()
+        }
+        let reopened = try TieredStore(configuration: config(dir), model: model, layout: layout)
+        XCTAssertEqual(reopened.sessions, ["persist"])
+        let h = reopened.load(session: "persist")
+        assertLoaded(reopened, h, equal: blocks)
+        XCTAssertEqual(h.wait(layer: 0).fromDisk, 2)
+        h.release()
+        // Another model's store sees nothing.
+        try reopened.close()
+        let foreign = try TieredStore(configuration: config(dir), model: ModelFingerprint(value: 7), layout: layout)
+        XCTAssertTrue(foreign.blockKeys(session: "persist").isEmpty)
+    }
+
+    /// Scripted queue: sessions A, B, C fill DRAM, used in that order; the scheduler says A runs
+    /// next. Saving D must push one session to disk: LRU picks A (least recent), the hint-driven
+    /// policy spares A and picks B.
+    func testHintDrivenEvictionSparesTheUpcomingSession() throws {
+        for kind in [StoreConfiguration.PolicyKind.lru, .hintDriven] {
+            var c = config(tempDir())
+            let perSession = 6 * 2 * 16 * layout.rowWidth * 2
+            c.dramCapacityBytes = 3 * perSession
+            c.policy = kind
+            let store = try TieredStore(configuration: c, model: model, layout: layout)
+            for s in ["A", "B", "C"] {
+                for b in sessionBlocks(s) {
+                    try store.admit(b)
+                    _ = store.save(b.key).wait()
+                }
+            }
+            store.setUpcoming(["A"])
+            for b in sessionBlocks("D") {
+                try store.admit(b)
+                _ = store.save(b.key).wait()
+            }
+            let inDRAM = Set(store.dram.sessions)
+            if kind == .lru {
+                XCTAssertFalse(inDRAM.contains("A"), "LRU evicts the least recently used session")
+            } else {
+                XCTAssertTrue(inDRAM.contains("A"), "hint-driven eviction spares the upcoming session")
+                XCTAssertFalse(inDRAM.contains("B"))
+            }
+            XCTAssertTrue(store.disk.sessions(model: model).count >= 1, "the victim was demoted, not dropped")
+        }
+    }
+
+    /// 8 concurrent clients admit, save, load and demote their sessions through tiers far too
+    /// small for all of them; after every operation no tier exceeds its capacity and every load
+    /// returns intact data.
+    func testCapacityNeverExceededUnderConcurrentClients() throws {
+        var c = config(tempDir())
+        let pageBytes = 2 * 16 * layout.rowWidth * 2
+        c.hbmCapacityBytes = 20 * pageBytes
+        c.dramCapacityBytes = 14 * pageBytes
+        c.diskCapacityBytes = 64 << 20
+        c.maxSavesInFlight = 4
+        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let limits = c
+        let failures = Counter()
+        let allBlocks = (0..<8).map { sessionBlocks("client\($0)") }
+        @Sendable func check() {
+            let s = store.stats
+            if s.hbm.usedBytes > limits.hbmCapacityBytes || s.dram.usedBytes > limits.dramCapacityBytes
+                || s.disk.usedBytes > limits.diskCapacityBytes
+            {
+                failures.add(1)
+            }
+        }
+        DispatchQueue.concurrentPerform(iterations: 8) { client in
+            let session = "client\(client)"
+            let blocks = allBlocks[client]
+            for round in 0..<6 {
+                for b in blocks {
+                    do { try store.admit(b) } catch { continue }  // HBM full of pinned sessions: fine, try later
+                    check()
+                    _ = store.save(b.key, placement: round % 2 == 0 ? .keepInDRAM : .writeThrough).wait()
+                    check()
+                }
+                let h = store.load(session: session)
+                for l in h.layers {
+                    let load = h.wait(layer: l)
+                    for p in load.pages {
+                        guard let expected = blocks.first(where: { $0.key == p.key }) else { continue }
+                        if Array(store.contents(of: p.page, bytes: expected.payload.count)) != expected.payload { failures.add(1) }
+                    }
+                }
+                h.release()
+                check()
+                if round % 3 == 2 { try? store.demote(session: session, to: .disk) }
+                check()
+            }
+        }
+        XCTAssertEqual(failures.value, 0)
+        let s = store.stats
+        XCTAssertLessThanOrEqual(s.hbm.usedBytes, c.hbmCapacityBytes)
+        XCTAssertLessThanOrEqual(s.dram.usedBytes, c.dramCapacityBytes)
+    }
+}
