@@ -45,7 +45,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "kvtier-bench",
-            dependencies: ["KVTierEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["KVTierEngine", "KVTierStore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "KVTierTokenizerTests", dependencies: ["KVTierTokenizer", "KVTierModel"]),
         .testTarget(name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine"], exclude: ["Golden", "Reference"]),

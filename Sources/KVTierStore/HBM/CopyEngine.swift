@@ -111,6 +111,48 @@ public final class CopyEngine: @unchecked Sendable {
 
     /// Copies and returns when the transfer has completed, after everything queued before it.
     /// Must not be called from the copy engine's queue (for example from a completion).
+    /// Copies owned bytes (a DRAM block's payload) into HBM pages, one modelled transfer for the
+    /// batch. The arrays stay alive in the closure until the copy ran, so no staging copy is needed.
+    public func copy(payloads: [(source: [UInt8], destination: UnsafeMutableRawPointer)], completion: @escaping @Sendable () -> Void) {
+        let jobs = payloads.map { OwnedTransfer(source: $0.source, destination: $0.destination) }
+        queue.async { [self] in
+            measure(bytes: jobs.reduce(0) { $0 + $1.source.count }) {
+                for j in jobs {
+                    j.source.withUnsafeBytes { src in
+                        if let base = src.baseAddress { j.destination.copyMemory(from: base, byteCount: src.count) }
+                    }
+                }
+            }
+            completion()
+        }
+    }
+
+    /// Copies `bytes` out of an HBM page into a new array (HBM -> DRAM), handed to `completion`.
+    public func copyOut(from source: UnsafeRawPointer, bytes: Int, completion: @escaping @Sendable ([UInt8]) -> Void) {
+        let src = SourcePointer(source: source)
+        queue.async { [self] in
+            var out: [UInt8] = []
+            measure(bytes: bytes) {
+                out = [UInt8](unsafeUninitializedCapacity: bytes) { buffer, count in
+                    if let base = buffer.baseAddress { base.initialize(from: src.source.assumingMemoryBound(to: UInt8.self), count: bytes) }
+                    count = bytes
+                }
+            }
+            completion(out)
+        }
+    }
+
+    /// An HBM page being read; the page stays allocated until the transfer completes.
+    private struct SourcePointer: @unchecked Sendable {
+        let source: UnsafeRawPointer
+    }
+
+    /// An owned source and an HBM destination that only this transfer writes until it completes.
+    private struct OwnedTransfer: @unchecked Sendable {
+        let source: [UInt8]
+        let destination: UnsafeMutableRawPointer
+    }
+
     public func copySync(from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
         copySync([Transfer(from: source, to: destination, bytes: bytes)])
     }
@@ -133,12 +175,17 @@ public final class CopyEngine: @unchecked Sendable {
 
     /// Runs on `queue`.
     private func perform(_ transfers: [Transfer]) {
-        let start = DispatchTime.now().uptimeNanoseconds
-        var bytes = 0
-        for t in transfers where t.bytes > 0 {
-            t.destination.copyMemory(from: t.source, byteCount: t.bytes)
-            bytes += t.bytes
+        measure(bytes: transfers.reduce(0) { $0 + max($1.bytes, 0) }) {
+            for t in transfers where t.bytes > 0 {
+                t.destination.copyMemory(from: t.source, byteCount: t.bytes)
+            }
         }
+    }
+
+    /// Runs `body` (the real copy of `bytes`), then holds the link until the modelled time has passed.
+    private func measure(bytes: Int, _ body: () -> Void) {
+        let start = DispatchTime.now().uptimeNanoseconds
+        body()
         let copied = DispatchTime.now().uptimeNanoseconds
         let modelled = configuration.modelledSeconds(bytes: bytes)
         if modelled > 0 {

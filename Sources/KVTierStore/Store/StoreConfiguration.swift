@@ -19,6 +19,9 @@ public struct StoreConfiguration: Sendable {
     /// fsync the disk tier's WAL on every block written (survives power loss) instead of only
     /// on `flush()` (survives a process kill; see docs/operations.md).
     public var syncEveryDiskWrite = false
+    /// Group commit: how often the disk tier's WAL is synced when blocks were written (seconds;
+    /// 0 turns the timer off, leaving `flush()` and `close()`).
+    public var diskFlushInterval: Double = 0.2
     /// At most this many saves in flight; `save` blocks the caller beyond it (back-pressure).
     public var maxSavesInFlight = 256
     public var policy: PolicyKind = .hintDriven

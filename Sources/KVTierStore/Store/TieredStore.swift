@@ -34,6 +34,10 @@ public final class TieredStore: @unchecked Sendable {
     private let writeback = DispatchQueue(label: "kvtier.store.writeback")
     private let saveSlots: DispatchSemaphore
     private let inFlight = Counter()
+    /// Blocks written to disk since the last WAL sync (guarded by `lock`).
+    private var unsyncedWrites = 0
+    /// Fires on `writeback` every `diskFlushInterval` to sync the WAL (group commit).
+    private var flushTimer: DispatchSourceTimer?
 
     /// Bytes of one block's payload (keys and values) at full block size.
     public var blockBytes: Int { 2 * configuration.blockTokens * layout.rowWidth * elementType.byteWidth }
@@ -63,6 +67,28 @@ public final class TieredStore: @unchecked Sendable {
         policy = configuration.policy == .lru ? LRUPolicy() : HintDrivenPolicy()
         saveSlots = DispatchSemaphore(value: max(1, configuration.maxSavesInFlight))
         hbmCounters.capacityBytes = arena.capacityBytes
+        if configuration.diskFlushInterval > 0 && !configuration.syncEveryDiskWrite {
+            let timer = DispatchSource.makeTimerSource(queue: writeback)
+            let interval = DispatchTimeInterval.microseconds(Int(configuration.diskFlushInterval * 1e6))
+            timer.schedule(deadline: .now() + interval, repeating: interval)
+            timer.setEventHandler { [weak self] in self?.groupCommit() }
+            timer.resume()
+            flushTimer = timer
+        }
+    }
+
+    deinit {
+        flushTimer?.cancel()
+    }
+
+    /// Syncs the WAL if blocks were written since the last sync.
+    private func groupCommit() {
+        let pending = lock.withLock { () -> Int in
+            let n = unsyncedWrites
+            unsyncedWrites = 0
+            return n
+        }
+        if pending > 0 { try? disk.flush() }
     }
 
     // MARK: HBM
@@ -176,14 +202,13 @@ public final class TieredStore: @unchecked Sendable {
         saveSlots.wait()
         inFlight.add(1)
         let n = blockPayloadBytes(key)
-        let buffer = ByteBuffer(count: n)
-        copyEngine.copy(from: arena.pointer(page), to: buffer.pointer, bytes: n) { [self] in
+        copyEngine.copyOut(from: arena.pointer(page), bytes: n) { [self] payload in
             writeback.async { [self] in
                 defer {
                     inFlight.add(-1)
                     saveSlots.signal()
                 }
-                let block = KVBlock(key: key, elementType: elementType, rowWidth: layout.rowWidth, payload: buffer.bytes())
+                let block = KVBlock(key: key, elementType: elementType, rowWidth: layout.rowWidth, payload: payload)
                 lock.withLock {
                     hbmCounters.demotions += 1
                     hbmCounters.bytesOut += n
@@ -244,6 +269,7 @@ public final class TieredStore: @unchecked Sendable {
         for attempt in 0..<4 {
             do {
                 try disk.put(block, sync: configuration.syncEveryDiskWrite)
+                if !configuration.syncEveryDiskWrite { lock.withLock { unsyncedWrites += 1 } }
                 return
             } catch .full {
                 guard attempt < 3 else { break }
@@ -286,7 +312,7 @@ public final class TieredStore: @unchecked Sendable {
 
     private func loadLayer(_ layer: Int, keys: [BlockKey], into handle: LoadHandle) {
         var result = LayerLoad(layer: layer, pages: [], missing: [])
-        var transfers: [CopyEngine.Transfer] = []
+        var transfers: [(source: [UInt8], destination: UnsafeMutableRawPointer)] = []
         var newPages: [(BlockKey, PageID, Int)] = []
         for key in keys {
             if let page = lock.withLock({ hbm[key] }) {
@@ -318,11 +344,8 @@ public final class TieredStore: @unchecked Sendable {
                 lock.withLock { hbmCounters.misses += 1 }
                 continue
             }
-            let source = ByteBuffer(block.payload)
-            transfers.append(CopyEngine.Transfer(from: UnsafeRawPointer(source.pointer), to: arena.pointer(page), bytes: block.payload.count))
+            transfers.append((source: block.payload, destination: arena.pointer(page)))
             newPages.append((key, page, block.payload.count))
-            // Keep the source alive until the copy ran.
-            retained.append(source)
         }
         let base = result
         let placed = newPages
@@ -343,17 +366,9 @@ public final class TieredStore: @unchecked Sendable {
         if transfers.isEmpty {
             finish()
         } else {
-            let keepAlive = retained
-            retained = []
-            copyEngine.copy(transfers) {
-                withExtendedLifetime(keepAlive) {}
-                finish()
-            }
+            copyEngine.copy(payloads: transfers) { finish() }
         }
     }
-
-    // Owned by the loader queue: source buffers of the transfers being built.
-    private var retained: [ByteBuffer] = []
 
     /// Moves a session's blocks from disk up to DRAM ahead of use (scheduler-aware prefetch).
     public func prefetch(session: String, completion: (@Sendable () -> Void)? = nil) {
@@ -417,6 +432,8 @@ public final class TieredStore: @unchecked Sendable {
     }
 
     public func close() throws(StoreError) {
+        flushTimer?.cancel()
+        flushTimer = nil
         try flush()
         do { try disk.close() } catch { throw .disk(error) }
     }
