@@ -1,9 +1,10 @@
 # KVTier. `make run` and `make test` work on a fresh Debian 12 machine with Swift 6.
 SWIFT ?= swift
 MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model build release test run bench clean
+.PHONY: all setup deps model data build release test run bench clean
 
 all: build
 
@@ -15,6 +16,10 @@ deps:
 
 model:
 	@deploy/scripts/fetch-model.sh $(MODEL)
+
+## data: fetch the ShareGPT conversations for `kvtier-bench truncation` (idempotent; not needed by `make test`)
+data:
+	@deploy/scripts/fetch-sharegpt.sh $(SHAREGPT)
 
 ## build: debug build of everything, tests included
 build: deps

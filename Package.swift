@@ -48,7 +48,7 @@ let package = Package(
             dependencies: ["KVTierEngine", "KVTierStore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "KVTierTokenizerTests", dependencies: ["KVTierTokenizer", "KVTierModel"]),
-        .testTarget(name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine"], exclude: ["Golden", "Reference"]),
+        .testTarget(name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore"], exclude: ["Golden", "Reference"]),
         .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore"]),
     ],
     swiftLanguageModes: [.v6]

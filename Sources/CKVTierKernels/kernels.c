@@ -25,8 +25,8 @@ static int detect_level(void) {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return KVT_CPU_PORTABLE;
     int avx2 = (b >> 5) & 1;
     if (!avx2) return KVT_CPU_PORTABLE;
-    int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
-    if (f && bw && vl && vnni && (lo & 0xe6) == 0xe6) return KVT_CPU_AVX512;
+    int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+    if (f && bw && vl && (lo & 0xe6) == 0xe6) return KVT_CPU_AVX512;  // + opmask and ZMM state
     return KVT_CPU_AVX2;
 #else
     return KVT_CPU_PORTABLE;
@@ -71,7 +71,7 @@ int kvt_set_cpu_level(int level) {
 
 const char *kvt_cpu_level_name(int level) {
     switch (level) {
-    case KVT_CPU_AVX512: return "avx512-vnni";
+    case KVT_CPU_AVX512: return "avx512";
     case KVT_CPU_AVX2: return "avx2-fma-f16c";
     default: return "portable";
     }
@@ -86,20 +86,13 @@ const char *kvt_cpu_level_name(int level) {
 // ---------------------------------------------------------------------------------------
 // Dispatched entry points.
 
-void kvt_quantize_q8(const float *x, kvt_block_q8 *y, int n) {
-#if defined(KVT_X86)
-    if (LEVEL() >= KVT_CPU_AVX2) { kvt_quantize_q8_avx2(x, y, n); return; }
-#endif
-    kvt_quantize_q8_portable(x, y, n);
-}
-
-float kvt_dot_q(int type, const void *w, const kvt_block_q8 *x, int n) {
+float kvt_dot_qf(int type, const void *w, const float *x, const float *xsum, int n) {
 #if defined(KVT_X86)
     int l = LEVEL();
-    if (l >= KVT_CPU_AVX512) return kvt_dot_q_avx512(type, w, x, n);
-    if (l >= KVT_CPU_AVX2) return kvt_dot_q_avx2(type, w, x, n);
+    if (l >= KVT_CPU_AVX512) return kvt_dot_qf_avx512(type, w, x, xsum, n);
+    if (l >= KVT_CPU_AVX2) return kvt_dot_qf_avx2(type, w, x, xsum, n);
 #endif
-    return kvt_dot_q_portable(type, w, x, n);
+    return kvt_dot_qf_portable(type, w, x, xsum, n);
 }
 
 static inline int is_quantized(int type) {
@@ -107,26 +100,24 @@ static inline int is_quantized(int type) {
 }
 
 void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
-                const kvt_block_q8 *xq, const float *xf, float *out) {
+                const float *x, const float *xsum, float *out) {
     const uint8_t *base = (const uint8_t *)w;
     int l = LEVEL();
+    (void)l;
     if (is_quantized(type)) {
-        for (int r = r0; r < r1; r++) {
-            const void *row = base + (size_t)r * rowBytes;
 #if defined(KVT_X86)
-            if (l >= KVT_CPU_AVX512) { out[r - r0] = kvt_dot_q_avx512(type, row, xq, n); continue; }
-            if (l >= KVT_CPU_AVX2) { out[r - r0] = kvt_dot_q_avx2(type, row, xq, n); continue; }
+        if (l >= KVT_CPU_AVX512) { kvt_matvec_qf_avx512(type, w, rowBytes, r0, r1, n, x, xsum, out); return; }
+        if (l >= KVT_CPU_AVX2) { kvt_matvec_qf_avx2(type, w, rowBytes, r0, r1, n, x, xsum, out); return; }
 #endif
-            out[r - r0] = kvt_dot_q_portable(type, row, xq, n);
-        }
-    } else {
-        for (int r = r0; r < r1; r++) {
-            const void *row = base + (size_t)r * rowBytes;
+        for (int r = r0; r < r1; r++) out[r - r0] = kvt_dot_qf_portable(type, base + (size_t)r * rowBytes, x, xsum, n);
+        return;
+    }
+    for (int r = r0; r < r1; r++) {
+        const void *row = base + (size_t)r * rowBytes;
 #if defined(KVT_X86)
-            if (l >= KVT_CPU_AVX2) { out[r - r0] = kvt_dot_f_avx2(type, row, xf, n); continue; }
+        if (l >= KVT_CPU_AVX2) { out[r - r0] = kvt_dot_f_avx2(type, row, x, n); continue; }
 #endif
-            out[r - r0] = kvt_dot_f_portable(type, row, xf, n);
-        }
+        out[r - r0] = kvt_dot_f_portable(type, row, x, n);
     }
 }
 
@@ -168,6 +159,21 @@ void kvt_f32_to_f16(const float *src, uint16_t *dst, size_t n) {
 #define INSTANTIATE(name, params, args) \
     void kvt_##name params { name##_body args; }
 #endif
+
+BODY void block_sums_body(const float *x, float *xsum, int n) {
+    for (int b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+        for (int j = 0; j < 32; j += 4) {
+            s0 += xb[j];
+            s1 += xb[j + 1];
+            s2 += xb[j + 2];
+            s3 += xb[j + 3];
+        }
+        xsum[b] = (s0 + s1) + (s2 + s3);
+    }
+}
+INSTANTIATE(block_sums, (const float *x, float *xsum, int n), (x, xsum, n))
 
 BODY void rmsnorm_body(const float *x, const float *w, float *y, int n, float eps) {
     float ss = 0.0f;

@@ -6,8 +6,7 @@
 float kvt_half_to_float(uint16_t h);
 uint16_t kvt_float_to_half(float f);
 
-void kvt_quantize_q8_portable(const float *x, kvt_block_q8 *y, int n);
-float kvt_dot_q_portable(int type, const void *w, const kvt_block_q8 *x, int n);
+float kvt_dot_qf_portable(int type, const void *w, const float *x, const float *xsum, int n);
 float kvt_dot_f_portable(int type, const void *w, const float *x, int n);
 void kvt_dequantize_row_portable(int type, const void *src, float *dst, int n);
 void kvt_f16_to_f32_portable(const uint16_t *src, float *dst, size_t n);
@@ -15,9 +14,12 @@ void kvt_f32_to_f16_portable(const float *src, uint16_t *dst, size_t n);
 
 #if defined(__x86_64__)
 #define KVT_X86 1
-void kvt_quantize_q8_avx2(const float *x, kvt_block_q8 *y, int n);
-float kvt_dot_q_avx2(int type, const void *w, const kvt_block_q8 *x, int n);
-float kvt_dot_q_avx512(int type, const void *w, const kvt_block_q8 *x, int n);
+float kvt_dot_qf_avx2(int type, const void *w, const float *x, const float *xsum, int n);
+float kvt_dot_qf_avx512(int type, const void *w, const float *x, const float *xsum, int n);
+void kvt_matvec_qf_avx2(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                        const float *x, const float *xsum, float *out);
+void kvt_matvec_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                          const float *x, const float *xsum, float *out);
 float kvt_dot_f_avx2(int type, const void *w, const float *x, int n);
 void kvt_dequantize_row_avx2(int type, const void *src, float *dst, int n);
 void kvt_f16_to_f32_avx2(const uint16_t *src, float *dst, size_t n);

@@ -75,58 +75,38 @@ static inline uint16_t load_u16(const uint8_t *p) {
     return v;
 }
 
-void kvt_quantize_q8_portable(const float *x, kvt_block_q8 *y, int n) {
-    for (int b = 0; b < n / 32; b++) {
-        const float *xb = x + b * 32;
-        float amax = 0.0f;
-        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(xb[i]));
-        float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
-        int sum = 0;
-        for (int i = 0; i < 32; i++) {
-            int q = (int)nearbyintf(xb[i] * id);
-            y[b].qs[i] = (int8_t)q;
-            sum += q;
-        }
-        y[b].d = d;
-        y[b].s = d * (float)sum;
-    }
-}
-
-float kvt_dot_q_portable(int type, const void *w, const kvt_block_q8 *x, int n) {
+float kvt_dot_qf_portable(int type, const void *w, const float *x, const float *xsum, int n) {
     const uint8_t *p = (const uint8_t *)w;
     int nb = n / 32;
     float acc = 0.0f;
     switch (type) {
     case KVT_TYPE_Q4_1:
-        for (int b = 0; b < nb; b++, p += 20) {
+        for (int b = 0; b < nb; b++, p += 20, x += 32) {
             float d = kvt_half_to_float(load_u16(p)), m = kvt_half_to_float(load_u16(p + 2));
             const uint8_t *qs = p + 4;
-            int s = 0;
-            for (int j = 0; j < 16; j++) {
-                s += (qs[j] & 0x0f) * x[b].qs[j] + (qs[j] >> 4) * x[b].qs[j + 16];
-            }
-            acc += d * x[b].d * (float)s + m * x[b].s;
+            float s = 0.0f;
+            for (int j = 0; j < 16; j++) s += (float)(qs[j] & 0x0f) * x[j] + (float)(qs[j] >> 4) * x[j + 16];
+            acc += d * s + m * xsum[b];
         }
         break;
     case KVT_TYPE_Q4_0:
-        for (int b = 0; b < nb; b++, p += 18) {
+        for (int b = 0; b < nb; b++, p += 18, x += 32) {
             float d = kvt_half_to_float(load_u16(p));
             const uint8_t *qs = p + 2;
-            int s = 0;
+            float s = 0.0f;
             for (int j = 0; j < 16; j++) {
-                s += ((qs[j] & 0x0f) - 8) * x[b].qs[j] + ((qs[j] >> 4) - 8) * x[b].qs[j + 16];
+                s += (float)((qs[j] & 0x0f) - 8) * x[j] + (float)((qs[j] >> 4) - 8) * x[j + 16];
             }
-            acc += d * x[b].d * (float)s;
+            acc += d * s;
         }
         break;
     case KVT_TYPE_Q8_0:
-        for (int b = 0; b < nb; b++, p += 34) {
+        for (int b = 0; b < nb; b++, p += 34, x += 32) {
             float d = kvt_half_to_float(load_u16(p));
             const int8_t *qs = (const int8_t *)(p + 2);
-            int s = 0;
-            for (int j = 0; j < 32; j++) s += qs[j] * x[b].qs[j];
-            acc += d * x[b].d * (float)s;
+            float s = 0.0f;
+            for (int j = 0; j < 32; j++) s += (float)qs[j] * x[j];
+            acc += d * s;
         }
         break;
     default:

@@ -8,7 +8,8 @@
 #include <string.h>
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+#define INLINE static inline __attribute__((always_inline))
 
 static inline uint16_t load_u16(const uint8_t *p) {
     uint16_t v;
@@ -24,135 +25,205 @@ AVX2 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-AVX2 static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+// ---------------------------------------------------------------------------------------
+// Quantized weights times F32 activations. Per block of 32 weights the kernels form the
+// vector t of partial sums of q_j * x_j (q_j the block's integers, exact as floats) and add
+// d * t to an accumulator; Q4_1 adds m * xsum[b] on the side. A Q4 block's byte j holds
+// weight j in its low nibble and weight j + 16 in its high nibble. Row loops take four blocks
+// per step into four accumulators so that the FMA latency chains overlap.
 
-AVX2 void kvt_quantize_q8_avx2(const float *x, kvt_block_q8 *y, int n) {
-    const __m256 signBit = _mm256_set1_ps(-0.0f);
-    for (int b = 0; b < n / 32; b++) {
-        const float *xb = x + b * 32;
-        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8);
-        __m256 v2 = _mm256_loadu_ps(xb + 16), v3 = _mm256_loadu_ps(xb + 24);
-        __m256 m = _mm256_andnot_ps(signBit, v0);
-        m = _mm256_max_ps(m, _mm256_andnot_ps(signBit, v1));
-        m = _mm256_max_ps(m, _mm256_andnot_ps(signBit, v2));
-        m = _mm256_max_ps(m, _mm256_andnot_ps(signBit, v3));
-        __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float amax = _mm_cvtss_f32(m4);
-        float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
-        __m256 mul = _mm256_set1_ps(id);
-        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
-        s4 = _mm_hadd_epi32(s4, s4);
-        s4 = _mm_hadd_epi32(s4, s4);
-        int isum = _mm_cvtsi128_si32(s4);
-        // pack 32-bit -> 16-bit -> 8-bit; packs interleave lanes, so fix the order after.
-        __m256i p01 = _mm256_packs_epi32(i0, i1);
-        __m256i p23 = _mm256_packs_epi32(i2, i3);
-        __m256i p = _mm256_packs_epi16(p01, p23);
-        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)y[b].qs, p);
-        y[b].d = d;
-        y[b].s = d * (float)isum;
+// The half at p as a float in lane 0; the two halves at p (Q4_1's d and m) in lanes 0 and 1.
+AVX2 static inline __m128 load_h1(const uint8_t *p) { return _mm_cvtph_ps(_mm_cvtsi32_si128(load_u16(p))); }
+AVX2 static inline __m128 load_h2(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128(v));
+}
+
+// 8 signed bytes -> 8 floats.
+AVX2 static inline __m256 i8x8_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+
+// t for a block whose 32 integers are the signed bytes lo[0..15] then hi[0..15].
+AVX2 static inline __m256 block_sum_avx2(__m128i lo, __m128i hi, const float *x) {
+    __m256 t0 = _mm256_mul_ps(i8x8_ps(lo), _mm256_loadu_ps(x));
+    __m256 t1 = _mm256_mul_ps(i8x8_ps(hi), _mm256_loadu_ps(x + 16));
+    t0 = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x + 8), t0);
+    t1 = _mm256_fmadd_ps(i8x8_ps(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x + 24), t1);
+    return _mm256_add_ps(t0, t1);
+}
+
+// One block at p: acc += d * t (and accm += m * xs[0] for Q4_1). `type` is a constant after inlining.
+AVX2 INLINE void block_avx2(int type, const uint8_t *p, const float *x, const float *xs, __m256 *acc, __m128 *accm) {
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    if (type == KVT_TYPE_Q8_0) {
+        __m256 t = block_sum_avx2(_mm_loadu_si128((const __m128i *)(p + 2)), _mm_loadu_si128((const __m128i *)(p + 18)), x);
+        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(load_h1(p)), t, *acc);
+    } else if (type == KVT_TYPE_Q4_0) {
+        __m128i raw = _mm_loadu_si128((const __m128i *)(p + 2)), eight = _mm_set1_epi8(8);
+        __m128i lo = _mm_sub_epi8(_mm_and_si128(raw, m4), eight);
+        __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), eight);
+        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(load_h1(p)), block_sum_avx2(lo, hi, x), *acc);
+    } else {  // Q4_1
+        __m128i raw = _mm_loadu_si128((const __m128i *)(p + 4));
+        __m128i lo = _mm_and_si128(raw, m4), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+        __m128 dm = load_h2(p);
+        *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), block_sum_avx2(lo, hi, x), *acc);
+        *accm = _mm_fmadd_ss(_mm_movehdup_ps(dm), _mm_load_ss(xs), *accm);
     }
 }
 
-// Unpacks 16 bytes of nibbles: lanes 0..15 = low nibbles, 16..31 = high nibbles.
-AVX2 static inline __m256i unpack_nibbles(const uint8_t *qs) {
-    __m128i raw = _mm_loadu_si128((const __m128i *)qs);
-    __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
-    __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
-    return _mm256_set_m128i(hi, lo);
+AVX2 INLINE float row_avx2(int type, const uint8_t *p, const float *x, const float *xs, int nb) {
+    const int bs = type == KVT_TYPE_Q4_1 ? 20 : type == KVT_TYPE_Q4_0 ? 18 : 34;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+    int b = 0;
+    for (; b + 4 <= nb; b += 4, p += 4 * bs, x += 128) {
+        block_avx2(type, p, x, xs + b, &a0, &m0);
+        block_avx2(type, p + bs, x + 32, xs + b + 1, &a1, &m1);
+        block_avx2(type, p + 2 * bs, x + 64, xs + b + 2, &a2, &m2);
+        block_avx2(type, p + 3 * bs, x + 96, xs + b + 3, &a3, &m3);
+    }
+    for (; b < nb; b++, p += bs, x += 32) block_avx2(type, p, x, xs + b, &a0, &m0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    if (type == KVT_TYPE_Q4_1) s += _mm_cvtss_f32(_mm_add_ss(_mm_add_ss(m0, m1), _mm_add_ss(m2, m3)));
+    return s;
 }
 
-// Sum of u8 x s8 products as 8 int32 lanes.
-AVX2 static inline __m256 dot_us8_avx2(__m256i u, __m256i s) {
-    __m256i p16 = _mm256_maddubs_epi16(u, s);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
-
-AVX2 float kvt_dot_q_avx2(int type, const void *w, const kvt_block_q8 *x, int n) {
-    const uint8_t *p = (const uint8_t *)w;
+AVX2 void kvt_matvec_qf_avx2(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                             const float *x, const float *xsum, float *out) {
+    const uint8_t *base = (const uint8_t *)w;
     int nb = n / 32;
-    __m256 acc = _mm256_setzero_ps();
-    float accm = 0.0f;
     switch (type) {
     case KVT_TYPE_Q4_1:
-        for (int b = 0; b < nb; b++, p += 20) {
-            __m256i q = unpack_nibbles(p + 4);
-            __m256i xs = _mm256_loadu_si256((const __m256i *)x[b].qs);
-            __m256 dd = _mm256_set1_ps(h2f(load_u16(p)) * x[b].d);
-            acc = _mm256_fmadd_ps(dd, dot_us8_avx2(q, xs), acc);
-            accm += h2f(load_u16(p + 2)) * x[b].s;
-        }
-        return hsum256(acc) + accm;
+        for (int r = r0; r < r1; r++) out[r - r0] = row_avx2(KVT_TYPE_Q4_1, base + (size_t)r * rowBytes, x, xsum, nb);
+        return;
     case KVT_TYPE_Q4_0:
-        for (int b = 0; b < nb; b++, p += 18) {
-            __m256i q = _mm256_sub_epi8(unpack_nibbles(p + 2), _mm256_set1_epi8(8));
-            __m256i xs = _mm256_loadu_si256((const __m256i *)x[b].qs);
-            __m256 dd = _mm256_set1_ps(h2f(load_u16(p)) * x[b].d);
-            acc = _mm256_fmadd_ps(dd, dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xs, q)), acc);
-        }
-        return hsum256(acc);
+        for (int r = r0; r < r1; r++) out[r - r0] = row_avx2(KVT_TYPE_Q4_0, base + (size_t)r * rowBytes, x, xsum, nb);
+        return;
     case KVT_TYPE_Q8_0:
-        for (int b = 0; b < nb; b++, p += 34) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
-            __m256i xs = _mm256_loadu_si256((const __m256i *)x[b].qs);
-            __m256 dd = _mm256_set1_ps(h2f(load_u16(p)) * x[b].d);
-            acc = _mm256_fmadd_ps(dd, dot_us8_avx2(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xs, q)), acc);
-        }
-        return hsum256(acc);
+        for (int r = r0; r < r1; r++) out[r - r0] = row_avx2(KVT_TYPE_Q8_0, base + (size_t)r * rowBytes, x, xsum, nb);
+        return;
     default:
-        return kvt_dot_q_portable(type, w, x, n);
+        for (int r = r0; r < r1; r++) out[r - r0] = 0.0f;
+        return;
     }
 }
 
-// AVX-512 VNNI on 256-bit vectors: vpdpbusd replaces the maddubs/madd pair.
-AVX512 static inline __m256 dot_us8_vnni(__m256i u, __m256i s) {
-    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s));
+AVX2 float kvt_dot_qf_avx2(int type, const void *w, const float *x, const float *xsum, int n) {
+    float out;
+    kvt_matvec_qf_avx2(type, w, 0, 0, 1, n, x, xsum, &out);
+    return out;
 }
 
-AVX512 float kvt_dot_q_avx512(int type, const void *w, const kvt_block_q8 *x, int n) {
-    const uint8_t *p = (const uint8_t *)w;
-    int nb = n / 32;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float accm = 0.0f;
+// AVX-512: one block is two 16-lane halves (weights 0..15 and 16..31), expanded with
+// vpmovzxbd/vpmovsxbd. vpermps reads only the low 4 bits of each index, so a nibble becomes
+// its float by a lookup in a 16-entry table (0..15, or -8..7 for Q4_0) without masking or
+// converting; Q4_1's high nibbles are shifted and converted instead, which spreads the work
+// over the shuffle and the convert units.
+AVX512 INLINE void block_avx512(int type, const uint8_t *p, __m512 x0, __m512 x1, const float *xs, __m512 *acc, __m128 *accm) {
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 lo, hi, d;
+    if (type == KVT_TYPE_Q8_0) {
+        lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2))));
+        hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18))));
+        d = _mm512_broadcastss_ps(load_h1(p));
+    } else if (type == KVT_TYPE_Q4_0) {
+        const __m512 table = _mm512_sub_ps(iota, _mm512_set1_ps(8.0f));
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)));
+        lo = _mm512_permutexvar_ps(q, table);
+        hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+        d = _mm512_broadcastss_ps(load_h1(p));
+    } else {  // Q4_1
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)));
+        lo = _mm512_permutexvar_ps(q, iota);
+        hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
+        __m128 dm = load_h2(p);
+        d = _mm512_broadcastss_ps(dm);
+        *accm = _mm_fmadd_ss(_mm_movehdup_ps(dm), _mm_load_ss(xs), *accm);
+    }
+    __m512 t = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+    *acc = _mm512_fmadd_ps(d, t, *acc);
+}
+
+// The sum of a row's 16 lanes, in the order the four-row reduction below uses.
+AVX512 static inline float reduce1_avx512(__m512 a) {
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_permute_ps(s4, 0xb1));
+    return _mm_cvtss_f32(_mm_add_ps(s2, _mm_permute_ps(s2, 0x4e)));
+}
+
+// The four rows' sums (lanes 0..3), each added exactly as reduce1_avx512 adds it.
+AVX512 static inline __m128 reduce4_avx512(__m512 a, __m512 b, __m512 c, __m512 d) {
+    // [a.lo8 | b.lo8] + [a.hi8 | b.hi8], likewise c, d
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
+    // 128-bit lane k holds row k's four partial sums
+    __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xb1));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4e));
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), v));
+}
+
+// One row's blocks into four accumulators (block b into a[b % 4]) so that the FMA latency
+// chains overlap; returns them summed as (a0 + a1) + (a2 + a3).
+AVX512 INLINE __m512 row_avx512(int type, const uint8_t *p, const float *x, const float *xs, int nb, __m128 *accm) {
+    const int bs = type == KVT_TYPE_Q4_1 ? 20 : type == KVT_TYPE_Q4_0 ? 18 : 34;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+    int b = 0;
+    for (; b + 4 <= nb; b += 4, p += 4 * bs, x += 128) {
+        block_avx512(type, p, _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), xs + b, &a0, &m0);
+        block_avx512(type, p + bs, _mm512_loadu_ps(x + 32), _mm512_loadu_ps(x + 48), xs + b + 1, &a1, &m1);
+        block_avx512(type, p + 2 * bs, _mm512_loadu_ps(x + 64), _mm512_loadu_ps(x + 80), xs + b + 2, &a2, &m2);
+        block_avx512(type, p + 3 * bs, _mm512_loadu_ps(x + 96), _mm512_loadu_ps(x + 112), xs + b + 3, &a3, &m3);
+    }
+    for (; b < nb; b++, p += bs, x += 32) block_avx512(type, p, _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), xs + b, &a0, &m0);
+    *accm = _mm_add_ss(_mm_add_ss(m0, m1), _mm_add_ss(m2, m3));
+    return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+}
+
+// Rows one after the other (one stream for the prefetchers); the horizontal sums of four rows
+// are done together, each exactly as a lone row's would be.
+AVX512 INLINE void rows_avx512(int type, const uint8_t *p, size_t rowBytes, int rows, const float *x, const float *xs,
+                               int nb, float *out) {
+    int r = 0;
+    for (; r + 4 <= rows; r += 4, p += 4 * rowBytes) {
+        __m128 m0, m1, m2, m3;
+        __m512 a0 = row_avx512(type, p, x, xs, nb, &m0);
+        __m512 a1 = row_avx512(type, p + rowBytes, x, xs, nb, &m1);
+        __m512 a2 = row_avx512(type, p + 2 * rowBytes, x, xs, nb, &m2);
+        __m512 a3 = row_avx512(type, p + 3 * rowBytes, x, xs, nb, &m3);
+        __m128 s = reduce4_avx512(a0, a1, a2, a3);
+        if (type == KVT_TYPE_Q4_1) s = _mm_add_ps(s, _mm_movelh_ps(_mm_unpacklo_ps(m0, m1), _mm_unpacklo_ps(m2, m3)));
+        _mm_storeu_ps(out + r, s);
+    }
+    for (; r < rows; r++, p += rowBytes) {
+        __m128 m;
+        float s = reduce1_avx512(row_avx512(type, p, x, xs, nb, &m));
+        if (type == KVT_TYPE_Q4_1) s += _mm_cvtss_f32(m);
+        out[r] = s;
+    }
+}
+
+AVX512 void kvt_matvec_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                                 const float *x, const float *xsum, float *out) {
+    const uint8_t *base = (const uint8_t *)w + (size_t)r0 * rowBytes;
+    int nb = n / 32, rows = r1 - r0;
     switch (type) {
-    case KVT_TYPE_Q4_1: {
-        int b = 0;
-        for (; b + 1 < nb; b += 2, p += 40) {
-            __m256i q0 = unpack_nibbles(p + 4), q1 = unpack_nibbles(p + 24);
-            __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
-            __m256i x1 = _mm256_loadu_si256((const __m256i *)x[b + 1].qs);
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(load_u16(p)) * x[b].d), dot_us8_vnni(q0, x0), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(load_u16(p + 20)) * x[b + 1].d), dot_us8_vnni(q1, x1), acc1);
-            accm += _cvtsh_ss(load_u16(p + 2)) * x[b].s + _cvtsh_ss(load_u16(p + 22)) * x[b + 1].s;
-        }
-        for (; b < nb; b++, p += 20) {
-            __m256i q = unpack_nibbles(p + 4);
-            __m256i xs = _mm256_loadu_si256((const __m256i *)x[b].qs);
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(load_u16(p)) * x[b].d), dot_us8_vnni(q, xs), acc0);
-            accm += _cvtsh_ss(load_u16(p + 2)) * x[b].s;
-        }
-        return hsum256(_mm256_add_ps(acc0, acc1)) + accm;
-    }
-    case KVT_TYPE_Q8_0:
-        for (int b = 0; b < nb; b++, p += 34) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
-            __m256i xs = _mm256_loadu_si256((const __m256i *)x[b].qs);
-            __m256 dd = _mm256_set1_ps(_cvtsh_ss(load_u16(p)) * x[b].d);
-            acc0 = _mm256_fmadd_ps(dd, dot_us8_vnni(_mm256_abs_epi8(q), _mm256_sign_epi8(xs, q)), acc0);
-        }
-        return hsum256(acc0);
+    case KVT_TYPE_Q4_1: rows_avx512(KVT_TYPE_Q4_1, base, rowBytes, rows, x, xsum, nb, out); return;
+    case KVT_TYPE_Q4_0: rows_avx512(KVT_TYPE_Q4_0, base, rowBytes, rows, x, xsum, nb, out); return;
+    case KVT_TYPE_Q8_0: rows_avx512(KVT_TYPE_Q8_0, base, rowBytes, rows, x, xsum, nb, out); return;
     default:
-        return kvt_dot_q_avx2(type, w, x, n);
+        for (int r = 0; r < rows; r++) out[r] = 0.0f;
+        return;
     }
+}
+
+AVX512 float kvt_dot_qf_avx512(int type, const void *w, const float *x, const float *xsum, int n) {
+    float out;
+    kvt_matvec_qf_avx512(type, w, 0, 0, 1, n, x, xsum, &out);
+    return out;
 }
 
 AVX2 float kvt_dot_f32_avx2(const float *a, const float *b, int n) {

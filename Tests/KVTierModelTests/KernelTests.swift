@@ -49,70 +49,83 @@ final class KernelTests: XCTestCase {
         }
     }
 
-    func testQuantizedDotProductsAgreeAcrossLevels() {
+    /// Quantized weights times F32 activations: every level against plain Double arithmetic on
+    /// the stored (dequantized) weights, and the levels against each other, to ~1e-5 of the sum
+    /// of |w_j x_j|. Lengths cover a single block and tails of the four-block unrolled loops; the
+    /// offset activations make Q4_1's m * xsum term large.
+    func testFloatActivationDotsMatchDoubleAtEveryLevel() {
         var rng = TestRNG(seed: 3)
-        let n = 576
-        let x = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 3 }
-        let wv = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 2 }
-        for type: UInt32 in [2, 3, 8] {
-            let w = GGUFWriter.encode(wv, type: type)
-            let wd = GGUFWriter.decode(w, type: type, count: n)
-            let exact = zip(wd, x).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
-            var results: [Float] = []
-            for level in levels {
-                _ = kvt_set_cpu_level(level)
-                var q = [kvt_block_q8](repeating: kvt_block_q8(), count: n / 32)
-                kvt_quantize_q8(x, &q, Int32(n))
-                results.append(kvt_dot_q(Int32(type), w, q, Int32(n)))
-            }
-            for r in results {
-                // q8 activations lose ~0.4% per element; the sum is well within 2% of the magnitude.
-                XCTAssertEqual(Double(r), exact, accuracy: 0.02 * zip(wd, x).reduce(0.0) { $0 + abs(Double($1.0 * $1.1)) }, "type \(type)")
-                XCTAssertEqual(r, results[0], accuracy: 1e-3 * max(1, abs(results[0])), "levels disagree for type \(type)")
+        for n in [32, 64, 96, 160, 576, 1536] {
+            let wv = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 2 }
+            for offset: Float in [0, 2] {
+                let x = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 3 + offset }
+                for type: UInt32 in [2, 3, 8] {
+                    let w = GGUFWriter.encode(wv, type: type)
+                    let wd = GGUFWriter.decode(w, type: type, count: n)
+                    let exact = zip(wd, x).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+                    let scale = zip(wd, x).reduce(0.0) { $0 + abs(Double($1.0) * Double($1.1)) }
+                    var results: [Float] = []
+                    for level in levels {
+                        _ = kvt_set_cpu_level(level)
+                        var sums = [Float](repeating: .nan, count: n / 32)
+                        kvt_block_sums(x, &sums, Int32(n))
+                        let got = kvt_dot_qf(Int32(type), w, x, sums, Int32(n))
+                        XCTAssertEqual(Double(got), exact, accuracy: 1e-5 * scale, "type \(type) n \(n) offset \(offset) level \(level)")
+                        results.append(got)
+                    }
+                    for r in results {
+                        XCTAssertEqual(Double(r), Double(results[0]), accuracy: 1e-5 * scale, "levels disagree: type \(type) n \(n)")
+                    }
+                }
             }
         }
     }
 
-    func testQuantizeQ8IsRoundToNearest() {
-        let x: [Float] = (0..<32).map { Float($0) - 15.5 }
-        var q = [kvt_block_q8](repeating: kvt_block_q8(), count: 1)
+    func testBlockSumsAtEveryLevel() {
+        var rng = TestRNG(seed: 5)
+        let n = 320
+        let x = (0..<n).map { _ in (rng.nextFloat() - 0.3) * 10 }
         for level in levels {
             _ = kvt_set_cpu_level(level)
-            kvt_quantize_q8(x, &q, 32)
-            let d = q[0].d
-            XCTAssertEqual(d, 15.5 / 127, accuracy: 1e-7)
-            let qs = withUnsafeBytes(of: q[0].qs) { Array($0.bindMemory(to: Int8.self)) }
-            for i in 0..<32 { XCTAssertEqual(Int(qs[i]), Int((x[i] / d).rounded(.toNearestOrEven)), "level \(level) i \(i)") }
-            XCTAssertEqual(q[0].s, d * Float(qs.reduce(0) { $0 + Int($1) }), accuracy: 1e-5)
+            var sums = [Float](repeating: .nan, count: n / 32)
+            kvt_block_sums(x, &sums, Int32(n))
+            for b in 0..<(n / 32) {
+                let exact = x[(32 * b)..<(32 * b + 32)].reduce(0.0) { $0 + Double($1) }
+                let scale = x[(32 * b)..<(32 * b + 32)].reduce(0.0) { $0 + abs(Double($1)) }
+                XCTAssertEqual(Double(sums[b]), exact, accuracy: 1e-6 * scale, "level \(level) block \(b)")
+            }
         }
     }
 }
 
 extension KernelTests {
-    /// Given the q8 activations, the quantized dot products are exact up to float rounding.
-    func testQuantizedDotIsExactGivenQ8Activations() {
+    /// kvt_matvec over a slice of rows gives each row's kvt_dot_qf exactly (same code at the same
+    /// level), and float-typed matrices match Double arithmetic.
+    func testMatvecRowsAreTheDotProducts() {
         var rng = TestRNG(seed: 4)
-        let n = 576
+        let n = 192, rows = 7
         let x = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 3 }
-        let wv = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 2 }
-        for type: UInt32 in [2, 3, 8] {
-            let w = GGUFWriter.encode(wv, type: type)
-            let wd = GGUFWriter.decode(w, type: type, count: n)
+        var sums = [Float](repeating: 0, count: n / 32)
+        for type: UInt32 in [0, 1, 2, 3, 8] {
+            let matrix = (0..<(rows * n)).map { _ in (rng.nextFloat() - 0.5) * 2 }
+            let w = GGUFWriter.encode(matrix, type: type)
+            let rowBytes = w.count / rows
+            let wd = GGUFWriter.decode(w, type: type, count: rows * n)
             for level in levels {
                 _ = kvt_set_cpu_level(level)
-                var q = [kvt_block_q8](repeating: kvt_block_q8(), count: n / 32)
-                kvt_quantize_q8(x, &q, Int32(n))
-                var xq: [Double] = []
-                for b in q {
-                    let qs = withUnsafeBytes(of: b.qs) { Array($0.bindMemory(to: Int8.self)) }
-                    xq += qs.map { Double($0) * Double(b.d) }
+                kvt_block_sums(x, &sums, Int32(n))
+                var out = [Float](repeating: .nan, count: 4)
+                kvt_matvec(Int32(type), w, rowBytes, 2, 6, Int32(n), x, sums, &out)
+                for r in 2..<6 {
+                    let row = Array(wd[(r * n)..<(r * n + n)])
+                    let exact = zip(row, x).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+                    let scale = zip(row, x).reduce(0.0) { $0 + abs(Double($1.0) * Double($1.1)) }
+                    XCTAssertEqual(Double(out[r - 2]), exact, accuracy: 1e-5 * scale, "type \(type) level \(level) row \(r)")
+                    if type == 2 || type == 3 || type == 8 {
+                        let dot = w.withUnsafeBytes { kvt_dot_qf(Int32(type), $0.baseAddress! + r * rowBytes, x, sums, Int32(n)) }
+                        XCTAssertEqual(out[r - 2], dot, "type \(type) level \(level) row \(r)")
+                    }
                 }
-                let exact = zip(wd, xq).reduce(0.0) { $0 + Double($1.0) * $1.1 }
-                let got = kvt_dot_q(Int32(type), w, q, Int32(n))
-                XCTAssertEqual(Double(got), exact, accuracy: 1e-4 * max(1, abs(exact)), "type \(type) level \(level)")
-                var out: [Float] = [0]
-                kvt_matvec(Int32(type), w, w.count, 0, 1, Int32(n), q, x, &out)
-                XCTAssertEqual(out[0], got)
             }
         }
     }

@@ -1,5 +1,5 @@
-// KVTier compute kernels: quantized dot products, dequantization, half-precision
-// conversion and attention helpers. Each entry point picks an AVX-512, AVX2 or portable
+// KVTier compute kernels: dot products of quantized weights with F32 activations,
+// dequantization, half-precision conversion and attention helpers. Each entry point picks an AVX-512, AVX2 or portable
 // implementation at run time from what the CPU and the kernel's saved state allow.
 #ifndef KVTIER_KERNELS_H
 #define KVTIER_KERNELS_H
@@ -27,15 +27,8 @@ enum {
 enum {
     KVT_CPU_PORTABLE = 0,
     KVT_CPU_AVX2 = 1,    // AVX2 + FMA + F16C
-    KVT_CPU_AVX512 = 2,  // AVX512 F/BW/VL + VNNI
+    KVT_CPU_AVX512 = 2,  // AVX512 F/BW/VL
 };
-
-/// Activations quantized in blocks of 32: x[i] ~= d * qs[i]; s = d * sum(qs).
-typedef struct {
-    float d;
-    float s;
-    int8_t qs[32];
-} kvt_block_q8;
 
 /// The level the kernels use (detected once; lowered by kvt_set_cpu_level).
 int kvt_cpu_level(void);
@@ -45,16 +38,21 @@ int kvt_cpu_level_detected(void);
 int kvt_set_cpu_level(int level);
 const char *kvt_cpu_level_name(int level);
 
-/// Quantizes n floats (n % 32 == 0) into n/32 blocks.
-void kvt_quantize_q8(const float *x, kvt_block_q8 *y, int n);
+/// xsum[b] = sum of x[32b ..< 32b + 32] for the n/32 blocks of x (n % 32 == 0): what the
+/// quantized dot products need once per activation vector.
+void kvt_block_sums(const float *x, float *xsum, int n);
 
-/// Dot product of one weight row (n/32 blocks of `type`, quantized) with quantized activations.
-float kvt_dot_q(int type, const void *w, const kvt_block_q8 *x, int n);
+/// Dot product of one weight row (n/32 blocks of Q4_0, Q4_1 or Q8_0) with F32 activations x.
+/// Each weight counts as its dequantized value (as kvt_dequantize_row gives it) times x[j],
+/// summed in F32: per block d * sum(q_j x_j), plus m * xsum[b] for Q4_1. xsum is
+/// kvt_block_sums(x) (only Q4_1 reads it). Other types give 0.
+float kvt_dot_qf(int type, const void *w, const float *x, const float *xsum, int n);
 
-/// out[r - r0] = dot(row r of W, x) for r in [r0, r1). W has rows of rowBytes bytes, n elements each.
-/// Quantized types use the q8 activations `xq`; float types (F32/F16/BF16) use `xf`.
+/// out[r - r0] = dot(row r of W, x) for r in [r0, r1). W has rows of rowBytes bytes, n elements
+/// each. Quantized types (Q4_0/Q4_1/Q8_0) compute as kvt_dot_qf and need xsum =
+/// kvt_block_sums(x); float types (F32/F16/BF16) ignore xsum (it may be NULL).
 void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
-                const kvt_block_q8 *xq, const float *xf, float *out);
+                const float *x, const float *xsum, float *out);
 
 /// Dequantizes one row of n elements of `type` into dst.
 void kvt_dequantize_row(int type, const void *src, float *dst, int n);

@@ -23,26 +23,3 @@ final class FloatBuffer {
         return pointer
     }
 }
-
-/// Scratch for quantized activations (q8 blocks).
-final class Q8Buffer {
-    private(set) var pointer: UnsafeMutableRawPointer
-    private(set) var capacity: Int
-    static let blockBytes = 40  // MemoryLayout<kvt_block_q8>.stride
-
-    init() {
-        capacity = 1
-        pointer = .allocate(byteCount: Self.blockBytes, alignment: 64)
-    }
-
-    deinit { pointer.deallocate() }
-
-    func reserve(blocks: Int) -> UnsafeMutableRawPointer {
-        if blocks > capacity {
-            pointer.deallocate()
-            capacity = blocks
-            pointer = .allocate(byteCount: blocks * Self.blockBytes, alignment: 64)
-        }
-        return pointer
-    }
-}

@@ -9,7 +9,10 @@ import COpenBLAS
 ///
 /// Batches of at least `gemmThreshold` tokens run as matrix-matrix products (weights
 /// dequantized per layer into scratch, OpenBLAS sgemm, one slice of output rows per worker);
-/// smaller batches, i.e. decoding, run quantized matrix-vector products on q8 activations.
+/// smaller batches, i.e. decoding, run matrix-vector products that expand the quantized weights
+/// block by block against the same F32 activations. Both paths compute every weight as its
+/// dequantized value times an F32 activation, so the logits (and the KV written to the cache)
+/// do not depend on how a sequence was split into batches, up to float rounding.
 ///
 /// Owns its scratch buffers: one `Transformer` serves one forward pass at a time (not Sendable).
 public final class Transformer {
@@ -25,7 +28,7 @@ public final class Transformer {
     private let x = FloatBuffer(), xb = FloatBuffer(), q = FloatBuffer(), k = FloatBuffer(), v = FloatBuffer()
     private let att = FloatBuffer(), gate = FloatBuffer(), up = FloatBuffer(), hidden = FloatBuffer()
     private let weightScratch = FloatBuffer(), logitsBuffer = FloatBuffer()
-    private let q8 = Q8Buffer()
+    private let blockSums = FloatBuffer()
     private let workers: [AttentionScratch]
     private let pool: WorkerPool
 
@@ -203,13 +206,12 @@ public final class Transformer {
             }
             return
         }
-        // Matrix-vector products on q8-quantized activations.
+        // Matrix-vector products on F32 activations; quantized kernels take the per-block
+        // sums of each activation vector (for Q4_1's offsets), computed once here.
         let blocks = w.cols / 32
-        let xq = q8.reserve(blocks: n * blocks)
+        let sums = blockSums.reserve(max(1, n * blocks))
         if w.isQuantized {
-            for i in 0..<n {
-                kvt_quantize_q8(x + i * w.cols, (xq + i * blocks * Q8Buffer.blockBytes).assumingMemoryBound(to: kvt_block_q8.self), Int32(w.cols))
-            }
+            for i in 0..<n { kvt_block_sums(x + i * w.cols, sums + i * blocks, Int32(w.cols)) }
         }
         pool.run(workers) { t in
             let (r0, r1) = Parallel.share(w.rows, t, workers)
@@ -217,8 +219,7 @@ public final class Transformer {
             for i in 0..<n {
                 kvt_matvec(
                     Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols),
-                    (xq + i * blocks * Q8Buffer.blockBytes).assumingMemoryBound(to: kvt_block_q8.self),
-                    x + i * w.cols, y + i * w.rows + r0)
+                    x + i * w.cols, sums + i * blocks, y + i * w.rows + r0)
             }
         }
     }

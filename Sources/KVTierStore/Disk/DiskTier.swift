@@ -397,6 +397,14 @@ public final class DiskTier: @unchecked Sendable {
         return try result.get()
     }
 
+    /// Runs `body` with the open database on the disk queue (for records other than blocks).
+    func withDatabase<T>(_ body: (RocksDatabase) throws(DiskTierError) -> T) throws(DiskTierError) -> T {
+        try onQueue { () throws(DiskTierError) -> T in
+            guard let db = self.database else { throw DiskTierError.closed }
+            return try body(db)
+        }
+    }
+
     private func onQueueRead<T>(_ body: () -> T) -> T {
         if DispatchQueue.getSpecific(key: queueKey) != nil { return body() }
         return queue.sync { body() }

@@ -8,6 +8,8 @@ public struct LayerLoad: Sendable {
     public var missing: [BlockKey]
     /// Blocks served from each tier.
     public var fromHBM = 0, fromDRAM = 0, fromDisk = 0
+    /// The tier each delivered block came from.
+    public var sources: [BlockKey: Tier] = [:]
 }
 
 /// A layer-wise load in progress. The consumer calls `wait(layer:)` before computing layer l;
@@ -20,6 +22,8 @@ public final class LoadHandle: @unchecked Sendable {
     private let condition = NSCondition()
     private var results: [Int: LayerLoad] = [:]
     private var released = false
+    /// Highest layer the consumer has asked for (guarded by `condition`).
+    private var consumed = -1
     let onRelease: @Sendable (LoadHandle) -> Void
 
     init(session: String, layers: Range<Int>, onRelease: @escaping @Sendable (LoadHandle) -> Void) {
@@ -32,6 +36,10 @@ public final class LoadHandle: @unchecked Sendable {
     public func wait(layer: Int) -> LayerLoad {
         condition.lock()
         defer { condition.unlock() }
+        if layer > consumed {
+            consumed = layer
+            condition.broadcast()
+        }
         while results[layer] == nil { condition.wait() }
         return results[layer]!
     }
@@ -50,8 +58,20 @@ public final class LoadHandle: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Read buffer: the loader calls this before moving `layer`, and waits until the consumer
+    /// has asked for layer `layer - depth` (or released the handle).
+    func waitForRoom(layer: Int, depth: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        while !released && consumed < layer - depth { condition.wait() }
+    }
+
     /// Waits for every layer, then unpins the session's pages (they may now be evicted).
     public func release() {
+        condition.lock()
+        consumed = Int.max
+        condition.broadcast()
+        condition.unlock()
         for l in layers { _ = wait(layer: l) }
         condition.lock()
         let first = !released

@@ -292,18 +292,23 @@ public final class TieredStore: @unchecked Sendable {
     // MARK: Load (disk -> DRAM -> HBM), layer by layer
 
     /// Starts moving a session's blocks for `layers` into HBM. Layer l is signalled on the
-    /// handle as soon as its blocks are there, while later layers keep moving. The session's
-    /// pages are pinned (not evictable) until the handle is released.
-    public func load(session: String, layers: Range<Int>? = nil) -> LoadHandle {
+    /// handle as soon as its blocks are there, while later layers keep moving, at most
+    /// `readAhead` layers ahead of the layer the consumer last waited for (the paper's read
+    /// buffer; nil = no limit). The session's pages are pinned until the handle is released.
+    public func load(
+        session: String, layers: Range<Int>? = nil, readAhead: Int? = nil, only include: ((BlockKey) -> Bool)? = nil
+    ) -> LoadHandle {
         let layers = layers ?? 0..<layout.layers
         lock.withLock { pins[session, default: 0] += 1 }
         policy.touch(session: session)
         let handle = LoadHandle(session: session, layers: layers) { [weak self] _ in
             self?.lock.withLock { self?.pins[session, default: 1] -= 1 }
         }
-        let keysByLayer = blockKeys(session: session)
+        let all = blockKeys(session: session)
+        let keysByLayer = include.map { f in all.mapValues { $0.filter(f) } } ?? all
         loader.async { [self] in
             for l in layers {
+                if let depth = readAhead { handle.waitForRoom(layer: l, depth: depth) }
                 loadLayer(l, keys: keysByLayer[l] ?? [], into: handle)
             }
         }
@@ -318,13 +323,16 @@ public final class TieredStore: @unchecked Sendable {
             if let page = lock.withLock({ hbm[key] }) {
                 result.pages.append((key, page))
                 result.fromHBM += 1
+                result.sources[key] = .hbm
                 lock.withLock { hbmCounters.hits += 1 }
                 continue
             }
             var block = dram.get(key)
+            var source = Tier.dram
             if block != nil {
                 result.fromDRAM += 1
             } else {
+                source = .disk
                 switch disk.get(key) {
                 case .hit(let b):
                     block = b
@@ -344,6 +352,7 @@ public final class TieredStore: @unchecked Sendable {
                 lock.withLock { hbmCounters.misses += 1 }
                 continue
             }
+            result.sources[key] = source
             transfers.append((source: block.payload, destination: arena.pointer(page)))
             newPages.append((key, page, block.payload.count))
         }
@@ -404,6 +413,16 @@ public final class TieredStore: @unchecked Sendable {
             if !disk.contains(key) { try writeToDisk(block) }
             _ = dram.remove(key, departure: .demoted)
         }
+    }
+
+    /// Forgets one block in every tier (the engine replaces a session's partial last block).
+    public func remove(_ key: BlockKey) throws(StoreError) {
+        waitForSaves()
+        lock.withLock {
+            if let p = hbm.removeValue(forKey: key) { arena.free([p]) }
+        }
+        _ = dram.remove(key)
+        do { _ = try disk.delete(key) } catch { throw .disk(error) }
     }
 
     /// Forgets a session in every tier.

@@ -14,29 +14,13 @@ struct ReferenceLlama {
         }
     }
 
-    /// Rounds x to q8 blocks of 32 (d = max|x|/127, q = round-half-even(x/d)), as the decoder
-    /// does to activations before quantized matrix-vector products.
-    static func q8(_ x: [Double]) -> [Double] {
-        var out = x
-        for b in stride(from: 0, to: x.count, by: 32) {
-            let amax = x[b..<min(b + 32, x.count)].map { Double(Float(abs($0))) }.max() ?? 0
-            let d = Double(Float(amax) / 127)
-            let id = d != 0 ? Double(1 / Float(d)) : 0
-            for i in b..<min(b + 32, x.count) { out[i] = (Double(Float(x[i]) * Float(id))).rounded(.toNearestOrEven) * d }
-        }
-        return out
-    }
-
     /// Logits at every position for `tokens` at `positions` (causal over the given order).
-    /// With `quantizeActivations`, inputs of quantized matrices are rounded to q8 first.
-    func logits(tokens: [Int32], positions: [Int], quantizeActivations: Bool = false) -> [[Double]] {
+    func logits(tokens: [Int32], positions: [Int]) -> [[Double]] {
         let e = m.embd, hd = m.headDim, heads = m.heads, kvh = m.kvHeads, group = heads / kvh
         let n = tokens.count
         func matvec(_ name: String, _ x: [Double], rows: Int) -> [Double] {
             let W = w[name]!
             let cols = x.count
-            let type = name == "token_embd.weight" ? m.embeddingType : m.matrixType
-            let x = quantizeActivations && (type == 2 || type == 3 || type == 8) ? ReferenceLlama.q8(x) : x
             return (0..<rows).map { r in (0..<cols).reduce(0.0) { $0 + W[r * cols + $1] * x[$1] } }
         }
         func rmsnorm(_ x: [Double], _ name: String) -> [Double] {

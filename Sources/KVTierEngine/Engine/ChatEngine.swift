@@ -1,0 +1,382 @@
+import Dispatch
+import Foundation
+import KVTierModel
+import KVTierStore
+import KVTierTokenizer
+
+/// Multi-turn chat on top of the decoder and the tiered store (CachedAttention's engine):
+/// each turn reuses the KV of the longest cached prefix of its history, loads it layer by
+/// layer while computing, saves new KV layer by layer, truncates position-decoupled when the
+/// window overflows, and reports what it did.
+///
+/// Threads: one turn runs at a time. `runTurn` takes `turnLock` for the whole turn; `sessions`
+/// and the scheduler's queue are guarded by `stateLock`. Superseded blocks are removed on the
+/// `cleanup` queue, off the turn's critical path.
+public final class ChatEngine: @unchecked Sendable {
+    public let model: LlamaModel
+    public let store: TieredStore
+    public let configuration: EngineConfiguration
+    public let contextWindow: Int
+    private let transformer: Transformer
+    private let conversation: ConversationTokenizer
+    private let turnLock = NSLock()
+    private let stateLock = NSLock()
+    private var sessions: [String: SessionState] = [:]
+    private let cleanup = DispatchQueue(label: "kvtier.engine.cleanup")
+    private var blockTokens: Int { store.configuration.blockTokens }
+    /// Tests: sees every logits vector a token is sampled from.
+    var logitsObserver: (([Float]) -> Void)?
+
+    public init(model: LlamaModel, store: TieredStore, configuration: EngineConfiguration = EngineConfiguration()) {
+        self.model = model
+        self.store = store
+        self.configuration = configuration
+        self.contextWindow = min(configuration.contextWindow ?? model.config.contextLength, model.config.contextLength)
+        self.transformer = model.makeTransformer(threads: configuration.threads)
+        self.conversation = ConversationTokenizer(model: model)
+        // Sessions saved before a restart.
+        for name in store.disk.metadataNames(model: store.model, prefix: "session/") {
+            if let bytes = store.disk.metadata(model: store.model, name: name),
+                let s = try? JSONDecoder().decode(SessionState.self, from: Data(bytes))
+            {
+                sessions[s.id] = s
+            }
+        }
+    }
+
+    /// Sessions the engine knows.
+    public var sessionIDs: [String] { stateLock.withLock { sessions.keys.sorted() } }
+
+    /// Token history length and live KV of a session, for inspection.
+    public func sessionSummary(_ id: String) -> (tokens: Int, kv: Int, dropped: Int)? {
+        stateLock.withLock { sessions[id].map { ($0.tokens.count, $0.kvCount, max(0, $0.dropEnd - $0.sinks)) } }
+    }
+
+    func stateForTesting(_ id: String) -> SessionState? { stateLock.withLock { sessions[id] } }
+
+    /// Forgets a session and its KV everywhere.
+    public func deleteSession(_ id: String) throws {
+        turnLock.lock()
+        defer { turnLock.unlock() }
+        stateLock.withLock { _ = sessions.removeValue(forKey: id) }
+        try store.delete(session: id)
+        try store.disk.deleteMetadata(model: store.model, name: "session/" + id)
+    }
+
+    // MARK: A turn
+
+    /// Runs one turn: `messages` is the whole chat so far, ending with the new user message
+    /// (as an OpenAI client sends it). Returns the reply and the turn's report.
+    public func runTurn(
+        session id: String, messages: [ChatMessage], options: GenerationOptions, placement: Placement = .keepInDRAM,
+        onText: (String) -> Void = { _ in }
+    ) throws -> TurnReport {
+        turnLock.lock()
+        defer { turnLock.unlock() }
+        try options.sampling.validate()
+        let started = DispatchTime.now().uptimeNanoseconds
+        var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id)
+        let prompt = conversation.tokens(for: messages, replies: state.replies)
+        var report = TurnReport(session: id)
+        report.promptTokens = prompt.count
+        let maxNew = min(options.maxTokens, contextWindow / 2)
+        guard !prompt.isEmpty else { throw DecoderError.badInput("empty prompt") }
+
+        // Reuse: the longest common prefix with what is stored, inside the live window.
+        var reuse = commonPrefix(prompt, state.tokens, limit: state.kvCount)
+        if reuse >= prompt.count { reuse = prompt.count - 1 }  // recompute the last token for its logits
+        if reuse < state.dropEnd && state.dropEnd > state.sinks {
+            // The history changed inside the dropped part: nothing cached is usable.
+            reuse = 0
+        }
+        if reuse < state.kvCount {
+            // Tokens after the divergence are stale: forget the blocks that start there. A block
+            // straddling the divergence still serves its first part and is rewritten after the turn.
+            dropBlocks(&state, from: reuse)
+            state.kvCount = reuse
+            if reuse == 0 {
+                state.sinks = 0
+                state.dropEnd = 0
+            }
+        }
+        state.tokens = Array(prompt)
+
+        // Truncation: keep the live window plus the new tokens and the reply within C.
+        let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew)
+        report.truncatedTokens = truncated
+
+        var failed: [SessionState.BlockRange] = []
+        for _ in 0..<3 {
+            let attempt = try runForward(
+                state: &state, prompt: prompt, reuse: reuse, failed: failed, options: options, maxNew: maxNew,
+                placement: placement, report: &report, started: started, onText: onText)
+            if attempt.isEmpty { break }
+            failed += attempt
+            report.blocksRecovered += attempt.count
+        }
+        report.totalMs = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
+        persist(state)
+        return report
+    }
+
+    /// One attempt at the turn. Returns the blocks that failed to load (the caller retries with
+    /// them recomputed), or [] when the turn completed.
+    private func runForward(
+        state: inout SessionState, prompt: [Int32], reuse: Int, failed: [SessionState.BlockRange],
+        options: GenerationOptions, maxNew: Int, placement: Placement, report: inout TurnReport, started: UInt64,
+        onText: (String) -> Void
+    ) throws -> [SessionState.BlockRange] {
+        let live = state.liveIndices(upTo: prompt.count)
+        let cache = TurnCache(store: store, session: state.id, layout: model.kvLayout, capacity: live.count + maxNew + 1)
+        defer { cache.finish() }
+        // Plan: live indices below `reuse` inside an intact stored block are loaded; the rest computed.
+        func blockOf(_ i: Int) -> SessionState.BlockRange? {
+            state.blocks.first { $0.start <= i && i < $0.end && !failed.contains($0) }
+        }
+        enum Segment { case load(SessionState.BlockRange, offset: Int, indices: [Int]), compute([Int]) }
+        var segments: [Segment] = []
+        for i in live {
+            if i < reuse, let b = blockOf(i) {
+                if case .load(let cb, let off, var idx) = segments.last, cb == b, idx.last == i - 1 {
+                    idx.append(i)
+                    segments[segments.count - 1] = .load(cb, offset: off, indices: idx)
+                } else {
+                    segments.append(.load(b, offset: i - b.start, indices: [i]))
+                }
+            } else if case .compute(var idx) = segments.last {
+                idx.append(i)
+                segments[segments.count - 1] = .compute(idx)
+            } else {
+                segments.append(.compute([i]))
+            }
+        }
+        let needed = Set(segments.compactMap { seg -> SessionState.BlockRange? in
+            if case .load(let b, _, _) = seg { return b } else { return nil }
+        })
+        if !needed.isEmpty { cache.startLoad(blocks: needed, readAhead: configuration.readAheadLayers) }
+
+        // Saving: everything from the first computed token's block on is (re)written, layer by layer.
+        let firstComputed = segments.compactMap { seg -> Int? in if case .compute(let idx) = seg { return idx.first } else { return nil } }.min() ?? prompt.count
+        let saveFrom = state.blocks.first(where: { $0.start <= firstComputed && firstComputed <= $0.end && $0.count < blockTokens })?.start
+            ?? state.blocks.first(where: { $0.start <= firstComputed && firstComputed < $0.end })?.start ?? firstComputed
+        // History index of each slot (slots follow history order) and its inverse.
+        var slotOf: [Int: Int] = [:]
+        var indexOfSlot: [Int] = []
+        var saver = LayerSaver(
+            engine: self, session: state.id, layers: model.kvLayout.layers, from: saveFrom, sinks: state.sinks,
+            dropEnd: state.dropEnd, blockTokens: blockTokens, placement: placement)
+        var saveSeconds = 0.0
+        cache.onLayerFinished = { layer in
+            let t = DispatchTime.now().uptimeNanoseconds
+            saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: false)
+            saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
+        }
+
+        var logits: [Float] = []
+        var recomputed = 0
+        for seg in segments {
+            switch seg {
+            case .load(let b, let off, let idx):
+                for (k, i) in idx.enumerated() { slotOf[i] = cache.count + k }
+                indexOfSlot += idx
+                do {
+                    try cache.appendLoaded(block: b, offset: off, positions: idx.map { state.position(of: $0) })
+                } catch {
+                    throw DecoderError.cache(error)
+                }
+            case .compute(let idx):
+                for (k, i) in idx.enumerated() { slotOf[i] = cache.count + k }
+                indexOfSlot += idx
+                recomputed += idx.count
+                try transformer.forward(
+                    tokens: idx.map { prompt[$0] }, positions: idx.map { state.position(of: $0) }, cache: cache, logits: .last
+                ) { _, l in logits = Array(l) }
+            }
+        }
+        if !cache.failedBlocks.isEmpty { return cache.failedBlocks }
+
+        // Generation.
+        var sampler = Sampler(options.sampling)
+        var decoder = StreamingDecoder(tokenizer: model.tokenizer)
+        var history = prompt
+        var generated: [Int32] = []
+        var text = ""
+        var stop = "length"
+        var firstTokenAt = DispatchTime.now().uptimeNanoseconds
+        while generated.count < maxNew {
+            logitsObserver?(logits)
+            let next = logits.withUnsafeBufferPointer { sampler.sample(logits: $0, recent: history[...]) }
+            if generated.isEmpty { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
+            if options.stopAtEndOfGeneration && model.tokenizer.isEndOfGeneration(next) {
+                stop = "stop"
+                break
+            }
+            generated.append(next)
+            history.append(next)
+            let piece = decoder.append(next)
+            if !piece.isEmpty {
+                text += piece
+                onText(piece)
+            }
+            if generated.count == maxNew { break }
+            let i = history.count - 1
+            slotOf[i] = cache.count
+            indexOfSlot.append(i)
+            try transformer.forward(tokens: [next], positions: [state.position(of: i)], cache: cache, logits: .last) {
+                _, l in logits = Array(l)
+            }
+        }
+        let rest = decoder.flush()
+        if !rest.isEmpty {
+            text += rest
+            onText(rest)
+        }
+        // Save what is left (the partial last block of every layer).
+        let fedCount = generated.count == maxNew ? history.count - 1 : history.count
+        let t = DispatchTime.now().uptimeNanoseconds
+        for layer in 0..<model.kvLayout.layers {
+            saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: true)
+        }
+        saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
+
+        // New session state.
+        let superseded = state.blocks.filter { $0.end > saveFrom }
+        state.blocks = state.blocks.filter { $0.end <= saveFrom } + saver.written
+        state.blocks.sort { $0.start < $1.start }
+        let removed = superseded.filter { !saver.written.contains($0) }
+        if !removed.isEmpty {
+            let keys = removed.flatMap { b in (0..<model.kvLayout.layers).map { self.key(state.id, $0, b) } }
+            cleanup.async { [store] in for k in keys { try? store.remove(k) } }
+        }
+        state.tokens = history
+        state.kvCount = fedCount
+        if stop == "stop" || !generated.isEmpty { state.replies[text] = generated }
+
+        let reused = live.filter { $0 < prompt.count }.count - recomputed
+        report.tokensReused = reused
+        report.tokensRecomputed = recomputed
+        report.tokensGenerated = generated.count
+        report.hitsHBM = cache.tokensFrom[.hbm] ?? 0
+        report.hitsDRAM = cache.tokensFrom[.dram] ?? 0
+        report.hitsDisk = cache.tokensFrom[.disk] ?? 0
+        report.loadStallMs = cache.stallSeconds * 1000
+        report.saveLagMs = saveSeconds * 1000
+        report.ttftMs = Double(firstTokenAt - started) / 1e6
+        report.text = text
+        report.generated = generated
+        report.stopReason = stop
+        return []
+    }
+
+    func key(_ session: String, _ layer: Int, _ b: SessionState.BlockRange) -> BlockKey {
+        BlockKey(model: store.model, session: session, layer: layer, start: b.start, count: b.count)
+    }
+
+    private func commonPrefix(_ a: [Int32], _ b: [Int32], limit: Int) -> Int {
+        var i = 0
+        let n = min(a.count, b.count, limit)
+        while i < n && a[i] == b[i] { i += 1 }
+        return i
+    }
+
+    private func dropBlocks(_ state: inout SessionState, from index: Int) {
+        let stale = state.blocks.filter { $0.start >= index }
+        state.blocks.removeAll { $0.start >= index }
+        let keys = stale.flatMap { b in (0..<model.kvLayout.layers).map { key(state.id, $0, b) } }
+        if !keys.isEmpty { cleanup.async { [store] in for k in keys { try? store.remove(k) } } }
+    }
+
+    /// Drops the oldest history tokens (after the sinks) so that the live tokens, the new ones
+    /// and `reserve` generated tokens fit the window. Returns how many tokens were dropped.
+    private func truncateIfNeeded(_ state: inout SessionState, total: Int, reserve: Int) -> Int {
+        var sinks = configuration.sinkTokens
+        if configuration.pinSystemMessage, let end = model.tokenizer.tokenID("<|im_end|>"),
+            let i = state.tokens.firstIndex(of: end)
+        {
+            sinks = max(sinks, i + 2)  // the system message through its "<|im_end|>\n"
+        }
+        sinks = min(sinks, total)
+        let live = state.liveIndices(upTo: total).count
+        guard live + reserve > contextWindow else { return 0 }
+        if state.dropEnd <= state.sinks {
+            state.sinks = sinks
+            state.dropEnd = sinks
+        }
+        let g = max(1, configuration.truncationGranularity)
+        var drop = live + reserve - contextWindow + Int(Double(contextWindow) * configuration.truncationFraction)
+        drop = (drop + g - 1) / g * g
+        drop = min(drop, total - state.dropEnd - 1)
+        let before = state.dropEnd
+        state.dropEnd += max(0, drop)
+        // Blocks wholly inside the dropped range are deleted; partly dropped blocks keep serving their kept part.
+        let gone = state.blocks.filter { $0.start >= state.sinks && $0.end <= state.dropEnd }
+        state.blocks.removeAll { gone.contains($0) }
+        let keys = gone.flatMap { b in (0..<model.kvLayout.layers).map { key(state.id, $0, b) } }
+        if !keys.isEmpty { cleanup.async { [store] in for k in keys { try? store.remove(k) } } }
+        return state.dropEnd - before
+    }
+
+    private func persist(_ state: SessionState) {
+        stateLock.withLock { sessions[state.id] = state }
+        if let data = try? JSONEncoder().encode(state) {
+            try? store.disk.putMetadata(model: store.model, name: "session/" + state.id, value: Array(data))
+        }
+    }
+
+    /// Waits until background removals are done (tests, shutdown).
+    public func quiesce() {
+        cleanup.sync {}
+        store.waitForSaves()
+    }
+}
+
+/// Saves a turn's new KV into the store in blocks of `blockTokens`, layer by layer, as soon as
+/// a block of a layer is complete (and the partial tail at the end of the turn).
+struct LayerSaver {
+    let engine: ChatEngine
+    let session: String
+    let layers: Int
+    let sinks: Int
+    let dropEnd: Int
+    let blockTokens: Int
+    let placement: Placement
+    /// Per layer: history index up to which blocks were written.
+    private var savedUpTo: [Int]
+    private(set) var written: [SessionState.BlockRange] = []
+
+    init(engine: ChatEngine, session: String, layers: Int, from: Int, sinks: Int, dropEnd: Int, blockTokens: Int, placement: Placement) {
+        self.engine = engine
+        self.session = session
+        self.layers = layers
+        self.sinks = sinks
+        self.dropEnd = dropEnd
+        self.blockTokens = blockTokens
+        self.placement = placement
+        savedUpTo = [Int](repeating: from, count: layers)
+    }
+
+    /// The next block starting at history index `start`: blocks never cross the dropped gap.
+    private func chunk(from start: Int, end: Int) -> SessionState.BlockRange? {
+        var s = start
+        if s >= sinks && s < dropEnd { s = dropEnd }
+        guard s < end else { return nil }
+        var e = min(s + blockTokens, end)
+        if s < sinks && dropEnd > sinks { e = min(e, sinks) }
+        return .init(start: s, count: e - s)
+    }
+
+    /// Saves the complete blocks of `layer` among history indices below `end` (all of them, the
+    /// partial last one included, when `final`).
+    mutating func saveComplete(layer: Int, end: Int, slotOf: [Int: Int], cache: InMemoryKVCache, final: Bool) {
+        while let b = chunk(from: savedUpTo[layer], end: end) {
+            guard b.count == blockTokens || final || (b.end == sinks && dropEnd > sinks) else { break }
+            guard let slot = slotOf[b.start] else { break }
+            let payload = cache.payload(layer: layer, start: slot, count: b.count)
+            let key = engine.key(session, layer, b)
+            let block = KVBlock(key: key, elementType: .f16, rowWidth: cache.layout.rowWidth, payload: payload)
+            if (try? engine.store.admit(block)) != nil { engine.store.save(key, placement: placement) }
+            if layer == 0 { written.append(b) }
+            savedUpTo[layer] = b.end
+        }
+    }
+}

@@ -1,0 +1,27 @@
+import KVTierModel
+
+/// How the chat engine uses the context window, truncates and schedules.
+public struct EngineConfiguration: Sendable {
+    /// Context window C in tokens (default: the model's).
+    public var contextWindow: Int?
+    /// Attention-sink tokens always kept at the start when truncating.
+    public var sinkTokens = 4
+    /// When a turn would overflow the window, drop this fraction of the window at once (plus
+    /// what is needed), so truncation does not happen on every turn.
+    public var truncationFraction = 0.25
+    /// Dropped ranges are rounded up to a multiple of this many tokens.
+    public var truncationGranularity = 16
+    /// Read buffer: how many layers ahead of the decoder the store may move KV into HBM
+    /// (nil: as far as it gets).
+    public var readAheadLayers: Int? = 8
+    /// Keep the system message's tokens as sinks too when truncating.
+    public var pinSystemMessage = false
+    /// Queued turns whose sessions are prefetched and spared by eviction.
+    public var lookAhead = 4
+    /// Compute threads.
+    public var threads = LlamaModel.defaultThreads
+    /// A session whose next turn is expected later than this is written through to disk.
+    public var writeThroughAfterSeconds = 60.0
+
+    public init() {}
+}

@@ -1,0 +1,24 @@
+/// What one turn did: the figures the daemon returns and the benchmark prints.
+public struct TurnReport: Sendable, Codable {
+    public var session: String
+    public var promptTokens = 0
+    public var tokensReused = 0
+    public var tokensRecomputed = 0
+    public var tokensGenerated = 0
+    /// Reused tokens served from each tier.
+    public var hitsHBM = 0, hitsDRAM = 0, hitsDisk = 0
+    public var ttftMs = 0.0
+    /// Time the decoder waited for KV layers to arrive.
+    public var loadStallMs = 0.0
+    /// Time saving added to the turn's critical path (HBM admission and back-pressure).
+    public var saveLagMs = 0.0
+    public var truncatedTokens = 0
+    /// Blocks that failed to load (missing or corrupt) and whose tokens were recomputed.
+    public var blocksRecovered = 0
+    public var text = ""
+    public var generated: [Int32] = []
+    public var stopReason = "stop"
+    public var totalMs = 0.0
+
+    public init(session: String) { self.session = session }
+}
