@@ -298,3 +298,21 @@ final class ReportBox: @unchecked Sendable {
     func append(_ r: TurnReport) { lock.withLock { reports.append(r) } }
     var all: [TurnReport] { lock.withLock { reports } }
 }
+
+extension ChatEngineTests {
+    /// A client that sends no session id but resends the history finds the session holding it
+    /// (hash chain, then a token-by-token check), and another chat finds nothing.
+    func testSessionIsFoundByTokenPrefix() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        var messages = [ChatMessage(role: "user", content: "a question long enough to fill a few blocks of sixteen tokens each")]
+        let r = try engine.runTurn(session: "known", messages: messages, options: GenerationOptions(maxTokens: 5, sampling: .greedy))
+        messages += [ChatMessage(role: "assistant", content: r.text), ChatMessage(role: "user", content: "follow-up")]
+        let match = try XCTUnwrap(engine.matchSession(messages: messages))
+        XCTAssertEqual(match.session, "known")
+        XCTAssertEqual(match.tokens, r.promptTokens + r.generated.count - 1, "the whole cached history matches")
+        let other = engine.matchSession(messages: [ChatMessage(role: "user", content: "zzzz something else entirely, unrelated to anything")])
+        // Only the shared system prompt could match, and it is shorter than the other history.
+        if let other { XCTAssertLessThan(other.tokens, match.tokens) }
+    }
+}

@@ -22,6 +22,8 @@ public final class ChatEngine: @unchecked Sendable {
     private let turnLock = NSLock()
     private let stateLock = NSLock()
     private var sessions: [String: SessionState] = [:]
+    /// Hash-chain link -> sessions whose cached tokens contain that prefix (guarded by `stateLock`).
+    private var prefixIndex: [UInt64: Set<String>] = [:]
     private let cleanup = DispatchQueue(label: "kvtier.engine.cleanup")
     private var blockTokens: Int { store.configuration.blockTokens }
     /// Tests: sees every logits vector a token is sampled from.
@@ -40,6 +42,7 @@ public final class ChatEngine: @unchecked Sendable {
                 let s = try? JSONDecoder().decode(SessionState.self, from: Data(bytes))
             {
                 sessions[s.id] = s
+                index(s)
             }
         }
     }
@@ -58,7 +61,9 @@ public final class ChatEngine: @unchecked Sendable {
     public func deleteSession(_ id: String) throws {
         turnLock.lock()
         defer { turnLock.unlock() }
-        stateLock.withLock { _ = sessions.removeValue(forKey: id) }
+        stateLock.withLock {
+            if let old = sessions.removeValue(forKey: id) { unindex(old) }
+        }
         try store.delete(session: id)
         try store.disk.deleteMetadata(model: store.model, name: "session/" + id)
     }
@@ -316,8 +321,50 @@ public final class ChatEngine: @unchecked Sendable {
         return state.dropEnd - before
     }
 
+    /// Adds a session's cached prefix to the hash-chain index (caller holds `stateLock` or is `init`).
+    private func index(_ s: SessionState) {
+        guard s.dropEnd <= s.sinks else { return }  // a truncated history no longer starts with its prefix
+        for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount))) {
+            prefixIndex[link, default: []].insert(s.id)
+        }
+    }
+
+    private func unindex(_ s: SessionState) {
+        for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount))) {
+            prefixIndex[link]?.remove(s.id)
+            if prefixIndex[link]?.isEmpty == true { prefixIndex[link] = nil }
+        }
+    }
+
+    /// For a request without a session id: the session holding the longest cached prefix of
+    /// this chat (found through the hash chain, then checked token by token), and how many
+    /// tokens of it match; nil when no session shares a whole block.
+    public func matchSession(messages: [ChatMessage]) -> (session: String, tokens: Int)? {
+        stateLock.withLock {
+            let prompt = conversation.tokens(for: messages, replies: [:])
+            let links = TokenHashChain.links(prompt)
+            for (i, link) in links.enumerated().reversed() {
+                guard let candidates = prefixIndex[link] else { continue }
+                var best: (String, Int)?
+                for id in candidates.sorted() {
+                    guard let s = sessions[id] else { continue }
+                    // Assistant replies are compared by the ids this session generated.
+                    let own = conversation.tokens(for: messages, replies: s.replies)
+                    let n = commonPrefix(own, s.tokens, limit: s.kvCount)
+                    if n >= (i + 1) * TokenHashChain.blockTokens, n > (best?.1 ?? 0) { best = (id, n) }
+                }
+                if let best { return (best.0, best.1) }
+            }
+            return nil
+        }
+    }
+
     private func persist(_ state: SessionState) {
-        stateLock.withLock { sessions[state.id] = state }
+        stateLock.withLock {
+            if let old = sessions[state.id] { unindex(old) }
+            sessions[state.id] = state
+            index(state)
+        }
         if let data = try? JSONEncoder().encode(state) {
             try? store.disk.putMetadata(model: store.model, name: "session/" + state.id, value: Array(data))
         }
