@@ -62,17 +62,13 @@ public final class Generator {
     ) throws -> GenerationResult {
         try options.sampling.validate()
         guard !prompt.isEmpty else { throw DecoderError.badInput("the prompt is empty") }
-        var sampler = Sampler(options.sampling)
-        var decoder = StreamingDecoder(tokenizer: model.tokenizer)
-        var history = prompt
-        var generated: [Int32] = []
-        var text = ""
+        var reply = ReplyBuilder(tokenizer: model.tokenizer, options: options, prompt: prompt)
         let start = DispatchTime.now().uptimeNanoseconds
         var firstTokenAt = start
         var stop = StopReason.maxTokens
-        var next: Int32 = -1
+        var next: Int32? = nil
         var input = prompt
-        while generated.count < options.maxTokens {
+        while reply.generated.count < options.maxTokens {
             let base = Int32(cache.count)
             if cache.count + input.count > cache.capacity {
                 stop = .contextFull
@@ -80,28 +76,19 @@ public final class Generator {
             }
             let positions = (0..<input.count).map { base + Int32($0) }
             try transformer.forward(tokens: input, positions: positions, cache: cache, logits: .last) { _, logits in
-                next = sampler.sample(logits: logits, recent: history[...])
+                next = reply.accept(logits, onText: onText)
             }
-            if generated.isEmpty { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
-            if options.stopAtEndOfGeneration && model.tokenizer.isEndOfGeneration(next) {
+            if reply.generated.count <= 1 { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
+            guard let token = next else {
                 stop = .endOfGeneration
                 break
             }
-            generated.append(next)
-            history.append(next)
-            let piece = decoder.append(next)
-            if !piece.isEmpty {
-                text += piece
-                onText(piece)
-            }
-            input = [next]
+            input = [token]
         }
-        pendingToken = next >= 0 ? next : nil
-        let rest = decoder.flush()
-        if !rest.isEmpty {
-            text += rest
-            onText(rest)
-        }
+        // The last sampled token has not been fed (its KV is not in the cache).
+        pendingToken = reply.endToken ?? next
+        reply.finish(onText: onText)
+        let generated = reply.generated, text = reply.text
         let end = DispatchTime.now().uptimeNanoseconds
         return GenerationResult(
             promptTokens: prompt.count, generated: generated, text: text, stopReason: stop,

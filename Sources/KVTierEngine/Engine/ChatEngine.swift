@@ -201,41 +201,23 @@ public final class ChatEngine: @unchecked Sendable {
         if !cache.failedBlocks.isEmpty { return cache.failedBlocks }
 
         // Generation.
-        var sampler = Sampler(options.sampling)
-        var decoder = StreamingDecoder(tokenizer: model.tokenizer)
-        var history = prompt
-        var generated: [Int32] = []
-        var text = ""
-        var stop = "length"
+        var reply = ReplyBuilder(tokenizer: model.tokenizer, options: options, prompt: prompt)
         var firstTokenAt = DispatchTime.now().uptimeNanoseconds
-        while generated.count < maxNew {
+        while reply.generated.count < maxNew {
             logitsObserver?(logits)
-            let next = logits.withUnsafeBufferPointer { sampler.sample(logits: $0, recent: history[...]) }
-            if generated.isEmpty { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
-            if options.stopAtEndOfGeneration && model.tokenizer.isEndOfGeneration(next) {
-                stop = "stop"
-                break
-            }
-            generated.append(next)
-            history.append(next)
-            let piece = decoder.append(next)
-            if !piece.isEmpty {
-                text += piece
-                onText(piece)
-            }
-            if generated.count == maxNew { break }
-            let i = history.count - 1
+            let next = logits.withUnsafeBufferPointer { reply.accept($0, onText: onText) }
+            if reply.generated.count <= 1 { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
+            guard let next, reply.generated.count < maxNew else { break }
+            let i = reply.history.count - 1
             slotOf[i] = cache.count
             indexOfSlot.append(i)
             try transformer.forward(tokens: [next], positions: [state.position(of: i)], cache: cache, logits: .last) {
                 _, l in logits = Array(l)
             }
         }
-        let rest = decoder.flush()
-        if !rest.isEmpty {
-            text += rest
-            onText(rest)
-        }
+        reply.finish(onText: onText)
+        let history = reply.history, generated = reply.generated, text = reply.text
+        let stop = reply.endedByModel ? "stop" : "length"
         // Save what is left (the partial last block of every layer).
         let fedCount = generated.count == maxNew ? history.count - 1 : history.count
         let t = DispatchTime.now().uptimeNanoseconds
