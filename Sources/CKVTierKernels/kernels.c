@@ -135,6 +135,14 @@ void kvt_f16_to_f32(const uint16_t *src, float *dst, size_t n) {
     kvt_f16_to_f32_portable(src, dst, n);
 }
 
+void kvt_kv_to_f32(const void *src, int elemBytes, float *dst, size_t n) {
+    if (elemBytes == 4) {
+        memcpy(dst, src, n * sizeof(float));
+    } else {
+        kvt_f16_to_f32((const uint16_t *)src, dst, n);
+    }
+}
+
 void kvt_f32_to_f16(const float *src, uint16_t *dst, size_t n) {
 #if defined(KVT_X86)
     if (LEVEL() >= KVT_CPU_AVX2) { kvt_f32_to_f16_avx2(src, dst, n); return; }
@@ -198,12 +206,12 @@ BODY void rope_row_body(float *x, int nheads, int headDim, const float *cosv, co
 INSTANTIATE(rope_row, (float *x, int nheads, int headDim, const float *cosv, const float *sinv),
             (x, nheads, headDim, cosv, sinv))
 
-BODY void rope_keys_f16_body(const uint16_t *k, size_t ldk, const int32_t *pos, int T, int headDim,
-                             const float *cosTable, const float *sinTable, float *dst) {
+BODY void rope_keys_body(const void *k, int elemBytes, size_t ldk, const int32_t *pos, int T, int headDim,
+                         const float *cosTable, const float *sinTable, float *dst) {
     int half = headDim / 2;
     for (int t = 0; t < T; t++) {
         float *row = dst + (size_t)t * headDim;
-        kvt_f16_to_f32(k + (size_t)t * ldk, row, (size_t)headDim);
+        kvt_kv_to_f32((const uint8_t *)k + (size_t)t * ldk * elemBytes, elemBytes, row, (size_t)headDim);
         const float *c = cosTable + (size_t)pos[t] * half, *s = sinTable + (size_t)pos[t] * half;
         for (int i = 0; i < half; i++) {
             float a = row[2 * i], b = row[2 * i + 1];
@@ -212,10 +220,10 @@ BODY void rope_keys_f16_body(const uint16_t *k, size_t ldk, const int32_t *pos, 
         }
     }
 }
-INSTANTIATE(rope_keys_f16,
-            (const uint16_t *k, size_t ldk, const int32_t *pos, int T, int headDim, const float *cosTable,
+INSTANTIATE(rope_keys,
+            (const void *k, int elemBytes, size_t ldk, const int32_t *pos, int T, int headDim, const float *cosTable,
              const float *sinTable, float *dst),
-            (k, ldk, pos, T, headDim, cosTable, sinTable, dst))
+            (k, elemBytes, ldk, pos, T, headDim, cosTable, sinTable, dst))
 
 BODY void softmax_causal_body(float *s, int n, int T, int firstVisible, float scale) {
     for (int j = 0; j < n; j++) {
@@ -240,14 +248,14 @@ BODY void softmax_causal_body(float *s, int n, int T, int firstVisible, float sc
 }
 INSTANTIATE(softmax_causal, (float *s, int n, int T, int firstVisible, float scale), (s, n, T, firstVisible, scale))
 
-BODY void attend_one_body(const float *q, const uint16_t *k, size_t ldk, const uint16_t *v, size_t ldv,
+BODY void attend_one_body(const float *q, const void *k, const void *v, int elemBytes, size_t ldk, size_t ldv,
                           const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
                           const float *sinTable, float *scores, float *out) {
     int half = headDim / 2;
     float row[256];
     float mx = -INFINITY;
     for (int t = 0; t < T; t++) {
-        kvt_f16_to_f32(k + (size_t)t * ldk, row, (size_t)headDim);
+        kvt_kv_to_f32((const uint8_t *)k + (size_t)t * ldk * elemBytes, elemBytes, row, (size_t)headDim);
         const float *c = cosTable + (size_t)pos[t] * half, *s = sinTable + (size_t)pos[t] * half;
         // q . rope(k): per pair, c*(q0 k0 + q1 k1) + s*(q1 k0 - q0 k1)
         float acc = 0.0f;
@@ -267,15 +275,15 @@ BODY void attend_one_body(const float *q, const uint16_t *k, size_t ldk, const u
     float inv = 1.0f / sum;
     for (int i = 0; i < headDim; i++) out[i] = 0.0f;
     for (int t = 0; t < T; t++) {
-        kvt_f16_to_f32(v + (size_t)t * ldv, row, (size_t)headDim);
+        kvt_kv_to_f32((const uint8_t *)v + (size_t)t * ldv * elemBytes, elemBytes, row, (size_t)headDim);
         float p = scores[t] * inv;
         for (int i = 0; i < headDim; i++) out[i] += p * row[i];
     }
 }
 INSTANTIATE(attend_one,
-            (const float *q, const uint16_t *k, size_t ldk, const uint16_t *v, size_t ldv, const int32_t *pos, int T,
-             int headDim, float scale, const float *cosTable, const float *sinTable, float *scores, float *out),
-            (q, k, ldk, v, ldv, pos, T, headDim, scale, cosTable, sinTable, scores, out))
+            (const float *q, const void *k, const void *v, int elemBytes, size_t ldk, size_t ldv, const int32_t *pos,
+             int T, int headDim, float scale, const float *cosTable, const float *sinTable, float *scores, float *out),
+            (q, k, v, elemBytes, ldk, ldv, pos, T, headDim, scale, cosTable, sinTable, scores, out))
 
 BODY void swiglu_body(const float *g, const float *u, float *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];

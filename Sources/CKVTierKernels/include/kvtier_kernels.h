@@ -68,16 +68,19 @@ void kvt_rmsnorm(const float *x, const float *w, float *y, int n, float eps);
 /// cosv/sinv hold headDim/2 values for the row's position.
 void kvt_rope_row(float *x, int nheads, int headDim, const float *cosv, const float *sinv);
 
-/// Converts T cached pre-RoPE keys of one KV head from f16 to f32 and rotates each by its
-/// position: dst[t*headDim + ...] = rope(k[t], pos[t]). k rows are `ldk` halves apart.
-/// The rope tables hold headDim/2 cos and sin values per position.
-void kvt_rope_keys_f16(const uint16_t *k, size_t ldk, const int32_t *pos, int T, int headDim,
-                       const float *cosTable, const float *sinTable, float *dst);
+/// Converts n cached elements (F16 when elemBytes == 2, F32 when 4) to F32.
+void kvt_kv_to_f32(const void *src, int elemBytes, float *dst, size_t n);
+
+/// Converts T cached pre-RoPE keys of one KV head (elements of elemBytes: 2 = F16, 4 = F32) to
+/// F32 and rotates each by its position: dst[t*headDim + ...] = rope(k[t], pos[t]). Key rows are
+/// `ldk` elements apart. The rope tables hold headDim/2 cos and sin values per position.
+void kvt_rope_keys(const void *k, int elemBytes, size_t ldk, const int32_t *pos, int T, int headDim,
+                   const float *cosTable, const float *sinTable, float *dst);
 
 /// One query against T cached keys/values of one KV head (decode step).
-/// q: headDim floats, already rotated. keys pre-RoPE f16 (stride ldk), values f16 (stride ldv).
-/// scores: scratch of T floats. out: headDim floats.
-void kvt_attend_one(const float *q, const uint16_t *k, size_t ldk, const uint16_t *v, size_t ldv,
+/// q: headDim floats, already rotated. Keys pre-RoPE and values, elements of elemBytes (2 = F16,
+/// 4 = F32), rows ldk / ldv elements apart. scores: scratch of T floats. out: headDim floats.
+void kvt_attend_one(const float *q, const void *k, const void *v, int elemBytes, size_t ldk, size_t ldv,
                     const int32_t *pos, int T, int headDim, float scale,
                     const float *cosTable, const float *sinTable, float *scores, float *out);
 

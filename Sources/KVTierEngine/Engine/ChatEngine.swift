@@ -402,7 +402,7 @@ struct LayerSaver {
             guard let slot = slotOf[b.start] else { break }
             let payload = cache.payload(layer: layer, start: slot, count: b.count)
             let key = engine.key(session, layer, b)
-            let block = KVBlock(key: key, elementType: .f16, rowWidth: cache.layout.rowWidth, payload: payload)
+            let block = KVBlock(key: key, elementType: engine.store.elementType, rowWidth: cache.layout.rowWidth, payload: payload)
             if (try? engine.store.admit(block)) != nil { engine.store.save(key, placement: placement) }
             if layer == 0 { written.append(b) }
             savedUpTo[layer] = b.end

@@ -38,7 +38,7 @@ final class TurnCache: KVCache {
     init(store: TieredStore, session: String, layout: KVLayout, capacity: Int) {
         self.store = store
         self.session = session
-        self.work = InMemoryKVCache(layout: layout, capacity: capacity)
+        self.work = InMemoryKVCache(layout: layout, capacity: capacity, precision: store.elementType == .f32 ? .f32 : .f16)
         self.filledRuns = [Int](repeating: 0, count: layout.layers)
     }
 
@@ -82,12 +82,13 @@ final class TurnCache: KVCache {
                 continue
             }
             if layer == 0, let tier = load.sources[key] { tokensFrom[tier, default: 0] += run.count }
-            // Block payload: keys [count x w] then values [count x w], F16.
-            let bytes = store.contents(of: page, bytes: 2 * key.count * w * 2)
-            let src = bytes.baseAddress!.assumingMemoryBound(to: UInt16.self)
+            // Block payload: keys [count x w] then values [count x w], in the cache's element type.
+            let e = work.precision.bytes
+            let bytes = store.contents(of: page, bytes: 2 * key.count * w * e)
+            let src = UnsafeRawPointer(bytes.baseAddress!)
             work.fill(
                 layer: layer, start: run.slot, count: run.count,
-                keys: src + run.offset * w, values: src + key.count * w + run.offset * w)
+                keys: src + run.offset * w * e, values: src + (key.count + run.offset) * w * e)
         }
         filledRuns[layer] = runs.count
     }

@@ -233,6 +233,7 @@ public final class Transformer {
         let d = c.headDim, heads = c.headCount, group = c.headCount / c.kvHeadCount
         let qw = heads * d, kvw = c.kvWidth
         let scale = 1 / Float(d).squareRoot()
+        let eb = view.precision.bytes  // bytes per cached element
         let total = slot0 + n
         let workers = min(threads, heads)
         let scratch = self.workers
@@ -248,7 +249,7 @@ public final class Transformer {
                             let kvh = h / group
                             for i in 0..<n {
                                 kvt_attend_one(
-                                    q + i * qw + h * d, view.keys + kvh * d, kvw, view.values + kvh * d, kvw,
+                                    q + i * qw + h * d, view.keys + kvh * d * eb, view.values + kvh * d * eb, Int32(eb), kvw, kvw,
                                     view.positions, Int32(slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
                                     out + i * qw + h * d)
                             }
@@ -262,8 +263,8 @@ public final class Transformer {
                     for h in h0..<h1 {
                         let kvh = h / group
                         if kvh != loadedKV {
-                            kvt_rope_keys_f16(view.keys + kvh * d, kvw, view.positions, Int32(total), Int32(d), cosT, sinT, krot)
-                            for tt in 0..<total { kvt_f16_to_f32(view.values + tt * kvw + kvh * d, vf + tt * d, d) }
+                            kvt_rope_keys(view.keys + kvh * d * eb, Int32(eb), kvw, view.positions, Int32(total), Int32(d), cosT, sinT, krot)
+                            for tt in 0..<total { kvt_kv_to_f32(view.values + (tt * kvw + kvh * d) * eb, Int32(eb), vf + tt * d, d) }
                             loadedKV = kvh
                         }
                         var i0 = 0

@@ -1,25 +1,27 @@
 import CKVTierKernels
 
-// Unsafe-pointer fence: owns raw F16 storage for keys and values.
+// Unsafe-pointer fence: owns raw storage for keys and values.
 
-/// A single-sequence KV cache in host memory: F16 keys (pre-RoPE) and values per layer,
-/// plus one position per slot. Capacity is fixed at creation.
+/// A single-sequence KV cache in host memory: keys (pre-RoPE) and values per layer, F16 by
+/// default or F32, plus one position per slot. Capacity is fixed at creation.
 ///
 /// Not thread-safe: one decoder uses it at a time.
 public final class InMemoryKVCache: KVCache {
     public let layout: KVLayout
+    public let precision: KVPrecision
     public let capacity: Int
     public private(set) var count: Int = 0
     private let positions: UnsafeMutablePointer<Int32>
-    private let keys: UnsafeMutablePointer<UInt16>
-    private let values: UnsafeMutablePointer<UInt16>
+    private let keys: UnsafeMutableRawPointer
+    private let values: UnsafeMutableRawPointer
 
-    public init(layout: KVLayout, capacity: Int) {
+    public init(layout: KVLayout, capacity: Int, precision: KVPrecision = .f16) {
         self.layout = layout
         self.capacity = capacity
-        let n = layout.layers * capacity * layout.rowWidth
-        keys = .allocate(capacity: max(n, 1))
-        values = .allocate(capacity: max(n, 1))
+        self.precision = precision
+        let bytes = max(layout.layers * capacity * layout.rowWidth * precision.bytes, 1)
+        keys = .allocate(byteCount: bytes, alignment: 64)
+        values = .allocate(byteCount: bytes, alignment: 64)
         positions = .allocate(capacity: max(capacity, 1))
     }
 
@@ -29,8 +31,11 @@ public final class InMemoryKVCache: KVCache {
         positions.deallocate()
     }
 
-    private func layerBase(_ p: UnsafeMutablePointer<UInt16>, _ layer: Int) -> UnsafeMutablePointer<UInt16> {
-        p + layer * capacity * layout.rowWidth
+    /// Bytes of one slot's keys (or values) in one layer.
+    private var rowBytes: Int { layout.rowWidth * precision.bytes }
+
+    private func base(_ p: UnsafeMutableRawPointer, _ layer: Int, slot: Int = 0) -> UnsafeMutableRawPointer {
+        p + (layer * capacity + slot) * rowBytes
     }
 
     public func append(positions new: [Int32]) throws(KVCacheError) -> Int {
@@ -44,27 +49,31 @@ public final class InMemoryKVCache: KVCache {
 
     public func write(layer: Int, start: Int, count n: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>) {
         precondition(layer >= 0 && layer < layout.layers && start >= 0 && start + n <= count, "KV write out of range")
-        let w = layout.rowWidth
-        kvt_f32_to_f16(k, layerBase(keys, layer) + start * w, n * w)
-        kvt_f32_to_f16(v, layerBase(values, layer) + start * w, n * w)
+        let elements = n * layout.rowWidth
+        switch precision {
+        case .f16:
+            kvt_f32_to_f16(k, base(keys, layer, slot: start).assumingMemoryBound(to: UInt16.self), elements)
+            kvt_f32_to_f16(v, base(values, layer, slot: start).assumingMemoryBound(to: UInt16.self), elements)
+        case .f32:
+            base(keys, layer, slot: start).copyMemory(from: k, byteCount: elements * 4)
+            base(values, layer, slot: start).copyMemory(from: v, byteCount: elements * 4)
+        }
     }
 
-    /// Copies F16 keys and values (already in storage format) into slots [start, start + count).
-    public func fill(layer: Int, start: Int, count n: Int, keys k: UnsafePointer<UInt16>, values v: UnsafePointer<UInt16>) {
+    /// Copies keys and values already in this cache's element format into slots [start, start + count).
+    public func fill(layer: Int, start: Int, count n: Int, keys k: UnsafeRawPointer, values v: UnsafeRawPointer) {
         precondition(layer >= 0 && layer < layout.layers && start >= 0 && start + n <= count, "KV fill out of range")
-        let w = layout.rowWidth
-        (layerBase(keys, layer) + start * w).update(from: k, count: n * w)
-        (layerBase(values, layer) + start * w).update(from: v, count: n * w)
+        base(keys, layer, slot: start).copyMemory(from: k, byteCount: n * rowBytes)
+        base(values, layer, slot: start).copyMemory(from: v, byteCount: n * rowBytes)
     }
 
-    /// Copies out the F16 keys then values of slots [start, start + count) of `layer`.
+    /// Copies out the keys then the values of slots [start, start + count) of `layer`.
     public func payload(layer: Int, start: Int, count n: Int) -> [UInt8] {
         precondition(layer >= 0 && layer < layout.layers && start >= 0 && start + n <= count, "KV read out of range")
-        let w = layout.rowWidth
-        var out = [UInt8](repeating: 0, count: 2 * n * w * 2)
+        var out = [UInt8](repeating: 0, count: 2 * n * rowBytes)
         out.withUnsafeMutableBytes { dst in
-            dst.baseAddress!.copyMemory(from: layerBase(keys, layer) + start * w, byteCount: n * w * 2)
-            (dst.baseAddress! + n * w * 2).copyMemory(from: layerBase(values, layer) + start * w, byteCount: n * w * 2)
+            dst.baseAddress!.copyMemory(from: base(keys, layer, slot: start), byteCount: n * rowBytes)
+            (dst.baseAddress! + n * rowBytes).copyMemory(from: base(values, layer, slot: start), byteCount: n * rowBytes)
         }
         return out
     }
@@ -73,8 +82,8 @@ public final class InMemoryKVCache: KVCache {
         precondition(layer >= 0 && layer < layout.layers, "KV layer out of range")
         return try body(
             KVLayerView(
-                keys: UnsafePointer(layerBase(keys, layer)), values: UnsafePointer(layerBase(values, layer)),
-                positions: UnsafePointer(positions), count: count))
+                keys: UnsafeRawPointer(base(keys, layer)), values: UnsafeRawPointer(base(values, layer)),
+                precision: precision, positions: UnsafePointer(positions), count: count))
     }
 
     /// Drops every slot from `newCount` on.
@@ -95,19 +104,18 @@ public final class InMemoryKVCache: KVCache {
     /// changed then. `source` may be this cache (the ranges then lie below the old count).
     @discardableResult
     public func copySlots(from source: InMemoryKVCache, ranges: [Range<Int>], positions newPositions: [Int32]? = nil) throws(KVCacheError) -> Int {
-        precondition(source.layout == layout, "copySlots: the caches' layouts differ")
+        precondition(source.layout == layout && source.precision == precision, "copySlots: the caches' layouts differ")
         for r in ranges { precondition(r.lowerBound >= 0 && r.upperBound <= source.count, "copySlots: range \(r) outside the source's \(source.count) slots") }
         let total = ranges.reduce(0) { $0 + $1.count }
         let sourcePositions = source.positions
         let kept = newPositions ?? ranges.flatMap { r in r.map { sourcePositions[$0] } }
         precondition(kept.count == total, "copySlots: \(kept.count) positions for \(total) slots")
         let start = try append(positions: kept)
-        let w = layout.rowWidth
         for l in 0..<layout.layers {
             var dst = start
             for r in ranges where !r.isEmpty {
-                (layerBase(keys, l) + dst * w).update(from: source.layerBase(source.keys, l) + r.lowerBound * w, count: r.count * w)
-                (layerBase(values, l) + dst * w).update(from: source.layerBase(source.values, l) + r.lowerBound * w, count: r.count * w)
+                base(keys, l, slot: dst).copyMemory(from: source.base(source.keys, l, slot: r.lowerBound), byteCount: r.count * rowBytes)
+                base(values, l, slot: dst).copyMemory(from: source.base(source.values, l, slot: r.lowerBound), byteCount: r.count * rowBytes)
                 dst += r.count
             }
         }

@@ -16,10 +16,22 @@ public struct KVLayout: Sendable, Equatable, Hashable {
     public var bytesPerToken: Int { 2 * layers * rowWidth * 2 }
 }
 
-/// Read-only view of one layer of a cache: `count` slots, keys pre-RoPE, F16, `rowWidth` halves per slot.
+/// Element type of cached keys and values. F16 halves the memory; F32 makes a cached token's KV
+/// bit-identical to what recomputation produces (no rounding that a different summation order
+/// could flip).
+public enum KVPrecision: Sendable, Equatable {
+    case f16
+    case f32
+
+    public var bytes: Int { self == .f16 ? 2 : 4 }
+}
+
+/// Read-only view of one layer of a cache: `count` slots, keys pre-RoPE, `rowWidth` elements
+/// of `precision` per slot.
 public struct KVLayerView {
-    public let keys: UnsafePointer<UInt16>
-    public let values: UnsafePointer<UInt16>
+    public let keys: UnsafeRawPointer
+    public let values: UnsafeRawPointer
+    public let precision: KVPrecision
     /// The position of each slot; attention rotates slot t's key by `positions[t]`.
     public let positions: UnsafePointer<Int32>
     public let count: Int
