@@ -325,3 +325,34 @@ extension ChatEngineTests {
         if let other { XCTAssertLessThan(other.tokens, match.tokens) }
     }
 }
+
+extension ChatEngineTests {
+    /// A block rewritten after an edit replaces its older copy in every tier: after the session
+    /// goes to disk, the next turn must load the new version, not the stale one.
+    func testRewrittenBlockReplacesStaleCopiesBelow() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let first = [ChatMessage(role: "user", content: "abcdefghijklmnopqrstuvwxyz and a longer tail of words here")]
+        let r1 = try checkedTurn(engine, "e", first, replies: [:])
+        try engine.store.demote(session: "e", to: .disk)
+        // Edit the first character of the user message: the edit lands inside block [16, 32).
+        var edited = first
+        edited[0].content = "Xbcdefghijklmnopqrstuvwxyz and a longer tail of words here"
+        let r2 = try checkedTurn(engine, "e", edited, replies: [:])
+        XCTAssertLessThan(r2.tokensReused, 32)
+        XCTAssertGreaterThanOrEqual(r2.tokensReused, 16)
+        try engine.store.demote(session: "e", to: .disk)
+        let next = edited + [ChatMessage(role: "assistant", content: r2.text), ChatMessage(role: "user", content: "go on")]
+        let r3 = try checkedTurn(engine, "e", next, replies: [r2.text: r2.generated])
+        XCTAssertGreaterThan(r3.hitsDisk, 0)
+        _ = r1
+    }
+
+    func testBadMaxTokensIsRejectedBeforeAnythingChanges() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let m = [ChatMessage(role: "user", content: "hello")]
+        XCTAssertThrowsError(try engine.runTurn(session: "x", messages: m, options: GenerationOptions(maxTokens: -5)))
+        XCTAssertNil(engine.sessionSummary("x"))
+    }
+}

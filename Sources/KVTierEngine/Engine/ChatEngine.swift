@@ -79,6 +79,10 @@ public final class ChatEngine: @unchecked Sendable {
         turnLock.lock()
         defer { turnLock.unlock() }
         try options.sampling.validate()
+        guard options.maxTokens >= 1 else { throw DecoderError.badInput("max_tokens must be at least 1, got \(options.maxTokens)") }
+        // Earlier turns' saves and removals finish first, so no block key is written twice at once.
+        cleanup.sync {}
+        store.waitForSaves()
         let started = DispatchTime.now().uptimeNanoseconds
         var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id)
         let prompt = conversation.tokens(for: messages, replies: state.replies)
@@ -107,17 +111,27 @@ public final class ChatEngine: @unchecked Sendable {
         state.tokens = Array(prompt)
 
         // Truncation: keep the live window plus the new tokens and the reply within C.
-        let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew)
+        let hasSystem = messages.first?.role == "system" || model.template.defaultSystemMessage != nil
+        let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew, hasSystemMessage: hasSystem)
         report.truncatedTokens = truncated
 
         var failed: [SessionState.BlockRange] = []
+        var completed = false
         for _ in 0..<3 {
+            store.waitForSaves()
             let attempt = try runForward(
                 state: &state, prompt: prompt, reuse: reuse, failed: failed, options: options, maxNew: maxNew,
                 placement: placement, report: &report, started: started, onText: onText)
-            if attempt.isEmpty { break }
+            if attempt.isEmpty {
+                completed = true
+                break
+            }
             failed += attempt
             report.blocksRecovered += attempt.count
+        }
+        guard completed else {
+            persist(state)
+            throw EngineError.loadKeepsFailing(session: id, blocks: failed.count)
         }
         report.totalMs = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
         persist(state)
@@ -172,6 +186,8 @@ public final class ChatEngine: @unchecked Sendable {
             dropEnd: state.dropEnd, blockTokens: blockTokens, placement: placement)
         var saveSeconds = 0.0
         cache.onLayerFinished = { layer in
+            // Once a block failed to load, this attempt's KV may be wrong: save nothing more.
+            guard cache.failedBlocks.isEmpty else { return }
             let t = DispatchTime.now().uptimeNanoseconds
             saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: false)
             saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
@@ -228,7 +244,10 @@ public final class ChatEngine: @unchecked Sendable {
 
         // New session state.
         let superseded = state.blocks.filter { $0.end > saveFrom }
+        let failedSaves = saver.failedKeys
+        if !failedSaves.isEmpty { for k in failedSaves { try? store.remove(k) } }
         state.blocks = state.blocks.filter { $0.end <= saveFrom } + saver.written
+        state.blocks.removeAll { saver.failedRangesSet.contains($0) }
         state.blocks.sort { $0.start < $1.start }
         let removed = superseded.filter { !saver.written.contains($0) }
         if !removed.isEmpty {
@@ -270,19 +289,19 @@ public final class ChatEngine: @unchecked Sendable {
         let stale = state.blocks.filter { $0.start >= index }
         state.blocks.removeAll { $0.start >= index }
         let keys = stale.flatMap { b in (0..<model.kvLayout.layers).map { key(state.id, $0, b) } }
-        if !keys.isEmpty { cleanup.async { [store] in for k in keys { try? store.remove(k) } } }
+        for k in keys { try? store.remove(k) }  // now: this turn may write the same keys again
     }
 
     /// Drops the oldest history tokens (after the sinks) so that the live tokens, the new ones
     /// and `reserve` generated tokens fit the window. Returns how many tokens were dropped.
-    private func truncateIfNeeded(_ state: inout SessionState, total: Int, reserve: Int) -> Int {
+    private func truncateIfNeeded(_ state: inout SessionState, total: Int, reserve: Int, hasSystemMessage: Bool) -> Int {
         var sinks = configuration.sinkTokens
-        if configuration.pinSystemMessage, let end = model.tokenizer.tokenID("<|im_end|>"),
+        if configuration.pinSystemMessage, hasSystemMessage, let end = model.tokenizer.tokenID("<|im_end|>"),
             let i = state.tokens.firstIndex(of: end)
         {
             sinks = max(sinks, i + 2)  // the system message through its "<|im_end|>\n"
         }
-        sinks = min(sinks, total)
+        sinks = min(sinks, total, contextWindow / 2)
         let live = state.liveIndices(upTo: total).count
         guard live + reserve > contextWindow else { return 0 }
         if state.dropEnd <= state.sinks {
@@ -299,7 +318,7 @@ public final class ChatEngine: @unchecked Sendable {
         let gone = state.blocks.filter { $0.start >= state.sinks && $0.end <= state.dropEnd }
         state.blocks.removeAll { gone.contains($0) }
         let keys = gone.flatMap { b in (0..<model.kvLayout.layers).map { key(state.id, $0, b) } }
-        if !keys.isEmpty { cleanup.async { [store] in for k in keys { try? store.remove(k) } } }
+        for k in keys { try? store.remove(k) }
         return state.dropEnd - before
     }
 
@@ -372,6 +391,14 @@ struct LayerSaver {
     /// Per layer: history index up to which blocks were written.
     private var savedUpTo: [Int]
     private(set) var written: [SessionState.BlockRange] = []
+    private var failedRanges: Set<SessionState.BlockRange> = []
+
+    var failedRangesSet: Set<SessionState.BlockRange> { failedRanges }
+
+    /// Keys of blocks that could not be saved in some layer (every layer's key, to remove).
+    var failedKeys: [BlockKey] {
+        failedRanges.flatMap { b in (0..<layers).map { engine.key(session, $0, b) } }
+    }
 
     init(engine: ChatEngine, session: String, layers: Int, from: Int, sinks: Int, dropEnd: Int, blockTokens: Int, placement: Placement) {
         self.engine = engine
@@ -403,8 +430,15 @@ struct LayerSaver {
             let payload = cache.payload(layer: layer, start: slot, count: b.count)
             let key = engine.key(session, layer, b)
             let block = KVBlock(key: key, elementType: engine.store.elementType, rowWidth: cache.layout.rowWidth, payload: payload)
-            if (try? engine.store.admit(block)) != nil { engine.store.save(key, placement: placement) }
-            if layer == 0 { written.append(b) }
+            if (try? engine.store.admit(block)) != nil {
+                engine.store.save(key, placement: placement)
+                if layer == 0 { written.append(b) }
+            } else {
+                // Not in HBM (e.g. the arena is full of pinned pages): the block is not recorded,
+                // and its other layers are removed after the turn.
+                written.removeAll { $0 == b }
+                failedRanges.insert(b)
+            }
             savedUpTo[layer] = b.end
         }
     }

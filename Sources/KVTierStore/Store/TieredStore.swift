@@ -99,6 +99,14 @@ public final class TieredStore: @unchecked Sendable {
     @discardableResult
     public func admit(_ block: KVBlock) throws(StoreError) -> PageID {
         try checkShape(block)
+        // A new version of a block: older copies below must not survive it.
+        let key = block.key
+        let replacing = lock.withLock { hbm[key] != nil } || dram.contains(key) || disk.contains(key)
+        if replacing {
+            waitForSaves()  // no copy of the old version may still be on its way down
+            _ = dram.remove(key)
+            do { _ = try disk.delete(key) } catch { throw .disk(error) }
+        }
         let page = try allocatePage(for: block.key.session)
         block.payload.withUnsafeBytes { src in
             arena.pointer(page).copyMemory(from: src.baseAddress!, byteCount: src.count)
@@ -159,6 +167,8 @@ public final class TieredStore: @unchecked Sendable {
             guard pins[session, default: 0] == 0 else { return [] }
             return hbm.filter { $0.key.session == session }.map { ($0.key, $0.value) }
         }
+        // A save may still be copying one of these pages out: let it finish before freeing them.
+        if !resident.isEmpty { copyEngine.waitUntilIdle() }
         for (key, page) in resident {
             if !dram.contains(key) && !disk.contains(key) {
                 let block = readBlock(key: key, page: page)
@@ -308,7 +318,7 @@ public final class TieredStore: @unchecked Sendable {
         let keysByLayer = include.map { f in all.mapValues { $0.filter(f) } } ?? all
         loader.async { [self] in
             for l in layers {
-                if let depth = readAhead { handle.waitForRoom(layer: l, depth: depth) }
+                if let depth = readAhead { handle.waitForRoom(layer: l, depth: max(0, depth)) }
                 loadLayer(l, keys: keysByLayer[l] ?? [], into: handle)
             }
         }
