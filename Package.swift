@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "KVTierEngine", dependencies: ["KVTierModel", "KVTierStore"]),
         .executableTarget(
             name: "kvtierd",
-            dependencies: ["KVTierEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["KVTierEngine", "KVTierStore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "kvtierctl",

@@ -1,31 +1,50 @@
 import ArgumentParser
+import Foundation
 import KVTierEngine
 import KVTierModel
+import KVTierStore
 
-/// kvtierd. The socket server and the tiers arrive with their issues; until then the daemon
-/// loads and checks the model and serves a chat on its terminal (what `make run` starts).
+/// kvtierd. The socket server arrives with its issue; until then the daemon builds the whole
+/// stack (model, tiered store in the state directory, engine) and serves a chat on its terminal
+/// through it (what `make run` starts).
 @main
 struct KVTierDaemon: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierd",
-        abstract: "KVTier daemon (this build: loads the model and serves a local chat on the terminal).")
+        abstract: "KVTier daemon (this build: the engine and tiers behind a terminal chat; no socket yet).")
 
     @Option(name: .long, help: "GGUF model file (default: $KVTIER_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf).")
     var model: String?
+
+    @Option(name: .long, help: "State directory for the disk tier (default: $KVTIER_STATE_DIR, then run/state).")
+    var stateDir: String?
 
     @Option(name: .long, help: "Compute threads (default: all cores).")
     var threads: Int?
 
     func run() throws {
         let path = ModelLocator.resolve(flag: model)
+        let env = ModelLocator.currentEnvironment()
+        let state = stateDir ?? env["KVTIER_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "run/state"
         let loaded: LlamaModel
         do {
             loaded = try LlamaModel(path: path)
         } catch {
             throw ValidationError("\(error)")
         }
-        print("kvtierd: model \(path) loaded; no socket listener in this build, chatting on the terminal")
-        try LocalChat(model: loaded, threads: threads ?? LlamaModel.defaultThreads).run(
+        let store: TieredStore
+        do {
+            store = try TieredStore(
+                configuration: StoreConfiguration(stateDirectory: state), model: ModelFingerprint(model: loaded), layout: loaded.kvLayout)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        var config = EngineConfiguration()
+        if let threads { config.threads = threads }
+        let engine = ChatEngine(model: loaded, store: store, configuration: config)
+        print("kvtierd: model \(path), state \(state), \(engine.sessionIDs.count) stored sessions; no socket listener in this build")
+        TerminalChat(engine: engine).run(
             options: GenerationOptions(maxTokens: 256, sampling: SamplingParameters(temperature: 0.7, topP: 0.9, seed: 42)))
+        try? store.close()
     }
 }
