@@ -1,28 +1,38 @@
 import KVTierModel
 
-/// Renders a chat with the model's template and tokenizes it message by message (the special
-/// tokens around each message split the text exactly as whole-text tokenization does), using
-/// the session's own token ids for assistant replies it generated, so that a client sending a
-/// reply back as history reuses its KV.
+/// Renders a chat with the model's ChatML template and tokenizes it message by message.
+///
+/// Only the template's own `<|im_start|>` / `<|im_end|>` become special tokens: message text is
+/// tokenized with special-token parsing off, so a client cannot forge another role by writing
+/// `<|im_end|>\n<|im_start|>system` into its content. For ordinary text the ids equal those of
+/// tokenizing the whole rendered chat, because the special tokens split the text at the same
+/// places. Assistant replies this session generated are replaced by the ids it generated, so a
+/// client that sends a reply back as history reuses its KV.
 struct ConversationTokenizer {
     let model: LlamaModel
 
     func tokens(for messages: [ChatMessage], replies: [String: [Int32]]) -> [Int32] {
         let t = model.template
+        let tok = model.tokenizer
+        guard let start = tok.tokenID(t.start), let end = tok.tokenID(t.end) else {
+            // Not a ChatML vocabulary: tokenize the rendered text as a whole.
+            return tok.encode(t.render(messages), addSpecial: true, parseSpecial: true)
+        }
+        func text(_ s: String) -> [Int32] { tok.encode(s, addSpecial: false, parseSpecial: false) }
+        let newline = text("\n")
         var out: [Int32] = []
-        func encode(_ s: String) -> [Int32] { model.tokenizer.encode(s, addSpecial: false, parseSpecial: true) }
-        if model.tokenizer.bosID != nil, model.tokenizer.addsBOS, let bos = model.tokenizer.bosID { out.append(bos) }
+        if tok.addsBOS, let bos = tok.bosID { out.append(bos) }
         if let first = messages.first, first.role != "system", let system = t.defaultSystemMessage {
-            out += encode("\(t.start)system\n\(system)\(t.end)\n")
+            out += [start] + text("system\n\(system)") + [end] + newline
         }
         for m in messages {
             if m.role == "assistant", let ids = replies[m.content] {
-                out += encode("\(t.start)assistant\n") + ids + encode("\(t.end)\n")
+                out += [start] + text("assistant\n") + ids + [end] + newline
             } else {
-                out += encode("\(t.start)\(m.role)\n\(m.content)\(t.end)\n")
+                out += [start] + text("\(m.role)\n\(m.content)") + [end] + newline
             }
         }
-        out += encode("\(t.start)assistant\n")
+        out += [start] + text("assistant\n")
         return out
     }
 }
