@@ -367,7 +367,7 @@ public final class ChatEngine: @unchecked Sendable {
             index(state)
         }
         if let data = try? JSONEncoder().encode(state) {
-            try? store.disk.putMetadata(model: store.model, name: "session/" + state.id, value: Array(data))
+            try? store.putMetadata(name: "session/" + state.id, value: Array(data))
         }
     }
 

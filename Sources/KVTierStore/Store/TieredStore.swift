@@ -460,6 +460,15 @@ public final class TieredStore: @unchecked Sendable {
         do { try disk.flush() } catch { throw .disk(error) }
     }
 
+    /// Stores a small record (the engine's session state) in the disk tier with the same
+    /// durability as blocks: acknowledged when RocksDB has it, synced by the next group commit.
+    public func putMetadata(name: String, value: [UInt8]) throws(StoreError) {
+        do { try disk.putMetadata(model: model, name: name, value: value, sync: configuration.syncEveryDiskWrite) } catch {
+            throw .disk(error)
+        }
+        if !configuration.syncEveryDiskWrite { lock.withLock { unsyncedWrites += 1 } }
+    }
+
     public func close() throws(StoreError) {
         flushTimer?.cancel()
         flushTimer = nil
