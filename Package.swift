@@ -16,6 +16,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
     ],
     targets: [
         // C libraries, through pkg-config (Debian: librocksdb-dev, liblz4-dev, libopenblas-dev).
@@ -35,9 +36,19 @@ let package = Package(
         .target(name: "KVTierStore", dependencies: ["KVTierModel", "CLZ4", "CRocksDB"]),
         // Sessions, scheduler, generation on top of model and store.
         .target(name: "KVTierEngine", dependencies: ["KVTierModel", "KVTierStore"]),
+        // HTTP/1.1 over a Unix domain socket in front of the engine.
+        .target(
+            name: "KVTierServer",
+            dependencies: [
+                "KVTierEngine", "KVTierStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]
+        ),
         .executableTarget(
             name: "kvtierd",
-            dependencies: ["KVTierEngine", "KVTierStore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["KVTierEngine", "KVTierStore", "KVTierServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "kvtierctl",
@@ -50,6 +61,7 @@ let package = Package(
         .testTarget(name: "KVTierTokenizerTests", dependencies: ["KVTierTokenizer", "KVTierModel"]),
         .testTarget(name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore"], exclude: ["Golden", "Reference"]),
         .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore"]),
+        .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -2,7 +2,11 @@ import ArgumentParser
 import Foundation
 import KVTierEngine
 import KVTierModel
+import KVTierServer
 import KVTierStore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// kvtierd. The socket server arrives with its issue; until then the daemon builds the whole
 /// stack (model, tiered store in the state directory, engine) and serves a chat on its terminal
@@ -18,6 +22,9 @@ struct KVTierDaemon: ParsableCommand {
 
     @Option(name: .long, help: "State directory for the disk tier (default: $KVTIER_STATE_DIR, then run/state).")
     var stateDir: String?
+
+    @Option(name: .long, help: "Serve HTTP on this Unix socket (also $KVTIER_SOCKET); without it, chat on the terminal.")
+    var socket: String?
 
     @Option(name: .long, help: "Compute threads (default: all cores).")
     var threads: Int?
@@ -42,9 +49,41 @@ struct KVTierDaemon: ParsableCommand {
         var config = EngineConfiguration()
         if let threads { config.threads = threads }
         let engine = ChatEngine(model: loaded, store: store, configuration: config)
-        print("kvtierd: model \(path), state \(state), \(engine.sessionIDs.count) stored sessions; no socket listener in this build")
+        if let socketPath = socket ?? env["KVTIER_SOCKET"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            try serve(engine: engine, store: store, socketPath: socketPath, modelName: loaded.file.metadata["general.name"]?.stringValue ?? "smollm2")
+            return
+        }
+        print("kvtierd: model \(path), state \(state), \(engine.sessionIDs.count) stored sessions; terminal chat (no --socket given)")
         TerminalChat(engine: engine).run(
             options: GenerationOptions(maxTokens: 256, sampling: SamplingParameters(temperature: 0.7, topP: 0.9, seed: 42)))
         try? store.close()
+    }
+
+    /// Serves the API until SIGTERM or SIGINT, then stops accepting, lets the running turn
+    /// finish, flushes DRAM to disk and closes the store.
+    private func serve(engine: ChatEngine, store: TieredStore, socketPath: String, modelName: String) throws {
+        let service = APIService(engine: engine, modelName: modelName)
+        let server = HTTPServer(service: service)
+        let channel = try server.start(socketPath: socketPath)
+        print("kvtierd: listening on \(socketPath) (\(engine.sessionIDs.count) stored sessions)")
+        fflush(nil)
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        let stop = DispatchSemaphore(value: 0)
+        let sources = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { stop.signal() }
+            source.resume()
+            return source
+        }
+        stop.wait()
+        print("kvtierd: stopping")
+        try? channel.close().wait()
+        service.drain()
+        engine.quiesce()
+        try? store.close()
+        server.shutdown()
+        unlink(socketPath)
+        _ = sources
     }
 }

@@ -5,6 +5,9 @@ public struct StoreStats: Sendable {
     public var disk: TierStats
     public var link: CopyEngine.Counters
     public var savesInFlight: Int
+
+    /// The three tiers, top to bottom.
+    public var tiers: [TierStats] { [hbm, dram, disk] }
 }
 
 /// Where one session's blocks are, per layer.

@@ -1,0 +1,123 @@
+import Dispatch
+import Foundation
+import KVTierEngine
+import KVTierModel
+import KVTierStore
+
+/// The endpoints, independent of HTTP plumbing: a request in, a status and JSON body out.
+/// Requests run one at a time on `queue` (the engine runs one turn at a time anyway), off the
+/// event loop.
+public final class APIService: Sendable {
+    public struct Request: Sendable {
+        public var method: String
+        public var path: String
+        public var headers: [String: String]
+        public var body: [UInt8]
+    }
+
+    public struct Response: Sendable {
+        public var status: Int
+        public var body: [UInt8]
+        public var contentType = "application/json"
+    }
+
+    let engine: ChatEngine
+    let modelName: String
+    let queue = DispatchQueue(label: "kvtier.server.api")
+    /// Largest accepted `max_tokens`.
+    let maxTokensLimit = 4096
+
+    public init(engine: ChatEngine, modelName: String) {
+        self.engine = engine
+        self.modelName = modelName
+    }
+
+    /// Waits for the request being handled, if any.
+    public func drain() { queue.sync {} }
+
+    public func handle(_ r: Request) -> Response {
+        do {
+            switch (r.method, r.path) {
+            case ("GET", "/healthz"):
+                return try json(200, ["status": "ok"])
+            case ("GET", "/v1/models"):
+                struct Model: Encodable { let id: String; let object = "model"; let owned_by = "kvtier" }
+                struct List: Encodable { let object = "list"; let data: [Model] }
+                return try json(200, List(data: [Model(id: modelName)]))
+            case ("POST", "/v1/chat/completions"):
+                return try chatCompletion(r)
+            case ("GET", "/v1/tiers"):
+                return try json(200, engine.store.stats.tiers)
+            case ("GET", "/v1/sessions"):
+                struct Session: Encodable { let id: String; let tokens: Int; let cached_tokens: Int; let dropped_tokens: Int }
+                let list = engine.sessionIDs.compactMap { id in
+                    engine.sessionSummary(id).map { Session(id: id, tokens: $0.tokens, cached_tokens: $0.kv, dropped_tokens: $0.dropped) }
+                }
+                return try json(200, ["sessions": list])
+            case (_, "/healthz"), (_, "/v1/models"), (_, "/v1/chat/completions"), (_, "/v1/tiers"), (_, "/v1/sessions"):
+                throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")
+            default:
+                throw APIError(404, "not_found", "no endpoint \(r.method) \(r.path); see docs/protocol.md")
+            }
+        } catch let e as APIError {
+            return (try? json(e.status, e)) ?? Response(status: 500, body: [])
+        } catch {
+            let e = APIError(500, "server_error", "\(error)")
+            return (try? json(500, e)) ?? Response(status: 500, body: [])
+        }
+    }
+
+    private func chatCompletion(_ r: Request) throws -> Response {
+        let req: ChatCompletionRequest
+        do {
+            req = try JSONDecoder().decode(ChatCompletionRequest.self, from: Data(r.body))
+        } catch {
+            throw APIError(400, "invalid_request_error", "the request body is not a valid chat completion request: \(describe(error))")
+        }
+        guard !req.messages.isEmpty, req.messages.last?.role == "user" else {
+            throw APIError(400, "invalid_request_error", "messages must be non-empty and end with a user message")
+        }
+        guard req.stream != true else {
+            throw APIError(400, "invalid_request_error", "stream: true is not supported by this build yet; send stream: false")
+        }
+        let maxTokens = req.max_tokens ?? 256
+        guard (1...maxTokensLimit).contains(maxTokens) else {
+            throw APIError(400, "invalid_request_error", "max_tokens must be between 1 and \(maxTokensLimit), got \(maxTokens)")
+        }
+        let sampling = SamplingParameters(
+            temperature: req.temperature ?? 0.7, topP: req.top_p ?? 1, seed: req.seed ?? UInt64.random(in: 0...UInt64.max))
+        do { try sampling.validate() } catch { throw APIError(400, "invalid_request_error", error.description) }
+        let messages = req.messages.map { ChatMessage(role: $0.role, content: $0.content) }
+        // Session: explicit id, else the session holding the longest cached prefix, else a new one.
+        let session = req.session_id ?? r.headers["x-session-id"]
+            ?? engine.matchSession(messages: messages)?.session ?? "s-" + UUID().uuidString.lowercased()
+        guard !session.isEmpty, session.utf8.count <= 256 else {
+            throw APIError(400, "invalid_request_error", "session_id must be 1 to 256 bytes")
+        }
+        let report = try engine.runTurn(
+            session: session, messages: messages, options: GenerationOptions(maxTokens: maxTokens, sampling: sampling))
+        let response = ChatCompletionResponse(
+            id: "chatcmpl-" + UUID().uuidString.lowercased(), created: Int(Date().timeIntervalSince1970), model: modelName,
+            choices: [.init(index: 0, message: .init(role: "assistant", content: report.text), finish_reason: report.stopReason)],
+            usage: .init(prompt_tokens: report.promptTokens, completion_tokens: report.tokensGenerated,
+                         total_tokens: report.promptTokens + report.tokensGenerated),
+            session_id: session, kvtier: KVTierReport(report))
+        return try json(200, response)
+    }
+
+    private func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): return "missing field '\(key.stringValue)'"
+        case DecodingError.typeMismatch(_, let c): return "wrong type at '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
+        case DecodingError.valueNotFound(_, let c): return "null at '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
+        case DecodingError.dataCorrupted: return "malformed JSON"
+        default: return "\(error)"
+        }
+    }
+
+    private func json<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return Response(status: status, body: Array(try enc.encode(value)))
+    }
+}

@@ -1,0 +1,89 @@
+import KVTierEngine
+import KVTierModel
+
+/// `POST /v1/chat/completions` request (OpenAI's shape plus `session_id`).
+struct ChatCompletionRequest: Decodable {
+    struct Message: Decodable {
+        let role: String
+        let content: String
+    }
+    let model: String?
+    let messages: [Message]
+    let max_tokens: Int?
+    let temperature: Float?
+    let top_p: Float?
+    let seed: UInt64?
+    let stream: Bool?
+    let session_id: String?
+}
+
+/// `POST /v1/chat/completions` response.
+struct ChatCompletionResponse: Encodable {
+    struct Choice: Encodable {
+        struct Message: Encodable {
+            let role: String
+            let content: String
+        }
+        let index: Int
+        let message: Message
+        let finish_reason: String
+    }
+    struct Usage: Encodable {
+        let prompt_tokens: Int
+        let completion_tokens: Int
+        let total_tokens: Int
+    }
+    let id: String
+    let object = "chat.completion"
+    let created: Int
+    let model: String
+    let choices: [Choice]
+    let usage: Usage
+    let session_id: String
+    let kvtier: KVTierReport
+}
+
+/// The per-turn report every completion carries.
+struct KVTierReport: Encodable {
+    struct Hits: Encodable {
+        let hbm: Int
+        let dram: Int
+        let disk: Int
+    }
+    let tokens_reused: Int
+    let tokens_recomputed: Int
+    let tokens_generated: Int
+    let hits: Hits
+    let ttft_ms: Double
+    let load_stall_ms: Double
+    let save_lag_ms: Double
+    let truncated_tokens: Int
+
+    init(_ r: TurnReport) {
+        tokens_reused = r.tokensReused
+        tokens_recomputed = r.tokensRecomputed
+        tokens_generated = r.tokensGenerated
+        hits = Hits(hbm: r.hitsHBM, dram: r.hitsDRAM, disk: r.hitsDisk)
+        ttft_ms = r.ttftMs
+        load_stall_ms = r.loadStallMs
+        save_lag_ms = r.saveLagMs
+        truncated_tokens = r.truncatedTokens
+    }
+}
+
+/// OpenAI-style error body.
+struct APIError: Encodable, Error {
+    struct Body: Encodable {
+        let message: String
+        let type: String
+    }
+    let error: Body
+    let status: Int
+
+    init(_ status: Int, _ type: String, _ message: String) {
+        self.status = status
+        self.error = Body(message: message, type: type)
+    }
+
+    enum CodingKeys: String, CodingKey { case error }
+}

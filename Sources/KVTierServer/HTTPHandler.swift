@@ -1,0 +1,81 @@
+import NIOCore
+import NIOHTTP1
+
+/// One connection's HTTP/1.1 handler: collects a request (body up to `bodyLimit`), hands it to
+/// the API service off the event loop, and writes the response back on the loop.
+/// Single-threaded like every channel handler: all its state lives on its event loop.
+final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let service: APIService
+    private let bodyLimit: Int
+    private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+    private var tooLarge = false
+
+    init(service: APIService, bodyLimit: Int = 1 << 20) {
+        self.service = service
+        self.bodyLimit = bodyLimit
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+            body = []
+            tooLarge = false
+        case .body(var chunk):
+            if body.count + chunk.readableBytes > bodyLimit {
+                tooLarge = true
+            } else if let bytes = chunk.readBytes(length: chunk.readableBytes) {
+                body += bytes
+            }
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            let keepAlive = head.isKeepAlive
+            if tooLarge {
+                let message = #"{"error":{"message":"request body over \#(bodyLimit) bytes","type":"invalid_request_error"}}"#
+                write(context: context, APIService.Response(status: 413, body: Array(message.utf8)), keepAlive: false)
+                return
+            }
+            var headers: [String: String] = [:]
+            for (name, value) in head.headers { headers[name.lowercased()] = value }
+            let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
+            let request = APIService.Request(method: head.method.rawValue, path: path, headers: headers, body: body)
+            let loop = context.eventLoop
+            let bound = NIOLoopBound((self, context), eventLoop: loop)
+            let service = self.service
+            service.queue.async {
+                let response = service.handle(request)
+                loop.execute {
+                    let (handler, context) = bound.value
+                    handler.write(context: context, response, keepAlive: keepAlive)
+                }
+            }
+        }
+    }
+
+    private func write(context: ChannelHandlerContext, _ response: APIService.Response, keepAlive: Bool) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: String(response.body.count))
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: response.status), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        var buffer = context.channel.allocator.buffer(capacity: response.body.count)
+        buffer.writeBytes(response.body)
+        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive {
+            let channel = context.channel
+            done.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A malformed request or a broken connection ends this connection only.
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real `kvtierd` binary on a temporary Unix socket and state directory, driven over HTTP.
+final class DaemonTests: XCTestCase {
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    static let model = packageRoot.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+
+    /// kvtierd from the same build as this test bundle.
+    private func daemonBinary() throws -> String {
+        var dir = Bundle.main.bundleURL
+        for _ in 0..<4 {
+            let candidate = dir.appendingPathComponent("kvtierd").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        for c in [".build/debug/kvtierd", ".build/release/kvtierd"] {
+            let p = DaemonTests.packageRoot.appendingPathComponent(c).path
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        throw XCTSkip("kvtierd binary not built")
+    }
+
+    private func startDaemon(socket: String, state: String) throws -> Process {
+        guard FileManager.default.fileExists(atPath: DaemonTests.model) else {
+            if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("model missing; `make setup` fetches it") }
+            throw XCTSkip("model not found")
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try daemonBinary())
+        p.arguments = ["--socket", socket, "--state-dir", state, "--model", DaemonTests.model, "--threads", "2"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            if (try? request(socket, "GET", "/healthz"))?.status == 200 { return p }
+            usleep(100_000)
+        }
+        p.terminate()
+        XCTFail("kvtierd did not answer on \(socket)")
+        return p
+    }
+
+    private func stop(_ p: Process) {
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+    }
+
+    /// A minimal HTTP/1.1 client over a Unix socket (one request per connection).
+    private func request(_ socketPath: String, _ method: String, _ path: String, body: String? = nil) throws -> (status: Int, json: [String: Any]) {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
+            for (i, b) in socketPath.utf8.prefix(dst.count - 1).enumerated() { dst[i] = b }
+        }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard ok == 0 else { throw POSIXError(.ECONNREFUSED) }
+        let payload = body.map { Array($0.utf8) } ?? []
+        var text = "\(method) \(path) HTTP/1.1\r\nHost: kvtier\r\nConnection: close\r\n"
+        if body != nil { text += "Content-Type: application/json\r\nContent-Length: \(payload.count)\r\n" }
+        text += "\r\n"
+        let bytes = Array(text.utf8) + payload
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var response: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            response += buf[0..<n]
+        }
+        let s = String(decoding: response, as: UTF8.self)
+        guard let split = s.range(of: "\r\n\r\n"), let status = Int(s.split(separator: " ").dropFirst().first ?? "") else {
+            throw POSIXError(.EPROTO)
+        }
+        let bodyText = String(s[split.upperBound...])
+        let json = (try? JSONSerialization.jsonObject(with: Data(bodyText.utf8))) as? [String: Any] ?? [:]
+        return (status, json)
+    }
+
+    private func chat(_ socket: String, _ messages: [(String, String)], session: String?) throws -> (status: Int, json: [String: Any]) {
+        var body: [String: Any] = ["messages": messages.map { ["role": $0.0, "content": $0.1] }, "max_tokens": 12, "temperature": 0]
+        if let session { body["session_id"] = session }
+        let data = try JSONSerialization.data(withJSONObject: body)
+        return try request(socket, "POST", "/v1/chat/completions", body: String(decoding: data, as: UTF8.self))
+    }
+
+    func testMultiTurnChatOverTheSocketReusesKVAndSurvivesRestart() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/k.sock", state = dir + "/state"
+        var daemon = try startDaemon(socket: socket, state: state)
+
+        var history: [(String, String)] = [("user", "What is the capital of France?")]
+        let r1 = try chat(socket, history, session: "t1")
+        XCTAssertEqual(r1.status, 200)
+        let reply1 = try XCTUnwrap(((r1.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String)
+        let report1 = try XCTUnwrap(r1.json["kvtier"] as? [String: Any])
+        XCTAssertEqual(report1["tokens_reused"] as? Int, 0)
+
+        // Turn 2 without a session id: the token prefix finds the session, the reply's KV included.
+        history += [("assistant", reply1), ("user", "And of Germany?")]
+        let r2 = try chat(socket, history, session: nil)
+        XCTAssertEqual(r2.status, 200)
+        XCTAssertEqual(r2.json["session_id"] as? String, "t1")
+        let report2 = try XCTUnwrap(r2.json["kvtier"] as? [String: Any])
+        let usage1 = try XCTUnwrap(r1.json["usage"] as? [String: Any])
+        let finish1 = (r1.json["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String
+        // Every generated token was fed back unless the reply hit max_tokens (the last one was not).
+        let cached = (usage1["prompt_tokens"] as? Int ?? 0) + (usage1["completion_tokens"] as? Int ?? 0) - (finish1 == "length" ? 1 : 0)
+        XCTAssertEqual(report2["tokens_reused"] as? Int, cached, "prompt and reply of turn 1 are reused")
+
+        // Errors: bad JSON, wrong method, unknown path.
+        XCTAssertEqual(try request(socket, "POST", "/v1/chat/completions", body: "{not json").status, 400)
+        XCTAssertEqual(try request(socket, "POST", "/v1/chat/completions", body: #"{"messages": 5}"#).status, 400)
+        XCTAssertEqual(try request(socket, "DELETE", "/healthz").status, 405)
+        XCTAssertEqual(try request(socket, "GET", "/nowhere").status, 404)
+        XCTAssertEqual(try chat(socket, [("user", "hi")], session: String(repeating: "x", count: 300)).status, 400)
+
+        // Restart: the session continues from the disk tier.
+        stop(daemon)
+        daemon = try startDaemon(socket: socket, state: state)
+        defer { stop(daemon) }
+        let reply2 = try XCTUnwrap(((r2.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String)
+        history += [("assistant", reply2), ("user", "Thanks!")]
+        let r3 = try chat(socket, history, session: "t1")
+        XCTAssertEqual(r3.status, 200)
+        let hits = try XCTUnwrap((r3.json["kvtier"] as? [String: Any])?["hits"] as? [String: Any])
+        XCTAssertGreaterThan(hits["disk"] as? Int ?? 0, 0, "after a restart the KV comes from disk")
+    }
+}
