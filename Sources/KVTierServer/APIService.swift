@@ -15,6 +15,13 @@ public final class APIService: Sendable {
         public var body: [UInt8]
     }
 
+    /// Where a streaming response goes: `start` once, then `send` per event, then `end`.
+    public struct StreamSink: Sendable {
+        public var start: @Sendable (_ status: Int, _ contentType: String) -> Void
+        public var send: @Sendable (_ bytes: [UInt8]) -> Void
+        public var end: @Sendable () -> Void
+    }
+
     public struct Response: Sendable {
         public var status: Int
         public var body: [UInt8]
@@ -35,6 +42,21 @@ public final class APIService: Sendable {
     /// Waits for the request being handled, if any.
     public func drain() { queue.sync {} }
 
+    /// Handles a request. A chat completion with `stream: true` writes server-sent events to
+    /// `stream` and returns nil; everything else returns its response.
+    public func handle(_ r: Request, stream: StreamSink? = nil) -> Response? {
+        if r.method == "POST", r.path == "/v1/chat/completions", let stream {
+            do {
+                return try chatCompletion(r, stream: stream)
+            } catch let e as APIError {
+                return (try? json(e.status, e)) ?? Response(status: 500, body: [])
+            } catch {
+                return (try? json(500, APIError(500, "server_error", "\(error)"))) ?? Response(status: 500, body: [])
+            }
+        }
+        return handle(r)
+    }
+
     public func handle(_ r: Request) -> Response {
         do {
             switch (r.method, r.path) {
@@ -45,7 +67,8 @@ public final class APIService: Sendable {
                 struct List: Encodable { let object = "list"; let data: [Model] }
                 return try json(200, List(data: [Model(id: modelName)]))
             case ("POST", "/v1/chat/completions"):
-                return try chatCompletion(r)
+                guard let response = try chatCompletion(r) else { throw APIError(500, "server_error", "no response") }
+                return response
             case ("GET", "/v1/tiers"):
                 return try json(200, engine.store.stats.tiers)
             case ("GET", "/v1/sessions"):
@@ -67,7 +90,7 @@ public final class APIService: Sendable {
         }
     }
 
-    private func chatCompletion(_ r: Request) throws -> Response {
+    private func chatCompletion(_ r: Request, stream: StreamSink? = nil) throws -> Response? {
         let req: ChatCompletionRequest
         do {
             req = try JSONDecoder().decode(ChatCompletionRequest.self, from: Data(r.body))
@@ -77,8 +100,9 @@ public final class APIService: Sendable {
         guard !req.messages.isEmpty, req.messages.last?.role == "user" else {
             throw APIError(400, "invalid_request_error", "messages must be non-empty and end with a user message")
         }
-        guard req.stream != true else {
-            throw APIError(400, "invalid_request_error", "stream: true is not supported by this build yet; send stream: false")
+        let streaming = req.stream == true
+        guard !streaming || stream != nil else {
+            throw APIError(400, "invalid_request_error", "stream: true needs a streaming connection")
         }
         let maxTokens = req.max_tokens ?? 256
         guard (1...maxTokensLimit).contains(maxTokens) else {
@@ -94,10 +118,40 @@ public final class APIService: Sendable {
         guard !session.isEmpty, session.utf8.count <= 256 else {
             throw APIError(400, "invalid_request_error", "session_id must be 1 to 256 bytes")
         }
+        let id = "chatcmpl-" + UUID().uuidString.lowercased()
+        let created = Int(Date().timeIntervalSince1970)
+        if streaming, let stream {
+            // Server-sent events: one chunk per piece of text, then a last chunk with the finish
+            // reason, usage and the kvtier report, then [DONE].
+            stream.start(200, "text/event-stream")
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.sortedKeys]
+            func event<T: Encodable>(_ value: T) {
+                if let data = try? enc.encode(value) { stream.send(Array("data: ".utf8) + Array(data) + Array("\n\n".utf8)) }
+            }
+            do {
+                let report = try engine.runTurn(
+                    session: session, messages: messages, options: GenerationOptions(maxTokens: maxTokens, sampling: sampling)
+                ) { piece in
+                    event(StreamChunk(id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil))
+                }
+                var last = StreamChunk(id: id, created: created, model: modelName, delta: .init(content: nil), finish: report.stopReason)
+                last.usage = .init(prompt_tokens: report.promptTokens, completion_tokens: report.tokensGenerated,
+                                   total_tokens: report.promptTokens + report.tokensGenerated)
+                last.session_id = session
+                last.kvtier = KVTierReport(report)
+                event(last)
+            } catch {
+                event(APIError(500, "server_error", "\(error)"))
+            }
+            stream.send(Array("data: [DONE]\n\n".utf8))
+            stream.end()
+            return nil
+        }
         let report = try engine.runTurn(
             session: session, messages: messages, options: GenerationOptions(maxTokens: maxTokens, sampling: sampling))
         let response = ChatCompletionResponse(
-            id: "chatcmpl-" + UUID().uuidString.lowercased(), created: Int(Date().timeIntervalSince1970), model: modelName,
+            id: id, created: created, model: modelName,
             choices: [.init(index: 0, message: .init(role: "assistant", content: report.text), finish_reason: report.stopReason)],
             usage: .init(prompt_tokens: report.promptTokens, completion_tokens: report.tokensGenerated,
                          total_tokens: report.promptTokens + report.tokensGenerated),

@@ -87,3 +87,30 @@ struct APIError: Encodable, Error {
 
     enum CodingKeys: String, CodingKey { case error }
 }
+
+/// One server-sent event of a streamed completion (`chat.completion.chunk`).
+struct StreamChunk: Encodable {
+    struct Delta: Encodable {
+        let content: String?
+    }
+    struct Choice: Encodable {
+        let index: Int
+        let delta: Delta
+        let finish_reason: String?
+    }
+    let id: String
+    let object = "chat.completion.chunk"
+    let created: Int
+    let model: String
+    let choices: [Choice]
+    var usage: ChatCompletionResponse.Usage?
+    var session_id: String?
+    var kvtier: KVTierReport?
+
+    init(id: String, created: Int, model: String, delta: Delta, finish: String?) {
+        self.id = id
+        self.created = created
+        self.model = model
+        self.choices = [Choice(index: 0, delta: delta, finish_reason: finish)]
+    }
+}

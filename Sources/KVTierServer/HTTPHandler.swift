@@ -47,14 +47,47 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             let loop = context.eventLoop
             let bound = NIOLoopBound((self, context), eventLoop: loop)
             let service = self.service
+            let sink = APIService.StreamSink(
+                start: { status, contentType in
+                    loop.execute {
+                        let (handler, context) = bound.value
+                        handler.startStream(context: context, status: status, contentType: contentType)
+                    }
+                },
+                send: { bytes in
+                    loop.execute {
+                        let (_, context) = bound.value
+                        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+                        buffer.writeBytes(bytes)
+                        context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(buffer))), promise: nil)
+                    }
+                },
+                end: {
+                    loop.execute {
+                        let (_, context) = bound.value
+                        let channel = context.channel
+                        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+                    }
+                })
             service.queue.async {
-                let response = service.handle(request)
+                guard let response = service.handle(request, stream: sink) else { return }
                 loop.execute {
                     let (handler, context) = bound.value
                     handler.write(context: context, response, keepAlive: keepAlive)
                 }
             }
         }
+    }
+
+    /// Starts a server-sent-events response (chunked; the connection closes at its end).
+    private func startStream(context: ChannelHandlerContext, status: Int, contentType: String) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Cache-Control", value: "no-cache")
+        headers.add(name: "Connection", value: "close")
+        headers.add(name: "Transfer-Encoding", value: "chunked")
+        let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
+        context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
     }
 
     private func write(context: ChannelHandlerContext, _ response: APIService.Response, keepAlive: Bool) {

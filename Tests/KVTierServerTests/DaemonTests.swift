@@ -54,6 +54,13 @@ final class DaemonTests: XCTestCase {
 
     /// A minimal HTTP/1.1 client over a Unix socket (one request per connection).
     private func request(_ socketPath: String, _ method: String, _ path: String, body: String? = nil) throws -> (status: Int, json: [String: Any]) {
+        let (status, text) = try rawRequest(socketPath, method, path, body: body)
+        let json = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+        return (status, json)
+    }
+
+    /// Status and body text (the body raw: a chunked response keeps its chunk-size lines).
+    private func rawRequest(_ socketPath: String, _ method: String, _ path: String, body: String? = nil) throws -> (Int, String) {
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw POSIXError(.EIO) }
         defer { close(fd) }
@@ -83,9 +90,7 @@ final class DaemonTests: XCTestCase {
         guard let split = s.range(of: "\r\n\r\n"), let status = Int(s.split(separator: " ").dropFirst().first ?? "") else {
             throw POSIXError(.EPROTO)
         }
-        let bodyText = String(s[split.upperBound...])
-        let json = (try? JSONSerialization.jsonObject(with: Data(bodyText.utf8))) as? [String: Any] ?? [:]
-        return (status, json)
+        return (status, String(s[split.upperBound...]))
     }
 
     private func chat(_ socket: String, _ messages: [(String, String)], session: String?) throws -> (status: Int, json: [String: Any]) {
@@ -120,6 +125,17 @@ final class DaemonTests: XCTestCase {
         // Every generated token was fed back unless the reply hit max_tokens (the last one was not).
         let cached = (usage1["prompt_tokens"] as? Int ?? 0) + (usage1["completion_tokens"] as? Int ?? 0) - (finish1 == "length" ? 1 : 0)
         XCTAssertEqual(report2["tokens_reused"] as? Int, cached, "prompt and reply of turn 1 are reused")
+
+        // Streaming: server-sent events, the report in the last chunk, then [DONE].
+        let streamBody = try JSONSerialization.data(withJSONObject: [
+            "messages": [["role": "user", "content": "Say hello."]], "max_tokens": 8, "temperature": 0, "stream": true,
+            "session_id": "t2",
+        ])
+        let (streamStatus, events) = try rawRequest(socket, "POST", "/v1/chat/completions", body: String(decoding: streamBody, as: UTF8.self))
+        XCTAssertEqual(streamStatus, 200)
+        XCTAssertTrue(events.contains("chat.completion.chunk"))
+        XCTAssertTrue(events.contains("\"kvtier\""))
+        XCTAssertTrue(events.contains("data: [DONE]"))
 
         // Errors: bad JSON, wrong method, unknown path.
         XCTAssertEqual(try request(socket, "POST", "/v1/chat/completions", body: "{not json").status, 400)
