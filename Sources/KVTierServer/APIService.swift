@@ -77,7 +77,21 @@ public final class APIService: Sendable {
                     engine.sessionSummary(id).map { Session(id: id, tokens: $0.tokens, cached_tokens: $0.kv, dropped_tokens: $0.dropped) }
                 }
                 return try json(200, ["sessions": list])
-            case (_, "/healthz"), (_, "/v1/models"), (_, "/v1/chat/completions"), (_, "/v1/tiers"), (_, "/v1/sessions"):
+            case ("POST", "/v1/flush"):
+                try engine.store.flush()
+                return try json(200, ["flushed": true])
+            case ("POST", "/v1/hints"):
+                struct Hints: Decodable { let upcoming: [String] }
+                guard let h = try? JSONDecoder().decode(Hints.self, from: Data(r.body)) else {
+                    throw APIError(400, "invalid_request_error", "expected {\"upcoming\": [session ids]}")
+                }
+                engine.store.setUpcoming(h.upcoming)
+                for s in h.upcoming { engine.store.prefetch(session: s) }
+                return try json(200, ["upcoming": h.upcoming])
+            case (_, let path) where path.hasPrefix("/v1/sessions/"):
+                return try sessionEndpoint(r)
+            case (_, "/healthz"), (_, "/v1/models"), (_, "/v1/chat/completions"), (_, "/v1/tiers"), (_, "/v1/sessions"),
+                (_, "/v1/flush"), (_, "/v1/hints"):
                 throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")
             default:
                 throw APIError(404, "not_found", "no endpoint \(r.method) \(r.path); see docs/protocol.md")
@@ -157,6 +171,40 @@ public final class APIService: Sendable {
                          total_tokens: report.promptTokens + report.tokensGenerated),
             session_id: session, kvtier: KVTierReport(report))
         return try json(200, response)
+    }
+
+    /// `/v1/sessions/{id}` (GET, DELETE) and `/v1/sessions/{id}/demote` (POST).
+    private func sessionEndpoint(_ r: Request) throws -> Response {
+        let rest = r.path.dropFirst("/v1/sessions/".count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        guard let rawID = rest.first, let id = rawID.removingPercentEncoding, !id.isEmpty else {
+            throw APIError(404, "not_found", "no session id in \(r.path)")
+        }
+        guard let summary = engine.sessionSummary(id) else { throw APIError(404, "not_found", "no session '\(id)'") }
+        switch (r.method, rest.count > 1 ? rest[1] : nil) {
+        case ("GET", nil):
+            struct Layer: Encodable { let layer: Int; let blocks: Int; let tokens: Int; let hbm: Int; let dram: Int; let disk: Int }
+            struct Detail: Encodable { let id: String; let tokens: Int; let cached_tokens: Int; let dropped_tokens: Int; let layers: [Layer] }
+            let placement = engine.store.placement(session: id)
+            let layers = placement.layers.enumerated().map { l, blocks in
+                Layer(
+                    layer: l, blocks: blocks.count, tokens: blocks.reduce(0) { $0 + $1.tokens.count },
+                    hbm: blocks.filter { $0.tiers.contains(.hbm) }.count, dram: blocks.filter { $0.tiers.contains(.dram) }.count,
+                    disk: blocks.filter { $0.tiers.contains(.disk) }.count)
+            }
+            return try json(200, Detail(id: id, tokens: summary.tokens, cached_tokens: summary.kv, dropped_tokens: summary.dropped, layers: layers))
+        case ("DELETE", nil):
+            try engine.deleteSession(id)
+            return try json(200, ["deleted": id])
+        case ("POST", "demote"?):
+            struct Demote: Decodable { let to: String }
+            guard let d = try? JSONDecoder().decode(Demote.self, from: Data(r.body)), let tier = Tier(rawValue: d.to), tier != .hbm else {
+                throw APIError(400, "invalid_request_error", "expected {\"to\": \"dram\"} or {\"to\": \"disk\"}")
+            }
+            try engine.store.demote(session: id, to: tier)
+            return try json(200, ["demoted": id, "to": tier.rawValue])
+        default:
+            throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")
+        }
     }
 
     private func describe(_ error: Error) -> String {

@@ -156,3 +156,41 @@ final class DaemonTests: XCTestCase {
         XCTAssertGreaterThan(hits["disk"] as? Int ?? 0, 0, "after a restart the KV comes from disk")
     }
 }
+
+extension DaemonTests {
+    func testAdminEndpoints() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(socket: socket, state: dir + "/state")
+        defer { stop(daemon) }
+        XCTAssertEqual(try chat(socket, [("user", "Tell me about tea.")], session: "adm").status, 200)
+
+        let detail = try request(socket, "GET", "/v1/sessions/adm")
+        XCTAssertEqual(detail.status, 200)
+        let layers = try XCTUnwrap(detail.json["layers"] as? [[String: Any]])
+        XCTAssertEqual(layers.count, 30)
+        XCTAssertGreaterThan(layers[0]["hbm"] as? Int ?? 0, 0)
+
+        XCTAssertEqual(try request(socket, "POST", "/v1/sessions/adm/demote", body: #"{"to":"disk"}"#).status, 200)
+        let after = try XCTUnwrap(try request(socket, "GET", "/v1/sessions/adm").json["layers"] as? [[String: Any]])
+        XCTAssertEqual(after[0]["hbm"] as? Int, 0)
+        XCTAssertEqual(after[0]["dram"] as? Int, 0)
+        XCTAssertGreaterThan(after[0]["disk"] as? Int ?? 0, 0)
+        XCTAssertEqual(try request(socket, "POST", "/v1/sessions/adm/demote", body: #"{"to":"moon"}"#).status, 400)
+
+        XCTAssertEqual(try request(socket, "POST", "/v1/hints", body: #"{"upcoming":["adm"]}"#).status, 200)
+        XCTAssertEqual(try request(socket, "POST", "/v1/hints", body: #"{"later":1}"#).status, 400)
+        XCTAssertEqual(try request(socket, "POST", "/v1/flush").status, 200)
+        let sessions = try XCTUnwrap(try request(socket, "GET", "/v1/sessions").json["sessions"] as? [[String: Any]])
+        XCTAssertEqual(sessions.map { $0["id"] as? String }, ["adm"])
+        let tiers = try rawRequest(socket, "GET", "/v1/tiers")
+        XCTAssertEqual(tiers.0, 200)
+        XCTAssertTrue(tiers.1.contains("\"tier\":\"disk\""))
+
+        XCTAssertEqual(try request(socket, "DELETE", "/v1/sessions/adm").status, 200)
+        XCTAssertEqual(try request(socket, "GET", "/v1/sessions/adm").status, 404)
+        XCTAssertEqual(try request(socket, "DELETE", "/v1/sessions/nope").status, 404)
+    }
+}
