@@ -4,8 +4,8 @@ import ArgumentParser
 struct KVTierCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierctl",
-        abstract: "Inspect and drive KVTier: the local model today, the daemon's tiers later.",
-        subcommands: [ModelCommand.self, ChatCommand.self, DebugCommand.self]
+        abstract: "Inspect and drive KVTier: a running kvtierd over its socket, or the model locally.",
+        subcommands: [ModelCommand.self, ChatCommand.self, DebugCommand.self, StatusCommand.self, TiersCommand.self, SessionsCommand.self, SessionCommand.self, DropCommand.self, DemoteCommand.self, FlushCommand.self, HintCommand.self]
     )
 }
 

@@ -194,3 +194,48 @@ extension DaemonTests {
         XCTAssertEqual(try request(socket, "DELETE", "/v1/sessions/nope").status, 404)
     }
 }
+
+extension DaemonTests {
+    /// Runs kvtierctl from the same build; returns exit status and stdout+stderr.
+    private func kvtierctl(_ args: [String]) throws -> (Int32, String) {
+        let binary = try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let out = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: out, as: UTF8.self))
+    }
+
+    func testAdminCLIOverTheSocket() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/k.sock"
+        // No daemon yet: a clear message and a failing exit status.
+        let (down, message) = try kvtierctl(["status", "--socket", socket])
+        XCTAssertNotEqual(down, 0)
+        XCTAssertTrue(message.contains("not running"), message)
+
+        let daemon = try startDaemon(socket: socket, state: dir + "/state")
+        defer { stop(daemon) }
+        XCTAssertEqual(try chat(socket, [("user", "Hello!")], session: "cli").status, 200)
+        let (rc, tiers) = try kvtierctl(["tiers", "--json", "--socket", socket])
+        XCTAssertEqual(rc, 0)
+        let parsed = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(tiers.utf8)) as? [[String: Any]])
+        XCTAssertEqual(parsed.map { $0["tier"] as? String }, ["hbm", "dram", "disk"])
+        let (rc2, table) = try kvtierctl(["sessions", "--socket", socket])
+        XCTAssertEqual(rc2, 0)
+        XCTAssertTrue(table.contains("cli"), table)
+        XCTAssertEqual(try kvtierctl(["demote", "cli", "--to", "disk", "--socket", socket]).0, 0)
+        let (rc3, detail) = try kvtierctl(["session", "cli", "--json", "--socket", socket])
+        XCTAssertEqual(rc3, 0)
+        let layers = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(detail.utf8)) as? [String: Any])?["layers"] as? [[String: Any]])
+        XCTAssertEqual(layers.first?["disk"] as? Int, 1)
+        XCTAssertNotEqual(try kvtierctl(["drop", "nope", "--socket", socket]).0, 0)
+    }
+}
