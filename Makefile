@@ -35,10 +35,11 @@ release: deps
 test: setup build
 	$(SWIFT) test --skip-build --disable-swift-testing
 
-## run: setup, release build, start kvtierd in the foreground
+## run: setup, release build, start kvtierd in the foreground on $(RUN_DIR)/kvtierd.sock
+## (then, in another terminal: .build/release/kvtierctl chat)
 run: setup release
 	@mkdir -p $(RUN_DIR)
-	KVTIER_MODEL=$(MODEL) .build/release/kvtierd
+	KVTIER_MODEL=$(MODEL) .build/release/kvtierd --socket $(RUN_DIR)/kvtierd.sock --state-dir $(RUN_DIR)/state
 
 ## bench: release build and the decoder benchmark
 bench: setup release

@@ -3,9 +3,9 @@ import Foundation
 import KVTierEngine
 import KVTierModel
 
-struct ChatCommand: ParsableCommand {
+struct LocalChatCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "chat", abstract: "Chat with the model in the terminal (local, no daemon); the KV of earlier turns is reused.")
+        commandName: "chat", abstract: "Chat with the model locally (no daemon); the KV of earlier turns is reused.")
     @OptionGroup var options: ModelOptions
     @Option(help: "Tokens per reply at most.") var maxTokens = 256
     @Option(help: "Sampling temperature (0 = greedy).") var temperature: Float = 0.7

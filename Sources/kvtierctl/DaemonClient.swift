@@ -22,34 +22,12 @@ struct DaemonClient {
 
     /// Sends a request; returns the status and the body.
     func send(_ method: String, _ path: String, body: [UInt8]? = nil) throws -> (status: Int, body: Data) {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw Failure(description: "cannot create a socket: \(String(cString: strerror(errno)))") }
+        let fd = try connectSocket()
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(socketPath.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw Failure(description: "socket path is too long: \(socketPath)")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
-            for (i, b) in pathBytes.enumerated() { dst[i] = b }
-        }
-        let connected = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else {
-            throw Failure(description: "kvtierd is not running on \(socketPath) (\(String(cString: strerror(errno)))); start it with `kvtierd --socket \(socketPath)` or pass --socket")
-        }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: kvtier\r\nConnection: close\r\n"
         if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
         head += "\r\n"
-        let request = Array(head.utf8) + (body ?? [])
-        var sent = 0
-        while sent < request.count {
-            let n = request.withUnsafeBytes { write(fd, $0.baseAddress! + sent, $0.count - sent) }
-            guard n > 0 else { throw Failure(description: "lost the connection to kvtierd while sending") }
-            sent += n
-        }
+        try writeAll(fd, Array(head.utf8) + (body ?? []))
         var response: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -62,6 +40,99 @@ struct DaemonClient {
             let status = Int(statusLine.split(separator: " ").dropFirst().first ?? "")
         else { throw Failure(description: "kvtierd sent a malformed response") }
         return (status, Data(response[(split + 4)...]))
+    }
+
+    /// Connects to the daemon's socket, or explains that it is not running.
+    private func connectSocket() throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw Failure(description: "cannot create a socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(socketPath.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            close(fd)
+            throw Failure(description: "socket path is too long: \(socketPath)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
+            for (i, b) in pathBytes.enumerated() { dst[i] = b }
+        }
+        let connected = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            close(fd)
+            throw Failure(description: "kvtierd is not running on \(socketPath) (\(String(cString: strerror(errno)))); start it with `kvtierd --socket \(socketPath)` or pass --socket")
+        }
+        return fd
+    }
+
+    /// Sends a request whose answer is a stream of server-sent events; calls `onEvent` with each
+    /// event's data as it arrives (chunked transfer decoded on the fly). Returns the status.
+    func stream(_ method: String, _ path: String, body: [UInt8], onEvent: (String) -> Void) throws -> (status: Int, body: Data) {
+        let fd = try connectSocket()
+        defer { close(fd) }
+        let head = "\(method) \(path) HTTP/1.1\r\nHost: kvtier\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n"
+        try writeAll(fd, Array(head.utf8) + body)
+        var pending: [UInt8] = []
+        var status = 0
+        var chunked = false
+        var headerDone = false
+        var payload: [UInt8] = []  // de-chunked body
+        var events = ""
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        func drainEvents() {
+            while let range = events.range(of: "\n\n") {
+                let event = String(events[..<range.lowerBound])
+                events.removeSubrange(..<range.upperBound)
+                if event.hasPrefix("data: ") { onEvent(String(event.dropFirst(6))) }
+            }
+        }
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            pending += buffer[0..<n]
+            if !headerDone {
+                guard let end = findHeaderEnd(pending) else { continue }
+                let headText = String(decoding: pending[..<end], as: UTF8.self)
+                status = Int(headText.split(separator: " ").dropFirst().first ?? "") ?? 0
+                chunked = headText.lowercased().contains("transfer-encoding: chunked")
+                pending.removeFirst(end + 4)
+                headerDone = true
+            }
+            if chunked {
+                // Each chunk: hex size CRLF, data, CRLF.
+                while let lineEnd = indexOfCRLF(pending), let size = Int(String(decoding: pending[..<lineEnd], as: UTF8.self), radix: 16),
+                    pending.count >= lineEnd + 2 + size + 2
+                {
+                    let data = Array(pending[(lineEnd + 2)..<(lineEnd + 2 + size)])
+                    pending.removeFirst(lineEnd + 2 + size + 2)
+                    payload += data
+                    if status == 200 {
+                        events += String(decoding: data, as: UTF8.self)
+                        drainEvents()
+                    }
+                }
+            } else {
+                payload += pending
+                pending.removeAll()
+            }
+        }
+        return (status, Data(payload))
+    }
+
+    private func indexOfCRLF(_ b: [UInt8]) -> Int? {
+        guard b.count >= 2 else { return nil }
+        for i in 0..<(b.count - 1) where b[i] == 13 && b[i + 1] == 10 { return i }
+        return nil
+    }
+
+    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + sent, $0.count - sent) }
+            guard n > 0 else { throw Failure(description: "lost the connection to kvtierd while sending") }
+            sent += n
+        }
     }
 
     private func findHeaderEnd(_ b: [UInt8]) -> Int? {

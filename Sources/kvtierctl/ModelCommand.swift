@@ -8,7 +8,7 @@ struct ModelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "model",
         abstract: "Run the model locally, without the daemon.",
-        subcommands: [Info.self, Tokenize.self, Generate.self, Logits.self, Perplexity.self]
+        subcommands: [Info.self, Tokenize.self, Generate.self, Logits.self, Perplexity.self, LocalChatCommand.self]
     )
 }
 

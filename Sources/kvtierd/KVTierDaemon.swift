@@ -8,14 +8,13 @@ import KVTierStore
 import Glibc
 #endif
 
-/// kvtierd. The socket server arrives with its issue; until then the daemon builds the whole
-/// stack (model, tiered store in the state directory, engine) and serves a chat on its terminal
-/// through it (what `make run` starts).
+/// kvtierd: builds the model, the tiered store in the state directory and the engine, and serves
+/// the HTTP API on a Unix socket (or, with --terminal, one chat on its terminal).
 @main
 struct KVTierDaemon: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierd",
-        abstract: "KVTier daemon (this build: the engine and tiers behind a terminal chat; no socket yet).")
+        abstract: "KVTier daemon: the engine and its tiers behind an HTTP API on a Unix socket (docs/protocol.md).")
 
     @Option(name: .long, help: "GGUF model file (default: $KVTIER_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf).")
     var model: String?
@@ -23,8 +22,11 @@ struct KVTierDaemon: ParsableCommand {
     @Option(name: .long, help: "State directory for the disk tier (default: $KVTIER_STATE_DIR, then run/state).")
     var stateDir: String?
 
-    @Option(name: .long, help: "Serve HTTP on this Unix socket (also $KVTIER_SOCKET); without it, chat on the terminal.")
+    @Option(name: .long, help: "Unix socket to serve HTTP on (default: $KVTIER_SOCKET, then run/kvtierd.sock).")
     var socket: String?
+
+    @Flag(help: "Chat on the terminal through the engine instead of serving the socket.")
+    var terminal = false
 
     @Option(name: .long, help: "Compute threads (default: all cores).")
     var threads: Int?
@@ -49,11 +51,15 @@ struct KVTierDaemon: ParsableCommand {
         var config = EngineConfiguration()
         if let threads { config.threads = threads }
         let engine = ChatEngine(model: loaded, store: store, configuration: config)
-        if let socketPath = socket ?? env["KVTIER_SOCKET"].flatMap({ $0.isEmpty ? nil : $0 }) {
+        if !terminal {
+            let socketPath = socket ?? env["KVTIER_SOCKET"].flatMap({ $0.isEmpty ? nil : $0 }) ?? "run/kvtierd.sock"
+            try FileManager.default.createDirectory(
+                atPath: (socketPath as NSString).deletingLastPathComponent.isEmpty ? "." : (socketPath as NSString).deletingLastPathComponent,
+                withIntermediateDirectories: true)
             try serve(engine: engine, store: store, socketPath: socketPath, modelName: loaded.file.metadata["general.name"]?.stringValue ?? "smollm2")
             return
         }
-        print("kvtierd: model \(path), state \(state), \(engine.sessionIDs.count) stored sessions; terminal chat (no --socket given)")
+        print("kvtierd: model \(path), state \(state), \(engine.sessionIDs.count) stored sessions; terminal chat")
         TerminalChat(engine: engine).run(
             options: GenerationOptions(maxTokens: 256, sampling: SamplingParameters(temperature: 0.7, topP: 0.9, seed: 42)))
         try? store.close()

@@ -239,3 +239,32 @@ extension DaemonTests {
         XCTAssertNotEqual(try kvtierctl(["drop", "nope", "--socket", socket]).0, 0)
     }
 }
+
+extension DaemonTests {
+    func testChatCLIStreamsAndReuses() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(socket: socket, state: dir + "/state")
+        defer { stop(daemon) }
+        let binary = try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = ["chat", "--socket", socket, "--temperature", "0", "--max-tokens", "12", "--session", "cli-chat"]
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        p.standardError = output
+        try p.run()
+        input.fileHandleForWriting.write(Data("What is the capital of France?\nAnd of Germany?\n\n".utf8))
+        try input.fileHandleForWriting.close()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, text)
+        let reports = text.components(separatedBy: "[reused ").dropFirst().compactMap { Int($0.prefix { $0.isNumber }) }
+        XCTAssertEqual(reports.count, 2, text)
+        XCTAssertEqual(reports.first, 0)
+        XCTAssertGreaterThan(reports.last ?? 0, 0, "the second turn reuses the first")
+    }
+}
