@@ -48,7 +48,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "kvtierd",
-            dependencies: ["KVTierEngine", "KVTierStore", "KVTierServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "KVTierEngine", "KVTierStore", "KVTierServer", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(
             name: "kvtierctl",

@@ -32,11 +32,12 @@ public final class APIService: Sendable {
     let modelName: String
     let queue = DispatchQueue(label: "kvtier.server.api")
     /// Largest accepted `max_tokens`.
-    let maxTokensLimit = 4096
+    let maxTokensLimit: Int
 
-    public init(engine: ChatEngine, modelName: String) {
+    public init(engine: ChatEngine, modelName: String, maxTokensLimit: Int = 4096) {
         self.engine = engine
         self.modelName = modelName
+        self.maxTokensLimit = maxTokensLimit
     }
 
     /// Waits for the request being handled, if any.

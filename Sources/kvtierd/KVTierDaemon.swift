@@ -3,6 +3,7 @@ import Foundation
 import KVTierEngine
 import KVTierModel
 import KVTierServer
+import NIOCore
 import KVTierStore
 #if canImport(Glibc)
 import Glibc
@@ -15,6 +16,9 @@ struct KVTierDaemon: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierd",
         abstract: "KVTier daemon: the engine and its tiers behind an HTTP API on a Unix socket (docs/protocol.md).")
+
+    @Option(name: .long, help: "TOML configuration (default: $KVTIER_CONFIG, then /etc/kvtier/kvtierd.toml if present).")
+    var config: String?
 
     @Option(name: .long, help: "GGUF model file (default: $KVTIER_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf).")
     var model: String?
@@ -31,10 +35,28 @@ struct KVTierDaemon: ParsableCommand {
     @Option(name: .long, help: "Compute threads (default: all cores).")
     var threads: Int?
 
-    func run() throws {
-        let path = ModelLocator.resolve(flag: model)
+    /// Defaults, then the file, then the environment, then flags.
+    func resolvedConfiguration() throws -> DaemonConfiguration {
         let env = ModelLocator.currentEnvironment()
-        let state = stateDir ?? env["KVTIER_STATE_DIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "run/state"
+        func envValue(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
+        var c = DaemonConfiguration()
+        let file = config ?? envValue("KVTIER_CONFIG") ?? (FileManager.default.fileExists(atPath: "/etc/kvtier/kvtierd.toml") ? "/etc/kvtier/kvtierd.toml" : nil)
+        if let file {
+            do { try c.apply(tomlFile: file) } catch { throw ValidationError(error.description) }
+        }
+        if let v = envValue("KVTIER_SOCKET") { c.socket = v }
+        if let v = envValue("KVTIER_STATE_DIR") { c.stateDirectory = v }
+        if let v = envValue("KVTIER_MODEL") { c.model = v }
+        if let socket { c.socket = socket }
+        if let stateDir { c.stateDirectory = stateDir }
+        if let model { c.model = model }
+        if let threads { c.threads = threads }
+        return c
+    }
+
+    func run() throws {
+        let c = try resolvedConfiguration()
+        let path = ModelLocator.resolve(flag: c.model)
         let loaded: LlamaModel
         do {
             loaded = try LlamaModel(path: path)
@@ -44,22 +66,18 @@ struct KVTierDaemon: ParsableCommand {
         let store: TieredStore
         do {
             store = try TieredStore(
-                configuration: StoreConfiguration(stateDirectory: state), model: ModelFingerprint(model: loaded), layout: loaded.kvLayout)
+                configuration: c.store, model: ModelFingerprint(model: loaded), layout: loaded.kvLayout, elementType: c.kvPrecision)
         } catch {
             throw ValidationError("\(error)")
         }
-        var config = EngineConfiguration()
-        if let threads { config.threads = threads }
-        let engine = ChatEngine(model: loaded, store: store, configuration: config)
+        let engine = ChatEngine(model: loaded, store: store, configuration: c.engine)
         if !terminal {
-            let socketPath = socket ?? env["KVTIER_SOCKET"].flatMap({ $0.isEmpty ? nil : $0 }) ?? "run/kvtierd.sock"
-            try FileManager.default.createDirectory(
-                atPath: (socketPath as NSString).deletingLastPathComponent.isEmpty ? "." : (socketPath as NSString).deletingLastPathComponent,
-                withIntermediateDirectories: true)
-            try serve(engine: engine, store: store, socketPath: socketPath, modelName: loaded.file.metadata["general.name"]?.stringValue ?? "smollm2")
+            let dir = (c.socket as NSString).deletingLastPathComponent
+            if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+            try serve(engine: engine, store: store, configuration: c, modelName: loaded.file.metadata["general.name"]?.stringValue ?? "smollm2")
             return
         }
-        print("kvtierd: model \(path), state \(state), \(engine.sessionIDs.count) stored sessions; terminal chat")
+        print("kvtierd: model \(path), state \(c.stateDirectory), \(engine.sessionIDs.count) stored sessions; terminal chat")
         TerminalChat(engine: engine).run(
             options: GenerationOptions(maxTokens: 256, sampling: SamplingParameters(temperature: 0.7, topP: 0.9, seed: 42)))
         try? store.close()
@@ -67,11 +85,16 @@ struct KVTierDaemon: ParsableCommand {
 
     /// Serves the API until SIGTERM or SIGINT, then stops accepting, lets the running turn
     /// finish, flushes DRAM to disk and closes the store.
-    private func serve(engine: ChatEngine, store: TieredStore, socketPath: String, modelName: String) throws {
-        let service = APIService(engine: engine, modelName: modelName)
-        let server = HTTPServer(service: service)
-        let channel = try server.start(socketPath: socketPath)
-        print("kvtierd: listening on \(socketPath) (\(engine.sessionIDs.count) stored sessions)")
+    private func serve(engine: ChatEngine, store: TieredStore, configuration c: DaemonConfiguration, modelName: String) throws {
+        let service = APIService(engine: engine, modelName: modelName, maxTokensLimit: c.maxTokensLimit)
+        let server = HTTPServer(service: service, bodyLimit: c.maxBodyBytes)
+        let channel: Channel
+        do {
+            channel = try server.start(socketPath: c.socket, mode: mode_t(c.socketMode), group: c.socketGroup)
+        } catch {
+            throw ValidationError("cannot listen on \(c.socket): \(error)")
+        }
+        print("kvtierd: listening on \(c.socket) (\(engine.sessionIDs.count) stored sessions)")
         fflush(nil)
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
@@ -89,7 +112,7 @@ struct KVTierDaemon: ParsableCommand {
         engine.quiesce()
         try? store.close()
         server.shutdown()
-        unlink(socketPath)
+        unlink(c.socket)
         _ = sources
     }
 }

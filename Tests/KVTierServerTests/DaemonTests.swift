@@ -268,3 +268,25 @@ extension DaemonTests {
         XCTAssertGreaterThan(reports.last ?? 0, 0, "the second turn reuses the first")
     }
 }
+
+extension DaemonTests {
+    func testBadConfigurationStopsStartupNamingTheKey() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let config = dir + "/kvtierd.toml"
+        try Data("[store]\ndram_bytes = \"plenty\"\n".utf8).write(to: URL(fileURLWithPath: config))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try daemonBinary())
+        p.arguments = ["--config", config, "--socket", dir + "/k.sock", "--state-dir", dir + "/state"]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertNotEqual(p.terminationStatus, 0)
+        XCTAssertTrue(out.contains("store.dram_bytes"), out)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/k.sock"))
+    }
+}

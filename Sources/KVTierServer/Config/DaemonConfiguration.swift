@@ -1,0 +1,158 @@
+import Foundation
+import KVTierEngine
+import KVTierStore
+
+/// Everything kvtierd can be told, from defaults, then the TOML file, then `KVTIER_*`
+/// environment variables, then flags. Unknown keys and bad values are errors that name the key.
+public struct DaemonConfiguration: Sendable {
+    public var socket = "run/kvtierd.sock"
+    public var socketMode: UInt16 = 0o660
+    public var socketGroup: String?
+    public var maxBodyBytes = 1 << 20
+    public var maxTokensLimit = 4096
+    public var model: String?
+    public var threads: Int?
+    public var stateDirectory = "run/state"
+    public var hbmBytes = 512 << 20
+    public var dramBytes = 4 << 30
+    public var diskBytes = 20 << 30
+    public var blockTokens = 256
+    public var linkBandwidth = 25e9
+    public var linkLatencySeconds = 10e-6
+    public var policy = StoreConfiguration.PolicyKind.hintDriven
+    public var kvPrecision = KVElementType.f16
+    public var contextWindow: Int?
+    public var sinkTokens = 4
+    public var lookAhead = 4
+    public var readAheadLayers = 8
+    public var truncationFraction = 0.25
+
+    public init() {}
+
+    public struct Failure: Error, CustomStringConvertible, Sendable {
+        public let description: String
+    }
+
+    /// Applies a TOML file's settings.
+    public mutating func apply(tomlFile path: String) throws(Failure) {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw Failure(description: "cannot read the configuration file \(path)")
+        }
+        let entries: [(key: String, value: TOMLSubset.Value, line: Int)]
+        do {
+            entries = try TOMLSubset.parse(String(decoding: data, as: UTF8.self))
+        } catch {
+            throw Failure(description: "\(path): \(error)")
+        }
+        for e in entries {
+            do {
+                try set(e.key, e.value)
+            } catch {
+                throw Failure(description: "\(path) line \(e.line): \(error.description)")
+            }
+        }
+    }
+
+    /// Sets one key ("section.key").
+    mutating func set(_ key: String, _ v: TOMLSubset.Value) throws(Failure) {
+        func bad(_ what: String) -> Failure { Failure(description: "'\(key)' \(what)") }
+        func int(_ range: ClosedRange<Int>) throws(Failure) -> Int {
+            guard case .integer(let i) = v, range.contains(i) else { throw bad("must be an integer in \(range.lowerBound)...\(range.upperBound)") }
+            return i
+        }
+        func string() throws(Failure) -> String {
+            guard case .string(let s) = v, !s.isEmpty else { throw bad("must be a non-empty string") }
+            return s
+        }
+        func size() throws(Failure) -> Int {
+            switch v {
+            case .integer(let i) where i > 0: return i
+            case .string(let s): if let n = DaemonConfiguration.parseSize(s), n > 0 { return n }
+            default: break
+            }
+            throw bad("must be a positive size: bytes, or a string like \"512MiB\" or \"4GiB\"")
+        }
+        func number(_ range: ClosedRange<Double>) throws(Failure) -> Double {
+            let d: Double
+            switch v {
+            case .integer(let i): d = Double(i)
+            case .float(let f): d = f
+            default: throw bad("must be a number")
+            }
+            guard range.contains(d) else { throw bad("must be in \(range.lowerBound)...\(range.upperBound)") }
+            return d
+        }
+        switch key {
+        case "server.socket": socket = try string()
+        case "server.socket_mode":
+            guard case .string(let s) = v, let m = UInt16(s, radix: 8), m <= 0o777 else { throw bad("must be an octal string like \"0660\"") }
+            socketMode = m
+        case "server.socket_group": socketGroup = try string()
+        case "server.max_body_bytes": maxBodyBytes = try size()
+        case "server.max_tokens": maxTokensLimit = try int(1...1_000_000)
+        case "model.path": model = try string()
+        case "model.threads": threads = try int(1...256)
+        case "store.state_directory": stateDirectory = try string()
+        case "store.hbm_bytes": hbmBytes = try size()
+        case "store.dram_bytes": dramBytes = try size()
+        case "store.disk_bytes": diskBytes = try size()
+        case "store.block_tokens": blockTokens = try int(1...65536)
+        case "store.link_bandwidth_bytes_per_second": linkBandwidth = try number(0...1e13)
+        case "store.link_latency_us": linkLatencySeconds = try number(0...1e6) / 1e6
+        case "store.policy":
+            guard let p = StoreConfiguration.PolicyKind(rawValue: try string()) else { throw bad("must be \"lru\" or \"hint\"") }
+            policy = p
+        case "store.kv_precision":
+            switch try string() {
+            case "f16": kvPrecision = .f16
+            case "f32": kvPrecision = .f32
+            default: throw bad("must be \"f16\" or \"f32\"")
+            }
+        case "engine.context_window": contextWindow = try int(16...1 << 22)
+        case "engine.sink_tokens": sinkTokens = try int(0...4096)
+        case "engine.look_ahead": lookAhead = try int(0...1024)
+        case "engine.read_ahead_layers": readAheadLayers = try int(0...1024)
+        case "engine.truncation_fraction": truncationFraction = try number(0...0.9)
+        default:
+            throw Failure(description: "unknown key '\(key)'; see deploy/kvtierd.toml for the keys")
+        }
+    }
+
+    /// "512MiB", "4GiB", "20GB", "1048576" -> bytes.
+    static func parseSize(_ s: String) -> Int? {
+        let t = s.trimmingCharacters(in: .whitespaces)
+        let units: [(String, Double)] = [
+            ("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("TiB", 1_099_511_627_776),
+            ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12), ("B", 1),
+        ]
+        for (suffix, factor) in units where t.hasSuffix(suffix) {
+            guard let n = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), n > 0 else { return nil }
+            return Int(n * factor)
+        }
+        return Int(t)
+    }
+
+    /// The store's configuration.
+    public var store: StoreConfiguration {
+        var c = StoreConfiguration(stateDirectory: stateDirectory)
+        c.hbmCapacityBytes = hbmBytes
+        c.dramCapacityBytes = dramBytes
+        c.diskCapacityBytes = diskBytes
+        c.blockTokens = blockTokens
+        c.link = .init(bandwidthBytesPerSecond: linkBandwidth, latencySeconds: linkLatencySeconds)
+        c.policy = policy
+        return c
+    }
+
+    /// The engine's configuration.
+    public var engine: EngineConfiguration {
+        var e = EngineConfiguration()
+        e.contextWindow = contextWindow
+        e.sinkTokens = sinkTokens
+        e.lookAhead = lookAhead
+        e.readAheadLayers = readAheadLayers
+        e.truncationFraction = truncationFraction
+        if let threads { e.threads = threads }
+        return e
+    }
+}

@@ -1,0 +1,81 @@
+import Foundation
+import XCTest
+
+@testable import KVTierServer
+@testable import KVTierStore
+
+final class DaemonConfigurationTests: XCTestCase {
+    private func file(_ text: String) throws -> String {
+        let p = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString).toml").path
+        try Data(text.utf8).write(to: URL(fileURLWithPath: p))
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: p) }
+        return p
+    }
+
+    func testTheShippedExampleLoadsAndKeepsTheDefaults() throws {
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("deploy/kvtierd.toml").path
+        var c = DaemonConfiguration()
+        try c.apply(tomlFile: example)
+        let d = DaemonConfiguration()
+        XCTAssertEqual(c.socket, d.socket)
+        XCTAssertEqual(c.hbmBytes, 512 << 20)
+        XCTAssertEqual(c.dramBytes, 4 << 30)
+        XCTAssertEqual(c.diskBytes, 20 << 30)
+        XCTAssertEqual(c.maxBodyBytes, 1 << 20)
+        XCTAssertEqual(c.linkBandwidth, 25e9)
+        XCTAssertEqual(c.socketMode, 0o660)
+        XCTAssertEqual(c.policy, .hintDriven)
+    }
+
+    func testValuesAreRead() throws {
+        var c = DaemonConfiguration()
+        try c.apply(tomlFile: file("""
+            [server]
+            socket = "/tmp/x.sock"   # a comment
+            socket_mode = "0600"
+            [store]
+            dram_bytes = 1_000_000
+            hbm_bytes = "64 MiB"
+            policy = "lru"
+            kv_precision = "f32"
+            link_latency_us = 2.5
+            [engine]
+            context_window = 512
+            truncation_fraction = 0.5
+            """))
+        XCTAssertEqual(c.socket, "/tmp/x.sock")
+        XCTAssertEqual(c.socketMode, 0o600)
+        XCTAssertEqual(c.dramBytes, 1_000_000)
+        XCTAssertEqual(c.hbmBytes, 64 << 20)
+        XCTAssertEqual(c.policy, .lru)
+        XCTAssertEqual(c.kvPrecision, .f32)
+        XCTAssertEqual(c.linkLatencySeconds, 2.5e-6, accuracy: 1e-12)
+        XCTAssertEqual(c.contextWindow, 512)
+        XCTAssertEqual(c.engine.truncationFraction, 0.5)
+        XCTAssertEqual(c.store.dramCapacityBytes, 1_000_000)
+    }
+
+    func testUnknownKeysAndBadValuesNameTheKeyAndLine() throws {
+        let cases: [(String, String)] = [
+            ("[store]\ndram = 5\n", "unknown key 'store.dram'"),
+            ("[store]\ndram_bytes = \"lots\"\n", "'store.dram_bytes' must be a positive size"),
+            ("[engine]\nsink_tokens = -1\n", "'engine.sink_tokens' must be an integer"),
+            ("[store]\npolicy = \"fifo\"\n", "'store.policy' must be"),
+            ("[server]\nsocket_mode = \"999\"\n", "'server.socket_mode' must be an octal string"),
+            ("[server\n", "malformed section header"),
+            ("socket \"x\"\n", "expected key = value"),
+            ("[server]\nsocket = \"a\"\nsocket = \"b\"\n", "set twice"),
+            ("[server]\nsocket = unquoted\n", "strings need quotes"),
+        ]
+        for (text, expected) in cases {
+            var c = DaemonConfiguration()
+            XCTAssertThrowsError(try c.apply(tomlFile: file(text)), text) { error in
+                XCTAssertTrue("\(error)".contains(expected), "\(error) should contain \(expected)")
+                XCTAssertTrue("\(error)".contains("line "), "\(error) should name the line")
+            }
+        }
+        var c = DaemonConfiguration()
+        XCTAssertThrowsError(try c.apply(tomlFile: "/nonexistent/kvtierd.toml"))
+    }
+}
