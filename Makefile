@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test run bench clean
+.PHONY: all setup deps model data build release test run bench install uninstall clean
 
 all: build
 
@@ -44,6 +44,28 @@ run: setup release
 ## bench: release build and the decoder benchmark
 bench: setup release
 	.build/release/kvtier-bench decoder --model $(MODEL)
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+UNITDIR ?= /etc/systemd/system
+
+## install: binaries, systemd units, example config and the model into standard places
+install: release model
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/kvtier \
+		$(DESTDIR)$(PREFIX)/share/kvtier/models $(DESTDIR)$(PREFIX)/share/doc/kvtier
+	install -m 0755 .build/release/kvtierd .build/release/kvtierctl .build/release/kvtier-bench $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 deploy/kvtierd.service deploy/kvtierd.socket $(DESTDIR)$(UNITDIR)/
+	test -e $(DESTDIR)/etc/kvtier/kvtierd.toml || install -m 0644 deploy/kvtierd.toml $(DESTDIR)/etc/kvtier/kvtierd.toml
+	install -m 0644 $(MODEL) $(DESTDIR)$(PREFIX)/share/kvtier/models/
+	install -m 0644 docs/operations.md docs/protocol.md $(DESTDIR)$(PREFIX)/share/doc/kvtier/
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && ! getent passwd kvtier >/dev/null; then \
+		useradd --system --user-group --home-dir /var/lib/kvtier --shell /usr/sbin/nologin kvtier; fi
+
+## uninstall: remove what install put in place (the configuration and the state stay)
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/kvtierd $(DESTDIR)$(PREFIX)/bin/kvtierctl $(DESTDIR)$(PREFIX)/bin/kvtier-bench
+	rm -f $(DESTDIR)$(UNITDIR)/kvtierd.service $(DESTDIR)$(UNITDIR)/kvtierd.socket
+	rm -rf $(DESTDIR)$(PREFIX)/share/kvtier $(DESTDIR)$(PREFIX)/share/doc/kvtier
 
 clean:
 	rm -rf .build

@@ -23,6 +23,7 @@ let package = Package(
         .systemLibrary(name: "CRocksDB", pkgConfig: "rocksdb", providers: [.apt(["librocksdb-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // Our own SIMD kernels (quantized dot products, conversions) with run-time CPU dispatch.
         .target(
             name: "CKVTierKernels",
@@ -40,7 +41,7 @@ let package = Package(
         .target(
             name: "KVTierServer",
             dependencies: [
-                "KVTierEngine", "KVTierStore",
+                "KVTierEngine", "KVTierStore", "CSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

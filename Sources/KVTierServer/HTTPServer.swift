@@ -49,6 +49,20 @@ public final class HTTPServer: Sendable {
         return channel
     }
 
+    /// Serves on a socket that is already bound and listening (systemd socket activation).
+    public func start(listeningSocket fd: Int32) throws -> Channel {
+        let service = self.service
+        let bodyLimit = self.bodyLimit
+        return try ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
+                    channel.pipeline.addHandler(HTTPHandler(service: service, bodyLimit: bodyLimit))
+                }
+            }
+            .withBoundSocket(fd)
+            .wait()
+    }
+
     public func shutdown() {
         try? group.syncShutdownGracefully()
     }

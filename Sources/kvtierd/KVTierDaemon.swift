@@ -89,12 +89,18 @@ struct KVTierDaemon: ParsableCommand {
         let service = APIService(engine: engine, modelName: modelName, maxTokensLimit: c.maxTokensLimit)
         let server = HTTPServer(service: service, bodyLimit: c.maxBodyBytes)
         let channel: Channel
+        let activated = ServiceManager.activatedSocket()
         do {
-            channel = try server.start(socketPath: c.socket, mode: mode_t(c.socketMode), group: c.socketGroup)
+            if let fd = activated {
+                channel = try server.start(listeningSocket: fd)
+            } else {
+                channel = try server.start(socketPath: c.socket, mode: mode_t(c.socketMode), group: c.socketGroup)
+            }
         } catch {
             throw ValidationError("cannot listen on \(c.socket): \(error)")
         }
-        print("kvtierd: listening on \(c.socket) (\(engine.sessionIDs.count) stored sessions)")
+        let where_ = activated != nil ? "the socket systemd passed" : c.socket
+        print("kvtierd: listening on \(where_) (\(engine.sessionIDs.count) stored sessions)")
         fflush(nil)
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
@@ -105,14 +111,19 @@ struct KVTierDaemon: ParsableCommand {
             source.resume()
             return source
         }
+        // Signals are handled before systemd hears READY=1.
+        ServiceManager.ready(status: "serving on \(where_)")
+        let watchdog = ServiceManager.startWatchdog()
         stop.wait()
+        ServiceManager.stopping()
+        watchdog?.cancel()
         print("kvtierd: stopping")
         try? channel.close().wait()
         service.drain()
         engine.quiesce()
         try? store.close()
         server.shutdown()
-        unlink(c.socket)
+        if activated == nil { unlink(c.socket) }
         _ = sources
     }
 }
