@@ -101,9 +101,7 @@ final class DaemonTests: XCTestCase {
     }
 
     func testMultiTurnChatOverTheSocketReusesKVAndSurvivesRestart() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock", state = dir + "/state"
         var daemon = try startDaemon(socket: socket, state: state)
 
@@ -159,9 +157,7 @@ final class DaemonTests: XCTestCase {
 
 extension DaemonTests {
     func testAdminEndpoints() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"
         let daemon = try startDaemon(socket: socket, state: dir + "/state")
         defer { stop(daemon) }
@@ -197,24 +193,12 @@ extension DaemonTests {
 
 extension DaemonTests {
     /// Runs kvtierctl from the same build; returns exit status and stdout+stderr.
-    private func kvtierctl(_ args: [String]) throws -> (Int32, String) {
-        let binary = try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let out = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: out, as: UTF8.self))
+    private func kvtierctl(_ args: [String], input: String? = nil) throws -> (Int32, String) {
+        try runProcess(try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl"), args, input: input)
     }
 
     func testAdminCLIOverTheSocket() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"
         // No daemon yet: a clear message and a failing exit status.
         let (down, message) = try kvtierctl(["status", "--socket", socket])
@@ -242,26 +226,14 @@ extension DaemonTests {
 
 extension DaemonTests {
     func testChatCLIStreamsAndReuses() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"
         let daemon = try startDaemon(socket: socket, state: dir + "/state")
         defer { stop(daemon) }
-        let binary = try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl")
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = ["chat", "--socket", socket, "--temperature", "0", "--max-tokens", "12", "--session", "cli-chat"]
-        let input = Pipe(), output = Pipe()
-        p.standardInput = input
-        p.standardOutput = output
-        p.standardError = output
-        try p.run()
-        input.fileHandleForWriting.write(Data("What is the capital of France?\nAnd of Germany?\n\n".utf8))
-        try input.fileHandleForWriting.close()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 0, text)
+        let (status, text) = try kvtierctl(
+            ["chat", "--socket", socket, "--temperature", "0", "--max-tokens", "12", "--session", "cli-chat"],
+            input: "What is the capital of France?\nAnd of Germany?\n\n")
+        XCTAssertEqual(status, 0, text)
         let reports = text.components(separatedBy: "[reused ").dropFirst().compactMap { Int($0.prefix { $0.isNumber }) }
         XCTAssertEqual(reports.count, 2, text)
         XCTAssertEqual(reports.first, 0)
@@ -271,21 +243,11 @@ extension DaemonTests {
 
 extension DaemonTests {
     func testBadConfigurationStopsStartupNamingTheKey() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtierd-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dir = try temporaryDirectory(self)
         let config = dir + "/kvtierd.toml"
         try Data("[store]\ndram_bytes = \"plenty\"\n".utf8).write(to: URL(fileURLWithPath: config))
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try daemonBinary())
-        p.arguments = ["--config", config, "--socket", dir + "/k.sock", "--state-dir", dir + "/state"]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertNotEqual(p.terminationStatus, 0)
+        let (status, out) = try runProcess(try daemonBinary(), ["--config", config, "--socket", dir + "/k.sock", "--state-dir", dir + "/state"])
+        XCTAssertNotEqual(status, 0)
         XCTAssertTrue(out.contains("store.dram_bytes"), out)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/k.sock"))
     }

@@ -10,26 +10,14 @@ final class DeploymentTests: XCTestCase {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     private func run(_ tool: String, _ args: [String], cwd: String) throws -> (Int32, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: tool)
-        p.arguments = args
-        p.currentDirectoryURL = URL(fileURLWithPath: cwd)
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        return (p.terminationStatus, out)
+        try runProcess(tool, args, cwd: cwd)
     }
 
     /// `systemd-analyze verify` exits 0 even on unknown keys, so the test checks that it prints nothing.
     func testUnitsVerifyCleanly() throws {
         let tool = "/usr/bin/systemd-analyze"
         guard FileManager.default.isExecutableFile(atPath: tool) else { throw XCTSkip("systemd-analyze not installed") }
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("units-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let dir = try temporaryDirectory(self)
         for unit in ["kvtierd.service", "kvtierd.socket"] {
             var text = try String(contentsOfFile: DeploymentTests.root.appendingPathComponent("deploy/" + unit).path, encoding: .utf8)
             // verify checks that ExecStart exists: point it at a binary that does.
@@ -59,9 +47,7 @@ final class DeploymentTests: XCTestCase {
             dir = dir.deletingLastPathComponent()
         }
         guard let binary else { throw XCTSkip("kvtierd not built") }
-        let tmp = "/tmp/kvn-\(UUID().uuidString.prefix(6))"
-        try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        let tmp = try temporaryDirectory(self)
         // The datagram socket systemd would listen on.
         let notifyPath = tmp + "/notify"
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
