@@ -48,8 +48,7 @@ final class DaemonTests: XCTestCase {
     }
 
     private func stop(_ p: Process) {
-        kill(p.processIdentifier, SIGTERM)
-        p.waitUntilExit()
+        terminate(p)
     }
 
     /// A minimal HTTP/1.1 client over a Unix socket (one request per connection).

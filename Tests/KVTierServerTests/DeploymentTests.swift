@@ -75,12 +75,12 @@ final class DeploymentTests: XCTestCase {
         p.standardOutput = log
         p.standardError = log
         try p.run()
+        defer { terminate(p, grace: 5) }
         let ready = receive()
         XCTAssertTrue(ready.contains("READY=1"), "got '\(ready)'; daemon log: \((try? String(contentsOfFile: tmp + "/log", encoding: .utf8)) ?? "")")
         XCTAssertTrue(FileManager.default.fileExists(atPath: tmp + "/k.sock"), "READY=1 comes after the socket listens")
         kill(p.processIdentifier, SIGTERM)
         let stopping = receive()
         XCTAssertTrue(stopping.contains("STOPPING=1"), stopping)
-        p.waitUntilExit()
     }
 }

@@ -1,6 +1,10 @@
 import Foundation
 import XCTest
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A fresh directory under /tmp (short, for socket paths), removed when the test ends.
 func temporaryDirectory(_ test: XCTestCase) throws -> String {
     let dir = "/tmp/kvt-\(UUID().uuidString.prefix(8))"
@@ -28,4 +32,14 @@ func runProcess(_ path: String, _ args: [String], cwd: String? = nil, input: Str
     let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     p.waitUntilExit()
     return (p.terminationStatus, text)
+}
+
+/// Asks a process to stop with SIGTERM; kills it if it is still running after `grace` seconds.
+func terminate(_ p: Process, grace: Double = 30) {
+    guard p.isRunning else { return }
+    kill(p.processIdentifier, SIGTERM)
+    let deadline = Date().addingTimeInterval(grace)
+    while p.isRunning && Date() < deadline { usleep(50_000) }
+    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+    p.waitUntilExit()
 }
