@@ -71,17 +71,9 @@ struct StoreBench: ParsableCommand {
             var layerMs: [Double] = []
             for _ in 0..<repetitions {
                 try store.demote(session: "bench", to: .dram)
-                let t0 = now()
-                let h = store.load(session: "bench")
-                var prev = t0
-                for l in h.layers {
-                    _ = h.wait(layer: l)
-                    let t = now()
-                    layerMs.append((t - prev) * 1000)
-                    prev = t
-                }
-                rates.append(Double(totalBytes) / (now() - t0))
-                h.release()
+                let (seconds, perLayer) = timedLoad(store)
+                rates.append(Double(totalBytes) / seconds)
+                layerMs += perLayer
             }
             return (median(rates), layerMs)
         }
@@ -92,7 +84,7 @@ struct StoreBench: ParsableCommand {
         // Disk: save and load against raw bytes in a file with fsync.
         let disk = try makeStore("disk", link: .init(bandwidthBytesPerSecond: 0, latencySeconds: 0))
         var saveRates: [Double] = [], loadRates: [Double] = [], diskLayerMs: [Double] = []
-        for rep in 0..<repetitions {
+        for _ in 0..<repetitions {
             let session = "bench"
             try disk.delete(session: session)
             for b in blocks { try disk.admit(b) }
@@ -101,20 +93,10 @@ struct StoreBench: ParsableCommand {
             disk.waitForSaves()
             try disk.flush()
             saveRates.append(Double(totalBytes) / (now() - t0))
-            try disk.demote(session: session, to: .disk)
-            try disk.demote(session: session, to: .dram)  // out of HBM as well
-            _ = rep
-            let t1 = now()
-            let h = disk.load(session: session)
-            var prev = t1
-            for l in h.layers {
-                _ = h.wait(layer: l)
-                let t = now()
-                diskLayerMs.append((t - prev) * 1000)
-                prev = t
-            }
-            loadRates.append(Double(totalBytes) / (now() - t1))
-            h.release()
+            try disk.demote(session: session, to: .disk)  // out of HBM and DRAM
+            let (seconds, perLayer) = timedLoad(disk)
+            loadRates.append(Double(totalBytes) / seconds)
+            diskLayerMs += perLayer
             // Next round starts from disk only.
             try disk.demote(session: session, to: .disk)
         }
@@ -169,6 +151,24 @@ struct StoreBench: ParsableCommand {
             print(String(format: "layer load from disk: pipelined p50 %.3f ms p99 %.3f ms; one layer alone p50 %.3f ms p99 %.3f ms",
                          out.layer_load_ms_disk_pipelined_p50, out.layer_load_ms_disk_pipelined_p99, out.layer_load_ms_disk_single_p50, out.layer_load_ms_disk_single_p99))
         }
+    }
+
+    /// Loads the whole "bench" session into HBM; returns the seconds it took and the time
+    /// between consecutive layers' arrivals, in milliseconds.
+    private func timedLoad(_ store: TieredStore) -> (Double, [Double]) {
+        let t0 = now()
+        let h = store.load(session: "bench")
+        var prev = t0
+        var layerMs: [Double] = []
+        for l in h.layers {
+            _ = h.wait(layer: l)
+            let t = now()
+            layerMs.append((t - prev) * 1000)
+            prev = t
+        }
+        let seconds = now() - t0
+        h.release()
+        return (seconds, layerMs)
     }
 
     private func loadIDs(count: Int, vocab: Int) -> [Int32] {

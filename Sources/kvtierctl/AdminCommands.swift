@@ -10,6 +10,14 @@ struct DaemonOptions: ParsableArguments {
 
     var client: DaemonClient { DaemonClient(socketPath: DaemonClient.socketPath(flag: socket)) }
 
+    /// Sends one request and prints the answer: its JSON with --json, else `table(answer)`.
+    func show(_ method: String, _ path: String, body: [String: Any]? = nil, table: (Any) -> Void) throws {
+        try runAdmin {
+            let value = try client.json(method, path, body: body)
+            try output(value) { table(value) }
+        }
+    }
+
     /// Prints `value` as JSON (with --json) or runs `table`.
     func output(_ value: Any, table: () -> Void) throws {
         if json {
@@ -71,19 +79,16 @@ struct TiersCommand: ParsableCommand {
     @OptionGroup var options: DaemonOptions
 
     func run() throws {
-        try runAdmin {
-            let tiers = try options.client.json("GET", "/v1/tiers")
-            try options.output(tiers) {
-                var rows = [["tier", "used", "capacity", "blocks", "hits", "misses", "evictions", "promotions", "demotions", "in", "out"]]
-                for t in tiers as? [[String: Any]] ?? [] {
-                    func i(_ k: String) -> Int { t[k] as? Int ?? 0 }
-                    rows.append([
-                        t["tier"] as? String ?? "?", bytes(i("usedBytes")), bytes(i("capacityBytes")), "\(i("blocks"))", "\(i("hits"))",
-                        "\(i("misses"))", "\(i("evictions"))", "\(i("promotions"))", "\(i("demotions"))", bytes(i("bytesIn")), bytes(i("bytesOut")),
-                    ])
-                }
-                printTable(rows)
+        try options.show("GET", "/v1/tiers") { tiers in
+            var rows = [["tier", "used", "capacity", "blocks", "hits", "misses", "evictions", "promotions", "demotions", "in", "out"]]
+            for t in tiers as? [[String: Any]] ?? [] {
+                func i(_ k: String) -> Int { t[k] as? Int ?? 0 }
+                rows.append([
+                    t["tier"] as? String ?? "?", bytes(i("usedBytes")), bytes(i("capacityBytes")), "\(i("blocks"))", "\(i("hits"))",
+                    "\(i("misses"))", "\(i("evictions"))", "\(i("promotions"))", "\(i("demotions"))", bytes(i("bytesIn")), bytes(i("bytesOut")),
+                ])
             }
+            printTable(rows)
         }
     }
 }
@@ -93,15 +98,12 @@ struct SessionsCommand: ParsableCommand {
     @OptionGroup var options: DaemonOptions
 
     func run() throws {
-        try runAdmin {
-            let value = try options.client.json("GET", "/v1/sessions")
-            try options.output(value) {
-                var rows = [["session", "tokens", "cached", "dropped"]]
-                for s in (value as? [String: Any])?["sessions"] as? [[String: Any]] ?? [] {
-                    rows.append([s["id"] as? String ?? "?", "\(s["tokens"] as? Int ?? 0)", "\(s["cached_tokens"] as? Int ?? 0)", "\(s["dropped_tokens"] as? Int ?? 0)"])
-                }
-                printTable(rows)
+        try options.show("GET", "/v1/sessions") { value in
+            var rows = [["session", "tokens", "cached", "dropped"]]
+            for s in (value as? [String: Any])?["sessions"] as? [[String: Any]] ?? [] {
+                rows.append([s["id"] as? String ?? "?", "\(s["tokens"] as? Int ?? 0)", "\(s["cached_tokens"] as? Int ?? 0)", "\(s["dropped_tokens"] as? Int ?? 0)"])
             }
+            printTable(rows)
         }
     }
 }
@@ -117,18 +119,15 @@ struct SessionCommand: ParsableCommand {
     @Argument(help: "Session id.") var id: String
 
     func run() throws {
-        try runAdmin {
-            let value = try options.client.json("GET", "/v1/sessions/" + pathComponent(id))
-            try options.output(value) {
-                let d = value as? [String: Any] ?? [:]
-                print("session \(id): \(d["tokens"] as? Int ?? 0) tokens, \(d["cached_tokens"] as? Int ?? 0) cached, \(d["dropped_tokens"] as? Int ?? 0) dropped")
-                var rows = [["layer", "blocks", "tokens", "hbm", "dram", "disk"]]
-                for l in d["layers"] as? [[String: Any]] ?? [] {
-                    rows.append(["\(l["layer"] as? Int ?? 0)", "\(l["blocks"] as? Int ?? 0)", "\(l["tokens"] as? Int ?? 0)",
-                                 "\(l["hbm"] as? Int ?? 0)", "\(l["dram"] as? Int ?? 0)", "\(l["disk"] as? Int ?? 0)"])
-                }
-                printTable(rows)
+        try options.show("GET", "/v1/sessions/" + pathComponent(id)) { value in
+            let d = value as? [String: Any] ?? [:]
+            print("session \(id): \(d["tokens"] as? Int ?? 0) tokens, \(d["cached_tokens"] as? Int ?? 0) cached, \(d["dropped_tokens"] as? Int ?? 0) dropped")
+            var rows = [["layer", "blocks", "tokens", "hbm", "dram", "disk"]]
+            for l in d["layers"] as? [[String: Any]] ?? [] {
+                rows.append(["\(l["layer"] as? Int ?? 0)", "\(l["blocks"] as? Int ?? 0)", "\(l["tokens"] as? Int ?? 0)",
+                             "\(l["hbm"] as? Int ?? 0)", "\(l["dram"] as? Int ?? 0)", "\(l["disk"] as? Int ?? 0)"])
             }
+            printTable(rows)
         }
     }
 }
@@ -139,10 +138,7 @@ struct DropCommand: ParsableCommand {
     @Argument(help: "Session id.") var id: String
 
     func run() throws {
-        try runAdmin {
-            let value = try options.client.json("DELETE", "/v1/sessions/" + pathComponent(id))
-            try options.output(value) { print("dropped \(id)") }
-        }
+        try options.show("DELETE", "/v1/sessions/" + pathComponent(id)) { _ in print("dropped \(id)") }
     }
 }
 
@@ -157,10 +153,7 @@ struct DemoteCommand: ParsableCommand {
     }
 
     func run() throws {
-        try runAdmin {
-            let value = try options.client.json("POST", "/v1/sessions/" + pathComponent(id) + "/demote", body: ["to": to])
-            try options.output(value) { print("demoted \(id) to \(to)") }
-        }
+        try options.show("POST", "/v1/sessions/" + pathComponent(id) + "/demote", body: ["to": to]) { _ in print("demoted \(id) to \(to)") }
     }
 }
 
@@ -169,10 +162,7 @@ struct FlushCommand: ParsableCommand {
     @OptionGroup var options: DaemonOptions
 
     func run() throws {
-        try runAdmin {
-            let value = try options.client.json("POST", "/v1/flush")
-            try options.output(value) { print("flushed") }
-        }
+        try options.show("POST", "/v1/flush") { _ in print("flushed") }
     }
 }
 
@@ -182,9 +172,6 @@ struct HintCommand: ParsableCommand {
     @Argument(help: "Session ids, soonest first.") var ids: [String]
 
     func run() throws {
-        try runAdmin {
-            let value = try options.client.json("POST", "/v1/hints", body: ["upcoming": ids])
-            try options.output(value) { print("upcoming: \(ids.joined(separator: ", "))") }
-        }
+        try options.show("POST", "/v1/hints", body: ["upcoming": ids]) { _ in print("upcoming: \(ids.joined(separator: ", "))") }
     }
 }

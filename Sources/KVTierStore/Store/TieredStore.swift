@@ -509,27 +509,6 @@ public final class TieredStore: @unchecked Sendable {
     }
 }
 
-/// Owned bytes handed to the copy engine (source or destination of a transfer). The engine is
-/// the only user while the transfer runs; afterwards the single owner reads it.
-final class ByteBuffer: @unchecked Sendable {
-    let pointer: UnsafeMutableRawPointer
-    let count: Int
-
-    init(count: Int) {
-        self.count = count
-        pointer = .allocate(byteCount: max(count, 1), alignment: 64)
-    }
-
-    convenience init(_ bytes: [UInt8]) {
-        self.init(count: bytes.count)
-        bytes.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-    }
-
-    func bytes() -> [UInt8] { Array(UnsafeRawBufferPointer(start: pointer, count: count)) }
-
-    deinit { pointer.deallocate() }
-}
-
 /// A lock-guarded integer.
 final class Counter: @unchecked Sendable {
     private let lock = NSLock()
