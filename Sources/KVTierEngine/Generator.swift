@@ -8,10 +8,20 @@ public struct GenerationOptions: Sendable {
     public var sampling: SamplingParameters
     /// Stop at the tokenizer's end-of-generation tokens (`<|im_end|>`, EOS).
     public var stopAtEndOfGeneration: Bool
-    public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stopAtEndOfGeneration: Bool = true) {
+    /// Stop sequences: the reply ends before the first of them (which is not part of its text).
+    public var stopSequences: [String]
+    /// Asked before every decoded token; true ends the reply (finish reason "cancelled").
+    public var isCancelled: (@Sendable () -> Bool)?
+
+    public init(
+        maxTokens: Int, sampling: SamplingParameters = .greedy, stopAtEndOfGeneration: Bool = true,
+        stopSequences: [String] = [], isCancelled: (@Sendable () -> Bool)? = nil
+    ) {
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.stopAtEndOfGeneration = stopAtEndOfGeneration
+        self.stopSequences = stopSequences.filter { !$0.isEmpty }
+        self.isCancelled = isCancelled
     }
 }
 

@@ -2,12 +2,18 @@ import KVTierModel
 import KVTierTokenizer
 
 /// The generated side of a turn: sampling with the turn's parameters, the end-of-generation
-/// rule, and streaming complete UTF-8 text out as tokens arrive.
+/// rule, stop sequences, and streaming complete UTF-8 text out as tokens arrive. With stop
+/// sequences, text that could be the start of one is held back until it is known not to be.
 struct ReplyBuilder {
     private var sampler: Sampler
     private var decoder: StreamingDecoder
     private let tokenizer: BPETokenizer
     private let stopAtEndOfGeneration: Bool
+    private let stopSequences: [String]
+    /// Decoded text not yet passed to `onText` (it may be the start of a stop sequence).
+    private var pending = ""
+    /// True when a stop sequence ended the reply.
+    private(set) var endedByStopSequence = false
     /// Prompt and generated tokens (the repetition penalty's window looks at them).
     private(set) var history: [Int32]
     private(set) var generated: [Int32] = []
@@ -21,6 +27,7 @@ struct ReplyBuilder {
         self.decoder = StreamingDecoder(tokenizer: tokenizer)
         self.tokenizer = tokenizer
         self.stopAtEndOfGeneration = options.stopAtEndOfGeneration
+        self.stopSequences = options.stopSequences
         self.history = prompt
     }
 
@@ -34,19 +41,54 @@ struct ReplyBuilder {
         generated.append(next)
         history.append(next)
         let piece = decoder.append(next)
-        if !piece.isEmpty {
-            text += piece
-            onText(piece)
-        }
-        return next
+        return emit(piece, onText: onText) ? nil : next
     }
 
-    /// Emits whatever bytes the streaming decoder still holds.
+    /// Emits whatever bytes the streaming decoder still holds, and any held-back text.
     mutating func finish(onText: (String) -> Void) {
-        let rest = decoder.flush()
-        if !rest.isEmpty {
-            text += rest
-            onText(rest)
+        guard !endedByStopSequence else { return }
+        _ = emit(decoder.flush(), onText: onText)
+        if !pending.isEmpty {
+            text += pending
+            onText(pending)
+            pending = ""
         }
+    }
+
+    /// Adds decoded text; returns true when it completes a stop sequence (the reply ends).
+    private mutating func emit(_ piece: String, onText: (String) -> Void) -> Bool {
+        guard !piece.isEmpty else { return false }
+        guard !stopSequences.isEmpty else {
+            text += piece
+            onText(piece)
+            return false
+        }
+        pending += piece
+        // A stop sequence starts inside `pending`: nothing emitted could be a part of one.
+        if let cut = stopSequences.compactMap({ pending.range(of: $0)?.lowerBound }).min() {
+            let out = String(pending[..<cut])
+            if !out.isEmpty {
+                text += out
+                onText(out)
+            }
+            pending = ""
+            endedByStopSequence = true
+            return true
+        }
+        // Hold back the longest tail of `pending` that begins some stop sequence.
+        var hold = 0
+        for stop in stopSequences {
+            for k in stride(from: min(stop.count, pending.count), to: hold, by: -1) where pending.hasSuffix(stop.prefix(k)) {
+                hold = k
+                break
+            }
+        }
+        let out = String(pending.dropLast(hold))
+        if !out.isEmpty {
+            text += out
+            onText(out)
+        }
+        pending = String(pending.suffix(hold))
+        return false
     }
 }

@@ -3,16 +3,36 @@ import Foundation
 import KVTierEngine
 import KVTierModel
 import KVTierStore
+import NIOConcurrencyHelpers
 
 /// The endpoints, independent of HTTP plumbing: a request in, a status and JSON body out.
-/// Requests run one at a time on `queue` (the engine runs one turn at a time anyway), off the
-/// event loop.
+///
+/// Threads: requests arrive from the event loop and are handled on `requests` (a serial queue,
+/// so nothing here blocks the loop). Chat turns go to the engine's `TurnScheduler`, which runs
+/// them one at a time on its own queue and steers prefetch and eviction from its queue; their
+/// responses are written from the scheduler's queue. `limits`, `turnSeconds` and `stopping` are
+/// lock-protected boxes.
 public final class APIService: Sendable {
     public struct Request: Sendable {
         public var method: String
         public var path: String
         public var headers: [String: String]
         public var body: [UInt8]
+        public var peer: Peer
+        /// True once the client has gone away (a running turn for it is cancelled).
+        public var isClientGone: @Sendable () -> Bool
+
+        public init(
+            method: String, path: String, headers: [String: String] = [:], body: [UInt8] = [], peer: Peer,
+            isClientGone: @escaping @Sendable () -> Bool = { false }
+        ) {
+            self.method = method
+            self.path = path
+            self.headers = headers
+            self.body = body
+            self.peer = peer
+            self.isClientGone = isClientGone
+        }
     }
 
     /// Where a streaming response goes: `start` once, then `send` per event, then `end`.
@@ -26,152 +46,121 @@ public final class APIService: Sendable {
         public var status: Int
         public var body: [UInt8]
         public var contentType = "application/json"
+        public var headers: [(String, String)] = []
     }
 
     let engine: ChatEngine
+    let scheduler: TurnScheduler
     let modelName: String
-    let queue = DispatchQueue(label: "kvtier.server.api")
-    /// Largest accepted `max_tokens`.
-    let maxTokensLimit: Int
+    let access: AccessPolicy
+    public let limits: NIOLockedValueBox<ServerLimits>
+    public let metrics: ServerMetrics
+    let requests = DispatchQueue(label: "kvtier.server.requests")
+    /// Recent turn duration in seconds (moving average), for Retry-After.
+    let turnSeconds = NIOLockedValueBox<Double>(2)
+    /// Set by `beginShutdown`: new turns get 503.
+    let stopping = NIOLockedValueBox(false)
 
-    public init(engine: ChatEngine, modelName: String, maxTokensLimit: Int = 4096) {
+    public init(
+        engine: ChatEngine, modelName: String, access: AccessPolicy = AccessPolicy(), limits: ServerLimits = ServerLimits(),
+        metrics: ServerMetrics = ServerMetrics()
+    ) {
         self.engine = engine
+        self.scheduler = TurnScheduler(engine: engine)
         self.modelName = modelName
-        self.maxTokensLimit = maxTokensLimit
+        self.access = access
+        self.limits = NIOLockedValueBox(limits)
+        self.metrics = metrics
     }
 
-    /// Waits for the request being handled, if any.
-    public func drain() { queue.sync {} }
+    /// Shutdown, first step: new turns are refused with 503 and waiting ones are failed with it;
+    /// the running turn finishes. Returns the number of waiting turns failed.
+    @discardableResult
+    public func beginShutdown() -> Int {
+        stopping.withLockedValue { $0 = true }
+        return scheduler.cancelPending(with: APIError(503, "unavailable", "kvtierd is shutting down; retry after it restarts"))
+    }
 
-    /// Handles a request. A chat completion with `stream: true` writes server-sent events to
-    /// `stream` and returns nil; everything else returns its response.
-    public func handle(_ r: Request, stream: StreamSink? = nil) -> Response? {
-        if r.method == "POST", r.path == "/v1/chat/completions", let stream {
+    /// Waits for queued requests and the running turn.
+    public func drain() {
+        requests.sync {}
+        scheduler.drain()
+    }
+
+    /// Handles a request; `respond` gets the response, or (a streamed chat completion) `stream`
+    /// gets the events and `respond` is not called.
+    public func handle(_ r: Request, stream: StreamSink, respond: @escaping @Sendable (Response) -> Void) {
+        requests.async { [self] in
+            let counted: @Sendable (Response) -> Void = { [metrics] response in
+                metrics.response(status: response.status)
+                respond(response)
+            }
             do {
-                return try chatCompletion(r, stream: stream)
-            } catch let e as APIError {
-                return (try? json(e.status, e)) ?? Response(status: 500, body: [])
+                if r.method == "POST", r.path == "/v1/chat/completions" {
+                    try chatCompletion(r, stream: stream, respond: counted)
+                } else {
+                    counted(try route(r))
+                }
             } catch {
-                return (try? json(500, APIError(500, "server_error", "\(error)"))) ?? Response(status: 500, body: [])
+                counted(errorResponse(error))
             }
         }
-        return handle(r)
     }
 
+    /// Synchronous form for everything but chat completions (tests, tools).
     public func handle(_ r: Request) -> Response {
-        do {
-            switch (r.method, r.path) {
-            case ("GET", "/healthz"):
-                return try json(200, ["status": "ok"])
-            case ("GET", "/v1/models"):
-                struct Model: Encodable { let id: String; let object = "model"; let owned_by = "kvtier" }
-                struct List: Encodable { let object = "list"; let data: [Model] }
-                return try json(200, List(data: [Model(id: modelName)]))
-            case ("POST", "/v1/chat/completions"):
-                guard let response = try chatCompletion(r) else { throw APIError(500, "server_error", "no response") }
-                return response
-            case ("GET", "/v1/tiers"):
-                return try json(200, engine.store.stats.tiers)
-            case ("GET", "/v1/sessions"):
-                struct Session: Encodable { let id: String; let tokens: Int; let cached_tokens: Int; let dropped_tokens: Int }
-                let list = engine.sessionIDs.compactMap { id in
-                    engine.sessionSummary(id).map { Session(id: id, tokens: $0.tokens, cached_tokens: $0.kv, dropped_tokens: $0.dropped) }
-                }
-                return try json(200, ["sessions": list])
-            case ("POST", "/v1/flush"):
-                try engine.store.flush()
-                return try json(200, ["flushed": true])
-            case ("POST", "/v1/hints"):
-                struct Hints: Decodable { let upcoming: [String] }
-                guard let h = try? JSONDecoder().decode(Hints.self, from: Data(r.body)) else {
-                    throw APIError(400, "invalid_request_error", "expected {\"upcoming\": [session ids]}")
-                }
-                engine.store.setUpcoming(h.upcoming)
-                for s in h.upcoming { engine.store.prefetch(session: s) }
-                return try json(200, ["upcoming": h.upcoming])
-            case (_, let path) where path.hasPrefix("/v1/sessions/"):
-                return try sessionEndpoint(r)
-            case (_, "/healthz"), (_, "/v1/models"), (_, "/v1/chat/completions"), (_, "/v1/tiers"), (_, "/v1/sessions"),
-                (_, "/v1/flush"), (_, "/v1/hints"):
-                throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")
-            default:
-                throw APIError(404, "not_found", "no endpoint \(r.method) \(r.path); see docs/protocol.md")
-            }
-        } catch let e as APIError {
-            return (try? json(e.status, e)) ?? Response(status: 500, body: [])
-        } catch {
-            let e = APIError(500, "server_error", "\(error)")
-            return (try? json(500, e)) ?? Response(status: 500, body: [])
-        }
+        do { return try route(r) } catch { return errorResponse(error) }
     }
 
-    private func chatCompletion(_ r: Request, stream: StreamSink? = nil) throws -> Response? {
-        let req: ChatCompletionRequest
-        do {
-            req = try JSONDecoder().decode(ChatCompletionRequest.self, from: Data(r.body))
-        } catch {
-            throw APIError(400, "invalid_request_error", "the request body is not a valid chat completion request: \(describe(error))")
-        }
-        guard !req.messages.isEmpty, req.messages.last?.role == "user" else {
-            throw APIError(400, "invalid_request_error", "messages must be non-empty and end with a user message")
-        }
-        let streaming = req.stream == true
-        guard !streaming || stream != nil else {
-            throw APIError(400, "invalid_request_error", "stream: true needs a streaming connection")
-        }
-        let maxTokens = req.max_tokens ?? 256
-        guard (1...maxTokensLimit).contains(maxTokens) else {
-            throw APIError(400, "invalid_request_error", "max_tokens must be between 1 and \(maxTokensLimit), got \(maxTokens)")
-        }
-        let sampling = SamplingParameters(
-            temperature: req.temperature ?? 0.7, topP: req.top_p ?? 1, seed: req.seed ?? UInt64.random(in: 0...UInt64.max))
-        do { try sampling.validate() } catch { throw APIError(400, "invalid_request_error", error.description) }
-        let messages = req.messages.map { ChatMessage(role: $0.role, content: $0.content) }
-        // Session: explicit id, else the session holding the longest cached prefix, else a new one.
-        let session = req.session_id ?? r.headers["x-session-id"]
-            ?? engine.matchSession(messages: messages)?.session ?? "s-" + UUID().uuidString.lowercased()
-        guard !session.isEmpty, session.utf8.count <= 256 else {
-            throw APIError(400, "invalid_request_error", "session_id must be 1 to 256 bytes")
-        }
-        let id = "chatcmpl-" + UUID().uuidString.lowercased()
-        let created = Int(Date().timeIntervalSince1970)
-        if streaming, let stream {
-            // Server-sent events: one chunk per piece of text, then a last chunk with the finish
-            // reason, usage and the kvtier report, then [DONE].
-            stream.start(200, "text/event-stream")
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.sortedKeys]
-            func event<T: Encodable>(_ value: T) {
-                if let data = try? enc.encode(value) { stream.send(Array("data: ".utf8) + Array(data) + Array("\n\n".utf8)) }
-            }
-            do {
-                let report = try engine.runTurn(
-                    session: session, messages: messages, options: GenerationOptions(maxTokens: maxTokens, sampling: sampling)
-                ) { piece in
-                    event(StreamChunk(id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil))
+    private func route(_ r: Request) throws -> Response {
+        switch (r.method, r.path) {
+        case ("GET", "/healthz"):
+            struct Health: Encodable { let status: String; let model: String; let queue_depth: Int; let sessions: Int }
+            return try json(200, Health(status: "ok", model: modelName, queue_depth: scheduler.depth, sessions: engine.sessionIDs.count))
+        case ("GET", "/v1/models"):
+            struct Model: Encodable { let id: String; let object = "model"; let owned_by = "kvtier" }
+            struct List: Encodable { let object = "list"; let data: [Model] }
+            return try json(200, List(data: [Model(id: modelName)]))
+        case ("GET", "/metrics"):
+            let text = metrics.exposition(tiers: engine.store.stats.tiers, queueDepth: scheduler.depth)
+            return Response(status: 200, body: text, contentType: "text/plain; version=0.0.4; charset=utf-8")
+        case ("GET", "/v1/tiers"):
+            return try json(200, engine.store.stats.tiers)
+        case ("GET", "/v1/sessions"):
+            struct Session: Encodable { let id: String; let owner: String; let tokens: Int; let cached_tokens: Int; let dropped_tokens: Int }
+            let list = engine.sessionIDs.filter { access.canSee($0, peer: r.peer) }.compactMap { stored in
+                engine.sessionSummary(stored).map {
+                    Session(
+                        id: access.visibleID(stored, for: r.peer), owner: engine.sessionOwner(stored) ?? "", tokens: $0.tokens,
+                        cached_tokens: $0.kv, dropped_tokens: $0.dropped)
                 }
-                var last = StreamChunk(id: id, created: created, model: modelName, delta: .init(content: nil), finish: report.stopReason)
-                last.usage = .init(prompt_tokens: report.promptTokens, completion_tokens: report.tokensGenerated,
-                                   total_tokens: report.promptTokens + report.tokensGenerated)
-                last.session_id = session
-                last.kvtier = KVTierReport(report)
-                event(last)
-            } catch {
-                event(APIError(500, "server_error", "\(error)"))
             }
-            stream.send(Array("data: [DONE]\n\n".utf8))
-            stream.end()
-            return nil
+            return try json(200, ["sessions": list])
+        case ("POST", "/v1/flush"):
+            try requireAdmin(r)
+            try engine.store.flush()
+            return try json(200, ["flushed": true])
+        case ("POST", "/v1/hints"):
+            try requireAdmin(r)
+            struct Hints: Decodable { let upcoming: [String] }
+            guard let h = try? JSONDecoder().decode(Hints.self, from: Data(r.body)) else {
+                throw APIError(400, "invalid_request_error", "expected {\"upcoming\": [session ids]}")
+            }
+            let known = Set(engine.sessionIDs)
+            let resolved = h.upcoming.compactMap { access.resolve($0, for: r.peer, exists: known.contains) }
+            scheduler.hint(upcoming: resolved)
+            for s in resolved { engine.store.prefetch(session: s) }
+            struct Hinted: Encodable { let upcoming: [String]; let unknown: [String] }
+            let unknown = h.upcoming.filter { access.resolve($0, for: r.peer, exists: known.contains) == nil }
+            return try json(200, Hinted(upcoming: resolved.map { access.visibleID($0, for: r.peer) }, unknown: unknown))
+        case (_, let path) where path.hasPrefix("/v1/sessions/"):
+            return try sessionEndpoint(r)
+        case (_, "/healthz"), (_, "/v1/models"), (_, "/metrics"), (_, "/v1/chat/completions"), (_, "/v1/tiers"),
+            (_, "/v1/sessions"), (_, "/v1/flush"), (_, "/v1/hints"):
+            throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")
+        default:
+            throw APIError(404, "not_found", "no endpoint \(r.method) \(r.path); see docs/protocol.md")
         }
-        let report = try engine.runTurn(
-            session: session, messages: messages, options: GenerationOptions(maxTokens: maxTokens, sampling: sampling))
-        let response = ChatCompletionResponse(
-            id: id, created: created, model: modelName,
-            choices: [.init(index: 0, message: .init(role: "assistant", content: report.text), finish_reason: report.stopReason)],
-            usage: .init(prompt_tokens: report.promptTokens, completion_tokens: report.tokensGenerated,
-                         total_tokens: report.promptTokens + report.tokensGenerated),
-            session_id: session, kvtier: KVTierReport(report))
-        return try json(200, response)
     }
 
     /// `/v1/sessions/{id}` (GET, DELETE) and `/v1/sessions/{id}/demote` (POST).
@@ -180,45 +169,67 @@ public final class APIService: Sendable {
         guard let rawID = rest.first, let id = rawID.removingPercentEncoding, !id.isEmpty else {
             throw APIError(404, "not_found", "no session id in \(r.path)")
         }
-        guard let summary = engine.sessionSummary(id) else { throw APIError(404, "not_found", "no session '\(id)'") }
+        let known = Set(engine.sessionIDs)
+        guard let stored = access.resolve(id, for: r.peer, exists: known.contains), let summary = engine.sessionSummary(stored) else {
+            throw APIError(404, "not_found", "no session '\(id)'")
+        }
         switch (r.method, rest.count > 1 ? rest[1] : nil) {
         case ("GET", nil):
             struct Layer: Encodable { let layer: Int; let blocks: Int; let tokens: Int; let hbm: Int; let dram: Int; let disk: Int }
-            struct Detail: Encodable { let id: String; let tokens: Int; let cached_tokens: Int; let dropped_tokens: Int; let layers: [Layer] }
-            let placement = engine.store.placement(session: id)
+            struct Detail: Encodable {
+                let id: String; let owner: String; let tokens: Int; let cached_tokens: Int; let dropped_tokens: Int; let layers: [Layer]
+            }
+            let placement = engine.store.placement(session: stored)
             let layers = placement.layers.enumerated().map { l, blocks in
                 Layer(
                     layer: l, blocks: blocks.count, tokens: blocks.reduce(0) { $0 + $1.tokens.count },
                     hbm: blocks.filter { $0.tiers.contains(.hbm) }.count, dram: blocks.filter { $0.tiers.contains(.dram) }.count,
                     disk: blocks.filter { $0.tiers.contains(.disk) }.count)
             }
-            return try json(200, Detail(id: id, tokens: summary.tokens, cached_tokens: summary.kv, dropped_tokens: summary.dropped, layers: layers))
+            return try json(
+                200,
+                Detail(
+                    id: id, owner: engine.sessionOwner(stored) ?? "", tokens: summary.tokens, cached_tokens: summary.kv,
+                    dropped_tokens: summary.dropped, layers: layers))
         case ("DELETE", nil):
-            try engine.deleteSession(id)
+            // Owners may drop their own sessions; dropping another's needs an admin.
+            if !stored.hasPrefix(r.peer.namespace + ":") { try requireAdmin(r) }
+            try engine.deleteSession(stored)
             return try json(200, ["deleted": id])
         case ("POST", "demote"?):
+            try requireAdmin(r)
             struct Demote: Decodable { let to: String }
             guard let d = try? JSONDecoder().decode(Demote.self, from: Data(r.body)), let tier = Tier(rawValue: d.to), tier != .hbm else {
                 throw APIError(400, "invalid_request_error", "expected {\"to\": \"dram\"} or {\"to\": \"disk\"}")
             }
-            try engine.store.demote(session: id, to: tier)
+            try engine.store.demote(session: stored, to: tier)
             return try json(200, ["demoted": id, "to": tier.rawValue])
         default:
             throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")
         }
     }
 
-    private func describe(_ error: Error) -> String {
-        switch error {
-        case DecodingError.keyNotFound(let key, _): return "missing field '\(key.stringValue)'"
-        case DecodingError.typeMismatch(_, let c): return "wrong type at '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
-        case DecodingError.valueNotFound(_, let c): return "null at '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
-        case DecodingError.dataCorrupted: return "malformed JSON"
-        default: return "\(error)"
+    func requireAdmin(_ r: Request) throws {
+        guard access.isAdmin(r.peer) else {
+            let who: String
+            switch r.peer {
+            case .local(let c): who = "uid \(c.uid)"
+            case .tcp: who = "a TCP client"
+            }
+            throw APIError(
+                403, "permission_denied",
+                "\(r.method) \(r.path) changes the daemon's state and needs root, kvtierd's user or the admin group (server.admin_group); \(who) is none of these")
         }
     }
 
-    private func json<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
+    func errorResponse(_ error: Error) -> Response {
+        let e = (error as? APIError) ?? APIError(500, "server_error", "\(error)")
+        var response = (try? json(e.status, e)) ?? Response(status: 500, body: [])
+        if let retry = e.retryAfterSeconds { response.headers.append(("Retry-After", String(retry))) }
+        return response
+    }
+
+    func json<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         return Response(status: status, body: Array(try enc.encode(value)))

@@ -14,7 +14,22 @@ struct ChatCompletionRequest: Decodable {
     let top_p: Float?
     let seed: UInt64?
     let stream: Bool?
+    let stop: StopSequences?
     let session_id: String?
+}
+
+/// OpenAI's `stop`: a string or an array of strings.
+struct StopSequences: Decodable {
+    let values: [String]
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let one = try? c.decode(String.self) {
+            values = [one]
+        } else {
+            values = try c.decode([String].self)
+        }
+    }
 }
 
 /// `POST /v1/chat/completions` response.
@@ -79,10 +94,13 @@ struct APIError: Encodable, Error {
     }
     let error: Body
     let status: Int
+    /// Sent as the Retry-After header (429, 503).
+    var retryAfterSeconds: Int?
 
-    init(_ status: Int, _ type: String, _ message: String) {
+    init(_ status: Int, _ type: String, _ message: String, retryAfter: Int? = nil) {
         self.status = status
         self.error = Body(message: message, type: type)
+        self.retryAfterSeconds = retryAfter
     }
 
     enum CodingKeys: String, CodingKey { case error }

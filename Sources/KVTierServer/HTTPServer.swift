@@ -1,47 +1,62 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// The daemon's HTTP/1.1 listener on a Unix domain socket.
+/// The daemon's HTTP/1.1 listeners: the Unix domain socket (bound here, or passed by systemd
+/// socket activation) and, optionally, loopback TCP. Every connection on the Unix socket starts
+/// by reading its peer's credentials (SO_PEERCRED, SO_PEERGROUPS); one whose credentials cannot
+/// be read is closed.
 public final class HTTPServer: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let service: APIService
-    private let bodyLimit: Int
+    private let logger: Logger
 
-    public init(service: APIService, bodyLimit: Int = 1 << 20) {
+    public init(service: APIService, logger: Logger = Logger(label: "kvtierd")) {
         self.service = service
-        self.bodyLimit = bodyLimit
+        self.logger = logger
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     }
 
     public struct Failure: Error, CustomStringConvertible {
         public let description: String
+        public init(description: String) { self.description = description }
     }
 
-    /// Binds the socket (replacing a stale socket file) and returns the listening channel.
-    public func start(socketPath: String, mode: mode_t = 0o660, group groupName: String? = nil) throws -> Channel {
-        unlink(socketPath)
+    private func bootstrap(local: Bool) -> ServerBootstrap {
         let service = self.service
-        let bodyLimit = self.bodyLimit
-        let channel = try ServerBootstrap(group: group)
+        let logger = self.logger
+        return ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
-                    channel.pipeline.addHandler(HTTPHandler(service: service, bodyLimit: bodyLimit))
+                let peer: EventLoopFuture<Peer> =
+                    local ? PeerCredentials.read(from: channel).map { Peer.local($0) } : channel.eventLoop.makeSucceededFuture(.tcp)
+                // The future completes on the channel's own loop, so the pipeline is built in place.
+                return peer.flatMapThrowing { peer in
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(service: service, peer: peer))
+                }.flatMapErrorThrowing { error in
+                    logger.warning("closing a connection whose peer credentials cannot be read", metadata: ["error": "\(error)"])
+                    throw error
                 }
             }
-            .bind(unixDomainSocketPath: socketPath)
-            .wait()
+    }
+
+    /// Binds the socket (replacing a stale socket file), sets its mode and group, and returns
+    /// the listening channel.
+    public func start(socketPath: String, mode: mode_t = 0o660, group groupName: String? = nil) throws -> Channel {
+        unlink(socketPath)
+        let channel = try bootstrap(local: true).bind(unixDomainSocketPath: socketPath).wait()
         chmod(socketPath, mode)
         if let groupName {
-            guard let entry = getgrnam(groupName) else {
+            guard let gid = AccessPolicy.groupID(named: groupName) else {
                 try? channel.close().wait()
                 throw Failure(description: "socket group '\(groupName)' does not exist; create it or change server.socket_group")
             }
-            guard chown(socketPath, uid_t.max, entry.pointee.gr_gid) == 0 else {
+            guard chown(socketPath, uid_t.max, gid) == 0 else {
                 try? channel.close().wait()
                 throw Failure(description: "cannot give \(socketPath) to group '\(groupName)': \(String(cString: strerror(errno)))")
             }
@@ -49,18 +64,14 @@ public final class HTTPServer: Sendable {
         return channel
     }
 
-    /// Serves on a socket that is already bound and listening (systemd socket activation).
+    /// Serves on a Unix socket that is already bound and listening (systemd socket activation).
     public func start(listeningSocket fd: Int32) throws -> Channel {
-        let service = self.service
-        let bodyLimit = self.bodyLimit
-        return try ServerBootstrap(group: group)
-            .childChannelInitializer { channel in
-                channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
-                    channel.pipeline.addHandler(HTTPHandler(service: service, bodyLimit: bodyLimit))
-                }
-            }
-            .withBoundSocket(fd)
-            .wait()
+        try bootstrap(local: true).withBoundSocket(fd).wait()
+    }
+
+    /// Listens on loopback TCP (the configuration only admits loopback hosts).
+    public func start(tcpHost host: String, port: Int) throws -> Channel {
+        try bootstrap(local: false).bind(host: host, port: port).wait()
     }
 
     public func shutdown() {

@@ -1,5 +1,4 @@
 import CSystemd
-import Dispatch
 import Foundation
 
 /// The daemon's side of systemd: readiness and stopping notifications (`Type=notify`), the
@@ -15,16 +14,15 @@ public enum ServiceManager {
         _ = sd_notify(0, "STOPPING=1")
     }
 
-    /// Sends `WATCHDOG=1` at half the interval systemd asked for, if it asked; keep the result.
-    public static func startWatchdog() -> DispatchSourceTimer? {
+    /// The watchdog interval systemd asked for (`WatchdogSec`), in microseconds, if it asked.
+    public static func watchdogInterval() -> UInt64? {
         var usec: UInt64 = 0
         guard sd_watchdog_enabled(0, &usec) > 0, usec > 0 else { return nil }
-        let timer = DispatchSource.makeTimerSource(queue: .global())
-        let interval = DispatchTimeInterval.microseconds(Int(usec / 2))
-        timer.schedule(deadline: .now() + interval, repeating: interval)
-        timer.setEventHandler { _ = sd_notify(0, "WATCHDOG=1") }
-        timer.resume()
-        return timer
+        return usec
+    }
+
+    public static func watchdogPing() {
+        _ = sd_notify(0, "WATCHDOG=1")
     }
 
     /// The listening socket systemd passed (socket activation), if exactly one was.

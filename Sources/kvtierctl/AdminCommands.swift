@@ -50,12 +50,15 @@ func bytes(_ n: Int) -> String {
     return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
 }
 
-/// Turns client failures into a clean error exit.
+/// Turns client failures into a message on stderr and an exit status that says what went
+/// wrong: 3 daemon not running, 4 not found, 5 permission denied, 6 request rejected, 7 server
+/// error, 1 anything else.
 func runAdmin(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as DaemonClient.Failure {
-        throw CLIError(e.description)
+        FileHandle.standardError.write(Data("kvtierctl: \(e.description)\n".utf8))
+        throw ExitCode(e.kind.rawValue)
     }
 }
 
@@ -99,9 +102,12 @@ struct SessionsCommand: ParsableCommand {
 
     func run() throws {
         try options.show("GET", "/v1/sessions") { value in
-            var rows = [["session", "tokens", "cached", "dropped"]]
+            var rows = [["session", "owner", "tokens", "cached", "dropped"]]
             for s in (value as? [String: Any])?["sessions"] as? [[String: Any]] ?? [] {
-                rows.append([s["id"] as? String ?? "?", "\(s["tokens"] as? Int ?? 0)", "\(s["cached_tokens"] as? Int ?? 0)", "\(s["dropped_tokens"] as? Int ?? 0)"])
+                rows.append([
+                    s["id"] as? String ?? "?", s["owner"] as? String ?? "", "\(s["tokens"] as? Int ?? 0)", "\(s["cached_tokens"] as? Int ?? 0)",
+                    "\(s["dropped_tokens"] as? Int ?? 0)",
+                ])
             }
             printTable(rows)
         }

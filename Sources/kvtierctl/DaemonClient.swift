@@ -10,7 +10,27 @@ struct DaemonClient {
     let socketPath: String
 
     struct Failure: Error, CustomStringConvertible {
+        /// What went wrong, as the exit status `kvtierctl` ends with (docs/operations.md).
+        enum Kind: Int32 {
+            case failed = 1
+            case notRunning = 3
+            case notFound = 4
+            case denied = 5
+            case rejected = 6
+            case serverError = 7
+        }
         let description: String
+        var kind = Kind.failed
+
+        /// The kind an HTTP error status stands for.
+        static func kind(status: Int) -> Kind {
+            switch status {
+            case 404: return .notFound
+            case 401, 403: return .denied
+            case 400..<500: return .rejected
+            default: return .serverError
+            }
+        }
     }
 
     /// The socket: `--socket`, then `KVTIER_SOCKET`, then `run/kvtierd.sock` (what `make run` uses).
@@ -61,7 +81,15 @@ struct DaemonClient {
         }
         guard connected == 0 else {
             close(fd)
-            throw Failure(description: "kvtierd is not running on \(socketPath) (\(String(cString: strerror(errno)))); start it with `kvtierd --socket \(socketPath)` or pass --socket")
+            let reason = String(cString: strerror(errno))
+            if errno == EACCES {
+                throw Failure(
+                    description: "permission denied on \(socketPath): the socket admits its owner and group (server.socket_mode, server.socket_group)",
+                    kind: .denied)
+            }
+            throw Failure(
+                description: "kvtierd is not running on \(socketPath) (\(reason)); start it with `kvtierd --socket \(socketPath)` or pass --socket",
+                kind: .notRunning)
         }
         return fd
     }
@@ -141,6 +169,13 @@ struct DaemonClient {
         return nil
     }
 
+    /// Sends a request whose answer is text (GET /metrics).
+    func text(_ path: String) throws -> String {
+        let (status, data) = try send("GET", path)
+        guard (200..<300).contains(status) else { throw Failure(description: "HTTP \(status) on \(path)", kind: Failure.kind(status: status)) }
+        return String(decoding: data, as: UTF8.self)
+    }
+
     /// Sends a request and decodes a JSON object, turning API errors into a message.
     func json(_ method: String, _ path: String, body: [String: Any]? = nil) throws -> Any {
         let payload = try body.map { Array(try JSONSerialization.data(withJSONObject: $0)) }
@@ -148,7 +183,7 @@ struct DaemonClient {
         let value = try? JSONSerialization.jsonObject(with: data)
         guard (200..<300).contains(status) else {
             let message = ((value as? [String: Any])?["error"] as? [String: Any])?["message"] as? String ?? "HTTP \(status)"
-            throw Failure(description: message)
+            throw Failure(description: message, kind: Failure.kind(status: status))
         }
         guard let value else { throw Failure(description: "kvtierd sent a body that is not JSON") }
         return value

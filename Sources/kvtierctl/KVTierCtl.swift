@@ -5,7 +5,7 @@ struct KVTierCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierctl",
         abstract: "Inspect and drive KVTier: a running kvtierd over its socket, or the model locally.",
-        subcommands: [ModelCommand.self, DaemonChatCommand.self, DebugCommand.self, StatusCommand.self, TiersCommand.self, SessionsCommand.self, SessionCommand.self, DropCommand.self, DemoteCommand.self, FlushCommand.self, HintCommand.self]
+        subcommands: [ModelCommand.self, DaemonChatCommand.self, DebugCommand.self, StatusCommand.self, TiersCommand.self, SessionsCommand.self, SessionCommand.self, DropCommand.self, DemoteCommand.self, FlushCommand.self, HintCommand.self, MetricsCommand.self, TopCommand.self]
     )
 }
 

@@ -3,16 +3,15 @@ import Foundation
 import KVTierEngine
 import KVTierModel
 import KVTierServer
-import NIOCore
 import KVTierStore
-#if canImport(Glibc)
-import Glibc
-#endif
+import Logging
+import ServiceLifecycle
 
 /// kvtierd: builds the model, the tiered store in the state directory and the engine, and serves
-/// the HTTP API on a Unix socket (or, with --terminal, one chat on its terminal).
+/// the HTTP API on a Unix socket (or, with --terminal, one chat on its terminal). The services it
+/// runs under swift-service-lifecycle are in DaemonServices.swift.
 @main
-struct KVTierDaemon: ParsableCommand {
+struct KVTierDaemon: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierd",
         abstract: "KVTier daemon: the engine and its tiers behind an HTTP API on a Unix socket (docs/protocol.md).")
@@ -54,8 +53,18 @@ struct KVTierDaemon: ParsableCommand {
         return c
     }
 
-    func run() throws {
+    func run() async throws {
         let c = try resolvedConfiguration()
+        LoggingSystem.bootstrap(JournalLogHandler.init)
+        JournalLogHandler.level.withLockedValue { $0 = Logger.Level(rawValue: c.logLevel) ?? .info }
+        let logger = Logger(label: "kvtierd")
+        var adminGroup: UInt32?
+        if let name = c.adminGroup {
+            guard let gid = AccessPolicy.groupID(named: name) else {
+                throw ValidationError("'server.admin_group': group '\(name)' does not exist; create it or change the setting")
+            }
+            adminGroup = gid
+        }
         let path = ModelLocator.resolve(flag: c.model)
         let loaded: LlamaModel
         do {
@@ -71,59 +80,44 @@ struct KVTierDaemon: ParsableCommand {
             throw ValidationError("\(error)")
         }
         let engine = ChatEngine(model: loaded, store: store, configuration: c.engine)
-        if !terminal {
-            let dir = (c.socket as NSString).deletingLastPathComponent
-            if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-            try serve(engine: engine, store: store, configuration: c, modelName: loaded.file.metadata["general.name"]?.stringValue ?? "smollm2")
+        guard !terminal else {
+            print("kvtierd: model \(path), state \(c.stateDirectory), \(engine.sessionIDs.count) stored sessions; terminal chat")
+            TerminalChat(engine: engine).run(
+                options: GenerationOptions(maxTokens: 256, sampling: SamplingParameters(temperature: 0.7, topP: 0.9, seed: 42)))
+            try? store.close()
             return
         }
-        print("kvtierd: model \(path), state \(c.stateDirectory), \(engine.sessionIDs.count) stored sessions; terminal chat")
-        TerminalChat(engine: engine).run(
-            options: GenerationOptions(maxTokens: 256, sampling: SamplingParameters(temperature: 0.7, topP: 0.9, seed: 42)))
-        try? store.close()
-    }
-
-    /// Serves the API until SIGTERM or SIGINT, then stops accepting, lets the running turn
-    /// finish, flushes DRAM to disk and closes the store.
-    private func serve(engine: ChatEngine, store: TieredStore, configuration c: DaemonConfiguration, modelName: String) throws {
-        let service = APIService(engine: engine, modelName: modelName, maxTokensLimit: c.maxTokensLimit)
-        let server = HTTPServer(service: service, bodyLimit: c.maxBodyBytes)
-        let channel: Channel
-        let activated = ServiceManager.activatedSocket()
+        let modelName = loaded.file.metadata["general.name"]?.stringValue ?? "smollm2"
+        let service = APIService(
+            engine: engine, modelName: modelName, access: AccessPolicy(adminGroup: adminGroup), limits: c.limits)
+        let server = HTTPServer(service: service, logger: logger)
+        let listeners: [Listener]
         do {
-            if let fd = activated {
-                channel = try server.start(listeningSocket: fd)
-            } else {
-                channel = try server.start(socketPath: c.socket, mode: mode_t(c.socketMode), group: c.socketGroup)
-            }
+            listeners = try Listener.open(server: server, configuration: c)
         } catch {
-            throw ValidationError("cannot listen on \(c.socket): \(error)")
+            server.shutdown()
+            try? store.close()
+            throw ValidationError("\(error)")
         }
-        let where_ = activated != nil ? "the socket systemd passed" : c.socket
-        print("kvtierd: listening on \(where_) (\(engine.sessionIDs.count) stored sessions)")
-        fflush(nil)
-        signal(SIGTERM, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        let stop = DispatchSemaphore(value: 0)
-        let sources = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { stop.signal() }
-            source.resume()
-            return source
-        }
-        // Signals are handled before systemd hears READY=1.
-        ServiceManager.ready(status: "serving on \(where_)")
-        let watchdog = ServiceManager.startWatchdog()
-        stop.wait()
-        ServiceManager.stopping()
-        watchdog?.cancel()
-        print("kvtierd: stopping")
-        try? channel.close().wait()
-        service.drain()
-        engine.quiesce()
-        try? store.close()
-        server.shutdown()
-        if activated == nil { unlink(c.socket) }
-        _ = sources
+        logger.info(
+            "serving",
+            metadata: [
+                "model": "\(path)", "state": "\(c.stateDirectory)", "sessions": "\(engine.sessionIDs.count)",
+                "listen": "\(listeners.map(\.description).joined(separator: ", "))",
+            ])
+        let api = APIServerService(
+            service: service, server: server, listeners: listeners, engine: engine, store: store, flushOnStop: c.flushOnStop,
+            logger: logger)
+        let reload = ReloadService(service: service, logger: logger) { try resolvedConfiguration() }
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: api),
+                    .init(service: WatchdogService(), successTerminationBehavior: .ignore),
+                    .init(service: reload, successTerminationBehavior: .ignore),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
     }
 }

@@ -371,3 +371,70 @@ extension ChatEngineTests {
         XCTAssertEqual(conv.tokens(for: plain, replies: [:]), model.tokenizer.encode(model.template.render(plain)))
     }
 }
+
+extension ChatEngineTests {
+    /// Prefix matching never crosses owners: the same messages from another owner find nothing
+    /// of the first owner's, while the owner itself finds its session.
+    func testPrefixMatchingStaysInsideTheOwnersNamespace() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let messages = [ChatMessage(role: "user", content: "a question long enough to fill a few blocks of sixteen tokens each")]
+        _ = try engine.runTurn(session: "1000:a", owner: "1000", messages: messages, options: GenerationOptions(maxTokens: 4))
+        XCTAssertEqual(engine.matchSession(messages: messages, owner: "1000")?.session, "1000:a")
+        XCTAssertNil(engine.matchSession(messages: messages, owner: "1001"))
+        XCTAssertNil(engine.matchSession(messages: messages), "no owner is a namespace of its own too")
+        XCTAssertEqual(engine.sessionOwner("1000:a"), "1000")
+        XCTAssertNotEqual(TokenHashChain.links(Array(repeating: 7, count: 32), owner: "1000"), TokenHashChain.links(Array(repeating: 7, count: 32), owner: "1001"))
+    }
+
+    /// A stop sequence ends the reply before it (streamed text included), and the next turn,
+    /// which sends back the cut text, still reuses the common prefix and matches recomputation.
+    func testStopSequencesCutTheReplyAndKeepTheSessionConsistent() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let prompt = [ChatMessage(role: "user", content: "hello there, tell me more")]
+        // What the reply is without a stop sequence, to pick a stop string from its middle.
+        let free = try engine.runTurn(session: "probe", messages: prompt, options: GenerationOptions(maxTokens: 24, stopAtEndOfGeneration: false))
+        let chars = Array(free.text)
+        try XCTSkipIf(chars.count < 8, "the tiny model's reply is too short to cut")
+        let stop = String(chars[chars.count / 2..<chars.count / 2 + 2])
+        let expected = String(free.text[..<free.text.range(of: stop)!.lowerBound])
+        var streamed = ""
+        let r = try engine.runTurn(
+            session: "s", messages: prompt, options: GenerationOptions(maxTokens: 24, stopAtEndOfGeneration: false, stopSequences: [stop]),
+            onText: { streamed += $0 })
+        XCTAssertEqual(r.text, expected)
+        XCTAssertEqual(streamed, expected, "held-back text never leaks a stop sequence")
+        XCTAssertEqual(r.stopReason, "stop")
+        let next = prompt + [ChatMessage(role: "assistant", content: r.text), ChatMessage(role: "user", content: "go on")]
+        let r2 = try engine.runTurn(session: "s", messages: next, options: GenerationOptions(maxTokens: 4))
+        XCTAssertGreaterThanOrEqual(r2.tokensReused, r.promptTokens - 1)
+        let fresh = try makeEngine(model, dir: tempDir()).runTurn(session: "s", messages: next, options: GenerationOptions(maxTokens: 4))
+        XCTAssertEqual(r2.generated, fresh.generated, "the cut reply's next turn equals recomputation")
+    }
+
+    /// A cancelled turn stops generating, reports "cancelled", and leaves a session whose next
+    /// turn still equals recomputation.
+    func testCancelledTurnLeavesAConsistentSession() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let prompt = [ChatMessage(role: "user", content: "hello there, tell me more")]
+        let count = LockedCounter()
+        let r = try engine.runTurn(
+            session: "c", messages: prompt,
+            options: GenerationOptions(maxTokens: 40, stopAtEndOfGeneration: false, isCancelled: { count.next() > 3 }))
+        XCTAssertEqual(r.stopReason, "cancelled")
+        XCTAssertLessThan(r.tokensGenerated, 40)
+        let next = prompt + [ChatMessage(role: "assistant", content: r.text), ChatMessage(role: "user", content: "go on")]
+        let r2 = try engine.runTurn(session: "c", messages: next, options: GenerationOptions(maxTokens: 4))
+        let fresh = try makeEngine(model, dir: tempDir()).runTurn(session: "c", messages: next, options: GenerationOptions(maxTokens: 4))
+        XCTAssertEqual(r2.generated, fresh.generated)
+    }
+}
+
+/// A counter a @Sendable closure can bump.
+final class LockedCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func next() -> Int { lock.withLock { n += 1; return n } }
+}

@@ -22,7 +22,7 @@ final class DaemonConfigurationTests: XCTestCase {
         XCTAssertEqual(c.hbmBytes, 512 << 20)
         XCTAssertEqual(c.dramBytes, 4 << 30)
         XCTAssertEqual(c.diskBytes, 20 << 30)
-        XCTAssertEqual(c.maxBodyBytes, 1 << 20)
+        XCTAssertEqual(c.limits.maxBodyBytes, 1 << 20)
         XCTAssertEqual(c.linkBandwidth, 25e9)
         XCTAssertEqual(c.socketMode, 0o660)
         XCTAssertEqual(c.policy, .hintDriven)

@@ -7,98 +7,6 @@ import Glibc
 
 /// The real `kvtierd` binary on a temporary Unix socket and state directory, driven over HTTP.
 final class DaemonTests: XCTestCase {
-    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
-    static let model = packageRoot.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
-
-    /// kvtierd from the same build as this test bundle.
-    private func daemonBinary() throws -> String {
-        var dir = Bundle.main.bundleURL
-        for _ in 0..<4 {
-            let candidate = dir.appendingPathComponent("kvtierd").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            dir = dir.deletingLastPathComponent()
-        }
-        for c in [".build/debug/kvtierd", ".build/release/kvtierd"] {
-            let p = DaemonTests.packageRoot.appendingPathComponent(c).path
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
-        }
-        throw XCTSkip("kvtierd binary not built")
-    }
-
-    private func startDaemon(socket: String, state: String) throws -> Process {
-        guard FileManager.default.fileExists(atPath: DaemonTests.model) else {
-            if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("model missing; `make setup` fetches it") }
-            throw XCTSkip("model not found")
-        }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try daemonBinary())
-        p.arguments = ["--socket", socket, "--state-dir", state, "--model", DaemonTests.model, "--threads", "2"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline {
-            if (try? request(socket, "GET", "/healthz"))?.status == 200 { return p }
-            usleep(100_000)
-        }
-        p.terminate()
-        XCTFail("kvtierd did not answer on \(socket)")
-        return p
-    }
-
-    private func stop(_ p: Process) {
-        terminate(p)
-    }
-
-    /// A minimal HTTP/1.1 client over a Unix socket (one request per connection).
-    private func request(_ socketPath: String, _ method: String, _ path: String, body: String? = nil) throws -> (status: Int, json: [String: Any]) {
-        let (status, text) = try rawRequest(socketPath, method, path, body: body)
-        let json = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
-        return (status, json)
-    }
-
-    /// Status and body text (the body raw: a chunked response keeps its chunk-size lines).
-    private func rawRequest(_ socketPath: String, _ method: String, _ path: String, body: String? = nil) throws -> (Int, String) {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(.EIO) }
-        defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
-            for (i, b) in socketPath.utf8.prefix(dst.count - 1).enumerated() { dst[i] = b }
-        }
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard ok == 0 else { throw POSIXError(.ECONNREFUSED) }
-        let payload = body.map { Array($0.utf8) } ?? []
-        var text = "\(method) \(path) HTTP/1.1\r\nHost: kvtier\r\nConnection: close\r\n"
-        if body != nil { text += "Content-Type: application/json\r\nContent-Length: \(payload.count)\r\n" }
-        text += "\r\n"
-        let bytes = Array(text.utf8) + payload
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        var response: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            response += buf[0..<n]
-        }
-        let s = String(decoding: response, as: UTF8.self)
-        guard let split = s.range(of: "\r\n\r\n"), let status = Int(s.split(separator: " ").dropFirst().first ?? "") else {
-            throw POSIXError(.EPROTO)
-        }
-        return (status, String(s[split.upperBound...]))
-    }
-
-    private func chat(_ socket: String, _ messages: [(String, String)], session: String?) throws -> (status: Int, json: [String: Any]) {
-        var body: [String: Any] = ["messages": messages.map { ["role": $0.0, "content": $0.1] }, "max_tokens": 12, "temperature": 0]
-        if let session { body["session_id"] = session }
-        let data = try JSONSerialization.data(withJSONObject: body)
-        return try request(socket, "POST", "/v1/chat/completions", body: String(decoding: data, as: UTF8.self))
-    }
-
     func testMultiTurnChatOverTheSocketReusesKVAndSurvivesRestart() throws {
         let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock", state = dir + "/state"
@@ -191,11 +99,6 @@ extension DaemonTests {
 }
 
 extension DaemonTests {
-    /// Runs kvtierctl from the same build; returns exit status and stdout+stderr.
-    private func kvtierctl(_ args: [String], input: String? = nil) throws -> (Int32, String) {
-        try runProcess(try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl"), args, input: input)
-    }
-
     func testAdminCLIOverTheSocket() throws {
         let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"

@@ -55,6 +55,9 @@ public final class ChatEngine: @unchecked Sendable {
         stateLock.withLock { sessions[id].map { ($0.tokens.count, $0.kvCount, max(0, $0.dropEnd - $0.sinks)) } }
     }
 
+    /// Who created session `id` (nil: made in-process, or unknown session).
+    public func sessionOwner(_ id: String) -> String? { stateLock.withLock { sessions[id]?.owner } }
+
     func stateForTesting(_ id: String) -> SessionState? { stateLock.withLock { sessions[id] } }
 
     /// Forgets a session and its KV everywhere.
@@ -72,9 +75,10 @@ public final class ChatEngine: @unchecked Sendable {
 
     /// Runs one turn: `messages` is the whole chat so far, ending with the new user message
     /// (as an OpenAI client sends it). Returns the reply and the turn's report.
+    /// `owner` is recorded when the turn creates the session (see `matchSession`).
     public func runTurn(
-        session id: String, messages: [ChatMessage], options: GenerationOptions, placement: Placement = .keepInDRAM,
-        onText: (String) -> Void = { _ in }
+        session id: String, owner: String? = nil, messages: [ChatMessage], options: GenerationOptions,
+        placement: Placement = .keepInDRAM, onText: (String) -> Void = { _ in }
     ) throws -> TurnReport {
         turnLock.lock()
         defer { turnLock.unlock() }
@@ -84,7 +88,7 @@ public final class ChatEngine: @unchecked Sendable {
         cleanup.sync {}
         store.waitForSaves()
         let started = DispatchTime.now().uptimeNanoseconds
-        var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id)
+        var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id, owner: owner)
         let prompt = conversation.tokens(for: messages, replies: state.replies)
         var report = TurnReport(session: id)
         report.promptTokens = prompt.count
@@ -219,7 +223,12 @@ public final class ChatEngine: @unchecked Sendable {
         // Generation.
         var reply = ReplyBuilder(tokenizer: model.tokenizer, options: options, prompt: prompt)
         var firstTokenAt = DispatchTime.now().uptimeNanoseconds
+        var cancelled = false
         while reply.generated.count < maxNew {
+            if options.isCancelled?() == true {
+                cancelled = true
+                break
+            }
             logitsObserver?(logits)
             let next = logits.withUnsafeBufferPointer { reply.accept($0, onText: onText) }
             if reply.generated.count <= 1 { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
@@ -233,9 +242,10 @@ public final class ChatEngine: @unchecked Sendable {
         }
         reply.finish(onText: onText)
         let history = reply.history, generated = reply.generated, text = reply.text
-        let stop = reply.endedByModel ? "stop" : "length"
+        let stop = cancelled ? "cancelled" : reply.endedByModel || reply.endedByStopSequence ? "stop" : "length"
         // Save what is left (the partial last block of every layer).
-        let fedCount = generated.count == maxNew ? history.count - 1 : history.count
+        // The token that hit max_tokens or completed a stop sequence was sampled but never fed.
+        let fedCount = generated.count == maxNew || reply.endedByStopSequence ? history.count - 1 : history.count
         let t = DispatchTime.now().uptimeNanoseconds
         for layer in 0..<model.kvLayout.layers {
             saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: true)
@@ -256,7 +266,10 @@ public final class ChatEngine: @unchecked Sendable {
         }
         state.tokens = history
         state.kvCount = fedCount
-        if stop == "stop" || !generated.isEmpty { state.replies[text] = generated }
+        // The reply's own ids serve the next turn when the client sends this text back. Not after
+        // a stop sequence or a cancel: the client's text then differs from what the model fed, so
+        // the next turn reuses the common prefix and recomputes from where they part.
+        if !reply.endedByStopSequence && !cancelled && (stop == "stop" || !generated.isEmpty) { state.replies[text] = generated }
 
         let reused = live.filter { $0 < prompt.count }.count - recomputed
         report.tokensReused = reused
@@ -325,13 +338,13 @@ public final class ChatEngine: @unchecked Sendable {
     /// Adds a session's cached prefix to the hash-chain index (caller holds `stateLock` or is `init`).
     private func index(_ s: SessionState) {
         guard s.dropEnd <= s.sinks else { return }  // a truncated history no longer starts with its prefix
-        for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount))) {
+        for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount)), owner: s.owner) {
             prefixIndex[link, default: []].insert(s.id)
         }
     }
 
     private func unindex(_ s: SessionState) {
-        for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount))) {
+        for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount)), owner: s.owner) {
             prefixIndex[link]?.remove(s.id)
             if prefixIndex[link]?.isEmpty == true { prefixIndex[link] = nil }
         }
@@ -339,16 +352,17 @@ public final class ChatEngine: @unchecked Sendable {
 
     /// For a request without a session id: the session holding the longest cached prefix of
     /// this chat (found through the hash chain, then checked token by token), and how many
-    /// tokens of it match; nil when no session shares a whole block.
-    public func matchSession(messages: [ChatMessage]) -> (session: String, tokens: Int)? {
+    /// tokens of it match; nil when no session shares a whole block. Only sessions of `owner`
+    /// are candidates: the chain starts in the owner's namespace.
+    public func matchSession(messages: [ChatMessage], owner: String? = nil) -> (session: String, tokens: Int)? {
         stateLock.withLock {
             let prompt = conversation.tokens(for: messages, replies: [:])
-            let links = TokenHashChain.links(prompt)
+            let links = TokenHashChain.links(prompt, owner: owner)
             for (i, link) in links.enumerated().reversed() {
                 guard let candidates = prefixIndex[link] else { continue }
                 var best: (String, Int)?
                 for id in candidates.sorted() {
-                    guard let s = sessions[id] else { continue }
+                    guard let s = sessions[id], s.owner == owner else { continue }
                     // Assistant replies are compared by the ids this session generated.
                     let own = conversation.tokens(for: messages, replies: s.replies)
                     let n = commonPrefix(own, s.tokens, limit: s.kvCount)

@@ -7,6 +7,9 @@
 /// contiguous positions 0, 1, 2, ...
 struct SessionState: Codable, Sendable {
     var id: String
+    /// Who created the session (the daemon's peer uid); nil for sessions made in-process.
+    /// Its hash-chain links live in this owner's namespace.
+    var owner: String?
     /// History tokens; KV exists for indices in `live` below `kvCount`.
     var tokens: [Int32] = []
     /// Tokens at the start of `tokens` whose KV is stored.

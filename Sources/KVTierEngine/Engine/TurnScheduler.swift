@@ -19,12 +19,21 @@ public final class TurnScheduler: @unchecked Sendable {
         public var options: GenerationOptions
         /// Seconds until the session's next turn is expected, if the caller knows (placement hint).
         public var nextTurnInSeconds: Double?
+        /// Recorded as the session's owner when the turn creates it (`ChatEngine.runTurn`).
+        public var owner: String?
+        /// Receives the reply's text as it is generated (on the scheduler's queue).
+        public var onText: (@Sendable (String) -> Void)?
 
-        public init(session: String, messages: [ChatMessage], options: GenerationOptions, nextTurnInSeconds: Double? = nil) {
+        public init(
+            session: String, owner: String? = nil, messages: [ChatMessage], options: GenerationOptions,
+            nextTurnInSeconds: Double? = nil, onText: (@Sendable (String) -> Void)? = nil
+        ) {
             self.session = session
+            self.owner = owner
             self.messages = messages
             self.options = options
             self.nextTurnInSeconds = nextTurnInSeconds
+            self.onText = onText
         }
     }
 
@@ -61,6 +70,20 @@ public final class TurnScheduler: @unchecked Sendable {
     /// Number of queued turns.
     public var depth: Int { lock.withLock { pending.count } }
 
+    /// Fails every turn still waiting (not the running one) with `error`; returns how many.
+    @discardableResult
+    public func cancelPending(with error: Error) -> Int {
+        let dropped = lock.withLock {
+            let d = pending
+            pending.removeAll()
+            prefetched.removeAll()
+            refreshWindow()
+            return d
+        }
+        for (_, completion) in dropped { completion(.failure(error)) }
+        return dropped.count
+    }
+
     /// Waits until every queued turn has run.
     public func drain() { worker.sync {} }
 
@@ -86,7 +109,11 @@ public final class TurnScheduler: @unchecked Sendable {
         guard let (turn, completion) = job else { return }
         let placement: Placement =
             (turn.nextTurnInSeconds ?? 0) > engine.configuration.writeThroughAfterSeconds ? .writeThrough : .keepInDRAM
-        let result = Result { try engine.runTurn(session: turn.session, messages: turn.messages, options: turn.options, placement: placement) }
+        let result = Result {
+            try engine.runTurn(
+                session: turn.session, owner: turn.owner, messages: turn.messages, options: turn.options, placement: placement,
+                onText: { turn.onText?($0) })
+        }
         lock.withLock { refreshWindow() }
         completion(result)
     }

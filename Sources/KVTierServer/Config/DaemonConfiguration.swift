@@ -8,8 +8,15 @@ public struct DaemonConfiguration: Sendable {
     public var socket = "run/kvtierd.sock"
     public var socketMode: UInt16 = 0o660
     public var socketGroup: String?
-    public var maxBodyBytes = 1 << 20
-    public var maxTokensLimit = 4096
+    /// Group whose members (primary or supplementary) may use the admin endpoints that change
+    /// state; root and the daemon's own user always may.
+    public var adminGroup: String?
+    /// Optional extra listener on loopback TCP ("127.0.0.1:8080"); off unless set.
+    public var tcpListen: (host: String, port: Int)?
+    public var limits = ServerLimits()
+    /// Write all of DRAM to disk on SIGTERM (a restarted daemon then continues every chat).
+    public var flushOnStop = true
+    public var logLevel = "info"
     public var model: String?
     public var threads: Int?
     public var stateDirectory = "run/state"
@@ -88,8 +95,29 @@ public struct DaemonConfiguration: Sendable {
             guard case .string(let s) = v, let m = UInt16(s, radix: 8), m <= 0o777 else { throw bad("must be an octal string like \"0660\"") }
             socketMode = m
         case "server.socket_group": socketGroup = try string()
-        case "server.max_body_bytes": maxBodyBytes = try size()
-        case "server.max_tokens": maxTokensLimit = try int(1...1_000_000)
+        case "server.admin_group": adminGroup = try string()
+        case "server.tcp_listen":
+            let t = try string()
+            guard let colon = t.lastIndex(of: ":"), let port = Int(t[t.index(after: colon)...]), (1...65535).contains(port),
+                ["127.0.0.1", "::1", "[::1]", "localhost"].contains(String(t[..<colon]))
+            else { throw bad("must be a loopback address and port like \"127.0.0.1:8080\" (only loopback is allowed)") }
+            let host = String(t[..<colon])
+            tcpListen = (host == "[::1]" ? "::1" : host == "localhost" ? "127.0.0.1" : host, port)
+        case "server.max_body_bytes": limits.maxBodyBytes = try size()
+        case "server.max_tokens": limits.maxTokens = try int(1...1_000_000)
+        case "server.max_messages": limits.maxMessages = try int(1...1_000_000)
+        case "server.max_queue": limits.maxQueue = try int(0...1_000_000)
+        case "server.idle_timeout_seconds": limits.idleTimeoutSeconds = try number(0.1...86400)
+        case "server.request_timeout_seconds": limits.requestTimeoutSeconds = try number(0.1...86400)
+        case "server.flush_on_stop":
+            guard case .bool(let b) = v else { throw bad("must be true or false") }
+            flushOnStop = b
+        case "log.level":
+            let l = try string()
+            guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(l) else {
+                throw bad("must be one of trace, debug, info, notice, warning, error, critical")
+            }
+            logLevel = l
         case "model.path": model = try string()
         case "model.threads": threads = try int(1...256)
         case "store.state_directory": stateDirectory = try string()

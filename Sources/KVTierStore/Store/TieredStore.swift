@@ -469,10 +469,17 @@ public final class TieredStore: @unchecked Sendable {
         if !configuration.syncEveryDiskWrite { lock.withLock { unsyncedWrites += 1 } }
     }
 
-    public func close() throws(StoreError) {
+    /// Closes the disk tier cleanly; with `flushingDRAM` (the default) DRAM-only blocks are
+    /// written to disk first, otherwise only what is already on disk is synced and kept.
+    public func close(flushingDRAM: Bool = true) throws(StoreError) {
         flushTimer?.cancel()
         flushTimer = nil
-        try flush()
+        if flushingDRAM {
+            try flush()
+        } else {
+            waitForSaves()
+            do { try disk.flush() } catch { throw .disk(error) }
+        }
         do { try disk.close() } catch { throw .disk(error) }
     }
 

@@ -1,0 +1,95 @@
+import CoreMetrics
+import KVTierEngine
+import KVTierStore
+import NIOConcurrencyHelpers
+import Prometheus
+
+/// The daemon's metrics, recorded through swift-metrics' API onto a swift-prometheus registry
+/// and served by `GET /metrics` in Prometheus' text format.
+///
+/// Per-turn figures (TTFT, load stall, save lag, tokens) are recorded as turns finish; tier
+/// figures are read from the store when scraped: gauges are set, and the store's cumulative
+/// counters are turned into counter increments (guarded by `lastTotals`).
+public final class ServerMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    private let ttft: CoreMetrics.Timer
+    private let loadStall: CoreMetrics.Timer
+    private let saveLag: CoreMetrics.Timer
+    private let turnDuration: CoreMetrics.Timer
+    private let queueDepth: CoreMetrics.Meter
+    private let tokensReused: CoreMetrics.Counter
+    private let tokensRecomputed: CoreMetrics.Counter
+    private let tokensGenerated: CoreMetrics.Counter
+    private let truncatedTokens: CoreMetrics.Counter
+    /// Store counters as of the last scrape: "metric/tier" -> value.
+    private let lastTotals = NIOLockedValueBox<[String: Int]>([:])
+
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var factory = PrometheusMetricsFactory(registry: registry)
+        let latency: [Duration] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000].map { .milliseconds($0) }
+        for name in ["kvtier_ttft_seconds", "kvtier_load_stall_seconds", "kvtier_save_lag_seconds", "kvtier_turn_seconds"] {
+            factory.durationHistogramBuckets[name] = latency
+        }
+        self.factory = factory
+        ttft = CoreMetrics.Timer(label: "kvtier_ttft_seconds", factory: factory)
+        loadStall = CoreMetrics.Timer(label: "kvtier_load_stall_seconds", factory: factory)
+        saveLag = CoreMetrics.Timer(label: "kvtier_save_lag_seconds", factory: factory)
+        turnDuration = CoreMetrics.Timer(label: "kvtier_turn_seconds", factory: factory)
+        queueDepth = CoreMetrics.Meter(label: "kvtier_queue_depth", factory: factory)
+        tokensReused = CoreMetrics.Counter(label: "kvtier_tokens_reused_total", factory: factory)
+        tokensRecomputed = CoreMetrics.Counter(label: "kvtier_tokens_recomputed_total", factory: factory)
+        tokensGenerated = CoreMetrics.Counter(label: "kvtier_tokens_generated_total", factory: factory)
+        truncatedTokens = CoreMetrics.Counter(label: "kvtier_tokens_truncated_total", factory: factory)
+    }
+
+    /// A finished turn.
+    public func record(_ r: TurnReport) {
+        ttft.recordNanoseconds(Int64(r.ttftMs * 1e6))
+        loadStall.recordNanoseconds(Int64(r.loadStallMs * 1e6))
+        saveLag.recordNanoseconds(Int64(r.saveLagMs * 1e6))
+        turnDuration.recordNanoseconds(Int64(r.totalMs * 1e6))
+        tokensReused.increment(by: r.tokensReused)
+        tokensRecomputed.increment(by: r.tokensRecomputed)
+        tokensGenerated.increment(by: r.tokensGenerated)
+        truncatedTokens.increment(by: r.truncatedTokens)
+        for (tier, n) in [("hbm", r.hitsHBM), ("dram", r.hitsDRAM), ("disk", r.hitsDisk)] where n > 0 {
+            CoreMetrics.Counter(label: "kvtier_tokens_served_total", dimensions: [("tier", tier)], factory: factory).increment(by: n)
+        }
+    }
+
+    /// A response sent (by status code), and turns finished by outcome.
+    public func response(status: Int) {
+        CoreMetrics.Counter(label: "kvtier_http_responses_total", dimensions: [("status", String(status))], factory: factory).increment()
+    }
+
+    public func setQueueDepth(_ n: Int) { queueDepth.set(n) }
+
+    /// The Prometheus text exposition, after reading the tiers' current figures.
+    public func exposition(tiers: [TierStats], queueDepth depth: Int) -> [UInt8] {
+        setQueueDepth(depth)
+        lastTotals.withLockedValue { last in
+            for t in tiers {
+                let dims = [("tier", t.tier)]
+                CoreMetrics.Meter(label: "kvtier_tier_used_bytes", dimensions: dims, factory: factory).set(t.usedBytes)
+                CoreMetrics.Meter(label: "kvtier_tier_capacity_bytes", dimensions: dims, factory: factory).set(t.capacityBytes)
+                CoreMetrics.Meter(label: "kvtier_tier_blocks", dimensions: dims, factory: factory).set(t.blocks)
+                let totals = [
+                    ("kvtier_tier_hits_total", t.hits), ("kvtier_tier_misses_total", t.misses),
+                    ("kvtier_tier_evictions_total", t.evictions), ("kvtier_tier_bytes_in_total", t.bytesIn),
+                    ("kvtier_tier_bytes_out_total", t.bytesOut), ("kvtier_tier_checksum_failures_total", t.checksumFailures),
+                ]
+                for (name, value) in totals {
+                    let key = name + "/" + t.tier
+                    let delta = value - (last[key] ?? 0)
+                    // A counter only grows; a store that reset its figures starts a new baseline.
+                    let counter = CoreMetrics.Counter(label: name, dimensions: dims, factory: factory)
+                    if delta > 0 { counter.increment(by: delta) } else { counter.increment(by: 0) }
+                    last[key] = value
+                }
+            }
+        }
+        return registry.emitToBuffer()
+    }
+}

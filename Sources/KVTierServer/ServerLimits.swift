@@ -1,0 +1,19 @@
+/// Bounds on what one request or one client may ask of the daemon. All of them can change at
+/// run time (SIGHUP reloads them from the configuration file).
+public struct ServerLimits: Sendable, Equatable {
+    /// Largest request body; a larger one gets 413.
+    public var maxBodyBytes = 1 << 20
+    /// Largest `max_tokens`.
+    public var maxTokens = 4096
+    /// Most messages in one chat completion request.
+    public var maxMessages = 1024
+    /// Turns waiting (not counting the running one) before new ones get 429 with Retry-After.
+    public var maxQueue = 64
+    /// A connection with no request in flight and nothing received for this long is closed.
+    public var idleTimeoutSeconds = 60.0
+    /// A request whose head and body have not fully arrived this long after its first byte gets
+    /// 408 and the connection is closed (slow clients cannot hold a connection forever).
+    public var requestTimeoutSeconds = 30.0
+
+    public init() {}
+}

@@ -1,0 +1,146 @@
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who may connect and what they may do: socket mode, SO_PEERCRED/SO_PEERGROUPS admin checks,
+/// sessions owned per uid, prefix matching that never crosses uids, and the loopback TCP
+/// listener. Clients run as an unprivileged uid through `setpriv` (root passes every mode check).
+final class DaemonAccessTests: XCTestCase {
+    private let nobody = "65534"
+
+    private func requireSetpriv() throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root to run clients as another uid with setpriv") }
+        for tool in ["/usr/bin/setpriv", "/usr/bin/curl"] where !FileManager.default.isExecutableFile(atPath: tool) {
+            throw XCTSkip("\(tool) missing (make deps installs util-linux and curl)")
+        }
+    }
+
+    /// curl as uid/gid 65534 with the given supplementary groups; returns curl's exit status,
+    /// the HTTP status and the body.
+    private func curlAs(groups: [UInt32], socket: String, _ method: String, _ path: String, body: String? = nil) throws -> (Int32, Int, [String: Any]) {
+        var args = ["--reuid=\(nobody)", "--regid=\(nobody)"]
+        args += groups.isEmpty ? ["--clear-groups"] : ["--groups=" + groups.map(String.init).joined(separator: ",")]
+        args += ["/usr/bin/curl", "-s", "--max-time", "60", "--unix-socket", socket, "-X", method, "-w", "\n%{http_code}"]
+        if let body { args += ["-H", "Content-Type: application/json", "--data-binary", body] }
+        args.append("http://kvtier" + path)
+        let (rc, out) = try runProcess("/usr/bin/setpriv", args)
+        let lines = out.split(separator: "\n", omittingEmptySubsequences: false)
+        let status = Int(lines.last ?? "") ?? 0
+        let json = (try? JSONSerialization.jsonObject(with: Data(lines.dropLast().joined(separator: "\n").utf8))) as? [String: Any] ?? [:]
+        return (rc, status, json)
+    }
+
+    private func chatBody(_ text: String, session: String? = nil) -> String {
+        var body: [String: Any] = ["messages": [["role": "user", "content": text]], "max_tokens": 4, "temperature": 0]
+        if let session { body["session_id"] = session }
+        return String(decoding: try! JSONSerialization.data(withJSONObject: body), as: UTF8.self)
+    }
+
+    func testSocketModeKeepsOthersOut() throws {
+        try requireSetpriv()
+        let dir = try temporaryDirectory(self)
+        chmod(dir, 0o755)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(socket: socket, state: dir + "/state")
+        defer { stop(daemon) }
+        var st = stat()
+        XCTAssertEqual(stat(socket, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o660, "the default socket mode is 0660")
+        let (rc, _, _) = try curlAs(groups: [], socket: socket, "GET", "/healthz")
+        XCTAssertEqual(rc, 7, "an unprivileged user outside the socket's group cannot connect (curl: couldn't connect)")
+    }
+
+    func testAdminNeedsPrivilegeAndSessionsStayWithTheirOwner() throws {
+        try requireSetpriv()
+        guard let adm = getgrnam("adm")?.pointee.gr_gid else { throw XCTSkip("no group adm") }
+        let dir = try temporaryDirectory(self)
+        chmod(dir, 0o755)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(
+            socket: socket, state: dir + "/state", config: "[server]\nsocket_mode = \"0666\"\nadmin_group = \"adm\"\n")
+        defer { stop(daemon) }
+
+        // root's session, with a history long enough for the prefix index.
+        let question = "Please explain in a few sentences how a tiered key-value cache keeps chats fast across many turns."
+        XCTAssertEqual(try chat(socket, [("user", question)], session: "mine").status, 200)
+
+        // An unprivileged peer: reads are open, state changes are not, root's session is invisible.
+        XCTAssertEqual(try curlAs(groups: [], socket: socket, "GET", "/v1/tiers").1, 200)
+        let flush = try curlAs(groups: [], socket: socket, "POST", "/v1/flush")
+        XCTAssertEqual(flush.1, 403)
+        XCTAssertTrue(((flush.2["error"] as? [String: Any])?["message"] as? String ?? "").contains("uid 65534"))
+        XCTAssertEqual(try curlAs(groups: [], socket: socket, "POST", "/v1/hints", body: #"{"upcoming":["mine"]}"#).1, 403)
+        XCTAssertEqual(try curlAs(groups: [], socket: socket, "GET", "/v1/sessions/mine").1, 404)
+        XCTAssertEqual(try curlAs(groups: [], socket: socket, "DELETE", "/v1/sessions/mine").1, 404)
+        XCTAssertEqual(try curlAs(groups: [], socket: socket, "POST", "/v1/sessions/mine/demote", body: #"{"to":"disk"}"#).1, 404)
+        let listed = try curlAs(groups: [], socket: socket, "GET", "/v1/sessions")
+        XCTAssertEqual((listed.2["sessions"] as? [Any])?.count, 0, "another uid's sessions are not listed")
+
+        // The same messages without a session id: no cache hit on root's session.
+        let same = try curlAs(groups: [], socket: socket, "POST", "/v1/chat/completions", body: chatBody(question))
+        XCTAssertEqual(same.1, 200)
+        XCTAssertEqual((same.2["kvtier"] as? [String: Any])?["tokens_reused"] as? Int, 0, "prefix matching never crosses uids")
+        XCTAssertNotEqual(same.2["session_id"] as? String, "mine")
+        // The same session id names the peer's own session, not root's.
+        let own = try curlAs(groups: [], socket: socket, "POST", "/v1/chat/completions", body: chatBody("hello", session: "mine"))
+        XCTAssertEqual(own.1, 200)
+        XCTAssertEqual((own.2["kvtier"] as? [String: Any])?["tokens_reused"] as? Int, 0)
+        XCTAssertEqual(
+            try curlAs(groups: [], socket: socket, "POST", "/v1/sessions/mine/demote", body: #"{"to":"disk"}"#).1, 403,
+            "moving data between tiers is an admin operation, even on one's own session")
+        XCTAssertEqual(try curlAs(groups: [], socket: socket, "DELETE", "/v1/sessions/mine").1, 200, "owners drop their own sessions")
+
+        // Root's own request with the same messages does hit its session.
+        let rootAgain = try chat(socket, [("user", question)], session: nil, maxTokens: 4)
+        XCTAssertEqual(rootAgain.json["session_id"] as? String, "mine")
+        XCTAssertGreaterThan((rootAgain.json["kvtier"] as? [String: Any])?["tokens_reused"] as? Int ?? 0, 0)
+
+        // Admins see everyone's sessions under full ids.
+        let all = try XCTUnwrap(try request(socket, "GET", "/v1/sessions").json["sessions"] as? [[String: Any]])
+        XCTAssertTrue(all.contains { $0["id"] as? String == "mine" && $0["owner"] as? String == "0" })
+        XCTAssertTrue(all.contains { ($0["id"] as? String ?? "").hasPrefix("65534:") && $0["owner"] as? String == nobody })
+
+        // A supplementary group is enough for admin (SO_PEERGROUPS, not just SO_PEERCRED's gid).
+        XCTAssertEqual(try curlAs(groups: [adm], socket: socket, "POST", "/v1/flush").1, 200)
+        // The admin CLI's exit status says "permission denied".
+        let ctl = try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl")
+        let (rc, out) = try runProcess("/usr/bin/setpriv", ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", ctl, "flush", "--socket", socket])
+        XCTAssertEqual(rc, 5, out)
+    }
+
+    func testLoopbackTCPListener() throws {
+        let dir = try temporaryDirectory(self)
+        let port = try freeLoopbackPort()
+        let daemon = try startDaemon(
+            socket: dir + "/k.sock", state: dir + "/state", config: "[server]\ntcp_listen = \"127.0.0.1:\(port)\"\n")
+        defer { stop(daemon) }
+        let (rc, out) = try runProcess("/usr/bin/curl", ["-s", "-w", "\n%{http_code}", "http://127.0.0.1:\(port)/healthz"])
+        XCTAssertEqual(rc, 0)
+        XCTAssertTrue(out.hasSuffix("\n200"), out)
+        let (_, flush) = try runProcess("/usr/bin/curl", ["-s", "-X", "POST", "-w", "\n%{http_code}", "http://127.0.0.1:\(port)/v1/flush"])
+        XCTAssertTrue(flush.hasSuffix("\n403"), "TCP clients carry no credentials and are never admins: \(flush)")
+
+        // Only loopback is accepted.
+        try Data("[server]\ntcp_listen = \"0.0.0.0:\(port)\"\n".utf8).write(to: URL(fileURLWithPath: dir + "/bad.toml"))
+        let (status, message) = try runProcess(try daemonBinary(), ["--config", dir + "/bad.toml", "--socket", dir + "/b.sock", "--state-dir", dir + "/b"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(message.contains("server.tcp_listen"), message)
+    }
+
+    private func freeLoopbackPort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
