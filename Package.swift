@@ -75,7 +75,7 @@ let package = Package(
         .testTarget(name: "KVTierTokenizerTests", dependencies: ["KVTierTokenizer", "KVTierModel"]),
         .testTarget(name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore"], exclude: ["Golden", "Reference"]),
         .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore"]),
-        .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"]),
+        .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"], exclude: ["Scripts"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -8,10 +8,11 @@ import NIOHTTP1
 /// Single-threaded like every channel handler: all its state lives on its event loop, except
 /// `gone`, which the engine's queue reads to cancel a turn whose client left.
 ///
-/// Timeouts: with no request in flight, a connection silent for `idleTimeoutSeconds` is closed;
-/// a request whose head and body do not arrive within `requestTimeoutSeconds` of its first part
-/// gets 408 and the connection is closed.
+/// Timeouts live in `ConnectionTimeouts` at the front of the pipeline; this handler tells it
+/// when a request is complete and when its response has gone out. A request with more than
+/// `maxHeaders` header fields gets 431.
 final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
+    static let maxHeaders = 128
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
@@ -21,28 +22,17 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var body: [UInt8] = []
     private var bodyLimit = 0
     private var tooLarge = false
-    private var inFlight = false
-    private var timer: Scheduled<Void>?
+    private let timeouts: ConnectionTimeouts
     private let gone = NIOLockedValueBox(false)
 
-    init(service: APIService, peer: Peer) {
+    init(service: APIService, peer: Peer, timeouts: ConnectionTimeouts) {
         self.service = service
         self.peer = peer
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { armIdleTimer(context: context) }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        armIdleTimer(context: context)
-        context.fireChannelActive()
+        self.timeouts = timeouts
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         gone.withLockedValue { $0 = true }
-        timer?.cancel()
-        timer = nil
         context.fireChannelInactive()
     }
 
@@ -52,12 +42,12 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             head = h
             body = []
             tooLarge = false
-            let limits = service.limits.withLockedValue { $0 }
-            bodyLimit = limits.maxBodyBytes
-            arm(context: context, seconds: limits.requestTimeoutSeconds) { handler, context in
-                handler.head = nil
-                let message = #"{"error":{"message":"the request did not arrive in \#(limits.requestTimeoutSeconds) s (server.request_timeout_seconds)","type":"timeout"}}"#
-                handler.write(context: context, APIService.Response(status: 408, body: Array(message.utf8)), keepAlive: false)
+            bodyLimit = service.limits.withLockedValue { $0.maxBodyBytes }
+            if h.headers.count > Self.maxHeaders {
+                head = nil
+                timeouts.requestReceived()
+                let message = #"{"error":{"message":"more than \#(Self.maxHeaders) header fields","type":"invalid_request_error"}}"#
+                write(context: context, APIService.Response(status: 431, body: Array(message.utf8)), keepAlive: false)
             }
         case .body(var chunk):
             guard head != nil else { return }
@@ -70,15 +60,13 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .end:
             guard let head else { return }
             self.head = nil
-            timer?.cancel()
-            timer = nil
+            timeouts.requestReceived()
             let keepAlive = head.isKeepAlive
             if tooLarge {
                 let message = #"{"error":{"message":"request body over \#(bodyLimit) bytes (server.max_body_bytes)","type":"invalid_request_error"}}"#
                 write(context: context, APIService.Response(status: 413, body: Array(message.utf8)), keepAlive: false)
                 return
             }
-            inFlight = true
             var headers: [String: String] = [:]
             for (name, value) in head.headers { headers[name.lowercased()] = value }
             let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
@@ -145,31 +133,11 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         buffer.writeBytes(response.body)
         context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        inFlight = false
         if !keepAlive {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
         } else {
-            armIdleTimer(context: context)
-        }
-    }
-
-    private func armIdleTimer(context: ChannelHandlerContext) {
-        let seconds = service.limits.withLockedValue { $0.idleTimeoutSeconds }
-        arm(context: context, seconds: seconds) { handler, context in
-            guard !handler.inFlight, handler.head == nil else { return }
-            context.close(promise: nil)
-        }
-    }
-
-    /// Replaces the connection's timer with one that runs `fire` after `seconds`.
-    private func arm(context: ChannelHandlerContext, seconds: Double, _ fire: @escaping (HTTPHandler, ChannelHandlerContext) -> Void) {
-        timer?.cancel()
-        let bound = NIOLoopBound((self, context, fire), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) {
-            let (handler, context, fire) = bound.value
-            handler.timer = nil
-            fire(handler, context)
+            timeouts.responseSent()
         }
     }
 
@@ -178,3 +146,4 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 }
+

@@ -36,8 +36,10 @@ public final class HTTPServer: Sendable {
                     local ? PeerCredentials.read(from: channel).map { Peer.local($0) } : channel.eventLoop.makeSucceededFuture(.tcp)
                 // The future completes on the channel's own loop, so the pipeline is built in place.
                 return peer.flatMapThrowing { peer in
+                    let timeouts = ConnectionTimeouts(limits: { service.limits.withLockedValue { $0 } })
+                    try channel.pipeline.syncOperations.addHandler(timeouts)
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(service: service, peer: peer))
+                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(service: service, peer: peer, timeouts: timeouts))
                 }.flatMapErrorThrowing { error in
                     logger.warning("closing a connection whose peer credentials cannot be read", metadata: ["error": "\(error)"])
                     throw error

@@ -34,6 +34,15 @@ final class DaemonConfigurationTests: XCTestCase {
             [server]
             socket = "/tmp/x.sock"   # a comment
             socket_mode = "0600"
+            admin_group = "kvtier-admin"
+            tcp_listen = "[::1]:8081"
+            max_queue = 3
+            max_messages = 7
+            idle_timeout_seconds = 5
+            request_timeout_seconds = 2.5
+            flush_on_stop = false
+            [log]
+            level = "debug"
             [store]
             dram_bytes = 1_000_000
             hbm_bytes = "64 MiB"
@@ -46,6 +55,15 @@ final class DaemonConfigurationTests: XCTestCase {
             """))
         XCTAssertEqual(c.socket, "/tmp/x.sock")
         XCTAssertEqual(c.socketMode, 0o600)
+        XCTAssertEqual(c.adminGroup, "kvtier-admin")
+        XCTAssertEqual(c.tcpListen?.host, "::1")
+        XCTAssertEqual(c.tcpListen?.port, 8081)
+        XCTAssertEqual(c.limits.maxQueue, 3)
+        XCTAssertEqual(c.limits.maxMessages, 7)
+        XCTAssertEqual(c.limits.idleTimeoutSeconds, 5)
+        XCTAssertEqual(c.limits.requestTimeoutSeconds, 2.5)
+        XCTAssertFalse(c.flushOnStop)
+        XCTAssertEqual(c.logLevel, "debug")
         XCTAssertEqual(c.dramBytes, 1_000_000)
         XCTAssertEqual(c.hbmBytes, 64 << 20)
         XCTAssertEqual(c.policy, .lru)
@@ -67,6 +85,9 @@ final class DaemonConfigurationTests: XCTestCase {
             ("socket \"x\"\n", "expected key = value"),
             ("[server]\nsocket = \"a\"\nsocket = \"b\"\n", "set twice"),
             ("[server]\nsocket = unquoted\n", "strings need quotes"),
+            ("[server]\ntcp_listen = \"0.0.0.0:80\"\n", "'server.tcp_listen' must be a loopback address"),
+            ("[server]\nflush_on_stop = 1\n", "'server.flush_on_stop' must be true or false"),
+            ("[log]\nlevel = \"loud\"\n", "'log.level' must be one of"),
         ]
         for (text, expected) in cases {
             var c = DaemonConfiguration()

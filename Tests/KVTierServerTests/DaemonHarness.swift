@@ -83,46 +83,6 @@ extension XCTestCase {
         return (status, rest)
     }
 
-    /// Sends `bytes` on a new connection and reads until the server closes it; returns the
-    /// response head and body.
-    func exchange(_ socketPath: String, _ bytes: [UInt8]) throws -> (head: String, body: String) {
-        let fd = try connectUnix(socketPath)
-        defer { close(fd) }
-        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        let s = String(decoding: readAll(fd), as: UTF8.self)
-        guard let split = s.range(of: "\r\n\r\n") else { throw POSIXError(.EPROTO) }
-        return (String(s[..<split.lowerBound]), String(s[split.upperBound...]))
-    }
-
-    func connectUnix(_ socketPath: String) throws -> Int32 {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(.EIO) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
-            for (i, b) in socketPath.utf8.prefix(dst.count - 1).enumerated() { dst[i] = b }
-        }
-        let ok = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard ok == 0 else {
-            close(fd)
-            throw POSIXError(.ECONNREFUSED)
-        }
-        return fd
-    }
-
-    func readAll(_ fd: Int32) -> [UInt8] {
-        var response: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            response += buf[0..<n]
-        }
-        return response
-    }
-
     /// Runs kvtierctl from the same build; returns exit status and stdout+stderr.
     func kvtierctl(_ args: [String], input: String? = nil) throws -> (Int32, String) {
         try runProcess(try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl"), args, input: input)
@@ -134,4 +94,44 @@ extension XCTestCase {
         let data = try JSONSerialization.data(withJSONObject: body)
         return try request(socket, "POST", "/v1/chat/completions", body: String(decoding: data, as: UTF8.self))
     }
+}
+
+/// Sends `bytes` on a new connection and reads until the server closes it; returns the
+/// response head and body.
+func exchange(_ socketPath: String, _ bytes: [UInt8]) throws -> (head: String, body: String) {
+    let fd = try connectUnix(socketPath)
+    defer { close(fd) }
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    let s = String(decoding: readAll(fd), as: UTF8.self)
+    guard let split = s.range(of: "\r\n\r\n") else { throw POSIXError(.EPROTO) }
+    return (String(s[..<split.lowerBound]), String(s[split.upperBound...]))
+}
+
+func connectUnix(_ socketPath: String) throws -> Int32 {
+    let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw POSIXError(.EIO) }
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { dst in
+        for (i, b) in socketPath.utf8.prefix(dst.count - 1).enumerated() { dst[i] = b }
+    }
+    let ok = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard ok == 0 else {
+        close(fd)
+        throw POSIXError(.ECONNREFUSED)
+    }
+    return fd
+}
+
+func readAll(_ fd: Int32) -> [UInt8] {
+    var response: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        response += buf[0..<n]
+    }
+    return response
 }

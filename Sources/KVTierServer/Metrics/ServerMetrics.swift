@@ -54,12 +54,13 @@ public final class ServerMetrics: Sendable {
         tokensRecomputed.increment(by: r.tokensRecomputed)
         tokensGenerated.increment(by: r.tokensGenerated)
         truncatedTokens.increment(by: r.truncatedTokens)
+        CoreMetrics.Counter(label: "kvtier_turns_total", dimensions: [("finish_reason", r.stopReason)], factory: factory).increment()
         for (tier, n) in [("hbm", r.hitsHBM), ("dram", r.hitsDRAM), ("disk", r.hitsDisk)] where n > 0 {
             CoreMetrics.Counter(label: "kvtier_tokens_served_total", dimensions: [("tier", tier)], factory: factory).increment(by: n)
         }
     }
 
-    /// A response sent (by status code), and turns finished by outcome.
+    /// A response sent, by status code.
     public func response(status: Int) {
         CoreMetrics.Counter(label: "kvtier_http_responses_total", dimensions: [("status", String(status))], factory: factory).increment()
     }

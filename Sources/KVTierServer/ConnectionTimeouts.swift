@@ -1,0 +1,96 @@
+import NIOCore
+
+/// First in every connection's pipeline, below the HTTP codec: the connection's two deadlines.
+///
+/// - Idle: no request in flight and no byte received for `idleTimeoutSeconds` closes it.
+/// - Request: once the first byte of a request arrives, its head and body must be in within
+///   `requestTimeoutSeconds`, or the client gets 408 and the connection is closed. The clock runs
+///   from the first raw byte (the HTTP decoder reports a request only once its whole head is in),
+///   so a client sending one byte a second cannot hold a connection.
+///
+/// The 408 is written here as raw bytes, since no request exists yet for the HTTP layer to answer.
+/// Event-loop bound like every handler; `HTTPHandler` calls `requestReceived` and `responseSent`.
+final class ConnectionTimeouts: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State { case idle, receiving, busy }
+    private var state = State.idle
+    private var timer: Scheduled<Void>?
+    private var context: ChannelHandlerContext?
+    private let limits: @Sendable () -> ServerLimits
+
+    init(limits: @escaping @Sendable () -> ServerLimits) {
+        self.limits = limits
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { armIdle() }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armIdle()
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if state == .idle {
+            state = .receiving
+            arm(seconds: limits().requestTimeoutSeconds) { handler in handler.requestTimedOut() }
+        }
+        context.fireChannelRead(data)
+    }
+
+    /// The HTTP layer has a whole request: no deadline while it is answered.
+    func requestReceived() {
+        state = .busy
+        timer?.cancel()
+        timer = nil
+    }
+
+    /// The response went out on a kept-alive connection: idle again.
+    func responseSent() {
+        armIdle()
+    }
+
+    private func armIdle() {
+        state = .idle
+        arm(seconds: limits().idleTimeoutSeconds) { handler in handler.context?.close(promise: nil) }
+    }
+
+    private func requestTimedOut() {
+        guard state == .receiving, let context else { return }
+        let seconds = limits().requestTimeoutSeconds
+        let body = #"{"error":{"message":"the request did not arrive within \#(seconds) s (server.request_timeout_seconds)","type":"timeout"}}"#
+        let text = "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+        var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
+        buffer.writeString(text)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    private func arm(seconds: Double, _ fire: @escaping (ConnectionTimeouts) -> Void) {
+        timer?.cancel()
+        guard let context else { return }
+        let bound = NIOLoopBound((self, fire), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) {
+            let (handler, fire) = bound.value
+            handler.timer = nil
+            fire(handler)
+        }
+    }
+}
