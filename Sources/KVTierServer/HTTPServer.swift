@@ -38,7 +38,8 @@ public final class HTTPServer: Sendable {
                 return peer.flatMapThrowing { peer in
                     let timeouts = ConnectionTimeouts(limits: { service.limits.withLockedValue { $0 } })
                     try channel.pipeline.syncOperations.addHandler(timeouts)
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
+                    try channel.pipeline.syncOperations.addHandler(ProtocolErrorResponder())
                     try channel.pipeline.syncOperations.addHandler(HTTPHandler(service: service, peer: peer, timeouts: timeouts))
                 }.flatMapErrorThrowing { error in
                     logger.warning("closing a connection whose peer credentials cannot be read", metadata: ["error": "\(error)"])

@@ -57,8 +57,9 @@ final class DaemonLimitsTests: XCTestCase {
         // Malformed HTTP closes only that connection.
         let garbage = try connectUnix(socket)
         _ = Array("BLAH\r\n\r\n".utf8).withUnsafeBytes { write(garbage, $0.baseAddress, $0.count) }
-        _ = readAll(garbage)
+        let refused = String(decoding: readAll(garbage), as: UTF8.self)
         close(garbage)
+        XCTAssertTrue(refused.hasPrefix("HTTP/1.1 400") && refused.contains(#""type":"invalid_request_error""#), refused)
         XCTAssertEqual(try request(socket, "GET", "/healthz").status, 200, "the daemon keeps serving")
     }
 

@@ -1,0 +1,43 @@
+import NIOCore
+import NIOHTTP1
+
+/// Answers a request the HTTP parser rejects (malformed request line or headers, bad framing)
+/// with a 400 carrying an OpenAI-style JSON error, unless a response is already under way; the
+/// decoder then closes that connection, and only that one. Sits where NIO's own protocol error
+/// handler would, after the pipelining handler. Event-loop bound like every handler.
+final class ProtocolErrorResponder: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    /// A response head went out and its end has not.
+    private var responding = false
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is HTTPParserError && !responding {
+            let message = "malformed HTTP request (\(error)); the connection is closed"
+            let body = #"{"error":{"message":"\#(message)","type":"invalid_request_error"}}"#
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: "application/json")
+            headers.add(name: "Content-Length", value: String(body.utf8.count))
+            headers.add(name: "Connection", value: "close")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+            var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
+            buffer.writeString(body)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+        context.fireErrorCaught(error)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head) where (100..<200).contains(head.status.code): break
+        case .head: responding = true
+        case .body: break
+        case .end: responding = false
+        }
+        context.write(data, promise: promise)
+    }
+}
