@@ -8,8 +8,8 @@ import Logging
 import ServiceLifecycle
 
 /// kvtierd: builds the model, the tiered store in the state directory and the engine, and serves
-/// the HTTP API on a Unix socket (or, with --terminal, one chat on its terminal). The services it
-/// runs under swift-service-lifecycle are in DaemonServices.swift.
+/// the HTTP API on a Unix socket (or, with --terminal, one chat on its terminal). It runs three
+/// services under swift-service-lifecycle: APIServerService, WatchdogService and ReloadService.
 @main
 struct KVTierDaemon: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

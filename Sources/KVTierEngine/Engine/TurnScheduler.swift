@@ -93,7 +93,8 @@ public final class TurnScheduler: @unchecked Sendable {
         var order: [String] = []
         for s in window + externalHints where !order.contains(s) { order.append(s) }
         engine.store.setUpcoming(order)
-        for s in order.dropFirst() where !prefetched.contains(s) {
+        // The running turn is no longer in `pending`: every session in the window is still to come.
+        for s in order where !prefetched.contains(s) {
             prefetched.insert(s)
             engine.store.prefetch(session: s)
         }

@@ -106,7 +106,7 @@ public struct DaemonConfiguration: Sendable {
         case "server.max_body_bytes": limits.maxBodyBytes = try size()
         case "server.max_tokens": limits.maxTokens = try int(1...1_000_000)
         case "server.max_messages": limits.maxMessages = try int(1...1_000_000)
-        case "server.max_queue": limits.maxQueue = try int(0...1_000_000)
+        case "server.max_queue": limits.maxQueue = try int(1...1_000_000)
         case "server.idle_timeout_seconds": limits.idleTimeoutSeconds = try number(0.1...86400)
         case "server.request_timeout_seconds": limits.requestTimeoutSeconds = try number(0.1...86400)
         case "server.flush_on_stop":
