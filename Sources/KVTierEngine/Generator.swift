@@ -12,6 +12,11 @@ public struct GenerationOptions: Sendable {
     public var stopSequences: [String]
     /// Asked before every decoded token; true ends the reply (finish reason "cancelled").
     public var isCancelled: (@Sendable () -> Bool)?
+    /// Teacher forcing (benchmarks replaying recorded chats): once the prompt is in and the
+    /// first token's logits are out (TTFT), these tokens are the reply. They are fed in one
+    /// batch, which gives their KV as decoding them one by one would, and the reply ends as if
+    /// the model had ended it. Sampling options and stop sequences do not apply.
+    public var forcedReply: [Int32]?
 
     public init(
         maxTokens: Int, sampling: SamplingParameters = .greedy, stopAtEndOfGeneration: Bool = true,

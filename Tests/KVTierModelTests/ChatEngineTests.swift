@@ -259,7 +259,7 @@ extension ChatEngineTests {
             var e = EngineConfiguration()
             e.threads = 2
             let engine = ChatEngine(model: model, store: store, configuration: e)
-            let scheduler = TurnScheduler(engine: engine, lookAhead: 1)
+            let scheduler = TurnScheduler(engine: engine, lookAhead: 2)
             let sessions = ["A", "B", "C", "D"]
             var chats: [String: [ChatMessage]] = [:]
             let reports = ReportBox()
@@ -437,4 +437,81 @@ final class LockedCounter: @unchecked Sendable {
     private let lock = NSLock()
     private var n = 0
     func next() -> Int { lock.withLock { n += 1; return n } }
+}
+
+extension ChatEngineTests {
+    /// The benchmark's baselines and ablations change where KV comes from and when it is saved,
+    /// never what is computed: a teacher-forced chat gives the same next-turn tokens under each,
+    /// and each reports the reuse it is meant to have.
+    func testBaselinesAndAblationsComputeTheSameTurns() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let forcedReply: [Int32] = Array(model.tokenizer.encode("a recorded reply of some length", addSpecial: false).prefix(12))
+        func run(_ configure: (inout EngineConfiguration, inout StoreConfiguration) -> Void) throws -> [TurnReport] {
+            var c = StoreConfiguration(stateDirectory: tempDir())
+            c.blockTokens = 16
+            c.hbmCapacityBytes = 16 << 20
+            c.dramCapacityBytes = 16 << 20
+            c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+            var e = EngineConfiguration()
+            e.threads = 2
+            configure(&e, &c)
+            let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout)
+            let engine = ChatEngine(model: model, store: store, configuration: e)
+            var messages = [ChatMessage(role: "user", content: "hello there, tell me more about it")]
+            var reports: [TurnReport] = []
+            for turn in 0..<3 {
+                var forced = GenerationOptions(maxTokens: 32)
+                forced.forcedReply = forcedReply
+                let r = try engine.runTurn(session: "s", messages: messages, options: forced)
+                XCTAssertEqual(r.generated, forcedReply)
+                XCTAssertEqual(r.text, model.tokenizer.decode(forcedReply))
+                reports.append(r)
+                messages += [ChatMessage(role: "assistant", content: r.text), ChatMessage(role: "user", content: "turn \(turn) follow-up")]
+            }
+            // A greedy turn after the forced ones: what every variant must agree on.
+            reports.append(try engine.runTurn(session: "s", messages: messages, options: GenerationOptions(maxTokens: 6, stopAtEndOfGeneration: false)))
+            return reports
+        }
+        let full = try run { _, _ in }
+        let recompute = try run { e, _ in e.reuseKV = false }
+        let hbmOnly = try run { _, c in c.lowerTiers = false }
+        let noOverlap = try run { e, _ in e.layerwiseLoading = false }
+        let syncSave = try run { e, _ in e.asyncSaving = false }
+        for (name, r) in [("recompute", recompute), ("hbm-only", hbmOnly), ("no-overlap", noOverlap), ("sync-save", syncSave)] {
+            XCTAssertEqual(r.last?.generated, full.last?.generated, name)
+        }
+        // The forced reply's KV is reused by the next turn, like a generated reply's.
+        XCTAssertEqual(full[1].tokensReused, full[0].promptTokens + forcedReply.count)
+        XCTAssertEqual(recompute.map(\.tokensReused), [0, 0, 0, 0])
+        XCTAssertEqual(hbmOnly[1].tokensReused, full[1].tokensReused, "the session still fits in HBM")
+        XCTAssertEqual(hbmOnly[1].hitsDRAM + hbmOnly[1].hitsDisk, 0)
+        XCTAssertEqual(noOverlap[2].tokensReused, full[2].tokensReused)
+        XCTAssertEqual(syncSave[2].tokensReused, full[2].tokensReused)
+    }
+
+    /// With lower tiers off, KV evicted from HBM is gone: the next turn recomputes it, without a
+    /// failed load attempt first.
+    func testHBMOnlyStoreForgetsEvictedSessions() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        var c = StoreConfiguration(stateDirectory: tempDir())
+        c.blockTokens = 16
+        let page = 2 * 16 * model.kvLayout.rowWidth * 2
+        c.hbmCapacityBytes = 8 * model.kvLayout.layers * page  // room for about one session
+        c.lowerTiers = false
+        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout)
+        var e = EngineConfiguration()
+        e.threads = 2
+        let engine = ChatEngine(model: model, store: store, configuration: e)
+        let options = GenerationOptions(maxTokens: 4, stopAtEndOfGeneration: false)
+        var a = [ChatMessage(role: "user", content: "first session with a question of a few blocks in length, more words")]
+        let ra = try engine.runTurn(session: "a", messages: a, options: options)
+        _ = try engine.runTurn(session: "b", messages: [ChatMessage(role: "user", content: "second session pushing the first one out of the arena now")], options: options)
+        a += [ChatMessage(role: "assistant", content: ra.text), ChatMessage(role: "user", content: "again")]
+        let again = try engine.runTurn(session: "a", messages: a, options: options)
+        XCTAssertGreaterThan(again.blocksRecovered, 0, "the lost blocks are reported, and recomputed")
+        XCTAssertEqual(again.hitsDRAM + again.hitsDisk, 0)
+        XCTAssertLessThan(again.tokensReused, ra.promptTokens, "the evicted KV is gone")
+        XCTAssertEqual(store.stats.tiers.first { $0.tier == "dram" }?.blocks, 0)
+    }
 }

@@ -96,7 +96,7 @@ public final class ChatEngine: @unchecked Sendable {
         guard !prompt.isEmpty else { throw DecoderError.badInput("empty prompt") }
 
         // Reuse: the longest common prefix with what is stored, inside the live window.
-        var reuse = commonPrefix(prompt, state.tokens, limit: state.kvCount)
+        var reuse = configuration.reuseKV ? commonPrefix(prompt, state.tokens, limit: state.kvCount) : 0
         if reuse >= prompt.count { reuse = prompt.count - 1 }  // recompute the last token for its logits
         if reuse < state.dropEnd && state.dropEnd > state.sinks {
             // The history changed inside the dropped part: nothing cached is usable.
@@ -119,7 +119,10 @@ public final class ChatEngine: @unchecked Sendable {
         let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew, hasSystemMessage: hasSystem)
         report.truncatedTokens = truncated
 
-        var failed: [SessionState.BlockRange] = []
+        // Blocks evicted from every tier (a full disk, an HBM-only store) are recomputed from the
+        // start, without a failed load attempt first.
+        var failed = missingBlocks(state)
+        report.blocksRecovered = failed.count
         var completed = false
         for _ in 0..<3 {
             store.waitForSaves()
@@ -189,9 +192,10 @@ public final class ChatEngine: @unchecked Sendable {
             engine: self, session: state.id, layers: model.kvLayout.layers, from: saveFrom, sinks: state.sinks,
             dropEnd: state.dropEnd, blockTokens: blockTokens, placement: placement)
         var saveSeconds = 0.0
+        let layerwiseSave = configuration.asyncSaving && configuration.reuseKV
         cache.onLayerFinished = { layer in
             // Once a block failed to load, this attempt's KV may be wrong: save nothing more.
-            guard cache.failedBlocks.isEmpty else { return }
+            guard layerwiseSave, cache.failedBlocks.isEmpty else { return }
             let t = DispatchTime.now().uptimeNanoseconds
             saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: false)
             saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
@@ -199,7 +203,13 @@ public final class ChatEngine: @unchecked Sendable {
 
         var logits: [Float] = []
         var recomputed = 0
+        var allLoaded = configuration.layerwiseLoading
         for seg in segments {
+            if case .compute = seg, !allLoaded {
+                // Ablation: every layer of the reused KV is in HBM before the decoder starts.
+                for layer in 0..<model.kvLayout.layers { cache.waitUntilResident(layer: layer) }
+                allLoaded = true
+            }
             switch seg {
             case .load(let b, let off, let idx):
                 for (k, i) in idx.enumerated() { slotOf[i] = cache.count + k }
@@ -224,7 +234,19 @@ public final class ChatEngine: @unchecked Sendable {
         var reply = ReplyBuilder(tokenizer: model.tokenizer, options: options, prompt: prompt)
         var firstTokenAt = DispatchTime.now().uptimeNanoseconds
         var cancelled = false
-        while reply.generated.count < maxNew {
+        var forced: [Int32] = []
+        if let f = options.forcedReply {
+            // Teacher forcing: the recorded reply's KV, in one batch after the first token.
+            forced = Array(f.prefix(maxNew))
+            let indices = Array(prompt.count..<(prompt.count + forced.count))
+            for (k, i) in indices.enumerated() { slotOf[i] = cache.count + k }
+            indexOfSlot += indices
+            if !forced.isEmpty {
+                try transformer.forward(
+                    tokens: forced, positions: indices.map { state.position(of: $0) }, cache: cache, logits: .none) { _, _ in }
+            }
+        }
+        while options.forcedReply == nil && reply.generated.count < maxNew {
             if options.isCancelled?() == true {
                 cancelled = true
                 break
@@ -241,14 +263,21 @@ public final class ChatEngine: @unchecked Sendable {
             }
         }
         reply.finish(onText: onText)
-        let history = reply.history, generated = reply.generated, text = reply.text
-        let stop = cancelled ? "cancelled" : reply.endedByModel || reply.endedByStopSequence ? "stop" : "length"
-        // Save what is left (the partial last block of every layer).
-        // The token that hit max_tokens or completed a stop sequence was sampled but never fed.
-        let fedCount = generated.count == maxNew || reply.endedByStopSequence ? history.count - 1 : history.count
+        let isForced = options.forcedReply != nil
+        let history = isForced ? prompt + forced : reply.history
+        let generated = isForced ? forced : reply.generated
+        let text = isForced ? model.tokenizer.decode(forced) : reply.text
+        let stop = cancelled ? "cancelled" : reply.endedByModel || reply.endedByStopSequence || isForced ? "stop" : "length"
+        // The token that hit max_tokens or completed a stop sequence was sampled but never fed
+        // (a forced reply is fed whole). Then save what is left (the partial last block of every layer).
+        let fedCount = !isForced && (generated.count == maxNew || reply.endedByStopSequence) ? history.count - 1 : history.count
         let t = DispatchTime.now().uptimeNanoseconds
-        for layer in 0..<model.kvLayout.layers {
-            saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: true)
+        if configuration.reuseKV {
+            for layer in 0..<model.kvLayout.layers {
+                saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: true)
+            }
+            // Ablation: the turn ends only when its KV has been written back.
+            if !configuration.asyncSaving { store.waitForSaves() }
         }
         saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
 
@@ -285,6 +314,17 @@ public final class ChatEngine: @unchecked Sendable {
         report.generated = generated
         report.stopReason = stop
         return []
+    }
+
+    /// The session's recorded blocks that are not in any tier in every layer.
+    private func missingBlocks(_ state: SessionState) -> [SessionState.BlockRange] {
+        guard !state.blocks.isEmpty else { return [] }
+        let stored = store.blockKeys(session: state.id)
+        var present = Set(state.blocks)
+        for layer in 0..<model.kvLayout.layers {
+            present.formIntersection((stored[layer] ?? []).map { SessionState.BlockRange(start: $0.start, count: $0.count) })
+        }
+        return state.blocks.filter { !present.contains($0) }
     }
 
     func key(_ session: String, _ layer: Int, _ b: SessionState.BlockRange) -> BlockKey {

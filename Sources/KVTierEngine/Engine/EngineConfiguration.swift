@@ -23,5 +23,17 @@ public struct EngineConfiguration: Sendable {
     /// A session whose next turn is expected later than this is written through to disk.
     public var writeThroughAfterSeconds = 60.0
 
+    // Benchmark baselines and ablations (kvtier-bench replay); the defaults are the full system.
+
+    /// Reuse KV across turns. false: every turn prefills its whole prompt and nothing is saved
+    /// (the recompute baseline).
+    public var reuseKV = true
+    /// Load layer by layer while the decoder computes. false: wait until every layer of the
+    /// reused KV is in HBM, then compute (no overlap of loading and compute).
+    public var layerwiseLoading = true
+    /// Save layer by layer while the decoder computes, written back asynchronously. false: save
+    /// every layer after the turn's compute and wait until the saves are done.
+    public var asyncSaving = true
+
     public init() {}
 }

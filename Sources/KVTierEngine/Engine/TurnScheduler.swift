@@ -89,7 +89,7 @@ public final class TurnScheduler: @unchecked Sendable {
 
     // Called with `lock` held.
     private func refreshWindow() {
-        let window = pending.prefix(lookAhead + 1).map(\.0.session)
+        let window = pending.prefix(lookAhead).map(\.0.session)
         var order: [String] = []
         for s in window + externalHints where !order.contains(s) { order.append(s) }
         engine.store.setUpcoming(order)

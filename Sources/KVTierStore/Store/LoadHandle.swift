@@ -91,6 +91,8 @@ public final class LoadHandle: @unchecked Sendable {
 public final class SaveTicket: @unchecked Sendable {
     /// How far the block got.
     public enum Outcome: Sendable, Equatable {
+        /// Kept in HBM only (the store's lower tiers are off).
+        case inHBM
         case inDRAM
         case onDisk
         case failed(String)

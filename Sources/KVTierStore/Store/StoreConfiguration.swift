@@ -24,6 +24,10 @@ public struct StoreConfiguration: Sendable {
     public var diskFlushInterval: Double = 0.2
     /// At most this many saves in flight; `save` blocks the caller beyond it (back-pressure).
     public var maxSavesInFlight = 256
+    /// Keep KV below HBM: saves go on to DRAM and disk, and HBM evictions move blocks down.
+    /// false makes the store an HBM-only prefix cache (what an engine's own cache gives, like
+    /// vLLM's automatic prefix caching): evicted blocks are gone. A benchmark baseline.
+    public var lowerTiers = true
     public var policy: PolicyKind = .hintDriven
 
     public enum PolicyKind: String, Sendable {

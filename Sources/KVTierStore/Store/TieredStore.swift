@@ -170,7 +170,7 @@ public final class TieredStore: @unchecked Sendable {
         // A save may still be copying one of these pages out: let it finish before freeing them.
         if !resident.isEmpty { copyEngine.waitUntilIdle() }
         for (key, page) in resident {
-            if !dram.contains(key) && !disk.contains(key) {
+            if configuration.lowerTiers && !dram.contains(key) && !disk.contains(key) {
                 let block = readBlock(key: key, page: page)
                 try insertIntoDRAM(block, arrival: .saved)
             }
@@ -207,6 +207,10 @@ public final class TieredStore: @unchecked Sendable {
         let ticket = SaveTicket(key: key)
         guard let page = lock.withLock({ hbm[key] }) else {
             ticket.finish(.failed(StoreError.notInHBM(key).description))
+            return ticket
+        }
+        guard configuration.lowerTiers else {
+            ticket.finish(.inHBM)
             return ticket
         }
         saveSlots.wait()

@@ -1,0 +1,38 @@
+import KVTierEngine
+import KVTierStore
+
+/// One way of serving the replayed trace: the baselines CachedAttention compares against, the
+/// full system, and its ablations.
+struct ReplayPolicy: Sendable {
+    let name: String
+    /// Reuse KV across turns at all.
+    var reuseKV = true
+    /// Keep KV below HBM (false: an HBM-only prefix cache).
+    var lowerTiers = true
+    /// Waiting turns whose sessions are prefetched and spared by eviction (0: no look-ahead).
+    var lookAhead = 0
+    var eviction = StoreConfiguration.PolicyKind.lru
+    var layerwiseLoading = true
+    var asyncSaving = true
+
+    static let all: [ReplayPolicy] = [
+        ReplayPolicy(name: "recompute", reuseKV: false),
+        ReplayPolicy(name: "hbm-only", lowerTiers: false),
+        ReplayPolicy(name: "tiered-lru"),
+        ReplayPolicy(name: "kvtier", lookAhead: 4, eviction: .hintDriven),
+        ReplayPolicy(name: "kvtier-no-overlap", lookAhead: 4, eviction: .hintDriven, layerwiseLoading: false),
+        ReplayPolicy(name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false),
+    ]
+
+    static func named(_ name: String) -> ReplayPolicy? { all.first { $0.name == name } }
+
+    func engineConfiguration(threads: Int) -> EngineConfiguration {
+        var e = EngineConfiguration()
+        e.threads = threads
+        e.lookAhead = lookAhead
+        e.reuseKV = reuseKV
+        e.layerwiseLoading = layerwiseLoading
+        e.asyncSaving = asyncSaving
+        return e
+    }
+}

@@ -1,0 +1,152 @@
+import Dispatch
+import Foundation
+import KVTierEngine
+import KVTierModel
+import KVTierStore
+
+/// One policy's replay of the workload: a fresh store in a scratch state directory, the engine,
+/// and its `TurnScheduler`, driven by a discrete-event clock.
+///
+/// Time: sessions arrive and think in virtual seconds; turns take the real seconds they take.
+/// Every turn that has arrived by the clock is queued in the scheduler (which prefetches and
+/// spares the sessions in its look-ahead window, as in the server); when one finishes, the
+/// clock moves to its end, the session's next turn is due a think time later, and arrivals up
+/// to the clock are queued. Idle gaps are skipped, so prefetch gets no free time in them.
+struct ReplayRun {
+    struct TurnRecord: Codable {
+        var session: String
+        var turn: Int
+        var arrival_s: Double
+        var start_s: Double
+        /// Time to first token of the turn itself: loading, prefill and the first token.
+        var ttft_ms: Double
+        /// Time waiting in the queue before the turn started.
+        var queue_ms: Double
+        /// Wall time of the whole turn (waiting for earlier saves, prefill, the reply, saving).
+        var total_ms: Double
+        var prompt_tokens: Int
+        /// Tokens of this prompt that the previous turn left in the session (what a perfect cache holds).
+        var reusable: Int
+        var reused: Int
+        var recomputed: Int
+        var hits_hbm: Int
+        var hits_dram: Int
+        var hits_disk: Int
+        var stall_ms: Double
+        var save_lag_ms: Double
+    }
+
+    let policy: ReplayPolicy
+    let store: StoreConfiguration
+    let threads: Int
+
+    /// Runs the trace; `progress(turnsDone)` after each turn.
+    func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int) -> Void) throws -> (turns: [TurnRecord], stats: StoreStats) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-replay-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var c = store
+        c.stateDirectory = dir
+        c.policy = policy.eviction
+        c.lowerTiers = policy.lowerTiers
+        let tiered: TieredStore
+        do {
+            tiered = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout)
+        } catch {
+            throw ReplayError("cannot open a store for \(policy.name): \(error)")
+        }
+        defer { try? tiered.close(flushingDRAM: false) }
+        let engine = ChatEngine(model: model, store: tiered, configuration: policy.engineConfiguration(threads: threads))
+        let scheduler = TurnScheduler(engine: engine, lookAhead: policy.lookAhead)
+
+        struct Finished {
+            let conversation: Int
+            let turn: Int
+            let result: Result<TurnReport, Error>
+            let endedAt: UInt64
+        }
+        let finished = FinishedQueue<Finished>()
+        var due: [(time: Double, conversation: Int, turn: Int)] = workload.conversations.enumerated().map { ($0.element.arrivalSeconds, $0.offset, 0) }
+        due.sort { $0.time < $1.time }
+        var submittedAt: [String: UInt64] = [:]
+        var arrivalOf: [String: Double] = [:]
+        var clock = 0.0, lastEnd = 0.0
+        var lastEndReal = DispatchTime.now().uptimeNanoseconds
+        var inFlight = 0
+        var records: [TurnRecord] = []
+        var previousContext: [Int: Int] = [:]
+        let total = workload.turnCount
+        while records.count < total {
+            while let next = due.first, next.time <= clock || inFlight == 0 {
+                due.removeFirst()
+                clock = max(clock, next.time)
+                let conv = workload.conversations[next.conversation]
+                let key = "\(next.conversation)/\(next.turn)"
+                submittedAt[key] = DispatchTime.now().uptimeNanoseconds
+                arrivalOf[key] = next.time
+                var options = GenerationOptions(maxTokens: max(1, conv.turns[next.turn].reply.count))
+                options.forcedReply = conv.turns[next.turn].reply
+                let turn = TurnScheduler.Turn(
+                    session: conv.session, messages: workload.messages(conv, upTo: next.turn), options: options,
+                    nextTurnInSeconds: conv.turns[next.turn].thinkSeconds)
+                let (ci, ti) = (next.conversation, next.turn)
+                scheduler.submit(turn) { result in
+                    finished.push(Finished(conversation: ci, turn: ti, result: result, endedAt: DispatchTime.now().uptimeNanoseconds))
+                }
+                inFlight += 1
+            }
+            let f = finished.pop()
+            inFlight -= 1
+            let report: TurnReport
+            switch f.result {
+            case .success(let r): report = r
+            case .failure(let e): throw ReplayError("\(policy.name): turn \(f.turn) of \(workload.conversations[f.conversation].session) failed: \(e)")
+            }
+            // Real wall time from when the turn could start (its submission, or the end of the
+            // turn before it) to its end.
+            let startReal = max(lastEndReal, submittedAt["\(f.conversation)/\(f.turn)"] ?? lastEndReal)
+            let wall = Double(f.endedAt - startReal) / 1e9
+            lastEndReal = f.endedAt
+            let conv = workload.conversations[f.conversation]
+            let arrival = arrivalOf["\(f.conversation)/\(f.turn)"] ?? clock
+            let start = max(lastEnd, arrival)
+            lastEnd = start + wall
+            clock = max(clock, lastEnd)
+            records.append(TurnRecord(
+                session: conv.session, turn: f.turn, arrival_s: arrival, start_s: start, ttft_ms: report.ttftMs,
+                queue_ms: (start - arrival) * 1000, total_ms: wall * 1000, prompt_tokens: report.promptTokens,
+                reusable: f.turn == 0 ? 0 : min(previousContext[f.conversation] ?? 0, report.promptTokens),
+                reused: report.tokensReused, recomputed: report.tokensRecomputed, hits_hbm: report.hitsHBM,
+                hits_dram: report.hitsDRAM, hits_disk: report.hitsDisk, stall_ms: report.loadStallMs, save_lag_ms: report.saveLagMs))
+            previousContext[f.conversation] = report.promptTokens + report.tokensGenerated
+            if f.turn + 1 < conv.turns.count {
+                let t = lastEnd + conv.turns[f.turn].thinkSeconds
+                let at = due.firstIndex { $0.time > t } ?? due.count
+                due.insert((t, f.conversation, f.turn + 1), at: at)
+            }
+            progress(records.count)
+        }
+        scheduler.drain()
+        tiered.waitForSaves()
+        return (records, tiered.stats)
+    }
+}
+
+/// A blocking queue between the scheduler's completions and the replay loop.
+final class FinishedQueue<T: Sendable>: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var items: [T] = []
+
+    func push(_ item: T) {
+        condition.lock()
+        items.append(item)
+        condition.signal()
+        condition.unlock()
+    }
+
+    func pop() -> T {
+        condition.lock()
+        defer { condition.unlock() }
+        while items.isEmpty { condition.wait() }
+        return items.removeFirst()
+    }
+}
