@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test run bench install uninstall clean
+.PHONY: all setup deps model data build release test run bench bench-replay bench-replay-quick bench-peers plot-deps install uninstall clean
 
 all: build
 
@@ -44,6 +44,26 @@ run: setup release
 ## bench: release build and the decoder benchmark
 bench: setup release
 	.build/release/kvtier-bench decoder --model $(MODEL)
+
+BENCH_DIR ?= $(RUN_DIR)/bench
+
+plot-deps:
+	@python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install --quiet matplotlib
+
+## bench-replay: ShareGPT replay, standard preset (200 sessions), every policy, DRAM sweep, plots
+bench-replay: setup data release plot-deps
+	.build/release/kvtier-bench replay --model $(MODEL) --data $(SHAREGPT) --out $(BENCH_DIR)/replay-standard \
+		--export-trace $(BENCH_DIR)/replay-standard/trace.json
+
+## bench-replay-quick: the quick preset (a few minutes)
+bench-replay-quick: setup data release plot-deps
+	.build/release/kvtier-bench replay --quick --model $(MODEL) --data $(SHAREGPT) --out $(BENCH_DIR)/replay-quick \
+		--export-trace $(BENCH_DIR)/replay-quick/trace.json
+
+## bench-peers: the quick trace through kvtierd (Unix socket) and llama-server (-np 1 and 4, built
+## outside the repo by deploy/bench/llama-server.sh), side by side
+bench-peers: setup data release plot-deps
+	deploy/bench/compare-peers.sh $(MODEL) $(BENCH_DIR)/replay-quick/trace.json $(BENCH_DIR)/peers
 
 PREFIX ?= /usr/local
 DESTDIR ?=

@@ -254,8 +254,8 @@ def plot_hit_rate_vs_dram(results, outdir, written, colors):
         ax.plot([p[0] for p in pts], [p[1] * scale for p in pts], marker="o", linewidth=2,
                 color=colors.get(n), label=n)
     style_x(ax)
-    ax.set_ylabel("hit rate (% of prompt tokens reused)")
-    ax.set_title("overall hit rate")
+    ax.set_ylabel("hit rate (% of reusable tokens)")
+    ax.set_title("memory hit rate (reusable KV in HBM or DRAM)")
     ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, title="policy")
 
     for ax, n in zip(axes[1:], tier_panels):
@@ -265,9 +265,9 @@ def plot_hit_rate_vs_dram(results, outdir, written, colors):
         ax.stackplot(xs, *stacks, labels=["from %s" % t for t in TIERS],
                      colors=[TIER_COLORS[t] for t in TIERS], alpha=0.55)
         ax.plot(xs, [p[1] * scale for p in pts], marker="o", linewidth=2, color="black",
-                label="overall")
+                label="memory hit rate (hbm + dram)")
         style_x(ax)
-        ax.set_title("%s: hit rate by tier (stacked)" % n)
+        ax.set_title("%s: reuse by tier (stacked; disk on top)" % n)
         ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4)
 
     top = max([p[1] * scale for pts in series.values() for p in pts] + [1e-9])

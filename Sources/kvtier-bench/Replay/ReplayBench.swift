@@ -23,7 +23,7 @@ struct ReplayBench: ParsableCommand {
     @Flag(help: "The quick preset (a check in under 3 minutes); the standard one is the default.") var quick = false
     @Option(help: "Sessions (conversations) replayed.") var sessions: Int?
     @Option(help: "Seed of the conversation selection, arrivals and think times.") var seed: UInt64 = 1
-    @Option(help: "Each message is cut to this many tokens.") var messageTokens = 256
+    @Option(help: "Each message is cut to this many tokens (default: 256; quick: 128).") var messageTokens: Int?
     @Option(help: "At most this many turns per conversation.") var maxTurns: Int?
     @Option(help: "Session arrivals per second (Poisson).") var arrivalRate: Double?
     @Option(help: "Mean think time between a reply and the next turn, seconds (exponential).") var thinkMean: Double?
@@ -42,15 +42,19 @@ struct ReplayBench: ParsableCommand {
     @Flag(help: "Do not render the PNG plots.") var noPlots = false
 
     struct Sizes {
-        var sessions: Int, maxTurns: Int, rate: Double, think: Double, hbm: Int, dram: Int, sweep: [Int]
+        var sessions: Int, maxTurns: Int, messageTokens: Int, rate: Double, think: Double, hbm: Int, dram: Int, sweep: [Int]
     }
 
-    /// Preset sizes: the working set (sessions x up to maxTurns x 2 x messageTokens tokens, at
-    /// 23,040 B per token in F16) is far above DRAM, which is far above HBM.
+    /// Preset sizes. A session's KV is up to maxTurns x 2 x messageTokens tokens at 23,040 B per
+    /// token (F16): HBM holds the running session and little more, DRAM a fraction of the
+    /// sessions in flight, disk all of them.
     private var sizes: Sizes {
         var z = quick
-            ? Sizes(sessions: 12, maxTurns: 4, rate: 0.5, think: 8, hbm: 16 << 20, dram: 48 << 20, sweep: [24 << 20, 96 << 20])
-            : Sizes(sessions: 200, maxTurns: 6, rate: 0.25, think: 30, hbm: 64 << 20, dram: 512 << 20, sweep: [128 << 20, 256 << 20, 1024 << 20])
+            ? Sizes(sessions: 8, maxTurns: 3, messageTokens: 128, rate: 0.5, think: 8, hbm: 32 << 20, dram: 40 << 20, sweep: [24 << 20, 96 << 20])
+            : Sizes(
+                sessions: 200, maxTurns: 6, messageTokens: 256, rate: 0.25, think: 30, hbm: 160 << 20, dram: 1 << 30,
+                sweep: [512 << 20, 2 << 30, 4 << 30])
+        if let messageTokens { z.messageTokens = messageTokens }
         if let sessions { z.sessions = sessions }
         if let maxTurns { z.maxTurns = maxTurns }
         if let arrivalRate { z.rate = arrivalRate }
@@ -75,7 +79,7 @@ struct ReplayBench: ParsableCommand {
         do { m = try LlamaModel(path: path) } catch { throw ValidationError("\(error)") }
         let workload = try ReplayWorkload(
             data: data, model: m,
-            parameters: .init(sessions: z.sessions, seed: seed, messageTokens: messageTokens, maxTurns: z.maxTurns, arrivalRate: z.rate, thinkMeanSeconds: z.think),
+            parameters: .init(sessions: z.sessions, seed: seed, messageTokens: z.messageTokens, maxTurns: z.maxTurns, arrivalRate: z.rate, thinkMeanSeconds: z.think),
             log: log)
         log("\(workload.conversations.count) sessions, \(workload.turnCount) turns; conversations: \(workload.conversations.map(\.id).joined(separator: ","))")
         if let exportTrace { try writeTrace(workload, to: exportTrace) }
@@ -107,7 +111,7 @@ struct ReplayBench: ParsableCommand {
         let summary = ReplaySummary(
             preset: quick ? "quick" : "standard", seed: seed, conversations: workload.conversations.map(\.id),
             workload: .init(sessions: workload.conversations.count, turns: workload.turnCount, arrival_rate_per_s: z.rate, think_mean_s: z.think,
-                            message_tokens: messageTokens, max_turns: z.maxTurns, hbm_bytes: z.hbm, dram_bytes: z.dram, block_tokens: blockTokens),
+                            message_tokens: z.messageTokens, max_turns: z.maxTurns, hbm_bytes: z.hbm, dram_bytes: z.dram, block_tokens: blockTokens),
             policies: results, sweep: sweepRows, seconds: Date().timeIntervalSince(started))
         let dir = out ?? "run/bench/replay-\(summary.preset)"
         try summary.write(to: dir)

@@ -14,14 +14,17 @@ struct ReplayPolicy: Sendable {
     var eviction = StoreConfiguration.PolicyKind.lru
     var layerwiseLoading = true
     var asyncSaving = true
+    /// Tell the engine when each session's next turn is due (write-through placement for long
+    /// think times): scheduler-aware, so only the kvtier variants get it.
+    var placementHints = false
 
     static let all: [ReplayPolicy] = [
         ReplayPolicy(name: "recompute", reuseKV: false),
         ReplayPolicy(name: "hbm-only", lowerTiers: false),
         ReplayPolicy(name: "tiered-lru"),
-        ReplayPolicy(name: "kvtier", lookAhead: 4, eviction: .hintDriven),
-        ReplayPolicy(name: "kvtier-no-overlap", lookAhead: 4, eviction: .hintDriven, layerwiseLoading: false),
-        ReplayPolicy(name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false),
+        ReplayPolicy(name: "kvtier", lookAhead: 4, eviction: .hintDriven, placementHints: true),
+        ReplayPolicy(name: "kvtier-no-overlap", lookAhead: 4, eviction: .hintDriven, layerwiseLoading: false, placementHints: true),
+        ReplayPolicy(name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false, placementHints: true),
     ]
 
     static func named(_ name: String) -> ReplayPolicy? { all.first { $0.name == name } }

@@ -87,7 +87,7 @@ struct ReplayRun {
                 options.forcedReply = conv.turns[next.turn].reply
                 let turn = TurnScheduler.Turn(
                     session: conv.session, messages: workload.messages(conv, upTo: next.turn), options: options,
-                    nextTurnInSeconds: conv.turns[next.turn].thinkSeconds)
+                    nextTurnInSeconds: policy.placementHints ? conv.turns[next.turn].thinkSeconds : nil)
                 let (ci, ti) = (next.conversation, next.turn)
                 scheduler.submit(turn) { result in
                     finished.push(Finished(conversation: ci, turn: ti, result: result, endedAt: DispatchTime.now().uptimeNanoseconds))

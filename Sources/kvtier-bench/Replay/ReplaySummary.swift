@@ -43,9 +43,14 @@ struct ReplaySummary: Encodable {
         let prefill_tokens_reused: Int
         /// Prompt tokens served per second of time to first token (all turns).
         let prefill_throughput_tokens_per_s: Double
-        /// Reused / reusable tokens, turns 2+ (reusable: what the previous turn left in the session).
+        /// Share of the reusable tokens of turns 2+ (what the previous turn left in the session)
+        /// that were in memory, HBM or DRAM, when their turn ran: a disk hit waits on the disk
+        /// in the turn's critical path (CachedAttention's point against LRU: it cannot prefetch).
         let hit_rate: Double
+        /// Share of the reusable tokens served from each tier (hbm + dram = hit_rate).
         let hit_rate_by_tier: [String: Double]
+        /// Share of the reusable tokens reused at all, from any tier including disk.
+        let reuse_rate: Double
         let load_stall_ms_mean: Double
         /// Load stall as a share of TTFT, turns 2+.
         let load_stall_fraction_of_ttft: Double
@@ -69,7 +74,8 @@ struct ReplaySummary: Encodable {
             let ttftSeconds = turns.reduce(0) { $0 + $1.ttft_ms } / 1000
             prefill_throughput_tokens_per_s = ttftSeconds > 0 ? Double(turns.reduce(0) { $0 + $1.prompt_tokens }) / ttftSeconds : 0
             let reusable = Double(max(1, later.reduce(0) { $0 + $1.reusable }))
-            hit_rate = Double(later.reduce(0) { $0 + $1.reused }) / reusable
+            reuse_rate = Double(later.reduce(0) { $0 + $1.reused }) / reusable
+            hit_rate = Double(later.reduce(0) { $0 + $1.hits_hbm + $1.hits_dram }) / reusable
             hit_rate_by_tier = [
                 "hbm": Double(later.reduce(0) { $0 + $1.hits_hbm }) / reusable,
                 "dram": Double(later.reduce(0) { $0 + $1.hits_dram }) / reusable,
@@ -86,7 +92,7 @@ struct ReplaySummary: Encodable {
 
         var line: String {
             String(
-                format: "%@: TTFT p50 %.1f ms (turns 2+ %.1f ms, p99 %.1f), hit rate %.1f%% (hbm %.1f, dram %.1f, disk %.1f), prefill %.0f tok/s, stall %.1f%% of TTFT, %.1f s compute",
+                format: "%@: TTFT p50 %.1f ms (turns 2+ %.1f ms, p99 %.1f), memory hit rate %.1f%% (hbm %.1f, dram %.1f; disk %.1f), prefill %.0f tok/s, stall %.1f%% of TTFT, %.1f s compute",
                 policy, ttft_ms.p50, ttft_ms_turn2plus.p50, ttft_ms_turn2plus.p99, 100 * hit_rate, 100 * (hit_rate_by_tier["hbm"] ?? 0),
                 100 * (hit_rate_by_tier["dram"] ?? 0), 100 * (hit_rate_by_tier["disk"] ?? 0), prefill_throughput_tokens_per_s,
                 100 * load_stall_fraction_of_ttft, compute_seconds)
@@ -117,20 +123,20 @@ struct ReplaySummary: Encodable {
     /// The summary table, with each policy's TTFT and throughput relative to recompute.
     var markdown: String {
         let base = policies.first { $0.policy == "recompute" }
-        var s = "| policy | TTFT p50 (ms) | TTFT p50, turns 2+ | p90, turns 2+ | p99, turns 2+ | vs recompute (p50, 2+) | prefill tok/s | vs recompute | hit rate | hbm / dram / disk | stall / TTFT | save lag (ms) | compute (s) |\n"
-        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n"
+        var s = "| policy | TTFT p50 (ms) | TTFT p50, turns 2+ | p90, turns 2+ | p99, turns 2+ | vs recompute (p50, 2+) | prefill tok/s | vs recompute | memory hit rate | hbm / dram / disk | reused | stall / TTFT | save lag (ms) | compute (s) |\n"
+        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n"
         for p in policies {
             let rel = base.map { String(format: "%.1f%%", 100 * p.ttft_ms_turn2plus.p50 / max($0.ttft_ms_turn2plus.p50, 1e-9)) } ?? "-"
             let thr = base.map { String(format: "%.2f×", p.prefill_throughput_tokens_per_s / max($0.prefill_throughput_tokens_per_s, 1e-9)) } ?? "-"
             s += String(
-                format: "| %@ | %.1f | %.1f | %.1f | %.1f | %@ | %.0f | %@ | %.1f%% | %.1f / %.1f / %.1f | %.1f%% | %.1f | %.1f |\n",
+                format: "| %@ | %.1f | %.1f | %.1f | %.1f | %@ | %.0f | %@ | %.1f%% | %.1f / %.1f / %.1f | %.1f%% | %.1f%% | %.1f | %.1f |\n",
                 p.policy, p.ttft_ms.p50, p.ttft_ms_turn2plus.p50, p.ttft_ms_turn2plus.p90, p.ttft_ms_turn2plus.p99, rel,
                 p.prefill_throughput_tokens_per_s, thr, 100 * p.hit_rate, 100 * (p.hit_rate_by_tier["hbm"] ?? 0),
-                100 * (p.hit_rate_by_tier["dram"] ?? 0), 100 * (p.hit_rate_by_tier["disk"] ?? 0), 100 * p.load_stall_fraction_of_ttft,
+                100 * (p.hit_rate_by_tier["dram"] ?? 0), 100 * (p.hit_rate_by_tier["disk"] ?? 0), 100 * p.reuse_rate, 100 * p.load_stall_fraction_of_ttft,
                 p.save_lag_ms_mean, p.compute_seconds)
         }
         if !sweep.isEmpty {
-            s += "\n| DRAM (MiB) | policy | hit rate | hbm / dram / disk |\n|---:|---|---:|---|\n"
+            s += "\n| DRAM (MiB) | policy | memory hit rate | hbm / dram / disk |\n|---:|---|---:|---|\n"
             for r in sweep {
                 s += String(
                     format: "| %d | %@ | %.1f%% | %.1f / %.1f / %.1f |\n", r.dram_bytes >> 20, r.policy, 100 * r.hit_rate,
