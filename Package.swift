@@ -73,7 +73,8 @@ let package = Package(
             dependencies: ["KVTierEngine", "KVTierStore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .testTarget(name: "KVTierTokenizerTests", dependencies: ["KVTierTokenizer", "KVTierModel"]),
-        .testTarget(name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore"], exclude: ["Golden", "Reference"]),
+        .testTarget(
+            name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore", "kvtier-bench"], exclude: ["Golden", "Reference"]),
         .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore"]),
         .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"], exclude: ["Scripts"]),
     ],

@@ -77,6 +77,12 @@ public final class HTTPServer: Sendable {
         try bootstrap(local: false).bind(host: host, port: port).wait()
     }
 
+    /// Returns once the event loop has run a task: the watchdog pings only when the loop that
+    /// serves every connection is alive, so a wedged loop gets the daemon restarted.
+    public func probeEventLoop() async throws {
+        try await group.next().submit {}.get()
+    }
+
     public func shutdown() {
         try? group.syncShutdownGracefully()
     }

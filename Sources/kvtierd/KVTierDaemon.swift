@@ -113,7 +113,7 @@ struct KVTierDaemon: AsyncParsableCommand {
             configuration: ServiceGroupConfiguration(
                 services: [
                     .init(service: api),
-                    .init(service: WatchdogService(), successTerminationBehavior: .ignore),
+                    .init(service: WatchdogService(server: server), successTerminationBehavior: .ignore),
                     .init(service: reload, successTerminationBehavior: .ignore),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],

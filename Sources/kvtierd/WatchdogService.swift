@@ -1,14 +1,17 @@
 import KVTierServer
 import ServiceLifecycle
 
-/// Sends `WATCHDOG=1` at half the interval systemd asked for (`WatchdogSec`) until shutdown;
-/// returns at once when no watchdog is set.
+/// Sends `WATCHDOG=1` at half the interval systemd asked for (`WatchdogSec`) until shutdown,
+/// each time after the server's event loop has run a task, so a wedged loop stops the pings and
+/// systemd restarts the daemon. Returns at once when no watchdog is set.
 struct WatchdogService: Service {
+    let server: HTTPServer
+
     func run() async throws {
         guard let interval = ServiceManager.watchdogInterval() else { return }
         let half = Duration.microseconds(Int64(interval / 2))
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
-            ServiceManager.watchdogPing()
+            if (try? await server.probeEventLoop()) != nil { ServiceManager.watchdogPing() }
             try? await Task.sleep(for: half)
         }
     }

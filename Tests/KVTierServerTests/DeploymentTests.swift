@@ -35,7 +35,8 @@ final class DeploymentTests: XCTestCase {
         }
     }
 
-    /// With NOTIFY_SOCKET set, kvtierd says READY=1 once it listens and STOPPING=1 on SIGTERM.
+    /// With NOTIFY_SOCKET set, kvtierd says READY=1 once it listens, WATCHDOG=1 while its event
+    /// loop runs (WATCHDOG_USEC set), and STOPPING=1 on SIGTERM.
     func testReadinessAndStoppingAreNotified() throws {
         let model = DeploymentTests.root.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
         guard FileManager.default.fileExists(atPath: model) else { throw XCTSkip("model not found") }
@@ -69,6 +70,7 @@ final class DeploymentTests: XCTestCase {
         p.arguments = ["--socket", tmp + "/k.sock", "--state-dir", tmp + "/state", "--model", model, "--threads", "2"]
         var env = ProcessInfo.processInfo.environment
         env["NOTIFY_SOCKET"] = notifyPath
+        env["WATCHDOG_USEC"] = "400000"  // as WatchdogSec=0.4s: a ping every 0.2 s
         p.environment = env
         FileManager.default.createFile(atPath: tmp + "/log", contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp + "/log"))
@@ -79,8 +81,15 @@ final class DeploymentTests: XCTestCase {
         let ready = receive()
         XCTAssertTrue(ready.contains("READY=1"), "got '\(ready)'; daemon log: \((try? String(contentsOfFile: tmp + "/log", encoding: .utf8)) ?? "")")
         XCTAssertTrue(FileManager.default.fileExists(atPath: tmp + "/k.sock"), "READY=1 comes after the socket listens")
+        let ping = receive()
+        XCTAssertTrue(ping.contains("WATCHDOG=1"), "the watchdog pings after READY=1: got '\(ping)'")
         kill(p.processIdentifier, SIGTERM)
-        let stopping = receive()
+        var stopping = ""
+        for _ in 0..<100 where !stopping.contains("STOPPING=1") {
+            let m = receive()
+            if m.isEmpty { break }
+            stopping = m
+        }
         XCTAssertTrue(stopping.contains("STOPPING=1"), stopping)
     }
 }

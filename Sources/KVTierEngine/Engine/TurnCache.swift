@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import KVTierModel
 import KVTierStore
 
@@ -35,7 +36,15 @@ final class TurnCache: KVCache {
     private(set) var tokensFrom: [Tier: Int] = [:]
     var onLayerFinished: ((Int) -> Void)?
 
+    /// Turn caches alive in the process (tests check that none outlives its turn).
+    static var alive: Int { aliveLock.withLock { aliveCount } }
+    nonisolated(unsafe) private static var aliveCount = 0  // guarded by aliveLock
+    private static let aliveLock = NSLock()
+
+    deinit { Self.aliveLock.withLock { Self.aliveCount -= 1 } }
+
     init(store: TieredStore, session: String, layout: KVLayout, capacity: Int) {
+        Self.aliveLock.withLock { Self.aliveCount += 1 }
         self.store = store
         self.session = session
         self.work = InMemoryKVCache(layout: layout, capacity: capacity, precision: store.elementType == .f32 ? .f32 : .f16)
@@ -47,10 +56,12 @@ final class TurnCache: KVCache {
         handle = store.load(session: session, readAhead: readAhead) { key in blocks.contains(.init(start: key.start, count: key.count)) }
     }
 
-    /// Unpins the session's HBM pages.
+    /// Unpins the session's HBM pages, and drops `onLayerFinished`: the engine's closure
+    /// captures this cache, and the cycle would otherwise keep every turn's KV buffer alive.
     func finish() {
         handle?.release()
         handle = nil
+        onLayerFinished = nil
     }
 
     /// Appends slots that will be filled from a stored block (at `positions`).

@@ -90,11 +90,21 @@ struct ReplayBench: ParsableCommand {
         store.diskCapacityBytes = disk
         store.blockTokens = blockTokens
 
+        let dir = out ?? "run/bench/replay-\(quick ? "quick" : "standard")"
+        let workloadSummary = ReplaySummary.Workload(
+            sessions: workload.conversations.count, turns: workload.turnCount, arrival_rate_per_s: z.rate, think_mean_s: z.think,
+            message_tokens: z.messageTokens, max_turns: z.maxTurns, hbm_bytes: z.hbm, dram_bytes: z.dram, block_tokens: blockTokens)
+        func summary(_ policies: [ReplaySummary.Policy], _ sweep: [ReplaySummary.SweepPoint]) -> ReplaySummary {
+            ReplaySummary(
+                preset: quick ? "quick" : "standard", seed: seed, conversations: workload.conversations.map(\.id), workload: workloadSummary,
+                policies: policies, sweep: sweep, seconds: Date().timeIntervalSince(started))
+        }
         var results: [ReplaySummary.Policy] = []
         for p in chosen {
             let (turns, stats) = try runPolicy(p, store: store, workload: workload, model: m, label: p.name)
             results.append(ReplaySummary.Policy(policy: p.name, store: store, turns: turns, stats: stats))
             if !json { log(results.last!.line) }
+            try summary(results, []).write(to: dir)  // what is done so far survives an interrupted run
         }
         var sweepRows: [ReplaySummary.SweepPoint] = []
         for bytes in sweepSizes {
@@ -106,14 +116,10 @@ struct ReplayBench: ParsableCommand {
                 let row = ReplaySummary.Policy(policy: p.name, store: s, turns: turns, stats: stats)
                 sweepRows.append(.init(policy: name, dram_bytes: bytes, hit_rate: row.hit_rate, hit_rate_by_tier: row.hit_rate_by_tier))
                 if !json { log("sweep: " + row.line) }
+                try summary(results, sweepRows).write(to: dir)
             }
         }
-        let summary = ReplaySummary(
-            preset: quick ? "quick" : "standard", seed: seed, conversations: workload.conversations.map(\.id),
-            workload: .init(sessions: workload.conversations.count, turns: workload.turnCount, arrival_rate_per_s: z.rate, think_mean_s: z.think,
-                            message_tokens: z.messageTokens, max_turns: z.maxTurns, hbm_bytes: z.hbm, dram_bytes: z.dram, block_tokens: blockTokens),
-            policies: results, sweep: sweepRows, seconds: Date().timeIntervalSince(started))
-        let dir = out ?? "run/bench/replay-\(summary.preset)"
+        let summary = summary(results, sweepRows)
         try summary.write(to: dir)
         if !noPlots { renderPlots(dir) }
         if json {

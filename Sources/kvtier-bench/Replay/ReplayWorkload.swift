@@ -46,6 +46,10 @@ struct ReplayWorkload: Encodable {
         var thinkMeanSeconds: Double
     }
 
+    init(conversations: [Conversation]) {
+        self.conversations = conversations
+    }
+
     /// Reads ShareGPT record by record (the file ends mid-record: the reader stops cleanly),
     /// keeps conversations with at least 2 user turns after dropping empty messages, shuffles
     /// them with the seed and takes the first `sessions`.

@@ -1,0 +1,62 @@
+import Foundation
+import XCTest
+
+@testable import KVTierEngine
+@testable import KVTierModel
+@testable import KVTierStore
+@testable import kvtier_bench
+
+/// The replay harness on a tiny model: every policy replays the same trace in arrival order,
+/// turns follow their session's think times, and each policy reuses what it is meant to.
+final class ReplayRunTests: XCTestCase {
+    func testPoliciesReplayOneTraceWithTheirOwnReuse() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let tok = model.tokenizer
+        func turn(_ user: String, _ reply: String, think: Double) -> ReplayWorkload.Turn {
+            let ids = Array(tok.encode(reply, addSpecial: false, parseSpecial: false).prefix(20))
+            return .init(user: user, reply: ids, replyText: tok.decode(ids), thinkSeconds: think)
+        }
+        let workload = ReplayWorkload(conversations: [
+            .init(id: "a", session: "r0001", arrivalSeconds: 0, turns: [
+                turn("hello there, a first question", "a recorded reply with a few words", think: 2),
+                turn("a second question", "another recorded reply", think: 2),
+                turn("a third one", "the last reply", think: 0),
+            ]),
+            .init(id: "b", session: "r0002", arrivalSeconds: 0.5, turns: [
+                turn("another chat begins here", "its first reply", think: 1),
+                turn("and goes on", "its second reply", think: 0),
+            ]),
+        ])
+        var store = StoreConfiguration(stateDirectory: "")
+        store.blockTokens = 16
+        store.hbmCapacityBytes = 8 << 20
+        store.dramCapacityBytes = 8 << 20
+        store.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        var summaries: [String: ReplaySummary.Policy] = [:]
+        for policy in ReplayPolicy.all {
+            let (turns, stats) = try ReplayRun(policy: policy, store: store, threads: 2).run(workload, model: model) { _ in }
+            XCTAssertEqual(turns.count, 5, policy.name)
+            for session in ["r0001", "r0002"] {
+                let mine = turns.filter { $0.session == session }
+                XCTAssertEqual(mine.map(\.turn), Array(0..<mine.count), "\(policy.name): a session's turns run in order")
+                for (a, b) in zip(mine, mine.dropFirst()) {
+                    let think = workload.conversations.first { $0.session == session }!.turns[a.turn].thinkSeconds
+                    XCTAssertEqual(b.arrival_s, a.start_s + a.total_ms / 1000 + think, accuracy: 1e-6, "next turn due a think time after the reply")
+                    XCTAssertGreaterThanOrEqual(b.start_s, b.arrival_s)
+                }
+            }
+            // One turn at a time: starts never overlap the previous turn.
+            let byStart = turns.sorted { $0.start_s < $1.start_s }
+            for (a, b) in zip(byStart, byStart.dropFirst()) { XCTAssertGreaterThanOrEqual(b.start_s + 1e-9, a.start_s + a.total_ms / 1000) }
+            summaries[policy.name] = ReplaySummary.Policy(policy: policy.name, store: store, turns: turns, stats: stats)
+        }
+        XCTAssertEqual(summaries["recompute"]?.prefill_tokens_reused, 0)
+        XCTAssertEqual(summaries["recompute"]?.hit_rate, 0)
+        for name in ["tiered-lru", "kvtier", "kvtier-no-overlap", "kvtier-sync-save", "hbm-only"] {
+            // Everything fits in HBM here: every reusable token of turns 2+ is reused from memory.
+            XCTAssertEqual(summaries[name]?.hit_rate ?? 0, 1, accuracy: 1e-9, name)
+            XCTAssertEqual(summaries[name]?.reuse_rate ?? 0, 1, accuracy: 1e-9, name)
+        }
+        XCTAssertGreaterThan(summaries["recompute"]!.prefill_tokens_computed, summaries["kvtier"]!.prefill_tokens_computed)
+    }
+}
