@@ -1,3 +1,4 @@
+import Foundation
 import KVTierEngine
 import KVTierModel
 
@@ -104,6 +105,13 @@ struct APIError: Encodable, Error {
     }
 
     enum CodingKeys: String, CodingKey { case error }
+
+    /// The JSON body, for the handlers that answer below the API service.
+    var body: [UInt8] {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        return (try? Array(enc.encode(self))) ?? []
+    }
 }
 
 /// One server-sent event of a streamed completion (`chat.completion.chunk`).

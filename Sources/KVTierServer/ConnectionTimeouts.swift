@@ -75,7 +75,7 @@ final class ConnectionTimeouts: ChannelDuplexHandler, RemovableChannelHandler {
     private func requestTimedOut() {
         guard state == .receiving, let context else { return }
         let seconds = limits().requestTimeoutSeconds
-        let body = #"{"error":{"message":"the request did not arrive within \#(seconds) s (server.request_timeout_seconds)","type":"timeout"}}"#
+        let body = String(decoding: APIError(408, "timeout", "the request did not arrive within \(seconds) s (server.request_timeout_seconds)").body, as: UTF8.self)
         let text = "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
         var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
         buffer.writeString(text)

@@ -46,8 +46,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             if h.headers.count > Self.maxHeaders {
                 head = nil
                 timeouts.requestReceived()
-                let message = #"{"error":{"message":"more than \#(Self.maxHeaders) header fields","type":"invalid_request_error"}}"#
-                write(context: context, APIService.Response(status: 431, body: Array(message.utf8)), keepAlive: false)
+                let e = APIError(431, "invalid_request_error", "more than \(Self.maxHeaders) header fields")
+                write(context: context, APIService.Response(status: 431, body: e.body), keepAlive: false)
             }
         case .body(var chunk):
             guard head != nil else { return }
@@ -63,8 +63,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             timeouts.requestReceived()
             let keepAlive = head.isKeepAlive
             if tooLarge {
-                let message = #"{"error":{"message":"request body over \#(bodyLimit) bytes (server.max_body_bytes)","type":"invalid_request_error"}}"#
-                write(context: context, APIService.Response(status: 413, body: Array(message.utf8)), keepAlive: false)
+                let e = APIError(413, "invalid_request_error", "request body over \(bodyLimit) bytes (server.max_body_bytes)")
+                write(context: context, APIService.Response(status: 413, body: e.body), keepAlive: false)
                 return
             }
             var headers: [String: String] = [:]

@@ -16,8 +16,8 @@ final class ProtocolErrorResponder: ChannelDuplexHandler, RemovableChannelHandle
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if error is HTTPParserError && !responding {
-            let message = "malformed HTTP request (\(error)); the connection is closed"
-            let body = #"{"error":{"message":"\#(message)","type":"invalid_request_error"}}"#
+            let body = String(
+                decoding: APIError(400, "invalid_request_error", "malformed HTTP request (\(error)); the connection is closed").body, as: UTF8.self)
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "Content-Length", value: String(body.utf8.count))

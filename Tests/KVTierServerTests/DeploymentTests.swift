@@ -38,16 +38,9 @@ final class DeploymentTests: XCTestCase {
     /// With NOTIFY_SOCKET set, kvtierd says READY=1 once it listens, WATCHDOG=1 while its event
     /// loop runs (WATCHDOG_USEC set), and STOPPING=1 on SIGTERM.
     func testReadinessAndStoppingAreNotified() throws {
-        let model = DeploymentTests.root.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        let model = daemonTestModel
         guard FileManager.default.fileExists(atPath: model) else { throw XCTSkip("model not found") }
-        var binary: String?
-        var dir = Bundle.main.bundleURL
-        for _ in 0..<4 where binary == nil {
-            let c = dir.appendingPathComponent("kvtierd").path
-            if FileManager.default.isExecutableFile(atPath: c) { binary = c }
-            dir = dir.deletingLastPathComponent()
-        }
-        guard let binary else { throw XCTSkip("kvtierd not built") }
+        let binary = try daemonBinary()
         let tmp = try temporaryDirectory(self)
         // The datagram socket systemd would listen on.
         let notifyPath = tmp + "/notify"
