@@ -8,7 +8,11 @@ import NIOCore
 ///   from the first raw byte (the HTTP decoder reports a request only once its whole head is in),
 ///   so a client sending one byte a second cannot hold a connection.
 ///
-/// The 408 is written here as raw bytes, since no request exists yet for the HTTP layer to answer.
+/// It also bounds a request's head: more than `maxHeadBytes` before the HTTP decoder has a whole
+/// head gets 431 and a close, so a client cannot make the decoder buffer an endless header line.
+///
+/// The 408 and 431 are written here as raw bytes, since no request exists yet for the HTTP layer
+/// to answer.
 /// Event-loop bound like every handler; `HTTPHandler` calls `requestReceived` and `responseSent`.
 final class ConnectionTimeouts: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
@@ -16,8 +20,16 @@ final class ConnectionTimeouts: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
+    /// Bytes a request head (request line and header fields) may take.
+    static let maxHeadBytes = 64 * 1024
+
     private enum State { case idle, receiving, busy }
     private var state = State.idle
+    /// Raw bytes received for the current request while its head is incomplete.
+    private var headBytes = 0
+    private var headComplete = false
+    /// Set once this handler has answered (408, 431): later bytes are dropped until the close.
+    private var answered = false
     private var timer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
     private let limits: @Sendable () -> ServerLimits
@@ -48,11 +60,30 @@ final class ConnectionTimeouts: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !answered else { return }
         if state == .idle {
             state = .receiving
+            headBytes = 0
+            headComplete = false
             arm(seconds: limits().requestTimeoutSeconds) { handler in handler.requestTimedOut() }
         }
+        let count = unwrapInboundIn(data).readableBytes
+        // The decoder sees the bytes first: if they complete the head, `headReceived` is called
+        // before they would be counted.
         context.fireChannelRead(data)
+        guard state == .receiving, !headComplete else { return }
+        headBytes += count
+        if headBytes > Self.maxHeadBytes {
+            state = .busy
+            timer?.cancel()
+            timer = nil
+            respondAndClose(APIError(431, "invalid_request_error", "request head over \(Self.maxHeadBytes) bytes"), reason: "Request Header Fields Too Large")
+        }
+    }
+
+    /// The HTTP layer has the request's head: its body is bounded by `server.max_body_bytes`.
+    func headReceived() {
+        headComplete = true
     }
 
     /// The HTTP layer has a whole request: no deadline while it is answered.
@@ -73,10 +104,16 @@ final class ConnectionTimeouts: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func requestTimedOut() {
-        guard state == .receiving, let context else { return }
+        guard state == .receiving, context != nil else { return }
         let seconds = limits().requestTimeoutSeconds
-        let body = String(decoding: APIError(408, "timeout", "the request did not arrive within \(seconds) s (server.request_timeout_seconds)").body, as: UTF8.self)
-        let text = "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+        respondAndClose(APIError(408, "timeout", "the request did not arrive within \(seconds) s (server.request_timeout_seconds)"), reason: "Request Timeout")
+    }
+
+    private func respondAndClose(_ error: APIError, reason: String) {
+        guard let context else { return }
+        answered = true
+        let body = String(decoding: error.body, as: UTF8.self)
+        let text = "HTTP/1.1 \(error.status) \(reason)\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
         var buffer = context.channel.allocator.buffer(capacity: text.utf8.count)
         buffer.writeString(text)
         let channel = context.channel

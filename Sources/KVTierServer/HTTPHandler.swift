@@ -10,7 +10,8 @@ import NIOHTTP1
 ///
 /// Timeouts live in `ConnectionTimeouts` at the front of the pipeline; this handler tells it
 /// when a request is complete and when its response has gone out. A request with more than
-/// `maxHeaders` header fields gets 431.
+/// `maxHeaders` header fields, or a head over `ConnectionTimeouts.maxHeadBytes`, gets 431; a
+/// declared body over the limit gets 413 before any of it is read.
 final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     static let maxHeaders = 128
     typealias InboundIn = HTTPServerRequestPart
@@ -43,11 +44,21 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             body = []
             tooLarge = false
             bodyLimit = service.limits.withLockedValue { $0.maxBodyBytes }
-            if h.headers.count > Self.maxHeaders {
+            timeouts.headReceived()
+            let headBytes = h.uri.utf8.count + h.headers.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 }
+            if h.headers.count > Self.maxHeaders || headBytes > ConnectionTimeouts.maxHeadBytes {
                 head = nil
                 timeouts.requestReceived()
-                let e = APIError(431, "invalid_request_error", "more than \(Self.maxHeaders) header fields")
+                let why = h.headers.count > Self.maxHeaders
+                    ? "more than \(Self.maxHeaders) header fields" : "request head over \(ConnectionTimeouts.maxHeadBytes) bytes"
+                let e = APIError(431, "invalid_request_error", why)
                 write(context: context, APIService.Response(status: 431, body: e.body), keepAlive: false)
+            } else if let declared = h.headers.first(name: "content-length").flatMap(Int.init), declared > bodyLimit {
+                // Refused before a byte of the body is read.
+                head = nil
+                timeouts.requestReceived()
+                let e = APIError(413, "invalid_request_error", "request body of \(declared) bytes over \(bodyLimit) bytes (server.max_body_bytes)")
+                write(context: context, APIService.Response(status: 413, body: e.body), keepAlive: false)
             }
         case .body(var chunk):
             guard head != nil else { return }

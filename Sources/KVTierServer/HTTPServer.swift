@@ -31,6 +31,10 @@ public final class HTTPServer: Sendable {
         let logger = self.logger
         return ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
+            // A client that half-closes after sending its request (`shutdown(SHUT_WR)`, as
+            // `nc -N` and some scripted clients do) still gets its response; the HTTP pipeline
+            // closes once it is written. A client that is really gone is noticed when a write fails.
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 let peer: EventLoopFuture<Peer> =
                     local ? PeerCredentials.read(from: channel).map { Peer.local($0) } : channel.eventLoop.makeSucceededFuture(.tcp)

@@ -28,15 +28,16 @@ extension XCTestCase {
     }
 
     /// Starts kvtierd and waits until it answers /healthz. `config` is written to a TOML file
-    /// next to the socket; `log` receives its stderr.
-    func startDaemon(socket: String, state: String, config: String? = nil, log: String? = nil) throws -> Process {
+    /// next to the socket; `log` receives its stderr; `model` replaces the real model's path.
+    func startDaemon(socket: String, state: String, config: String? = nil, log: String? = nil, model: String? = nil) throws -> Process {
         guard FileManager.default.fileExists(atPath: daemonTestModel) else {
             if ProcessInfo.processInfo.environment["CI"] != nil { XCTFail("model missing; `make setup` fetches it") }
             throw XCTSkip("model not found")
         }
+        try FileManager.default.createDirectory(atPath: (socket as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try daemonBinary())
-        var args = ["--socket", socket, "--state-dir", state, "--model", daemonTestModel, "--threads", "2"]
+        var args = ["--socket", socket, "--state-dir", state, "--model", model ?? daemonTestModel, "--threads", "2"]
         if let config {
             let file = (socket as NSString).deletingLastPathComponent + "/kvtierd.toml"
             try Data(config.utf8).write(to: URL(fileURLWithPath: file))

@@ -71,9 +71,16 @@ final class DaemonLimitsTests: XCTestCase {
         let body = #"{"messages":[{"role":"user","content":"Write a long story about a cat."}],"max_tokens":48,"temperature":0}"#
         let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: k\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
         let heads = LockedList()
-        DispatchQueue.concurrentPerform(iterations: 5) { _ in
-            if let r = try? exchange(socket, request) { heads.append(r.head) }
+        // Real threads: concurrentPerform runs only as many at once as there are cores.
+        let group = DispatchGroup()
+        for _ in 0..<5 {
+            group.enter()
+            Thread {
+                if let r = try? exchange(socket, request) { heads.append(r.head) }
+                group.leave()
+            }.start()
         }
+        group.wait()
         let all = heads.items
         XCTAssertEqual(all.count, 5)
         let limited = all.filter { $0.hasPrefix("HTTP/1.1 429") }

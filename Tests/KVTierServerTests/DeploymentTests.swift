@@ -32,6 +32,9 @@ final class DeploymentTests: XCTestCase {
         {
             print("systemd-analyze security: \(line)")
             XCTAssertLessThanOrEqual(score, 2.5)
+            ReliabilityScale.report("systemd-security", ["exposure": score, "verify_output_empty": out.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty])
+        } else {
+            XCTFail("no exposure level in: \(security)")
         }
     }
 

@@ -155,6 +155,28 @@ final class TieredStoreTests: XCTestCase {
         XCTAssertTrue(foreign.blockKeys(session: "persist").isEmpty)
     }
 
+    /// F16 blocks on disk, reopened by a store of F32 KV (`kv_precision` changed): every block is
+    /// a miss, none is copied into an F32 page.
+    func testBlocksOfAnotherKVPrecisionAreMisses() throws {
+        let dir = tempDir()
+        let blocks = sessionBlocks("narrow")
+        do {
+            let store = try TieredStore(configuration: config(dir), model: model, layout: layout)
+            for b in blocks { try store.admit(b) }
+            for b in blocks { _ = store.save(b.key).wait() }
+            try store.close()
+        }
+        let wide = try TieredStore(configuration: config(dir), model: model, layout: layout, elementType: .f32)
+        let h = wide.load(session: "narrow")
+        for l in h.layers {
+            let load = h.wait(layer: l)
+            XCTAssertTrue(load.pages.isEmpty, "layer \(l): an F16 block was placed in an F32 page")
+            XCTAssertEqual(load.missing.count, 2)
+        }
+        h.release()
+        try wide.close()
+    }
+
     /// Scripted queue: sessions A, B, C fill DRAM, used in that order; the scheduler says A runs
     /// next. Saving D must push one session to disk: LRU picks A (least recent), the hint-driven
     /// policy spares A and picks B.

@@ -356,7 +356,11 @@ public final class TieredStore: @unchecked Sendable {
                     break
                 }
             }
-            guard let block else {
+            // A block stored under another KV layout (the state directory was written with
+            // another `kv_precision`) is a miss, never copied into a page of this layout.
+            guard let block, block.elementType == elementType, block.rowWidth == layout.rowWidth,
+                  block.payload.count == blockPayloadBytes(key)
+            else {
                 result.missing.append(key)
                 lock.withLock { hbmCounters.misses += 1 }
                 continue
