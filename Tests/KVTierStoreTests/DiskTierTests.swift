@@ -170,7 +170,7 @@ final class DiskTierTests: XCTestCase {
         let tier = try DiskTier(directory: try temporaryDirectory(), capacityBytes: capacity)
         let failures = FailureLog()
         let model = modelA
-        DispatchQueue.concurrentPerform(iterations: 8) { client in
+        onConcurrentThreads(8) { client in
             for round in 0..<3 {
                 for j in 0..<6 {
                     let block = blocks[client + 8 * j]

@@ -222,6 +222,7 @@ final class TieredStoreTests: XCTestCase {
         let store = try TieredStore(configuration: c, model: model, layout: layout)
         let limits = c
         let failures = Counter()
+        let wrongData = Counter()
         let allBlocks = (0..<8).map { sessionBlocks("client\($0)") }
         @Sendable func check() {
             let s = store.stats
@@ -231,7 +232,7 @@ final class TieredStoreTests: XCTestCase {
                 failures.add(1)
             }
         }
-        DispatchQueue.concurrentPerform(iterations: 8) { client in
+        onConcurrentThreads(8) { client in
             let session = "client\(client)"
             let blocks = allBlocks[client]
             for round in 0..<6 {
@@ -246,7 +247,7 @@ final class TieredStoreTests: XCTestCase {
                     let load = h.wait(layer: l)
                     for p in load.pages {
                         guard let expected = blocks.first(where: { $0.key == p.key }) else { continue }
-                        if Array(store.contents(of: p.page, bytes: expected.payload.count)) != expected.payload { failures.add(1) }
+                        if Array(store.contents(of: p.page, bytes: expected.payload.count)) != expected.payload { wrongData.add(1) }
                     }
                 }
                 h.release()
@@ -255,7 +256,8 @@ final class TieredStoreTests: XCTestCase {
                 check()
             }
         }
-        XCTAssertEqual(failures.value, 0)
+        XCTAssertEqual(failures.value, 0, "capacity exceeded")
+        XCTAssertEqual(wrongData.value, 0, "a load returned other bytes than were saved")
         let s = store.stats
         XCTAssertLessThanOrEqual(s.hbm.usedBytes, c.hbmCapacityBytes)
         XCTAssertLessThanOrEqual(s.dram.usedBytes, c.dramCapacityBytes)

@@ -29,6 +29,9 @@ public final class TieredStore: @unchecked Sendable {
     private let lock = NSLock()
     private var hbm: [BlockKey: PageID] = [:]
     private var pins: [String: Int] = [:]
+    /// Sessions being demoted out of HBM by some thread; another eviction leaves them alone, so no
+    /// page is read by one demotion after another has freed it (guarded by `lock`).
+    private var demoting: Set<String> = []
     private var hbmCounters = TierStats(tier: "hbm", capacityBytes: 0)
     private let loader = DispatchQueue(label: "kvtier.store.loader")
     private let writeback = DispatchQueue(label: "kvtier.store.writeback")
@@ -99,6 +102,10 @@ public final class TieredStore: @unchecked Sendable {
     @discardableResult
     public func admit(_ block: KVBlock) throws(StoreError) -> PageID {
         try checkShape(block)
+        // The session is pinned while its block is replaced, so no eviction reads the old page
+        // while it is freed here (and an eviction already under way finishes first).
+        pinWhenNotDemoting(block.key.session)
+        defer { lock.withLock { pins[block.key.session, default: 1] -= 1 } }
         // A new version of a block: older copies below must not survive it.
         let key = block.key
         let replacing = lock.withLock { hbm[key] != nil } || dram.contains(key) || disk.contains(key)
@@ -118,6 +125,19 @@ public final class TieredStore: @unchecked Sendable {
         }
         policy.touch(session: block.key.session)
         return page
+    }
+
+    /// Pins `session` once no eviction is demoting it (demotions take milliseconds).
+    private func pinWhenNotDemoting(_ session: String) {
+        while true {
+            let pinned: Bool = lock.withLock {
+                guard !demoting.contains(session) else { return false }
+                pins[session, default: 0] += 1
+                return true
+            }
+            if pinned { return }
+            usleep(100)
+        }
     }
 
     /// The bytes of a block resident in HBM. The page must be pinned by the caller (a load
@@ -149,7 +169,7 @@ public final class TieredStore: @unchecked Sendable {
     /// Frees at least `pages` HBM pages from unpinned sessions chosen by the policy.
     private func evictHBM(pages: Int, sparing: String) throws(StoreError) {
         let candidates: [String] = lock.withLock {
-            Set(hbm.keys.map(\.session)).filter { pins[$0, default: 0] == 0 && $0 != sparing }.sorted()
+            Set(hbm.keys.map(\.session)).filter { pins[$0, default: 0] == 0 && $0 != sparing && !demoting.contains($0) }.sorted()
         }
         let pageBytes = arena.pageStride
         let victims = policy.victims(among: candidates, bytesNeeded: pages * pageBytes) { s in
@@ -163,10 +183,20 @@ public final class TieredStore: @unchecked Sendable {
 
     /// Moves a session out of HBM: blocks not yet in DRAM or on disk are copied down first.
     private func demoteFromHBM(session: String) throws(StoreError) {
+        var claimedEmpty = false
         let resident: [(BlockKey, PageID)] = lock.withLock {
-            guard pins[session, default: 0] == 0 else { return [] }
-            return hbm.filter { $0.key.session == session }.map { ($0.key, $0.value) }
+            guard pins[session, default: 0] == 0, !demoting.contains(session) else { return [] }
+            demoting.insert(session)
+            let pages = hbm.filter { $0.key.session == session }.map { ($0.key, $0.value) }
+            claimedEmpty = pages.isEmpty
+            return pages
         }
+        guard !resident.isEmpty else {
+            // Either this call claimed the session (and it has no pages) or another holds it.
+            lock.withLock { if claimedEmpty { _ = demoting.remove(session) } }
+            return
+        }
+        defer { lock.withLock { _ = demoting.remove(session) } }
         // A save may still be copying one of these pages out: let it finish before freeing them.
         if !resident.isEmpty { copyEngine.waitUntilIdle() }
         for (key, page) in resident {
@@ -175,7 +205,8 @@ public final class TieredStore: @unchecked Sendable {
                 try insertIntoDRAM(block, arrival: .saved)
             }
             lock.withLock {
-                if hbm[key] == page {
+                // A save or load may have pinned the session since the pages were listed.
+                if hbm[key] == page && pins[session, default: 0] == 0 {
                     hbm[key] = nil
                     arena.free([page])
                     hbmCounters.evictions += 1
@@ -205,18 +236,33 @@ public final class TieredStore: @unchecked Sendable {
     @discardableResult
     public func save(_ key: BlockKey, placement: Placement = .keepInDRAM) -> SaveTicket {
         let ticket = SaveTicket(key: key)
-        guard let page = lock.withLock({ hbm[key] }) else {
-            ticket.finish(.failed(StoreError.notInHBM(key).description))
+        guard configuration.lowerTiers else {
+            ticket.finish(lock.withLock { hbm[key] != nil } ? .inHBM : .failed(StoreError.notInHBM(key).description))
             return ticket
         }
-        guard configuration.lowerTiers else {
-            ticket.finish(.inHBM)
+        // The session stays pinned from the page lookup until the copy engine has read the page,
+        // so no eviction can free (and hand out again) the page while its bytes are being saved.
+        let page: PageID? = lock.withLock {
+            guard let p = hbm[key] else { return nil }
+            pins[key.session, default: 0] += 1
+            return p
+        }
+        guard let page else {
+            // Evicted before the save began: eviction copies a block down before freeing it.
+            if dram.contains(key) {
+                ticket.finish(.inDRAM)
+            } else if disk.contains(key) {
+                ticket.finish(.onDisk)
+            } else {
+                ticket.finish(.failed(StoreError.notInHBM(key).description))
+            }
             return ticket
         }
         saveSlots.wait()
         inFlight.add(1)
         let n = blockPayloadBytes(key)
         copyEngine.copyOut(from: arena.pointer(page), bytes: n) { [self] payload in
+            lock.withLock { pins[key.session, default: 1] -= 1 }
             writeback.async { [self] in
                 defer {
                     inFlight.add(-1)
