@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test run bench bench-replay bench-replay-quick bench-peers plot-deps install uninstall clean
+.PHONY: all setup deps model data build release test run bench bench-replay bench-replay-quick bench-peers plot-deps reliability sanitize install uninstall clean
 
 all: build
 
@@ -64,6 +64,34 @@ bench-replay-quick: setup data release plot-deps
 ## outside the repo by deploy/bench/llama-server.sh), side by side
 bench-peers: setup data release plot-deps
 	deploy/bench/compare-peers.sh $(MODEL) $(BENCH_DIR)/replay-quick/trace.json $(BENCH_DIR)/peers
+
+RELIABILITY_OUT ?= $(RUN_DIR)/reliability
+RELIABILITY_TESTS ?= CrashSafety|RestartTime|HostileClient|Overload|Isolation|Fuzz|Fault|Deployment|DaemonAccess
+
+## reliability: the full reliability runs (50+ kill -9 cycles, 1,000,000 fuzz inputs per target,
+## 5 minutes of overload, 10 GiB restart, storage faults, hostile clients); figures as JSON in
+## $(RELIABILITY_OUT) and as Markdown on stdout (docs/reliability.md). `make test` runs the quick variants.
+reliability: setup build
+	rm -rf $(RELIABILITY_OUT) && mkdir -p $(RELIABILITY_OUT)
+	bash -o pipefail -c 'KVTIER_RELIABILITY=full KVTIER_FUZZ_INPUTS=1000000 KVTIER_RELIABILITY_OUT=$(abspath $(RELIABILITY_OUT)) \
+		$(SWIFT) test --skip-build --disable-swift-testing --filter "$(RELIABILITY_TESTS)" 2>&1 | tee $(RELIABILITY_OUT)/tests.log'
+	python3 deploy/reliability/report.py $(RELIABILITY_OUT) | tee $(RELIABILITY_OUT)/figures.md
+
+TSAN_TESTS ?= KVTierStoreTests|ChatEngineTests|TurnScheduler
+ASAN_TESTS ?= KVTierTokenizerTests|KVTierStoreTests|KVTierModelTests
+
+## sanitize: the store and engine concurrency tests under ThreadSanitizer (after checking that a
+## deliberate race is reported), and the unit tests under AddressSanitizer (real-model tests skipped)
+sanitize: setup
+	mkdir -p $(RUN_DIR)/sanitize
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan
+	-KVTIER_TSAN_CANARY=1 $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing \
+		--filter SanitizerCanaryTests > $(RUN_DIR)/sanitize/tsan-canary.log 2>&1
+	@grep -q "ThreadSanitizer: data race" $(RUN_DIR)/sanitize/tsan-canary.log && echo "TSan reports the deliberate race: the setup works" \
+		|| { echo "TSan did not report the deliberate race (see $(RUN_DIR)/sanitize/tsan-canary.log)"; exit 1; }
+	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing --filter "$(TSAN_TESTS)"
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan
+	$(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing --filter "$(ASAN_TESTS)" --skip RealModel
 
 PREFIX ?= /usr/local
 DESTDIR ?=
