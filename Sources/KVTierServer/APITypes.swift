@@ -74,6 +74,9 @@ struct KVTierReport: Encodable {
     let load_stall_ms: Double
     let save_lag_ms: Double
     let truncated_tokens: Int
+    /// Blocks the session should have had but no tier held (lost in a crash, evicted from every
+    /// tier, failed their checksum): recomputed in this turn.
+    let blocks_recovered: Int
 
     init(_ r: TurnReport) {
         tokens_reused = r.tokensReused
@@ -84,6 +87,7 @@ struct KVTierReport: Encodable {
         load_stall_ms = r.loadStallMs
         save_lag_ms = r.saveLagMs
         truncated_tokens = r.truncatedTokens
+        blocks_recovered = r.blocksRecovered
     }
 }
 

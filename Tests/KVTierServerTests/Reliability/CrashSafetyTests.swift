@@ -91,6 +91,7 @@ final class CrashSafetyTests: XCTestCase {
         }
 
         figures.turnsAcknowledged = chats.acks
+        let events = rocksDBEvents(in: state)
         let restart = figures.restartSeconds.sorted()
         ReliabilityScale.report("crash-safety", [
             "seed": seed, "kills": figures.kills, "chats": chatCount, "sessions_checked": figures.sessionsChecked,
@@ -99,6 +100,9 @@ final class CrashSafetyTests: XCTestCase {
             "kills_during_decode": figures.killsDuringDecode, "kills_during_prefill_or_queue": figures.killsDuringPrefillOrQueue,
             "kills_within_50ms_of_an_ack": figures.killsWithin50msOfAck,
             "tokens_reused_after_restart": figures.tokensReused, "blocks_recomputed_after_restart": figures.blocksRecovered,
+            "rocksdb_flushes_started": events["flush_started"] ?? 0, "rocksdb_flushes_finished": events["flush_finished"] ?? 0,
+            "rocksdb_compactions_started": events["compaction_started"] ?? 0,
+            "rocksdb_compactions_finished": events["compaction_finished"] ?? 0,
             "disk_hits_after_restart": figures.diskHits, "dram_hits_after_restart": figures.dramHits,
             "restart_seconds_p50": restart.isEmpty ? 0 : restart[restart.count / 2], "restart_seconds_max": restart.last ?? 0,
         ])
@@ -108,6 +112,20 @@ final class CrashSafetyTests: XCTestCase {
         XCTAssertEqual(figures.corruptBlocks, 0, "blocks failed their checksum without an injected fault")
         XCTAssertGreaterThan(figures.sessionsChecked, kills, "each restart checks the chats")
         XCTAssertGreaterThan(figures.tokensReused, 0, "restarts continue from stored KV, not only from recomputation")
+    }
+
+    /// Counts RocksDB's event-log entries (flushes and compactions started and finished) in the
+    /// state directory's LOG files: a start without a finish is one a kill interrupted.
+    private func rocksDBEvents(in state: String) -> [String: Int] {
+        var counts: [String: Int] = [:]
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []
+        for file in files where file.hasPrefix("LOG") {
+            guard let text = try? String(contentsOfFile: state + "/" + file, encoding: .utf8) else { continue }
+            for event in ["flush_started", "flush_finished", "compaction_started", "compaction_finished"] {
+                counts[event, default: 0] += text.components(separatedBy: "\"event\": \"\(event)\"").count - 1
+            }
+        }
+        return counts
     }
 
     /// After a restart: every chat with an acknowledged turn is checked against the reference
