@@ -70,6 +70,7 @@ final class CrashSafetyTests: XCTestCase {
                 thread.start()
             }
             let acksBefore = chats.acks
+            let writtenAtStart = diskBytesWritten(socket)
             if cycle % 2 == 0 {
                 usleep(UInt32(Double.random(in: 0.5...4.0, using: &rng) * 1e6))
             } else {
@@ -79,6 +80,10 @@ final class CrashSafetyTests: XCTestCase {
                 while chats.acks < target && Date() < deadline { usleep(2_000) }
                 usleep(UInt32.random(in: 0...40_000, using: &rng))
             }
+            // What the disk tier did while the chats ran (its write counter, scraped again now).
+            let writtenNow = diskBytesWritten(socket)
+            if writtenNow > writtenAtStart { figures.killsDuringDiskWrites += 1 }
+            figures.diskBytesWritten += writtenNow
             let phase = chats.phaseSnapshot()
             chats.stop()
             kill(d.processIdentifier, SIGKILL)
@@ -91,7 +96,6 @@ final class CrashSafetyTests: XCTestCase {
         }
 
         figures.turnsAcknowledged = chats.acks
-        let events = rocksDBEvents(in: state)
         let restart = figures.restartSeconds.sorted()
         ReliabilityScale.report("crash-safety", [
             "seed": seed, "kills": figures.kills, "chats": chatCount, "sessions_checked": figures.sessionsChecked,
@@ -100,9 +104,7 @@ final class CrashSafetyTests: XCTestCase {
             "kills_during_decode": figures.killsDuringDecode, "kills_during_prefill_or_queue": figures.killsDuringPrefillOrQueue,
             "kills_within_50ms_of_an_ack": figures.killsWithin50msOfAck,
             "tokens_reused_after_restart": figures.tokensReused, "blocks_recomputed_after_restart": figures.blocksRecovered,
-            "rocksdb_flushes_started": events["flush_started"] ?? 0, "rocksdb_flushes_finished": events["flush_finished"] ?? 0,
-            "rocksdb_compactions_started": events["compaction_started"] ?? 0,
-            "rocksdb_compactions_finished": events["compaction_finished"] ?? 0,
+            "disk_bytes_written_before_kills": figures.diskBytesWritten, "kills_after_disk_writes_in_the_same_cycle": figures.killsDuringDiskWrites,
             "disk_hits_after_restart": figures.diskHits, "dram_hits_after_restart": figures.dramHits,
             "restart_seconds_p50": restart.isEmpty ? 0 : restart[restart.count / 2], "restart_seconds_max": restart.last ?? 0,
         ])
@@ -114,18 +116,10 @@ final class CrashSafetyTests: XCTestCase {
         XCTAssertGreaterThan(figures.tokensReused, 0, "restarts continue from stored KV, not only from recomputation")
     }
 
-    /// Counts RocksDB's event-log entries (flushes and compactions started and finished) in the
-    /// state directory's LOG files: a start without a finish is one a kill interrupted.
-    private func rocksDBEvents(in state: String) -> [String: Int] {
-        var counts: [String: Int] = [:]
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: state)) ?? []
-        for file in files where file.hasPrefix("LOG") {
-            guard let text = try? String(contentsOfFile: state + "/" + file, encoding: .utf8) else { continue }
-            for event in ["flush_started", "flush_finished", "compaction_started", "compaction_finished"] {
-                counts[event, default: 0] += text.components(separatedBy: "\"event\": \"\(event)\"").count - 1
-            }
-        }
-        return counts
+    /// Bytes the disk tier has taken in since kvtierd started.
+    private func diskBytesWritten(_ socket: String) -> Int {
+        guard let text = try? rawRequest(socket, "GET", "/metrics").1 else { return 0 }
+        return Int(metricValue(text, "kvtier_tier_bytes_in_total", labels: "tier=\"disk\""))
     }
 
     /// After a restart: every chat with an acknowledged turn is checked against the reference
@@ -184,6 +178,8 @@ struct CrashFigures {
     var blocksRecovered = 0
     var diskHits = 0
     var dramHits = 0
+    var diskBytesWritten = 0
+    var killsDuringDiskWrites = 0
     var restartSeconds: [Double] = []
 }
 
