@@ -169,6 +169,9 @@ public struct DaemonConfiguration: Sendable {
         c.blockTokens = blockTokens
         c.link = .init(bandwidthBytesPerSecond: linkBandwidth, latencySeconds: linkLatencySeconds)
         c.policy = policy
+        // A daemon keeps serving without its disk tier rather than refusing to start
+        // (docs/operations.md, "When the disk tier is degraded").
+        c.diskRecovery = .serving
         return c
     }
 

@@ -73,6 +73,15 @@ public final class DiskTier: @unchecked Sendable {
     private let queueKey = DispatchSpecificKey<UInt8>()
     /// `flush()` calls running off the queue; `close()` waits for them before closing RocksDB.
     private let offQueueWork = DispatchGroup()
+    /// Serializes every RocksDB write (on the queue) with the WAL sync of `flush()` (off it), and
+    /// guards `walFailed`. librocksdb 7.8 (Debian's build keeps assertions) aborts the process
+    /// when the WAL is synced after a write to it failed (`WritableFileWriter::
+    /// AssertFalseAndGetStatusForPrevError`), so a sync must never start after a failed write
+    /// that the tier has not seen yet. Reads do not take it; a put waits at most for one sync.
+    private let walGate = NSLock()
+    /// A write or sync on the open handle failed: no more syncs on it (guarded by `walGate`;
+    /// reset when the database is reopened).
+    private var walFailed = false
 
     // State below: only on `queue` (or in `init`, before `self` is shared).
     private var database: RocksDatabase?
@@ -157,7 +166,7 @@ public final class DiskTier: @unchecked Sendable {
             if self.healthState.isHealthy, let db = self.database {
                 guard indexed else { return false }
                 do throws(DiskTierError) {
-                    try db.write(Self.deletions(key), sync: sync)
+                    try self.gatedWrite { () throws(DiskTierError) in try db.write(Self.deletions(key), sync: sync) }
                     self.forget(key)
                     return true
                 } catch {
@@ -180,7 +189,7 @@ public final class DiskTier: @unchecked Sendable {
             if self.healthState.isHealthy, let db = self.database {
                 guard !keys.isEmpty else { return 0 }
                 do throws(DiskTierError) {
-                    try db.write(keys.flatMap(Self.deletions), sync: sync)
+                    try self.gatedWrite { () throws(DiskTierError) in try db.write(keys.flatMap(Self.deletions), sync: sync) }
                     for key in keys { self.forget(key) }
                     return keys.count
                 } catch {
@@ -209,8 +218,8 @@ public final class DiskTier: @unchecked Sendable {
         }
         let open = try db.get()
         defer { offQueueWork.leave() }
-        do {
-            try open.flushWAL(sync: true)
+        do throws(DiskTierError) {
+            try syncWAL(open)
         } catch {
             if Self.degrades(error) { onQueueRead { self.degradeOnQueue(error, readable: true) } }
             throw error
@@ -231,7 +240,7 @@ public final class DiskTier: @unchecked Sendable {
         guard let db else { return }
         offQueueWork.wait()
         defer { db.close() }
-        try db.flushWAL(sync: true)
+        try syncWAL(db)
     }
 
     // MARK: - Reading
@@ -377,11 +386,13 @@ public final class DiskTier: @unchecked Sendable {
         }
         let entry = DiskRecordFormat.IndexEntry(storedBytes: record.value.count, rawBytes: record.rawBytes)
         do {
-            try db.write([
-                .put(key: record.blockKey, value: record.value),
-                .put(key: DiskRecordFormat.encodeKey(record.key, prefix: DiskRecordFormat.indexPrefix),
-                     value: DiskRecordFormat.encodeIndexValue(entry)),
-            ], sync: sync)
+            try gatedWrite { () throws(DiskTierError) in
+                try db.write([
+                    .put(key: record.blockKey, value: record.value),
+                    .put(key: DiskRecordFormat.encodeKey(record.key, prefix: DiskRecordFormat.indexPrefix),
+                         value: DiskRecordFormat.encodeIndexValue(entry)),
+                ], sync: sync)
+            }
         } catch {
             try writeFailedOnQueue(error)
         }
@@ -432,7 +443,13 @@ public final class DiskTier: @unchecked Sendable {
         counters.corruptBlocks += 1
         guard let entry = index[key], entry.generation == generation else { return }
         // A delete that cannot be written now is written at the next open.
-        if !healthState.isHealthy || (try? database?.write(Self.deletions(key), sync: false)) == nil {
+        let deleted: Bool
+        if healthState.isHealthy, let db = database {
+            deleted = (try? gatedWrite { () throws(DiskTierError) in try db.write(Self.deletions(key), sync: false) }) != nil
+        } else {
+            deleted = false
+        }
+        if !deleted {
             pendingDeletes.insert(key)
         }
         forget(key)
@@ -530,7 +547,39 @@ public final class DiskTier: @unchecked Sendable {
         }
         pendingDeletes = []
         pendingSessionDeletes = []
+        walGate.lock()
+        walFailed = false
+        walGate.unlock()
         database = db
+    }
+
+    /// Runs a RocksDB write (on the queue) under `walGate`; refuses when an earlier write or sync
+    /// on this handle failed, and records a failure.
+    private func gatedWrite<T>(_ body: () throws(DiskTierError) -> T) throws(DiskTierError) -> T {
+        walGate.lock()
+        defer { walGate.unlock() }
+        guard !walFailed else { throw .unavailable(directory: directory, cause: "an earlier write to the database failed") }
+        do {
+            return try body()
+        } catch {
+            if Self.degrades(error) { walFailed = true }
+            throw error
+        }
+    }
+
+    /// Fsyncs the WAL under `walGate`, unless a write or sync on this handle failed before.
+    private func syncWAL(_ db: RocksDatabase) throws(DiskTierError) {
+        walGate.lock()
+        defer { walGate.unlock() }
+        guard !walFailed else {
+            throw .unavailable(directory: directory, cause: "an earlier write to the database failed; nothing to sync until it is reopened")
+        }
+        do {
+            try db.flushWAL(sync: true)
+        } catch {
+            walFailed = true
+            throw error
+        }
     }
 
     /// Moves every entry of the state directory except earlier quarantines into a new
@@ -673,7 +722,7 @@ public final class DiskTier: @unchecked Sendable {
             }
             guard writing else { return try body(db) }
             do throws(DiskTierError) {
-                return try body(db)
+                return try self.gatedWrite { () throws(DiskTierError) -> T in try body(db) }
             } catch {
                 try self.writeFailedOnQueue(error)
             }
