@@ -237,7 +237,17 @@ public final class APIService: Sendable {
     }
 
     func errorResponse(_ error: Error) -> Response {
-        let e = (error as? APIError) ?? APIError(500, "server_error", "\(error)")
+        var e = (error as? APIError) ?? APIError(500, "server_error", "\(error)")
+        if case .disk(let d)? = error as? StoreError {
+            switch d {
+            case .unavailable, .noSpace, .io, .directoryNotWritable, .locked, .damaged:
+                // An admin write to a degraded disk tier (flush, demote): the daemon is fine,
+                // the disk is not; retry when /healthz says "ok".
+                e = APIError(503, "unavailable", d.description)
+            case .full, .invalidBlock, .closed:
+                break
+            }
+        }
         var response = (try? json(e.status, e)) ?? Response(status: 500, body: [])
         if let retry = e.retryAfterSeconds { response.headers.append(("Retry-After", String(retry))) }
         return response
