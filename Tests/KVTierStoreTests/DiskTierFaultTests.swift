@@ -37,6 +37,7 @@ final class DiskTierFaultTests: XCTestCase {
         let replaced = SyntheticKVBlocks.block(index: 1, tokens: 40)
         try first.put(kept, sync: false)
         try first.put(replaced, sync: false)
+        try first.putMetadata(model: SyntheticKVBlocks.model, name: "session/gone", value: [1, 2, 3])
 
         let second = try DiskTier(directory: dir, capacityBytes: 1 << 30, recovery: fastRetry)
         let health = second.health
@@ -54,12 +55,14 @@ final class DiskTierFaultTests: XCTestCase {
         XCTAssertEqual(second.health.writeErrors, 1)
         // The store replaces a block while the tier is down: the old copy must not come back.
         XCTAssertNoThrow(try second.delete(replaced.key))
+        XCTAssertNoThrow(try second.deleteMetadata(model: SyntheticKVBlocks.model, name: "session/gone"))
 
         try first.close()
         let recovered = try waitUntilHealthy(second, timeout: 5)
         XCTAssertLessThan(recovered, 2, "reopened within a few retry intervals")
         XCTAssertTrue(second.get(kept.key).block?.payload == kept.payload, "what the other process wrote is served after the reopen")
         XCTAssertNil(second.get(replaced.key).block, "a block deleted while degraded stays deleted")
+        XCTAssertNil(second.metadata(model: SyntheticKVBlocks.model, name: "session/gone"), "so does a session record")
         try second.put(SyntheticKVBlocks.block(index: 2, tokens: 40), sync: false)
         XCTAssertEqual(second.health.writeErrors, 1)
         try second.close()

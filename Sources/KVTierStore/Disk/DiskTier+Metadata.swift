@@ -34,7 +34,7 @@ extension DiskTier {
 
     public func deleteMetadata(model: ModelFingerprint, name: String) throws(DiskTierError) {
         let key = metadataKey(model: model, name: name)
-        try withDatabase(writing: true) { db throws(DiskTierError) in try db.delete(key: key, sync: false) }
+        try deleteRecord(key: key)
     }
 
     /// Names of every record of `model` starting with `prefix`.

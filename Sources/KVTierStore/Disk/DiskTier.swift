@@ -96,6 +96,8 @@ public final class DiskTier: @unchecked Sendable {
     /// deletions before the index is rebuilt at the next open, so they cannot come back.
     private var pendingDeletes: Set<BlockKey> = []
     private var pendingSessionDeletes: Set<SessionRef> = []
+    /// Raw keys of other records (session metadata) deleted while degraded.
+    private var pendingRecordDeletes: Set<[UInt8]> = []
     /// Runs `retryOnQueue` on `queue` while the tier is degraded.
     private var retryTimer: DispatchSourceTimer?
     /// Told (on `queue`) about every change of `healthState.state`.
@@ -134,6 +136,11 @@ public final class DiskTier: @unchecked Sendable {
             guard recovery.degradeOnOpenFailure else { throw error }
             degradeOnQueue(error, readable: false)
         }
+    }
+
+    deinit {
+        // Nothing else references the tier now, so its queue-owned timer may be touched here.
+        retryTimer?.cancel()
     }
 
     // MARK: - Writing
@@ -524,13 +531,14 @@ public final class DiskTier: @unchecked Sendable {
             // Whatever was pending referred to the database now moved aside.
             pendingDeletes = []
             pendingSessionDeletes = []
+            pendingRecordDeletes = []
             healthState.notice = "RocksDB reported damage at open (\(detail)); its files were moved to \(moved) and the disk "
                 + "tier started empty. Cached KV is recomputed as chats need it; delete it when you no longer need it for inspection"
             db = try RocksDatabase(path: directory)
         }
         do {
-            if !pendingDeletes.isEmpty {
-                try db.write(pendingDeletes.flatMap(Self.deletions), sync: false)
+            if !pendingDeletes.isEmpty || !pendingRecordDeletes.isEmpty {
+                try db.write(pendingDeletes.flatMap(Self.deletions) + pendingRecordDeletes.map { .delete(key: $0) }, sync: false)
             }
             try rebuildIndex(db)
             for ref in pendingSessionDeletes {
@@ -547,6 +555,7 @@ public final class DiskTier: @unchecked Sendable {
         }
         pendingDeletes = []
         pendingSessionDeletes = []
+        pendingRecordDeletes = []
         walGate.lock()
         walFailed = false
         walGate.unlock()
@@ -709,6 +718,23 @@ public final class DiskTier: @unchecked Sendable {
         if DispatchQueue.getSpecific(key: queueKey) != nil { return try body() }
         let result: Result<T, DiskTierError> = queue.sync { Result { () throws(DiskTierError) -> T in try body() } }
         return try result.get()
+    }
+
+    /// Deletes a record other than a block (session metadata). While the tier is degraded the
+    /// deletion is kept and written when the database is reopened, as for blocks.
+    func deleteRecord(key: [UInt8]) throws(DiskTierError) {
+        try onQueue { () throws(DiskTierError) in
+            guard !self.isClosed else { throw .closed }
+            if self.healthState.isHealthy, let db = self.database {
+                do throws(DiskTierError) {
+                    try self.gatedWrite { () throws(DiskTierError) in try db.delete(key: key, sync: false) }
+                    return
+                } catch {
+                    try self.writeFailedOnQueue(error)
+                }
+            }
+            self.pendingRecordDeletes.insert(key)
+        }
     }
 
     /// Runs `body` with the open database on the disk queue (for records other than blocks).
