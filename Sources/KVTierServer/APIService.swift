@@ -115,8 +115,22 @@ public final class APIService: Sendable {
     private func route(_ r: Request) throws -> Response {
         switch (r.method, r.path) {
         case ("GET", "/healthz"):
-            struct Health: Encodable { let status: String; let model: String; let queue_depth: Int; let sessions: Int }
-            return try json(200, Health(status: "ok", model: modelName, queue_depth: scheduler.depth, sessions: engine.sessionIDs.count))
+            // 200 while the daemon answers chats, degraded or not: a degraded disk tier means
+            // recomputing, not refusing (docs/protocol.md).
+            struct Disk: Encodable {
+                let state: String; let reason: String?; let action: String?; let since: String?; let readable: Bool
+                let write_errors: Int; let notice: String?
+            }
+            struct Health: Encodable { let status: String; let model: String; let queue_depth: Int; let sessions: Int; let disk: Disk }
+            let h = engine.store.disk.health
+            let disk = Disk(
+                state: h.state.rawValue, reason: h.reason, action: h.action, since: h.since, readable: h.readable,
+                write_errors: h.writeErrors, notice: h.notice)
+            return try json(
+                200,
+                Health(
+                    status: h.isHealthy ? "ok" : "degraded", model: modelName, queue_depth: scheduler.depth,
+                    sessions: engine.sessionIDs.count, disk: disk))
         case ("GET", "/v1/models"):
             struct Model: Encodable { let id: String; let object = "model"; let owned_by = "kvtier" }
             struct List: Encodable { let object = "list"; let data: [Model] }
@@ -223,7 +237,17 @@ public final class APIService: Sendable {
     }
 
     func errorResponse(_ error: Error) -> Response {
-        let e = (error as? APIError) ?? APIError(500, "server_error", "\(error)")
+        var e = (error as? APIError) ?? APIError(500, "server_error", "\(error)")
+        if case .disk(let d)? = error as? StoreError {
+            switch d {
+            case .unavailable, .noSpace, .io, .directoryNotWritable, .locked, .damaged:
+                // An admin write to a degraded disk tier (flush, demote): the daemon is fine,
+                // the disk is not; retry when /healthz says "ok".
+                e = APIError(503, "unavailable", d.description)
+            case .full, .invalidBlock, .closed:
+                break
+            }
+        }
         var response = (try? json(e.status, e)) ?? Response(status: 500, body: [])
         if let retry = e.retryAfterSeconds { response.headers.append(("Retry-After", String(retry))) }
         return response

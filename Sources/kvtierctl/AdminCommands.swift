@@ -71,7 +71,9 @@ struct StatusCommand: ParsableCommand {
             let health = try options.client.json("GET", "/healthz")
             let sessions = ((try options.client.json("GET", "/v1/sessions") as? [String: Any])?["sessions"] as? [Any])?.count ?? 0
             try options.output(["health": health, "sessions": sessions]) {
-                print("kvtierd on \(options.client.socketPath): \((health as? [String: Any])?["status"] ?? "?"), \(sessions) sessions")
+                let h = health as? [String: Any] ?? [:]
+                print("kvtierd on \(options.client.socketPath): \(h["status"] ?? "?"), \(sessions) sessions")
+                if let disk = h["disk"] as? [String: Any], let line = diskHealthLine(disk) { print(line) }
             }
         }
     }
@@ -92,8 +94,23 @@ struct TiersCommand: ParsableCommand {
                 ])
             }
             printTable(rows)
+            for t in tiers as? [[String: Any]] ?? [] {
+                if let health = t["health"] as? [String: Any], let line = diskHealthLine(health, tier: t["tier"] as? String ?? "disk") {
+                    print(line)
+                }
+            }
         }
     }
+}
+
+/// "disk: DEGRADED since T: reason" and what to do, or nil for a healthy tier.
+func diskHealthLine(_ health: [String: Any], tier: String = "disk") -> String? {
+    let notice = (health["notice"] as? String).map { "\n\(tier): note: \($0)" } ?? ""
+    guard (health["state"] as? String) == "degraded" else { return notice.isEmpty ? nil : String(notice.dropFirst()) }
+    let errors = health["writeErrors"] as? Int ?? health["write_errors"] as? Int ?? 0
+    var line = "\(tier): DEGRADED since \(health["since"] as? String ?? "?"): \(health["reason"] as? String ?? "unknown")"
+    line += "\n\(tier): \(errors) failed writes; \(health["action"] as? String ?? "")"
+    return line + notice
 }
 
 struct SessionsCommand: ParsableCommand {

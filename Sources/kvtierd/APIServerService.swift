@@ -37,7 +37,12 @@ struct APIServerService: Service {
                 try store.close(flushingDRAM: flushOnStop)
                 logger.info("stopped", metadata: ["waiting_turns_failed": "\(failed)", "dram_flushed": "\(flushOnStop)"])
             } catch {
-                logger.error("the disk tier did not close cleanly; RocksDB recovers from its WAL at the next start", metadata: ["error": "\(error)"])
+                if store.disk.isHealthy {
+                    logger.error("the disk tier did not close cleanly; RocksDB recovers from its WAL at the next start", metadata: ["error": "\(error)"])
+                } else {
+                    logger.warning("stopped with the disk tier degraded: KV only in memory was not written and is recomputed after the restart",
+                                   metadata: ["error": "\(error)"])
+                }
             }
             server.shutdown()
         }

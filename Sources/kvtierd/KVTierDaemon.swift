@@ -79,6 +79,7 @@ struct KVTierDaemon: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
+        DiskHealthLog.report(store.disk, logger: logger)
         let engine = ChatEngine(model: loaded, store: store, configuration: c.engine)
         guard !terminal else {
             print("kvtierd: model \(path), state \(c.stateDirectory), \(engine.sessionIDs.count) stored sessions; terminal chat")

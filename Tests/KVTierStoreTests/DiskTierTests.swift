@@ -352,7 +352,7 @@ final class DiskTierTests: XCTestCase {
             guard case DiskTierError.locked(let d, let detail) = error else { return XCTFail("not .locked: \(error)") }
             XCTAssertEqual(d, dir)
             XCTAssertFalse(detail.isEmpty)
-            XCTAssertTrue("\(error)".contains("another kvtierd holds the state directory lock"), "\(error)")
+            XCTAssertTrue("\(error)".contains("another kvtierd is using \(dir)"), "\(error)")
         }
         try first.close()
         let second = try DiskTier(directory: dir, capacityBytes: 1 << 20)

@@ -262,4 +262,43 @@ final class TieredStoreTests: XCTestCase {
         XCTAssertLessThanOrEqual(s.hbm.usedBytes, c.hbmCapacityBytes)
         XCTAssertLessThanOrEqual(s.dram.usedBytes, c.dramCapacityBytes)
     }
+
+    /// With the disk tier degraded (another process holds the directory), saves still succeed
+    /// into DRAM, DRAM evictions drop instead of failing, and when the tier comes back a block
+    /// replaced meanwhile is not served from its stale disk copy.
+    func testSave_whenDiskTierDegraded_keepsServingFromMemoryAndNeverRevivesAReplacedBlock() throws {
+        let dir = tempDir()
+        let holder = try DiskTier(directory: dir, capacityBytes: 1 << 30)
+        let stale = block("a", layer: 0, start: 0, smooth: true)
+        try holder.put(stale, sync: false)
+        var c = config(dir)
+        c.dramCapacityBytes = 100 << 10  // one session of 3 layers x 2 blocks x 12 KiB
+        c.diskRecovery = DiskTierRecovery(degradeOnOpenFailure: true, quarantineDamaged: true, retryIntervalSeconds: 0.1)
+        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        XCTAssertEqual(store.stats.disk.health?.state, .degraded)
+        var tickets: [SaveTicket] = []
+        for s in ["a", "b", "c"] {
+            for b in sessionBlocks(s) {
+                try store.admit(b)
+                tickets.append(store.save(b.key))
+            }
+        }
+        for t in tickets { XCTAssertEqual(t.wait(), .inDRAM, "save of \(t.key) with the disk degraded") }
+        XCTAssertGreaterThan(store.stats.dram.evictions, 0, "DRAM made room by dropping")
+        XCTAssertGreaterThan(store.stats.disk.health?.writeErrors ?? 0, 0)
+        let handle = store.load(session: "c")
+        assertLoaded(store, handle, equal: sessionBlocks("c"))
+        handle.release()
+
+        try holder.close()
+        let deadline = Date().addingTimeInterval(5)
+        while !store.disk.isHealthy && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        XCTAssertTrue(store.disk.isHealthy, store.disk.health.summary)
+        XCTAssertFalse(store.disk.contains(stale.key), "the copy replaced while degraded is deleted at the reopen")
+        try store.demote(session: "a", to: .disk)
+        let fromDisk = store.load(session: "a")
+        assertLoaded(store, fromDisk, equal: sessionBlocks("a"))
+        fromDisk.release()
+        try store.close()
+    }
 }

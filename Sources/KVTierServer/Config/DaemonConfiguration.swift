@@ -26,6 +26,8 @@ public struct DaemonConfiguration: Sendable {
     public var blockTokens = 256
     public var linkBandwidth = 25e9
     public var linkLatencySeconds = 10e-6
+    /// How often a degraded disk tier retries (seconds; 0: only at the next start).
+    public var diskRetrySeconds = DiskTierRecovery.serving.retryIntervalSeconds
     public var policy = StoreConfiguration.PolicyKind.hintDriven
     public var kvPrecision = KVElementType.f16
     public var contextWindow: Int?
@@ -127,6 +129,7 @@ public struct DaemonConfiguration: Sendable {
         case "store.block_tokens": blockTokens = try int(1...65536)
         case "store.link_bandwidth_bytes_per_second": linkBandwidth = try number(0...1e13)
         case "store.link_latency_us": linkLatencySeconds = try number(0...1e6) / 1e6
+        case "store.disk_retry_seconds": diskRetrySeconds = try number(0...3600)
         case "store.policy":
             guard let p = StoreConfiguration.PolicyKind(rawValue: try string()) else { throw bad("must be \"lru\" or \"hint\"") }
             policy = p
@@ -169,6 +172,10 @@ public struct DaemonConfiguration: Sendable {
         c.blockTokens = blockTokens
         c.link = .init(bandwidthBytesPerSecond: linkBandwidth, latencySeconds: linkLatencySeconds)
         c.policy = policy
+        // A daemon keeps serving without its disk tier rather than refusing to start
+        // (docs/operations.md, "When the disk tier is degraded").
+        c.diskRecovery = .serving
+        c.diskRecovery.retryIntervalSeconds = diskRetrySeconds
         return c
     }
 

@@ -76,11 +76,16 @@ public final class ServerMetrics: Sendable {
                 CoreMetrics.Meter(label: "kvtier_tier_used_bytes", dimensions: dims, factory: factory).set(t.usedBytes)
                 CoreMetrics.Meter(label: "kvtier_tier_capacity_bytes", dimensions: dims, factory: factory).set(t.capacityBytes)
                 CoreMetrics.Meter(label: "kvtier_tier_blocks", dimensions: dims, factory: factory).set(t.blocks)
-                let totals = [
+                var totals = [
                     ("kvtier_tier_hits_total", t.hits), ("kvtier_tier_misses_total", t.misses),
                     ("kvtier_tier_evictions_total", t.evictions), ("kvtier_tier_bytes_in_total", t.bytesIn),
                     ("kvtier_tier_bytes_out_total", t.bytesOut), ("kvtier_tier_checksum_failures_total", t.checksumFailures),
                 ]
+                if let health = t.health {
+                    // Only the disk tier reports health: 1 while degraded, and its failed writes.
+                    CoreMetrics.Meter(label: "kvtier_tier_degraded", dimensions: dims, factory: factory).set(health.isHealthy ? 0 : 1)
+                    totals.append(("kvtier_tier_write_errors_total", health.writeErrors))
+                }
                 for (name, value) in totals {
                     let key = name + "/" + t.tier
                     let delta = value - (last[key] ?? 0)

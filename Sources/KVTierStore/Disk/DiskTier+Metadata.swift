@@ -16,7 +16,7 @@ extension DiskTier {
         DiskRecordFormat.appendLE(&stored, UInt64(Checksum.crc32c(value)), bytes: 4)
         stored += value
         let key = metadataKey(model: model, name: name)
-        try withDatabase { db throws(DiskTierError) in try db.put(key: key, value: stored, sync: sync) }
+        try withDatabase(writing: true) { db throws(DiskTierError) in try db.put(key: key, value: stored, sync: sync) }
     }
 
     /// The record, or nil when absent or damaged (a damaged record is deleted).
@@ -34,7 +34,7 @@ extension DiskTier {
 
     public func deleteMetadata(model: ModelFingerprint, name: String) throws(DiskTierError) {
         let key = metadataKey(model: model, name: name)
-        try withDatabase { db throws(DiskTierError) in try db.delete(key: key, sync: false) }
+        try deleteRecord(key: key)
     }
 
     /// Names of every record of `model` starting with `prefix`.

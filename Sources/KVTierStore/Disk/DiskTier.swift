@@ -42,6 +42,20 @@ import Foundation
 /// fsync, so layer loads queued behind a save wait for the device; `flush()` syncs off the
 /// queue. After a power loss, at most the saves since the last flush are gone, and a cache
 /// recomputes them. Measured figures: `docs/operations.md`, "Disk tier durability".
+///
+/// **Health.** When RocksDB cannot be used the tier is *degraded* (`health`, `DiskTierHealth`)
+/// instead of failing its callers: puts throw `.unavailable` (counted in `writeErrors`), gets
+/// read what the open database still serves or miss, deletes take effect in the index at once
+/// and are written when the database is back (`pendingDeletes`), so a block that was replaced or
+/// dropped meanwhile can never come back. A write that fails at run time (no space, I/O error;
+/// RocksDB, with `paranoid_checks`, then refuses every later write) degrades the tier with
+/// reads still going; an open that fails (locked, read-only, damaged beyond quarantine) degrades
+/// it without reads when `recovery.degradeOnOpenFailure`, and throws otherwise. A timer on the
+/// queue retries every `recovery.retryIntervalSeconds`: it probes the directory with a small
+/// write, then closes and reopens RocksDB (the 7.8 C API has no `Resume`), applies the pending
+/// deletes and rebuilds the index. A database RocksDB calls corrupt at open is moved into
+/// `<directory>/quarantine-<UTC time>/` when `recovery.quarantineDamaged`, and the tier starts
+/// empty with a `notice` saying so.
 public final class DiskTier: @unchecked Sendable {
     /// The state directory.
     public let directory: String
@@ -49,12 +63,25 @@ public final class DiskTier: @unchecked Sendable {
     public let capacityBytes: Int
     /// Whether new blocks are byte-shuffled before LZ4 (every block records its own setting).
     public let shuffle: Bool
+    /// What to do when RocksDB cannot be used.
+    public let recovery: DiskTierRecovery
 
-    /// Owns `database`, `index`, `sessionBlocks`, `counters` and `nextGeneration`.
+    /// Owns `database`, `index`, `sessionBlocks`, `counters`, `nextGeneration` and the health
+    /// state (`isClosed`, `healthState`, `pendingDeletes`, `pendingSessionDeletes`, `retryTimer`,
+    /// `healthObserver`).
     private let queue = DispatchQueue(label: "kvtier.disk")
     private let queueKey = DispatchSpecificKey<UInt8>()
     /// `flush()` calls running off the queue; `close()` waits for them before closing RocksDB.
     private let offQueueWork = DispatchGroup()
+    /// Serializes every RocksDB write (on the queue) with the WAL sync of `flush()` (off it), and
+    /// guards `walFailed`. librocksdb 7.8 (Debian's build keeps assertions) aborts the process
+    /// when the WAL is synced after a write to it failed (`WritableFileWriter::
+    /// AssertFalseAndGetStatusForPrevError`), so a sync must never start after a failed write
+    /// that the tier has not seen yet. Reads do not take it; a put waits at most for one sync.
+    private let walGate = NSLock()
+    /// A write or sync on the open handle failed: no more syncs on it (guarded by `walGate`;
+    /// reset when the database is reopened).
+    private var walFailed = false
 
     // State below: only on `queue` (or in `init`, before `self` is shared).
     private var database: RocksDatabase?
@@ -62,6 +89,19 @@ public final class DiskTier: @unchecked Sendable {
     private var sessionBlocks: [SessionRef: Set<BlockKey>] = [:]
     private var counters: DiskTierStats
     private var nextGeneration: UInt64 = 0
+    /// Set by `close()`; `database` is nil then, as it is while the tier is degraded unreadable.
+    private var isClosed = false
+    private var healthState = DiskTierHealth()
+    /// Blocks deleted while RocksDB did not take writes: already gone from the index, written as
+    /// deletions before the index is rebuilt at the next open, so they cannot come back.
+    private var pendingDeletes: Set<BlockKey> = []
+    private var pendingSessionDeletes: Set<SessionRef> = []
+    /// Raw keys of other records (session metadata) deleted while degraded.
+    private var pendingRecordDeletes: Set<[UInt8]> = []
+    /// Runs `retryOnQueue` on `queue` while the tier is degraded.
+    private var retryTimer: DispatchSourceTimer?
+    /// Told (on `queue`) about every change of `healthState.state`.
+    private var healthObserver: (@Sendable (DiskTierHealth) -> Void)?
 
     /// One indexed block: its sizes and a generation number that changes on every put, so that a
     /// block read, found corrupt off the queue, is deleted only if it was not replaced meanwhile.
@@ -80,16 +120,27 @@ public final class DiskTier: @unchecked Sendable {
     ///
     /// Blocks already stored beyond `capacityBytes` (after a restart with a smaller capacity) stay;
     /// puts fail with `.full` until the store has deleted enough.
-    public init(directory: String, capacityBytes: Int, shuffle: Bool = true) throws(DiskTierError) {
+    ///
+    /// Throws only when the database cannot be opened and `recovery.degradeOnOpenFailure` is
+    /// false; otherwise the tier starts degraded (see `health`).
+    public init(directory: String, capacityBytes: Int, shuffle: Bool = true, recovery: DiskTierRecovery = .strict) throws(DiskTierError) {
         self.directory = directory
         self.capacityBytes = max(0, capacityBytes)
         self.shuffle = shuffle
+        self.recovery = recovery
         counters = DiskTierStats(capacityBytes: max(0, capacityBytes))
         queue.setSpecific(key: queueKey, value: 1)
-        try Self.prepareDirectory(directory)
-        let db = try RocksDatabase(path: directory)
-        database = db
-        try rebuildIndex(db)
+        do {
+            try openOnQueue()
+        } catch {
+            guard recovery.degradeOnOpenFailure else { throw error }
+            degradeOnQueue(error, readable: false)
+        }
+    }
+
+    deinit {
+        // Nothing else references the tier now, so its queue-owned timer may be touched here.
+        retryTimer?.cancel()
     }
 
     // MARK: - Writing
@@ -117,11 +168,21 @@ public final class DiskTier: @unchecked Sendable {
     @discardableResult
     public func delete(_ key: BlockKey, sync: Bool = false) throws(DiskTierError) -> Bool {
         try onQueue { () throws(DiskTierError) -> Bool in
-            guard let db = self.database else { throw .closed }
-            guard self.index[key] != nil else { return false }
-            try db.write(Self.deletions(key), sync: sync)
+            guard !self.isClosed else { throw .closed }
+            let indexed = self.index[key] != nil
+            if self.healthState.isHealthy, let db = self.database {
+                guard indexed else { return false }
+                do throws(DiskTierError) {
+                    try self.gatedWrite { () throws(DiskTierError) in try db.write(Self.deletions(key), sync: sync) }
+                    self.forget(key)
+                    return true
+                } catch {
+                    try self.writeFailedOnQueue(error)
+                }
+            }
             self.forget(key)
-            return true
+            self.pendingDeletes.insert(key)
+            return indexed
         }
     }
 
@@ -129,11 +190,21 @@ public final class DiskTier: @unchecked Sendable {
     @discardableResult
     public func deleteSession(model: ModelFingerprint, session: String, sync: Bool = false) throws(DiskTierError) -> Int {
         try onQueue { () throws(DiskTierError) -> Int in
-            guard let db = self.database else { throw .closed }
-            let keys = self.sessionBlocks[SessionRef(model: model, session: session)] ?? []
-            guard !keys.isEmpty else { return 0 }
-            try db.write(keys.flatMap(Self.deletions), sync: sync)
+            guard !self.isClosed else { throw .closed }
+            let ref = SessionRef(model: model, session: session)
+            let keys = self.sessionBlocks[ref] ?? []
+            if self.healthState.isHealthy, let db = self.database {
+                guard !keys.isEmpty else { return 0 }
+                do throws(DiskTierError) {
+                    try self.gatedWrite { () throws(DiskTierError) in try db.write(keys.flatMap(Self.deletions), sync: sync) }
+                    for key in keys { self.forget(key) }
+                    return keys.count
+                } catch {
+                    try self.writeFailedOnQueue(error)
+                }
+            }
             for key in keys { self.forget(key) }
+            self.pendingSessionDeletes.insert(ref)
             return keys.count
         }
     }
@@ -144,14 +215,22 @@ public final class DiskTier: @unchecked Sendable {
     /// it waits for the device (RocksDB allows a WAL sync concurrent with writes); the store calls
     /// this from its own timer for group commit.
     public func flush() throws(DiskTierError) {
-        let db: RocksDatabase? = onQueueRead {
-            guard let db = self.database else { return nil }
+        let db: Result<RocksDatabase, DiskTierError> = onQueueRead {
+            if self.isClosed { return .failure(.closed) }
+            guard let db = self.database else {
+                return .failure(.unavailable(directory: self.directory, cause: self.healthState.reason ?? "not open"))
+            }
             self.offQueueWork.enter()
-            return db
+            return .success(db)
         }
-        guard let db else { throw .closed }
+        let open = try db.get()
         defer { offQueueWork.leave() }
-        try db.flushWAL(sync: true)
+        do throws(DiskTierError) {
+            try syncWAL(open)
+        } catch {
+            if Self.degrades(error) { onQueueRead { self.degradeOnQueue(error, readable: true) } }
+            throw error
+        }
     }
 
     /// Fsyncs the WAL and closes the database (RocksDB flushes its memtables on close), after
@@ -160,12 +239,15 @@ public final class DiskTier: @unchecked Sendable {
     public func close() throws(DiskTierError) {
         let db: RocksDatabase? = onQueueRead {
             defer { self.database = nil }
+            self.isClosed = true
+            self.retryTimer?.cancel()
+            self.retryTimer = nil
             return self.database
         }
         guard let db else { return }
         offQueueWork.wait()
         defer { db.close() }
-        try db.flushWAL(sync: true)
+        try syncWAL(db)
     }
 
     // MARK: - Reading
@@ -231,9 +313,30 @@ public final class DiskTier: @unchecked Sendable {
         onQueueRead { self.index[key]?.storedBytes }
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters, with the health state.
     public var stats: DiskTierStats {
-        onQueueRead { self.counters }
+        onQueueRead {
+            var c = self.counters
+            c.health = self.healthState
+            return c
+        }
+    }
+
+    /// Whether the tier is healthy or degraded, why, and what to do.
+    public var health: DiskTierHealth {
+        onQueueRead { self.healthState }
+    }
+
+    /// Whether RocksDB is open and takes writes.
+    public var isHealthy: Bool {
+        onQueueRead { self.healthState.isHealthy }
+    }
+
+    /// `body` is called on the disk queue with the new health whenever the tier becomes degraded
+    /// or healthy again (once per change, not once per failed write). It must not block; it may
+    /// read this tier's properties.
+    public func onHealthChange(_ body: @escaping @Sendable (DiskTierHealth) -> Void) {
+        onQueueRead { self.healthObserver = body }
     }
 
     // MARK: - Compression measurement
@@ -278,18 +381,28 @@ public final class DiskTier: @unchecked Sendable {
     }
 
     private func storeOnQueue(_ record: Record, sync: Bool) throws(DiskTierError) {
-        guard let db = database else { throw .closed }
+        guard !isClosed else { throw .closed }
+        guard let db = database, healthState.isHealthy else {
+            healthState.writeErrors += 1
+            throw .unavailable(directory: directory, cause: healthState.reason ?? "not open")
+        }
         let previous = index[record.key]?.storedBytes ?? 0
         let after = counters.storedBytes - previous + record.value.count
         guard after <= capacityBytes else {
             throw .full(requestedBytes: record.value.count, storedBytes: counters.storedBytes, capacityBytes: capacityBytes)
         }
         let entry = DiskRecordFormat.IndexEntry(storedBytes: record.value.count, rawBytes: record.rawBytes)
-        try db.write([
-            .put(key: record.blockKey, value: record.value),
-            .put(key: DiskRecordFormat.encodeKey(record.key, prefix: DiskRecordFormat.indexPrefix),
-                 value: DiskRecordFormat.encodeIndexValue(entry)),
-        ], sync: sync)
+        do {
+            try gatedWrite { () throws(DiskTierError) in
+                try db.write([
+                    .put(key: record.blockKey, value: record.value),
+                    .put(key: DiskRecordFormat.encodeKey(record.key, prefix: DiskRecordFormat.indexPrefix),
+                         value: DiskRecordFormat.encodeIndexValue(entry)),
+                ], sync: sync)
+            }
+        } catch {
+            try writeFailedOnQueue(error)
+        }
         forget(record.key)
         remember(record.key, entry)
         counters.bytesWritten += record.value.count
@@ -336,8 +449,16 @@ public final class DiskTier: @unchecked Sendable {
         counters.misses += 1
         counters.corruptBlocks += 1
         guard let entry = index[key], entry.generation == generation else { return }
-        // If this delete fails the block stays indexed; the next read finds it corrupt again.
-        guard (try? database?.write(Self.deletions(key), sync: false)) != nil else { return }
+        // A delete that cannot be written now is written at the next open.
+        let deleted: Bool
+        if healthState.isHealthy, let db = database {
+            deleted = (try? gatedWrite { () throws(DiskTierError) in try db.write(Self.deletions(key), sync: false) }) != nil
+        } else {
+            deleted = false
+        }
+        if !deleted {
+            pendingDeletes.insert(key)
+        }
         forget(key)
     }
 
@@ -368,6 +489,11 @@ public final class DiskTier: @unchecked Sendable {
     /// Rebuilds the index from the index records; malformed ones are deleted with their blocks
     /// and counted as corrupt.
     private func rebuildIndex(_ db: RocksDatabase) throws(DiskTierError) {
+        index = [:]
+        sessionBlocks = [:]
+        counters.storedBytes = 0
+        counters.rawBytes = 0
+        counters.blockCount = 0
         var damaged: [[UInt8]] = []
         var entries: [(BlockKey, DiskRecordFormat.IndexEntry)] = []
         try db.forEach(prefix: [DiskRecordFormat.indexPrefix]) { rawKey, rawValue in
@@ -389,6 +515,203 @@ public final class DiskTier: @unchecked Sendable {
         }
     }
 
+    // MARK: - Health (on the queue, or in `init` before `self` is shared)
+
+    /// Opens RocksDB (moving a damaged database aside when `recovery` says so), writes the
+    /// deletions recorded while degraded, and rebuilds the index. Leaves `database` set only on
+    /// success.
+    private func openOnQueue() throws(DiskTierError) {
+        try Self.prepareDirectory(directory)
+        let db: RocksDatabase
+        do {
+            db = try RocksDatabase(path: directory)
+        } catch {
+            guard case .damaged(_, let detail) = error, recovery.quarantineDamaged else { throw error }
+            let moved = try quarantineOnQueue(detail: detail)
+            // Whatever was pending referred to the database now moved aside.
+            pendingDeletes = []
+            pendingSessionDeletes = []
+            pendingRecordDeletes = []
+            healthState.notice = "RocksDB reported damage at open (\(detail)); its files were moved to \(moved) and the disk "
+                + "tier started empty. Cached KV is recomputed as chats need it; delete it when you no longer need it for inspection"
+            db = try RocksDatabase(path: directory)
+        }
+        do {
+            if !pendingDeletes.isEmpty || !pendingRecordDeletes.isEmpty {
+                try db.write(pendingDeletes.flatMap(Self.deletions) + pendingRecordDeletes.map { .delete(key: $0) }, sync: false)
+            }
+            try rebuildIndex(db)
+            for ref in pendingSessionDeletes {
+                let keys = sessionBlocks[ref] ?? []
+                guard !keys.isEmpty else { continue }
+                try db.write(keys.flatMap(Self.deletions), sync: false)
+                for key in keys { forget(key) }
+            }
+        } catch {
+            db.close()
+            index = [:]
+            sessionBlocks = [:]
+            throw error
+        }
+        pendingDeletes = []
+        pendingSessionDeletes = []
+        pendingRecordDeletes = []
+        walGate.lock()
+        walFailed = false
+        walGate.unlock()
+        database = db
+    }
+
+    /// Runs a RocksDB write (on the queue) under `walGate`; refuses when an earlier write or sync
+    /// on this handle failed, and records a failure.
+    private func gatedWrite<T>(_ body: () throws(DiskTierError) -> T) throws(DiskTierError) -> T {
+        walGate.lock()
+        defer { walGate.unlock() }
+        guard !walFailed else { throw .unavailable(directory: directory, cause: "an earlier write to the database failed") }
+        do {
+            return try body()
+        } catch {
+            if Self.degrades(error) { walFailed = true }
+            throw error
+        }
+    }
+
+    /// Fsyncs the WAL under `walGate`, unless a write or sync on this handle failed before.
+    private func syncWAL(_ db: RocksDatabase) throws(DiskTierError) {
+        walGate.lock()
+        defer { walGate.unlock() }
+        guard !walFailed else {
+            throw .unavailable(directory: directory, cause: "an earlier write to the database failed; nothing to sync until it is reopened")
+        }
+        do {
+            try db.flushWAL(sync: true)
+        } catch {
+            walFailed = true
+            throw error
+        }
+    }
+
+    /// Moves every entry of the state directory except earlier quarantines into a new
+    /// `quarantine-<UTC time>` subdirectory; returns its path. The subdirectory stays inside the
+    /// state directory because that is the one place the daemon may write (systemd's
+    /// `StateDirectory=` and `ReadWritePaths=`); RocksDB ignores unknown subdirectories.
+    private func quarantineOnQueue(detail: String) throws(DiskTierError) -> String {
+        let fm = FileManager.default
+        let stamp = DiskTierHealth.timestamp().replacingOccurrences(of: ":", with: "")
+        var target = directory + "/quarantine-" + stamp
+        var n = 1
+        while fm.fileExists(atPath: target) {
+            n += 1
+            target = directory + "/quarantine-" + stamp + "-\(n)"
+        }
+        do {
+            let entries = try fm.contentsOfDirectory(atPath: directory).filter { !$0.hasPrefix("quarantine-") }
+            try fm.createDirectory(atPath: target, withIntermediateDirectories: false)
+            for name in entries {
+                try fm.moveItem(atPath: directory + "/" + name, toPath: target + "/" + name)
+            }
+        } catch {
+            throw .damaged(directory: directory, detail: "\(detail); moving it aside to \(target) failed: \(error.localizedDescription)")
+        }
+        return target
+    }
+
+    /// Errors that mean RocksDB or the file system under it does not take writes now (as opposed
+    /// to a refusal of this one block).
+    private static func degrades(_ error: DiskTierError) -> Bool {
+        switch error {
+        case .io, .noSpace, .damaged, .directoryNotWritable, .locked: return true
+        case .full, .invalidBlock, .closed, .unavailable: return false
+        }
+    }
+
+    /// A write failed: counts it, degrades the tier if the failure is the database's, and
+    /// rethrows.
+    private func writeFailedOnQueue(_ error: DiskTierError) throws(DiskTierError) -> Never {
+        if Self.degrades(error) {
+            healthState.writeErrors += 1
+            degradeOnQueue(error, readable: database != nil)
+        }
+        throw error
+    }
+
+    /// Marks the tier degraded (once: later failures only refresh the reason) and starts the
+    /// retry timer.
+    private func degradeOnQueue(_ error: DiskTierError, readable: Bool) {
+        let wasHealthy = healthState.isHealthy
+        healthState.state = .degraded
+        healthState.reason = error.description
+        healthState.readable = readable && database != nil
+        let retry = recovery.retryIntervalSeconds > 0
+            ? "kvtierd keeps serving from HBM and DRAM, recomputes what is not there, and retries the disk every "
+                + "\(Self.seconds(recovery.retryIntervalSeconds)); "
+            : "kvtierd keeps serving from HBM and DRAM and recomputes what is not there; restart it once fixed; "
+        healthState.action = retry + "fix the cause above (docs/operations.md, \"When the disk tier is degraded\")"
+        if wasHealthy {
+            healthState.since = DiskTierHealth.timestamp()
+            healthObserver?(healthState)
+        }
+        startRetryTimerOnQueue()
+    }
+
+    private func startRetryTimerOnQueue() {
+        guard retryTimer == nil, recovery.retryIntervalSeconds > 0, !isClosed else { return }
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        let interval = DispatchTimeInterval.milliseconds(max(1, Int(recovery.retryIntervalSeconds * 1000)))
+        timer.schedule(deadline: .now() + interval, repeating: interval)
+        timer.setEventHandler { [weak self] in self?.retryOnQueue() }
+        timer.resume()
+        retryTimer = timer
+    }
+
+    /// One attempt to bring a degraded tier back: a database still open read-only is kept until
+    /// a probe write in the directory succeeds (so reads go on while the disk is still full);
+    /// then RocksDB is closed and reopened.
+    private func retryOnQueue() {
+        guard !isClosed, !healthState.isHealthy else {
+            retryTimer?.cancel()
+            retryTimer = nil
+            return
+        }
+        if database != nil, Self.probeWrite(directory) != nil { return }
+        if let db = database {
+            database = nil
+            offQueueWork.wait()  // a flush() running off the queue still holds the handle
+            db.close()
+        }
+        do {
+            try openOnQueue()
+        } catch {
+            healthState.reason = error.description
+            healthState.readable = false
+            return
+        }
+        retryTimer?.cancel()
+        retryTimer = nil
+        healthState.state = .healthy
+        healthState.reason = nil
+        healthState.action = nil
+        healthState.since = nil
+        healthState.readable = true
+        healthObserver?(healthState)
+    }
+
+    /// Writes and removes a 256 KiB file in `directory`; nil when that worked, else why not.
+    private static func probeWrite(_ directory: String) -> String? {
+        let path = directory + "/.kvtier-write-probe"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        do {
+            try Data(count: 256 << 10).write(to: URL(fileURLWithPath: path))
+            return nil
+        } catch {
+            return error.localizedDescription
+        }
+    }
+
+    private static func seconds(_ s: Double) -> String {
+        s == s.rounded() ? "\(Int(s)) s" : "\(s) s"
+    }
+
     // MARK: - Queue helpers
 
     private func onQueue<T>(_ body: () throws(DiskTierError) -> T) throws(DiskTierError) -> T {
@@ -397,11 +720,38 @@ public final class DiskTier: @unchecked Sendable {
         return try result.get()
     }
 
+    /// Deletes a record other than a block (session metadata). While the tier is degraded the
+    /// deletion is kept and written when the database is reopened, as for blocks.
+    func deleteRecord(key: [UInt8]) throws(DiskTierError) {
+        try onQueue { () throws(DiskTierError) in
+            guard !self.isClosed else { throw .closed }
+            if self.healthState.isHealthy, let db = self.database {
+                do throws(DiskTierError) {
+                    try self.gatedWrite { () throws(DiskTierError) in try db.delete(key: key, sync: false) }
+                    return
+                } catch {
+                    try self.writeFailedOnQueue(error)
+                }
+            }
+            self.pendingRecordDeletes.insert(key)
+        }
+    }
+
     /// Runs `body` with the open database on the disk queue (for records other than blocks).
-    func withDatabase<T>(_ body: (RocksDatabase) throws(DiskTierError) -> T) throws(DiskTierError) -> T {
+    /// With `writing`, a degraded tier refuses at once and a failure degrades it, as for blocks.
+    func withDatabase<T>(writing: Bool = false, _ body: (RocksDatabase) throws(DiskTierError) -> T) throws(DiskTierError) -> T {
         try onQueue { () throws(DiskTierError) -> T in
-            guard let db = self.database else { throw DiskTierError.closed }
-            return try body(db)
+            guard !self.isClosed else { throw DiskTierError.closed }
+            guard let db = self.database, !writing || self.healthState.isHealthy else {
+                if writing { self.healthState.writeErrors += 1 }
+                throw DiskTierError.unavailable(directory: self.directory, cause: self.healthState.reason ?? "not open")
+            }
+            guard writing else { return try body(db) }
+            do throws(DiskTierError) {
+                return try self.gatedWrite { () throws(DiskTierError) -> T in try body(db) }
+            } catch {
+                try self.writeFailedOnQueue(error)
+            }
         }
     }
 

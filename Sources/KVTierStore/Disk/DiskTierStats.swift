@@ -28,6 +28,8 @@ public struct DiskTierStats: Sendable, Equatable, CustomStringConvertible {
     public var rawBytesWritten: Int
     /// Raw payload bytes of the blocks returned by gets since open.
     public var rawBytesRead: Int
+    /// Healthy or degraded, and the count of failed writes (filled in by `DiskTier.stats`).
+    public var health = DiskTierHealth()
 
     /// Raw bytes per stored byte of the blocks on disk now (1 when empty).
     public var compressionRatio: Double {
@@ -57,12 +59,13 @@ public struct DiskTierStats: Sendable, Equatable, CustomStringConvertible {
     public var tierStats: TierStats {
         TierStats(tier: "disk", capacityBytes: capacityBytes, usedBytes: storedBytes, blocks: blockCount, hits: hits,
                   misses: misses, bytesIn: rawBytesWritten, bytesOut: rawBytesRead, checksumFailures: corruptBlocks,
-                  compressionRatio: compressionRatio)
+                  compressionRatio: compressionRatio, health: health)
     }
 
     public var description: String {
         "disk: \(blockCount) blocks, \(storedBytes)/\(capacityBytes) bytes stored (raw \(rawBytes), ratio "
             + "\(Double(Int(compressionRatio * 1000)) / 1000)), hits \(hits), misses \(misses), corrupt \(corruptBlocks), "
-            + "read errors \(readErrors), written \(bytesWritten), read \(bytesRead)"
+            + "read errors \(readErrors), written \(bytesWritten), read \(bytesRead), write errors \(health.writeErrors), "
+            + health.summary
     }
 }

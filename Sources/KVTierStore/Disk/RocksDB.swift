@@ -1,4 +1,5 @@
 import CRocksDB
+import Foundation
 
 /// A minimal wrapper over RocksDB's C API (`rocksdb/c.h`), and the unsafe fence of the disk
 /// tier: this is the only file that makes raw RocksDB calls or touches their pointers. Everything
@@ -45,8 +46,15 @@ final class RocksDatabase: @unchecked Sendable {
         rocksdb_options_set_min_blob_size(options, 4096)
         rocksdb_options_set_blob_compression_type(options, Int32(rocksdb_no_compression))
         rocksdb_options_set_enable_blob_gc(options, 1)
-        rocksdb_options_set_info_log_level(options, 2)  // WARN: keep the LOG file small
-        rocksdb_options_set_keep_log_file_num(options, 4)
+        // The info LOG lives outside the state directory, and only errors go there: librocksdb
+        // 7.8 as packaged by Debian is built with assertions, and a log line written after an
+        // earlier one failed aborts the process (WritableFileWriter::
+        // AssertFalseAndGetStatusForPrevError). On a full state directory that happens at once:
+        // RocksDB's background recovery logs right after a write hits ENOSPC. Its errors reach us
+        // as statuses anyway; the LOG is for post-mortems.
+        rocksdb_options_set_db_log_dir(options, Self.logDirectory)
+        rocksdb_options_set_info_log_level(options, 3)  // ERROR
+        rocksdb_options_set_keep_log_file_num(options, 2)
 
         guard let ro = rocksdb_readoptions_create() else { throw .io(operation: "open", detail: "rocksdb_readoptions_create failed") }
         rocksdb_readoptions_set_verify_checksums(ro, 1)
@@ -73,6 +81,14 @@ final class RocksDatabase: @unchecked Sendable {
         }
         guard let handle else { throw .io(operation: "open", detail: "rocksdb_open returned no handle and no error for \(path)") }
         db = handle
+    }
+
+    /// Where RocksDB writes its info LOG: `$TMPDIR/kvtier-rocksdb-log` (`/tmp` without TMPDIR;
+    /// private to kvtierd under the systemd unit's `PrivateTmp=yes`). The file is named after the
+    /// state directory's path.
+    static var logDirectory: String {
+        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        return base + "/kvtier-rocksdb-log"
     }
 
     deinit {
@@ -189,6 +205,17 @@ final class RocksDatabase: @unchecked Sendable {
         if let message = Self.take(&err) { throw Self.classify(message, operation: "iterate", path: path) }
     }
 
+    /// Writes the memtables to SST (and blob) files; tests use it to have files to damage.
+    func flushMemtables() throws(DiskTierError) {
+        let db = try handle()
+        guard let options = rocksdb_flushoptions_create() else { throw .io(operation: "flush", detail: "rocksdb_flushoptions_create failed") }
+        defer { rocksdb_flushoptions_destroy(options) }
+        rocksdb_flushoptions_set_wait(options, 1)
+        var err: UnsafeMutablePointer<CChar>?
+        rocksdb_flush(db, options, &err)
+        if let message = Self.take(&err) { throw Self.classify(message, operation: "flush", path: path) }
+    }
+
     /// Writes the WAL's buffered records to its file and, with `sync`, fsyncs it.
     func flushWAL(sync: Bool) throws(DiskTierError) {
         let db = try handle()
@@ -225,12 +252,21 @@ final class RocksDatabase: @unchecked Sendable {
         if m.contains("lock file") || m.contains("/lock:") || m.contains("lock hold") {
             return .locked(directory: path, detail: message)
         }
-        if m.contains("read-only file system") || m.contains("permission denied") || m.contains("not a directory")
-            || m.contains("no such file or directory") && operation == "open" {
-            return .directoryNotWritable(directory: path, detail: message)
+        if m.contains("no space left on device") || m.contains("file too large") || m.contains("disk quota exceeded") {
+            return .noSpace(directory: path, detail: message)
         }
         if m.hasPrefix("corruption") || m.contains("corruption:") {
             return .damaged(directory: path, detail: message)
+        }
+        // One of RocksDB's own files is gone (a deleted SST, blob file or MANIFEST): damage, not
+        // a permission problem.
+        if m.contains("no such file or directory")
+            && (m.contains(".sst") || m.contains(".blob") || m.contains("manifest") || m.contains("/current")) {
+            return .damaged(directory: path, detail: message)
+        }
+        if m.contains("read-only file system") || m.contains("permission denied") || m.contains("not a directory")
+            || m.contains("no such file or directory") && operation == "open" {
+            return .directoryNotWritable(directory: path, detail: message)
         }
         return .io(operation: operation, detail: message)
     }

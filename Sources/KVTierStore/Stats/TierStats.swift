@@ -31,6 +31,9 @@ public struct TierStats: Sendable, Equatable, Codable, CustomStringConvertible {
     /// Uncompressed payload bytes over stored bytes of the blocks held now; nil when the tier
     /// does not compress.
     public var compressionRatio: Double?
+    /// Healthy or degraded, with the reason and the failed writes; only the disk tier reports
+    /// it (nil for the memory tiers).
+    public var health: DiskTierHealth?
 
     public init(
         tier: String,
@@ -45,7 +48,8 @@ public struct TierStats: Sendable, Equatable, Codable, CustomStringConvertible {
         bytesIn: Int = 0,
         bytesOut: Int = 0,
         checksumFailures: Int = 0,
-        compressionRatio: Double? = nil
+        compressionRatio: Double? = nil,
+        health: DiskTierHealth? = nil
     ) {
         self.tier = tier
         self.capacityBytes = capacityBytes
@@ -60,6 +64,7 @@ public struct TierStats: Sendable, Equatable, Codable, CustomStringConvertible {
         self.bytesOut = bytesOut
         self.checksumFailures = checksumFailures
         self.compressionRatio = compressionRatio
+        self.health = health
     }
 
     /// Hits over lookups; nil before the first lookup.
@@ -100,7 +105,8 @@ public struct TierStats: Sendable, Equatable, Codable, CustomStringConvertible {
             bytesIn: bytesIn + other.bytesIn,
             bytesOut: bytesOut + other.bytesOut,
             checksumFailures: checksumFailures + other.checksumFailures,
-            compressionRatio: ratio
+            compressionRatio: ratio,
+            health: health ?? other.health
         )
     }
 
@@ -110,6 +116,7 @@ public struct TierStats: Sendable, Equatable, Codable, CustomStringConvertible {
         s += "in \(bytesIn) B, out \(bytesOut) B"
         if checksumFailures > 0 { s += ", checksum failures \(checksumFailures)" }
         if let r = compressionRatio { s += ", compression \((r * 100).rounded() / 100)x" }
+        if let h = health, !h.isHealthy { s += ", \(h.summary)" }
         return s
     }
 }

@@ -22,6 +22,11 @@ public struct StoreConfiguration: Sendable {
     /// Group commit: how often the disk tier's WAL is synced when blocks were written (seconds;
     /// 0 turns the timer off, leaving `flush()` and `close()`).
     public var diskFlushInterval: Double = 0.2
+    /// What the disk tier does when RocksDB cannot be used: `.strict` (the default) makes the
+    /// store's init throw when it cannot be opened; the daemon uses `.serving` (start degraded,
+    /// move a damaged database aside, retry every 5 s). Either way a tier degraded at run time
+    /// keeps serving reads and retries.
+    public var diskRecovery: DiskTierRecovery = .strict
     /// At most this many saves in flight; `save` blocks the caller beyond it (back-pressure).
     public var maxSavesInFlight = 256
     /// Keep KV below HBM: saves go on to DRAM and disk, and HBM evictions move blocks down.

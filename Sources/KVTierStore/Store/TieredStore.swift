@@ -63,7 +63,7 @@ public final class TieredStore: @unchecked Sendable {
         do {
             disk = try DiskTier(
                 directory: configuration.stateDirectory, capacityBytes: configuration.diskCapacityBytes,
-                shuffle: configuration.shuffleOnDisk)
+                shuffle: configuration.shuffleOnDisk, recovery: configuration.diskRecovery)
         } catch {
             throw .disk(error)
         }
@@ -112,6 +112,10 @@ public final class TieredStore: @unchecked Sendable {
         if replacing {
             waitForSaves()  // no copy of the old version may still be on its way down
             _ = dram.remove(key)
+            do { _ = try disk.delete(key) } catch { throw .disk(error) }
+        } else if !disk.isHealthy {
+            // A degraded disk tier may not know what its database holds (it was never opened):
+            // record the deletion so that an older copy cannot come back when it reopens.
             do { _ = try disk.delete(key) } catch { throw .disk(error) }
         }
         let page = try allocatePage(for: block.key.session)
@@ -310,7 +314,9 @@ public final class TieredStore: @unchecked Sendable {
         try writeToDisk(block)
     }
 
-    /// Demotes whole sessions (policy's choice) from DRAM to disk until `bytes` are free.
+    /// Demotes whole sessions (policy's choice) from DRAM to disk until `bytes` are free. When
+    /// the disk tier cannot take a block (degraded, or full of the session being saved) the block
+    /// is dropped instead: it is recomputed when needed, and the save that needed the room goes on.
     private func makeRoomInDRAM(bytes: Int, sparing: String) throws(StoreError) {
         var candidates = dram.sessions.filter { $0 != sparing }
         if candidates.isEmpty { candidates = dram.sessions }
@@ -318,9 +324,24 @@ public final class TieredStore: @unchecked Sendable {
         for v in victims {
             for key in dram.keys(session: v) {
                 guard let block = dram.get(key, recordLookup: false) else { continue }
-                if !disk.contains(key) { try writeToDisk(block) }
-                _ = dram.remove(key, departure: .demoted)
+                var departure = DRAMTier.Departure.demoted
+                if !disk.contains(key) {
+                    do {
+                        try writeToDisk(block)
+                    } catch .disk(let e) where Self.dropsInsteadOfFailing(e) {
+                        departure = .dropped
+                    }
+                }
+                _ = dram.remove(key, departure: departure)
             }
+        }
+    }
+
+    /// Disk errors after which a block leaving DRAM is dropped rather than failing the save.
+    private static func dropsInsteadOfFailing(_ error: DiskTierError) -> Bool {
+        switch error {
+        case .invalidBlock, .closed: return false
+        default: return true
         }
     }
 
@@ -525,16 +546,24 @@ public final class TieredStore: @unchecked Sendable {
 
     /// Closes the disk tier cleanly; with `flushingDRAM` (the default) DRAM-only blocks are
     /// written to disk first, otherwise only what is already on disk is synced and kept.
+    /// The disk tier is closed even when the flush fails (a degraded tier); the error then says
+    /// what was not written.
     public func close(flushingDRAM: Bool = true) throws(StoreError) {
         flushTimer?.cancel()
         flushTimer = nil
-        if flushingDRAM {
-            try flush()
-        } else {
-            waitForSaves()
-            do { try disk.flush() } catch { throw .disk(error) }
+        var failure: StoreError?
+        do throws(StoreError) {
+            if flushingDRAM {
+                try flush()
+            } else {
+                waitForSaves()
+                do { try disk.flush() } catch { throw StoreError.disk(error) }
+            }
+        } catch {
+            failure = error
         }
-        do { try disk.close() } catch { throw .disk(error) }
+        do { try disk.close() } catch { failure = failure ?? .disk(error) }
+        if let failure { throw failure }
     }
 
     // MARK: Introspection
