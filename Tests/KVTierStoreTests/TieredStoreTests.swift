@@ -27,8 +27,6 @@ final class TieredStoreTests: XCTestCase {
     /// Deterministic F16-looking payload for a key; `smooth` makes it compressible like real KV.
     private func block(_ session: String, layer: Int, start: Int, count: Int = 16, smooth: Bool = false) -> KVBlock {
         let key = BlockKey(model: model, session: session, layer: layer, start: start, count: count)
-        var rng = SystemRandomNumberGenerator()
-        _ = rng
         var bytes = [UInt8](repeating: 0, count: 2 * count * layout.rowWidth * 2)
         var h = UInt64(truncatingIfNeeded: session.hashValue) &+ UInt64(layer * 1000 + start)
         for i in stride(from: 0, to: bytes.count, by: 2) {
