@@ -73,7 +73,11 @@ struct FuzzRunner {
         var report = Report()
         let watchdog = FuzzWatchdog(target: target, seed: seed, limitSeconds: 20 * hangBudgetSeconds)
         watchdog.start()
-        defer { watchdog.stop() }
+        FuzzCrashReporter.begin(target: target, seed: seed)
+        defer {
+            watchdog.stop()
+            FuzzCrashReporter.end()
+        }
         let clock = ContinuousClock()
         let runStart = clock.now
         let indices = only.map { $0..<($0 + 1) } ?? 0..<inputs
@@ -81,6 +85,7 @@ struct FuzzRunner {
             var rng = SplitMix64(seed: seed, index: i)
             let input = generate(&rng)
             watchdog.begin(i)
+            FuzzCrashReporter.index.store(i, ordering: .relaxed)
             let start = clock.now
             let outcome: String
             do {
