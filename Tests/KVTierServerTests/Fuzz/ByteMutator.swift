@@ -25,8 +25,14 @@ struct ByteMutator {
 
     /// A fresh input: usually a mutated corpus entry, sometimes an entry as it is.
     func generate(_ rng: inout SplitMix64) -> [UInt8] {
-        var input = rng.pick(corpus)
+        let input = rng.pick(corpus)
         if rng.oneIn(50) { return input }
+        return mutated(input, &rng)
+    }
+
+    /// `input` after one to four stacked mutations.
+    func mutated(_ input: [UInt8], _ rng: inout SplitMix64) -> [UInt8] {
+        var input = input
         for _ in 0..<(1 + rng.below(4)) { mutate(&input, &rng) }
         if input.count > maxLength { input.removeLast(input.count - maxLength) }
         return input

@@ -118,6 +118,9 @@ struct FuzzRunner {
             format: "fuzz %@: %d inputs, 0 crashes, %d hangs, %d violations, max %.1f ms/input, %d distinct responses, %.1f s, seed %@",
             target, r.inputs, r.hangs.count, r.violationCount, r.maxSeconds * 1000, r.distinct.count, r.seconds, hex(seed))
         print(line)
+        if ProcessInfo.processInfo.environment["KVTIER_FUZZ_VERBOSE"] != nil {
+            for outcome in r.distinct.sorted().prefix(200) { print("  outcome: \(outcome.prefix(160))") }
+        }
         guard let outDirectory else { return }
         #if DEBUG
         let build = "debug"
