@@ -231,10 +231,12 @@ struct ByteMutator {
         b.replaceSubrange(start..<min(end, b.count), with: Array(rng.pick(Self.jsonValues).utf8))
     }
 
-    /// A long string (up to 200 KB) inside the first string literal.
+    /// A long run of one character (up to 200 KB) after a quote, so inside some string literal.
     private func insertLongString(_ b: inout [UInt8], _ rng: inout SplitMix64) {
-        let quote = b.firstIndex(of: 0x22) ?? 0
+        let quotes = b.indices.filter { b[$0] == 0x22 }
+        let quote = quotes.isEmpty ? 0 : rng.pick(quotes)
         let fill = rng.pick([UInt8(0x61), 0x5C, 0x20, 0xC3])
-        b.insert(contentsOf: [UInt8](repeating: fill, count: rng.size(upTo: 200_000)), at: min(b.count, quote + 1))
+        let count = rng.oneIn(2) ? 200 + rng.below(200) : rng.size(upTo: 200_000)
+        b.insert(contentsOf: [UInt8](repeating: fill, count: count), at: min(b.count, quote + 1))
     }
 }

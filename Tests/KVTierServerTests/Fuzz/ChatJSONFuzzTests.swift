@@ -38,7 +38,7 @@ final class ChatJSONFuzzTests: XCTestCase {
             guard !valid.messages.isEmpty, valid.messages.count <= limits.maxMessages, valid.messages.last?.role == "user",
                 (1...limits.maxTokens).contains(valid.maxTokens), valid.stopSequences.count <= 4
             else { throw FuzzRunner.Violation("accepted a request outside the limits") }
-            if let s = valid.sessionID, s.isEmpty || s.utf8.count > 256 { throw FuzzRunner.Violation("accepted session id \(s.debugDescription)") }
+            if let s = valid.sessionID, s.isEmpty || s.utf8.count > 256 { throw FuzzRunner.Violation("accepted a session id of \(s.utf8.count) bytes: \(s.prefix(40).debugDescription)") }
             return "ok"
         } catch let e as APIError {
             guard e.status == 400, e.error.type == "invalid_request_error", !e.error.message.isEmpty else {

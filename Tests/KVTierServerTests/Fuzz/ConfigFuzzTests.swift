@@ -87,7 +87,7 @@ final class ConfigFuzzTests: XCTestCase {
             guard error.description.hasPrefix("fuzz.toml"), error.description.count > "fuzz.toml: ".count else {
                 throw FuzzRunner.Violation("error without the file or a reason: \(error.description.debugDescription)")
             }
-            return String(error.description.prefix(while: { $0 != "'" }).filter { !$0.isNumber })
+            return String(error.description.prefix(while: { $0 != "'" }).filter { !$0.isNumber }.prefix(40))
         }
         let l = config.limits
         guard l.maxBodyBytes > 0, l.maxTokens >= 1, l.maxMessages >= 1, l.maxQueue >= 1, l.idleTimeoutSeconds > 0, l.requestTimeoutSeconds > 0,
