@@ -103,11 +103,18 @@ struct ByteMutator {
 
     // MARK: Generic
 
+    /// A position holding a byte that passes `test`: the first one at or after a random start,
+    /// wrapping around (no index list is built; inputs run to 256 KiB).
+    static func randomPosition(_ b: [UInt8], _ rng: inout SplitMix64, where test: (UInt8) -> Bool) -> Int? {
+        guard !b.isEmpty else { return nil }
+        let start = rng.below(b.count)
+        if let i = b[start...].firstIndex(where: test) { return i }
+        return b[..<start].firstIndex(where: test)
+    }
+
     /// Replaces a run of digits with an interesting number.
     private func replaceNumber(_ b: inout [UInt8], _ rng: inout SplitMix64) {
-        let digits = b.indices.filter { (0x30...0x39).contains(b[$0]) }
-        guard !digits.isEmpty else { return }
-        var start = rng.pick(digits)
+        guard var start = Self.randomPosition(b, &rng, where: { (0x30...0x39).contains($0) }) else { return }
         while start > 0, (0x30...0x39).contains(b[start - 1]) { start -= 1 }
         var end = start
         while end < b.count, (0x30...0x39).contains(b[end]) { end += 1 }
@@ -126,9 +133,16 @@ struct ByteMutator {
     /// Range of the value of the first `name:` header line, if any (name matched case-insensitively).
     static func headerValueRange(_ b: [UInt8], _ name: String) -> Range<Int>? {
         let needle = Array(("\r\n" + name + ":").lowercased().utf8)
-        guard b.count >= needle.count else { return nil }
-        let lower = b.map { (0x41...0x5A).contains($0) ? $0 + 32 : $0 }
-        for i in 0...(b.count - needle.count) where lower[i..<(i + needle.count)].elementsEqual(needle) {
+        let limit = min(b.count, headEnd(b) ?? b.count)
+        guard limit >= needle.count else { return nil }
+        func matches(at i: Int) -> Bool {
+            for j in 0..<needle.count {
+                let c = b[i + j]
+                if ((0x41...0x5A).contains(c) ? c + 32 : c) != needle[j] { return false }
+            }
+            return true
+        }
+        for i in 0...(limit - needle.count) where b[i] == 0x0D && matches(at: i) {
             let start = i + needle.count
             var end = start
             while end < b.count, b[end] != 0x0D { end += 1 }
@@ -211,16 +225,14 @@ struct ByteMutator {
         for _ in 0..<depth { nested += open }
         nested += Array("1".utf8)
         if !rng.oneIn(8) { for _ in 0..<depth { nested += close } }
-        let colons = b.indices.filter { b[$0] == 0x3A }
-        let at = colons.isEmpty ? rng.below(b.count + 1) : rng.pick(colons) + 1
+        let at = Self.randomPosition(b, &rng, where: { $0 == 0x3A }).map { $0 + 1 } ?? rng.below(b.count + 1)
         b.insert(contentsOf: nested, at: at)
     }
 
     /// Replaces the value after a `:` (up to the next `,` or `}`) with a value of another type.
     private func replaceJSONValue(_ b: inout [UInt8], _ rng: inout SplitMix64) {
-        let colons = b.indices.filter { b[$0] == 0x3A }
-        guard !colons.isEmpty else { return }
-        let start = rng.pick(colons) + 1
+        guard let colon = Self.randomPosition(b, &rng, where: { $0 == 0x3A }) else { return }
+        let start = colon + 1
         var end = start
         var inString = false
         while end < b.count {
@@ -233,8 +245,7 @@ struct ByteMutator {
 
     /// A long run of one character (up to 200 KB) after a quote, so inside some string literal.
     private func insertLongString(_ b: inout [UInt8], _ rng: inout SplitMix64) {
-        let quotes = b.indices.filter { b[$0] == 0x22 }
-        let quote = quotes.isEmpty ? 0 : rng.pick(quotes)
+        let quote = Self.randomPosition(b, &rng, where: { $0 == 0x22 }) ?? 0
         let fill = rng.pick([UInt8(0x61), 0x5C, 0x20, 0xC3])
         let count = rng.oneIn(2) ? 200 + rng.below(200) : rng.size(upTo: 200_000)
         b.insert(contentsOf: [UInt8](repeating: fill, count: count), at: min(b.count, quote + 1))

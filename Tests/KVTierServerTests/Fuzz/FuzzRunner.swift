@@ -5,10 +5,12 @@ import XCTest
 import Glibc
 #endif
 
-/// Runs one fuzz target: `inputs` generated inputs (from `KVTIER_FUZZ_INPUTS`, seeded by
-/// `KVTIER_FUZZ_SEED`), each timed against a hang budget and checked by the target. Prints one
-/// greppable line per target and, when `KVTIER_RELIABILITY_OUT` names a directory, writes the
-/// same figures there as `fuzz-<target>.json`.
+/// Runs one fuzz target: `inputs` generated inputs (`KVTIER_FUZZ_INPUTS`, or
+/// `KVTIER_FUZZ_INPUTS_<TARGET>` for one target, e.g. `KVTIER_FUZZ_INPUTS_HTTP_REQUEST`; seeded by
+/// `KVTIER_FUZZ_SEED`), each timed against a hang budget (`KVTIER_FUZZ_HANG_SECONDS`, default 2)
+/// and checked by the target. Prints one greppable line per target and, when
+/// `KVTIER_RELIABILITY_OUT` names a directory, writes the same figures there as
+/// `fuzz-<target>.json`. `KVTIER_FUZZ_ONLY=N` replays input N alone.
 ///
 /// A crash kills the test process, so a finished run means 0 crashes. An input slower than the
 /// budget counts as a hang and fails the test; one still running after 20 budgets is taken for an
@@ -44,10 +46,12 @@ struct FuzzRunner {
     init(target: String, quickInputs: Int = 20_000, hangBudgetSeconds: Double = 2) {
         let env = ProcessInfo.processInfo.environment
         self.target = target
-        self.inputs = env["KVTIER_FUZZ_INPUTS"].flatMap { Int($0.replacingOccurrences(of: "_", with: "")) }.map { max(1, $0) } ?? quickInputs
+        // KVTIER_FUZZ_INPUTS_HTTP_REQUEST (say) for one target, else KVTIER_FUZZ_INPUTS for all.
+        let own = "KVTIER_FUZZ_INPUTS_" + target.uppercased().replacingOccurrences(of: "-", with: "_")
+        self.inputs = (env[own] ?? env["KVTIER_FUZZ_INPUTS"]).flatMap { Int($0.replacingOccurrences(of: "_", with: "")) }.map { max(1, $0) } ?? quickInputs
         self.seed = env["KVTIER_FUZZ_SEED"].flatMap { s in s.hasPrefix("0x") ? UInt64(s.dropFirst(2), radix: 16) : UInt64(s) } ?? Self.defaultSeed
         self.only = env["KVTIER_FUZZ_ONLY"].flatMap { Int($0) }
-        self.hangBudgetSeconds = hangBudgetSeconds
+        self.hangBudgetSeconds = env["KVTIER_FUZZ_HANG_SECONDS"].flatMap { Double($0) }.map { max(0.01, $0) } ?? hangBudgetSeconds
         self.outDirectory = env["KVTIER_RELIABILITY_OUT"].flatMap { $0.isEmpty ? nil : $0 }
     }
 

@@ -68,7 +68,7 @@ final class HTTPRequestFuzzTests: XCTestCase {
         var mutator = ByteMutator(corpus: Self.corpus, formats: [.http, .json], dictionary: Self.dictionary)
         mutator.maxLength = 128 * 1024
         let service = StubAPIService(limits: Self.limits)
-        FuzzRunner(target: "http-request").run(generate: { mutator.generate(&$0) }) { input, rng in
+        FuzzRunner(target: "http-request", quickInputs: 10_000).run(generate: { mutator.generate(&$0) }) { input, rng in
             try Self.exercise(input, service: service, rng: &rng)
         }
     }
