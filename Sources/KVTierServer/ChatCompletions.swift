@@ -3,8 +3,9 @@ import Foundation
 import KVTierEngine
 import KVTierModel
 
-/// `POST /v1/chat/completions`: validation (`ValidatedChatRequest`), the session it belongs to, and the turn queued on
-/// the scheduler; runs on `APIService.requests`, the turn's completion on the scheduler's queue.
+/// `POST /v1/chat/completions`: validation (`ValidatedChatRequest`), the session it belongs to,
+/// and the turn queued on the scheduler; runs on `APIService.requests`, the turn's completion on
+/// the scheduler's queue.
 extension APIService {
     func chatCompletion(_ r: Request, stream: StreamSink, respond: @escaping @Sendable (Response) -> Void) throws {
         let limits = self.limits.withLockedValue { $0 }

@@ -2,10 +2,10 @@ import NIOCore
 import NIOHTTP1
 
 /// Answers a request the HTTP parser rejects (malformed request line or headers, bad framing)
-/// with a 400 carrying an OpenAI-style JSON error, unless a response is already under way or one
-/// has announced `Connection: close` (bytes pipelined after such a request reach the parser before
-/// the close; the client must get nothing after the response that said close); the handler then
-/// closes that connection, and only that one. Sits where NIO's own protocol error
+/// with a 400 carrying an OpenAI-style JSON error, once, unless a response is already under way
+/// or one has said `Connection: close` (bytes pipelined after such a request reach the parser
+/// before the close, and the client must get nothing after the response that said close). The
+/// handler then closes that connection, and only that one. Sits where NIO's own protocol error
 /// handler would, after the pipelining handler. Event-loop bound like every handler.
 final class ProtocolErrorResponder: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
