@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOEmbedded
+import NIOHTTP1
 import XCTest
 
 @testable import KVTierServer
@@ -95,6 +96,9 @@ final class HTTPRequestFuzzTests: XCTestCase {
         let channel = EmbeddedChannel()
         try channel.pipeline.syncOperations.addHandler(SocketWriteSemantics())
         try HTTPServer.installConnectionPipeline(channel.pipeline.syncOperations, service: service, peer: .tcp)
+        let recorder = RequestMethodRecorder()
+        let decoder = try channel.pipeline.syncOperations.handler(type: ByteToMessageHandler<HTTPRequestDecoder>.self)
+        try channel.pipeline.syncOperations.addHandler(recorder, position: .after(decoder))
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 8080)).wait()
         var out: [UInt8] = []
         let bound = 65_536 + 3 * input.count
@@ -139,7 +143,7 @@ final class HTTPRequestFuzzTests: XCTestCase {
             try drain()
         }
         let closedByServer = !channel.isActive
-        let responses = try HTTPResponseReader.responses(in: out)
+        let responses = try HTTPResponseReader.responses(in: out, requestMethods: recorder.methods)
         if let i = responses.firstIndex(where: \.closes) {
             guard i == responses.count - 1 else { throw FuzzRunner.Violation("\(responses.count - 1 - i) responses after one that closes the connection: \(String(decoding: out.prefix(1500), as: UTF8.self).debugDescription)") }
             guard closedByServer else { throw FuzzRunner.Violation("a response said Connection: close but the connection stayed open") }

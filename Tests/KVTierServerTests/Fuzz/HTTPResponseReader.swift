@@ -1,8 +1,13 @@
 import Foundation
+import NIOHTTP1
 
 /// Reads the bytes a connection wrote back as a sequence of HTTP/1.1 responses and checks each
 /// one: a status line, headers, a body framed by Content-Length or chunked encoding, and for a
 /// 4xx or 5xx an OpenAI-style JSON error (`error.message` non-empty, `error.type` present).
+///
+/// Like a client, it pairs responses with the requests' methods in order: a response to HEAD has
+/// no body (whatever its Content-Length says), one to CONNECT has neither body nor framing
+/// headers. The raw 408 written below the HTTP encoder answers no decoded request.
 struct HTTPResponseReader {
     struct Response {
         let status: Int
@@ -14,12 +19,16 @@ struct HTTPResponseReader {
 
     private let bytes: [UInt8]
     private var offset = 0
+    private var methods: ArraySlice<HTTPMethod>
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    init(_ bytes: [UInt8], requestMethods: [HTTPMethod]) {
+        self.bytes = bytes
+        self.methods = requestMethods[...]
+    }
 
     /// Every response in the bytes; throws `FuzzRunner.Violation` at the first malformed one.
-    static func responses(in bytes: [UInt8]) throws -> [Response] {
-        var reader = HTTPResponseReader(bytes)
+    static func responses(in bytes: [UInt8], requestMethods: [HTTPMethod]) throws -> [Response] {
+        var reader = HTTPResponseReader(bytes, requestMethods: requestMethods)
         var out: [Response] = []
         while reader.offset < bytes.count { out.append(try reader.next()) }
         return out
@@ -59,8 +68,13 @@ struct HTTPResponseReader {
         }
         let lengths = headers.filter { $0.0 == "content-length" }
         let chunked = headers.contains { $0.0 == "transfer-encoding" && $0.1.lowercased() == "chunked" }
+        let method = status == 408 ? nil : methods.popFirst()
         var body: [UInt8] = []
-        if chunked {
+        if method == .CONNECT {
+            guard lengths.isEmpty, !chunked else { throw fail("framing headers on a response to CONNECT") }
+        } else if method == .HEAD {
+            guard !chunked || lengths.isEmpty else { throw fail("both Content-Length and chunked") }
+        } else if chunked {
             guard lengths.isEmpty else { throw fail("both Content-Length and chunked") }
             while true {
                 guard let size = Int(try line(), radix: 16), size >= 0 else { throw fail("bad chunk size") }
@@ -75,7 +89,7 @@ struct HTTPResponseReader {
             guard lengths.count == 1, let n = Int(lengths[0].1) else { throw fail("no single Content-Length") }
             body = try take(n)
         }
-        if status >= 400 {
+        if status >= 400, method != .HEAD, method != .CONNECT {
             guard let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
                 let error = object["error"] as? [String: Any], let message = error["message"] as? String, !message.isEmpty,
                 error["type"] is String
