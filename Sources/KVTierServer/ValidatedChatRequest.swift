@@ -19,7 +19,9 @@ struct ValidatedChatRequest: Sendable {
     init(body: [UInt8], sessionHeader: String?, limits: ServerLimits) throws(APIError) {
         let req: ChatCompletionRequest
         do {
-            req = try JSONDecoder().decode(ChatCompletionRequest.self, from: Data(body))
+            req = try RequestJSON.decode(ChatCompletionRequest.self, from: body)
+        } catch let e as RequestJSON.TooDeep {
+            throw APIError(400, "invalid_request_error", "the request body is not a valid chat completion request: \(e)")
         } catch {
             throw APIError(400, "invalid_request_error", "the request body is not a valid chat completion request: \(Self.describe(error))")
         }

@@ -30,6 +30,27 @@ final class ChatJSONFuzzTests: XCTestCase {
         }
     }
 
+    /// Found as input #307841 of seed 0x1234 (1,000,000-input run): a body that ends right after
+    /// its 513th nested `[` crashed the process (SIGILL inside Foundation's JSON scanner, which
+    /// should report its 512-level limit). Bodies nesting deeper than `RequestJSON.maxDepth`
+    /// are now refused before decoding.
+    func testBodyEndingAtNestingDepth513_isRejectedNotCrashing() throws {
+        let found = #"  {"session_id":"é","messages":[{"content":"x","role":"user","extra":["# + String(repeating: "[", count: 509)
+        for body in [found, String(repeating: "[", count: 513), #"{"messages":"# + String(repeating: "[", count: 512)] {
+            XCTAssertThrowsError(try ValidatedChatRequest(body: Array(body.utf8), sessionHeader: nil, limits: ServerLimits())) { error in
+                XCTAssertTrue("\((error as? APIError)?.error.message ?? "")".contains("nest more than 64 levels"), "\(error)")
+            }
+        }
+    }
+
+    func testNestingDepth_countsOutsideStringsOnly() {
+        XCTAssertEqual(RequestJSON.nestingDepth(Array(#"{"a":[1,{"b":"[[[{"]"}],[]]}"#.utf8), stopAfter: 64), 3)
+        let at64 = String(repeating: "[", count: 64) + String(repeating: "]", count: 64)
+        XCTAssertNoThrow(try RequestJSON.decode([[[Int]]].self, from: Array("[[[1]]]".utf8)))
+        XCTAssertEqual(RequestJSON.nestingDepth(Array(at64.utf8), stopAfter: 64), 64)
+        XCTAssertThrowsError(try RequestJSON.decode([Int].self, from: Array(("[" + at64 + "]").utf8))) { XCTAssertTrue($0 is RequestJSON.TooDeep) }
+    }
+
     /// The invariants for one body; the outcome label is "ok" or the error with digits and quoted
     /// parts masked (so that "got 5" and "got 6" count as one kind of answer).
     static func check(_ body: [UInt8], sessionHeader: String?, limits: ServerLimits) throws -> String {

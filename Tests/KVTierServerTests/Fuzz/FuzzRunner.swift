@@ -88,6 +88,10 @@ struct FuzzRunner {
         for i in indices {
             var rng = SplitMix64(seed: seed, index: i)
             let input = generate(&rng)
+            if only != nil {
+                // Replaying one input: show it first, in case it crashes.
+                FileHandle.standardError.write(Data("fuzz \(target): input #\(i) (\(input.count) bytes), base64: \(Data(input).base64EncodedString())\n".utf8))
+            }
             watchdog.begin(i)
             FuzzCrashReporter.index.store(i, ordering: .relaxed)
             let start = clock.now

@@ -45,6 +45,15 @@ final class HTTPRequestFuzzRegressionTests: XCTestCase {
         XCTAssertEqual(try exercise("HEAD /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n"), "405,200")
     }
 
+    /// The chat-json target's crasher (a body ending at nesting depth 513, which traps inside
+    /// Foundation's JSON scanner), sent over HTTP: a 400 that names the limit, and the
+    /// connection stays usable.
+    func testDeeplyNestedChatBody_gets400() throws {
+        let body = #"{"messages":"# + String(repeating: "[", count: 512)
+        let text = "POST /v1/chat/completions HTTP/1.1\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)GET /healthz HTTP/1.1\r\n\r\n"
+        XCTAssertEqual(try exercise(text), "400,200")
+    }
+
     /// A malformed request on its own still gets its 400 and the close.
     func testMalformedRequest_gets400AndClose() throws {
         XCTAssertEqual(try exercise("GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n"), "400 closed")

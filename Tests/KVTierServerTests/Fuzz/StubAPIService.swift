@@ -43,7 +43,7 @@ final class StubAPIService: HTTPRequestResponder {
             return ok
         case ("POST", "/v1/hints"):
             struct Hints: Decodable { let upcoming: [String] }
-            guard (try? JSONDecoder().decode(Hints.self, from: Data(r.body))) != nil else {
+            guard (try? RequestJSON.decode(Hints.self, from: r.body)) != nil else {
                 throw APIError(400, "invalid_request_error", "expected {\"upcoming\": [session ids]}")
             }
             return ok
