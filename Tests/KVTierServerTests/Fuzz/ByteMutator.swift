@@ -216,16 +216,22 @@ struct ByteMutator {
 
     // MARK: JSON
 
-    /// An array or object nested up to 20,000 deep where a value starts.
+    /// An array or object nested up to 20,000 deep where a value starts; sometimes the input
+    /// ends right there, and sometimes the depth sits next to a power of two (parsers' limits:
+    /// Foundation's is 512).
     private func nestDeeply(_ b: inout [UInt8], _ rng: inout SplitMix64) {
-        let depth = rng.size(upTo: 20_000)
+        let depth = rng.oneIn(2) ? rng.size(upTo: 20_000) : max(1, (1 << (5 + rng.below(6))) + rng.below(5) - 2 - rng.below(4))
         let (open, close): ([UInt8], [UInt8]) = rng.oneIn(2) ? ([0x5B], [0x5D]) : (Array("{\"a\":".utf8), [0x7D])
         var nested: [UInt8] = []
         nested.reserveCapacity(depth * (open.count + 1) + 1)
         for _ in 0..<depth { nested += open }
+        let at = Self.randomPosition(b, &rng, where: { $0 == 0x3A }).map { $0 + 1 } ?? rng.below(b.count + 1)
+        if rng.oneIn(4) {
+            b = Array(b[..<at]) + nested
+            return
+        }
         nested += Array("1".utf8)
         if !rng.oneIn(8) { for _ in 0..<depth { nested += close } }
-        let at = Self.randomPosition(b, &rng, where: { $0 == 0x3A }).map { $0 + 1 } ?? rng.below(b.count + 1)
         b.insert(contentsOf: nested, at: at)
     }
 

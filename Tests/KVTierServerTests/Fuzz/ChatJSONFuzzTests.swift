@@ -24,7 +24,7 @@ final class ChatJSONFuzzTests: XCTestCase {
     func testChatJSONFuzz() {
         let mutator = ByteMutator(corpus: Self.corpus, formats: [.json], dictionary: Self.dictionary)
         let limits = HTTPRequestFuzzTests.limits
-        FuzzRunner(target: "chat-json").run(generate: { mutator.generate(&$0) }) { input, rng in
+        FuzzRunner(target: "chat-json", quickInputs: 30_000).run(generate: { mutator.generate(&$0) }) { input, rng in
             let header: String? = rng.oneIn(8) ? String(decoding: rng.pick(Self.corpus).prefix(rng.below(300)), as: UTF8.self) : nil
             return try Self.check(input, sessionHeader: header, limits: limits)
         }
