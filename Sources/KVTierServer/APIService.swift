@@ -157,7 +157,7 @@ public final class APIService: Sendable {
         case ("POST", "/v1/hints"):
             try requireAdmin(r)
             struct Hints: Decodable { let upcoming: [String] }
-            guard let h = try? JSONDecoder().decode(Hints.self, from: Data(r.body)) else {
+            guard let h = try? RequestJSON.decode(Hints.self, from: r.body) else {
                 throw APIError(400, "invalid_request_error", "expected {\"upcoming\": [session ids]}")
             }
             let known = Set(engine.sessionIDs)
@@ -213,7 +213,7 @@ public final class APIService: Sendable {
         case ("POST", "demote"?):
             try requireAdmin(r)
             struct Demote: Decodable { let to: String }
-            guard let d = try? JSONDecoder().decode(Demote.self, from: Data(r.body)), let tier = Tier(rawValue: d.to), tier != .hbm else {
+            guard let d = try? RequestJSON.decode(Demote.self, from: r.body), let tier = Tier(rawValue: d.to), tier != .hbm else {
                 throw APIError(400, "invalid_request_error", "expected {\"to\": \"dram\"} or {\"to\": \"disk\"}")
             }
             try engine.store.demote(session: stored, to: tier)

@@ -17,7 +17,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let service: APIService
+    private let service: any HTTPRequestResponder
     private let peer: Peer
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
@@ -26,7 +26,7 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let timeouts: ConnectionTimeouts
     private let gone = NIOLockedValueBox(false)
 
-    init(service: APIService, peer: Peer, timeouts: ConnectionTimeouts) {
+    init(service: any HTTPRequestResponder, peer: Peer, timeouts: ConnectionTimeouts) {
         self.service = service
         self.peer = peer
         self.timeouts = timeouts

@@ -40,16 +40,26 @@ public final class HTTPServer: Sendable {
                     local ? PeerCredentials.read(from: channel).map { Peer.local($0) } : channel.eventLoop.makeSucceededFuture(.tcp)
                 // The future completes on the channel's own loop, so the pipeline is built in place.
                 return peer.flatMapThrowing { peer in
-                    let timeouts = ConnectionTimeouts(limits: { service.limits.withLockedValue { $0 } })
-                    try channel.pipeline.syncOperations.addHandler(timeouts)
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
-                    try channel.pipeline.syncOperations.addHandler(ProtocolErrorResponder())
-                    try channel.pipeline.syncOperations.addHandler(HTTPHandler(service: service, peer: peer, timeouts: timeouts))
+                    try HTTPServer.installConnectionPipeline(channel.pipeline.syncOperations, service: service, peer: peer)
                 }.flatMapErrorThrowing { error in
                     logger.warning("closing a connection whose peer credentials cannot be read", metadata: ["error": "\(error)"])
                     throw error
                 }
             }
+    }
+
+    /// Installs one connection's handlers, in order: the timeouts (on raw bytes), NIO's HTTP/1.1
+    /// decoder and encoder with pipelining, `ProtocolErrorResponder`, and `HTTPHandler` in front of
+    /// `service`. Runs on the channel's event loop. The fuzz tests build the same pipeline on an
+    /// `EmbeddedChannel` through this function.
+    static func installConnectionPipeline(
+        _ pipeline: ChannelPipeline.SynchronousOperations, service: any HTTPRequestResponder, peer: Peer
+    ) throws {
+        let timeouts = ConnectionTimeouts(limits: { service.limits.withLockedValue { $0 } })
+        try pipeline.addHandler(timeouts)
+        try pipeline.configureHTTPServerPipeline(withErrorHandling: false)
+        try pipeline.addHandler(ProtocolErrorResponder())
+        try pipeline.addHandler(HTTPHandler(service: service, peer: peer, timeouts: timeouts))
     }
 
     /// Binds the socket (replacing a stale socket file), sets its mode and group, and returns

@@ -47,17 +47,22 @@ public struct DaemonConfiguration: Sendable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw Failure(description: "cannot read the configuration file \(path)")
         }
+        try apply(toml: String(decoding: data, as: UTF8.self), source: path)
+    }
+
+    /// Applies the settings of a TOML text; `source` names it in errors (the file's path).
+    mutating func apply(toml text: String, source: String) throws(Failure) {
         let entries: [(key: String, value: TOMLSubset.Value, line: Int)]
         do {
-            entries = try TOMLSubset.parse(String(decoding: data, as: UTF8.self))
+            entries = try TOMLSubset.parse(text)
         } catch {
-            throw Failure(description: "\(path): \(error)")
+            throw Failure(description: "\(source): \(error)")
         }
         for e in entries {
             do {
                 try set(e.key, e.value)
             } catch {
-                throw Failure(description: "\(path) line \(e.line): \(error.description)")
+                throw Failure(description: "\(source) line \(e.line): \(error.description)")
             }
         }
     }
@@ -158,7 +163,10 @@ public struct DaemonConfiguration: Sendable {
         ]
         for (suffix, factor) in units where t.hasSuffix(suffix) {
             guard let n = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), n > 0 else { return nil }
-            return Int(n * factor)
+            // "1e30GiB" or "infGiB" would trap in Int(_:); they are not sizes.
+            let bytes = n * factor
+            guard bytes < 0x1p63 else { return nil }
+            return Int(bytes)
         }
         return Int(t)
     }
