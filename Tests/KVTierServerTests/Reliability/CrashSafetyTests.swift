@@ -40,7 +40,7 @@ final class CrashSafetyTests: XCTestCase {
         let chatCount = 16
         let maxTurns = 5
         let seed = UInt64(ProcessInfo.processInfo.environment["KVTIER_CRASH_SEED"] ?? "") ?? 0x6B76_7469_6572
-        var rng = ReliabilityRandom(seed: seed)
+        var rng = SplitMix64(seed: seed)
 
         let dir = try temporaryDirectory(self)
         try FileManager.default.createDirectory(atPath: dir + "/ref", withIntermediateDirectories: true)

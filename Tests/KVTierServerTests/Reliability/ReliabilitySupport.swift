@@ -31,19 +31,6 @@ enum ReliabilityScale {
     }
 }
 
-/// A small deterministic generator (SplitMix64), so a failing run can be repeated by its seed.
-struct ReliabilityRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Resident and peak resident memory of a process, in KiB, from /proc.
 func processMemoryKiB(_ pid: Int32) -> (rss: Int, peak: Int) {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return (0, 0) }
