@@ -28,7 +28,8 @@ final class ConnectionTimeouts: ChannelDuplexHandler, RemovableChannelHandler {
     /// Raw bytes received for the current request while its head is incomplete.
     private var headBytes = 0
     private var headComplete = false
-    /// Set once this handler has answered (408, 431): later bytes are dropped until the close.
+    /// Set once this handler has answered (408, 431) or a response that closes the connection has
+    /// begun: later bytes are dropped until the close.
     private var answered = false
     private var timer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
@@ -96,6 +97,15 @@ final class ConnectionTimeouts: ChannelDuplexHandler, RemovableChannelHandler {
     /// The response went out on a kept-alive connection: idle again.
     func responseSent() {
         armIdle()
+    }
+
+    /// A response that ends the connection has begun: no deadline, no answer of ours, and the
+    /// bytes that still arrive are dropped.
+    func connectionClosing() {
+        answered = true
+        state = .busy
+        timer?.cancel()
+        timer = nil
     }
 
     private func armIdle() {

@@ -25,6 +25,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var tooLarge = false
     private let timeouts: ConnectionTimeouts
     private let gone = NIOLockedValueBox(false)
+    /// A response that closes the connection (a stream, or `Connection: close`) has begun.
+    private var closing = false
 
     init(service: any HTTPRequestResponder, peer: Peer, timeouts: ConnectionTimeouts) {
         self.service = service
@@ -38,6 +40,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // After a response that closes the connection, pipelined requests get no answer.
+        guard !closing else { return }
         switch unwrapInboundIn(data) {
         case .head(let h):
             head = h
@@ -128,6 +132,8 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "Connection", value: "close")
         headers.add(name: "Transfer-Encoding", value: "chunked")
         let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: status), headers: headers)
+        closing = true
+        timeouts.connectionClosing()
         context.writeAndFlush(wrapOutboundOut(.head(head)), promise: nil)
     }
 
@@ -143,12 +149,19 @@ final class HTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         var buffer = context.channel.allocator.buffer(capacity: response.body.count)
         buffer.writeBytes(response.body)
         context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        // The timeouts learn the connection's fate before `.end` goes out: writing it lets NIO's
+        // pipeline handler deliver a pipelined next request at once, whose deadline must not be
+        // reset by this response afterwards.
+        if keepAlive {
+            timeouts.responseSent()
+        } else {
+            closing = true
+            timeouts.connectionClosing()
+        }
         let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if !keepAlive {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            timeouts.responseSent()
         }
     }
 

@@ -54,6 +54,20 @@ final class HTTPRequestFuzzRegressionTests: XCTestCase {
         XCTAssertEqual(try exercise(text), "400,200")
     }
 
+    /// Found as input #944988 of the 1,000,000-input run of `make reliability`: a request, a
+    /// streamed completion and then a request whose head is over 64 KiB got a 431 after the
+    /// stream (which closes the connection); the first response also reset the pipelined next
+    /// request's deadline.
+    func testOversizedHeadAfterAStreamedCompletion_getsNoSecondResponse() throws {
+        let body = HTTPRequestFuzzTests.streamed
+        let big = String(repeating: "a", count: 70_000)
+        let text = "GET /v1/models HTTP/1.1\r\n\r\nPOST /v1/chat/completions HTTP/1.1\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            + "GET /healthz HTTP/1.1\r\nHost: \(big)\r\n\r\n"
+        for fragments in [HTTPRequestFuzzTests.Fragments.whole, .fixed(4096)] {
+            XCTAssertEqual(try exercise(text, fragments: fragments), "200,200 closed", "\(fragments)")
+        }
+    }
+
     /// A malformed request on its own still gets its 400 and the close.
     func testMalformedRequest_gets400AndClose() throws {
         XCTAssertEqual(try exercise("GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n"), "400 closed")
