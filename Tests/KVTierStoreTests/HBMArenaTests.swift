@@ -1,4 +1,5 @@
 import Foundation
+import KVTierModel
 import XCTest
 
 @testable import KVTierStore
@@ -92,7 +93,7 @@ final class HBMArenaTests: XCTestCase {
         for t in 0..<threads {
             done.enter()
             let thread = Thread {
-                var rng = SplitMix(seed: UInt64(t) &+ 1)
+                var rng = SplitMix64(seed: UInt64(t) &+ 1)
                 var mine: [[PageID]] = []
                 let tag = UInt8(t + 1)
                 for op in 0..<operations {
@@ -174,15 +175,4 @@ private final class PageRegistry: @unchecked Sendable {
     var claims: Int { lock.withLock { claimCount } }
 }
 
-/// Deterministic generator for the stress tests.
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+

@@ -14,9 +14,25 @@ final class SanitizerCanaryTests: XCTestCase {
             throw XCTSkip("the deliberate race runs only with KVTIER_TSAN_CANARY=1 (make sanitize)")
         }
         let shared = Unguarded()
-        onConcurrentThreads(2) { _ in
-            for _ in 0..<100_000 { shared.value += 1 }
+        // Both threads are released together, so their unguarded writes overlap in time even
+        // on a loaded machine.
+        let ready = DispatchSemaphore(value: 0)
+        let go = DispatchSemaphore(value: 0)
+        let done = DispatchGroup()
+        for _ in 0..<2 {
+            done.enter()
+            Thread {
+                ready.signal()
+                go.wait()
+                for _ in 0..<200_000 { shared.value += 1 }
+                done.leave()
+            }.start()
         }
+        ready.wait()
+        ready.wait()
+        go.signal()
+        go.signal()
+        done.wait()
         XCTAssertGreaterThan(shared.value, 0)
     }
 }

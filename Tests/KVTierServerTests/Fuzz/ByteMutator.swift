@@ -1,3 +1,5 @@
+import KVTierModel
+
 /// The fuzz tests' mutation engine: takes a corpus entry and applies one to four stacked edits,
 /// some generic (bit flips, random bytes, insert/delete/duplicate ranges, truncation, splicing two
 /// corpus entries, NUL bytes, invalid UTF-8), some aware of the input's format (HTTP framing edits,

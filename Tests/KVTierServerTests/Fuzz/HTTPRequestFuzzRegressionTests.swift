@@ -1,3 +1,4 @@
+import KVTierModel
 import XCTest
 
 @testable import KVTierServer

@@ -1,4 +1,5 @@
 import Foundation
+import KVTierModel
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1

@@ -1,4 +1,5 @@
 import Foundation
+import KVTierModel
 import XCTest
 
 #if canImport(Glibc)

@@ -26,7 +26,7 @@ final class RestartTimeTests: XCTestCase {
         do {
             let disk = try DiskTier(directory: state, capacityBytes: targetBytes * 2)
             let tokens = 1365  // 1,048,320 bytes of F16 KV per block, as a 1 MB chunk of one layer
-            var rng = KVTierModel.SplitMix64(seed: 7)
+            var rng = SplitMix64(seed: 7)
             let payload = SyntheticKVBlocks.payload(tokens: tokens, rowWidth: SyntheticKVBlocks.rowWidth, elementType: .f16, rng: &rng)
             while stored < targetBytes {
                 let key = BlockKey(model: fingerprint, session: "fill-\(blocks / 30)", layer: blocks % 30, start: 0, count: tokens)
