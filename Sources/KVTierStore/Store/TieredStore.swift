@@ -105,7 +105,7 @@ public final class TieredStore: @unchecked Sendable {
         // The session is pinned while its block is replaced, so no eviction reads the old page
         // while it is freed here (and an eviction already under way finishes first).
         pinWhenNotDemoting(block.key.session)
-        defer { lock.withLock { pins[block.key.session, default: 1] -= 1 } }
+        defer { unpin(block.key.session) }
         // A new version of a block: older copies below must not survive it.
         let key = block.key
         let replacing = lock.withLock { hbm[key] != nil } || dram.contains(key) || disk.contains(key)
@@ -142,6 +142,10 @@ public final class TieredStore: @unchecked Sendable {
             if pinned { return }
             usleep(100)
         }
+    }
+
+    private func unpin(_ session: String) {
+        lock.withLock { pins[session, default: 1] -= 1 }
     }
 
     /// The bytes of a block resident in HBM. The page must be pinned by the caller (a load
@@ -187,22 +191,16 @@ public final class TieredStore: @unchecked Sendable {
 
     /// Moves a session out of HBM: blocks not yet in DRAM or on disk are copied down first.
     private func demoteFromHBM(session: String) throws(StoreError) {
-        var claimedEmpty = false
         let resident: [(BlockKey, PageID)] = lock.withLock {
             guard pins[session, default: 0] == 0, !demoting.contains(session) else { return [] }
-            demoting.insert(session)
             let pages = hbm.filter { $0.key.session == session }.map { ($0.key, $0.value) }
-            claimedEmpty = pages.isEmpty
+            if !pages.isEmpty { demoting.insert(session) }
             return pages
         }
-        guard !resident.isEmpty else {
-            // Either this call claimed the session (and it has no pages) or another holds it.
-            lock.withLock { if claimedEmpty { _ = demoting.remove(session) } }
-            return
-        }
+        guard !resident.isEmpty else { return }
         defer { lock.withLock { _ = demoting.remove(session) } }
         // A save may still be copying one of these pages out: let it finish before freeing them.
-        if !resident.isEmpty { copyEngine.waitUntilIdle() }
+        copyEngine.waitUntilIdle()
         for (key, page) in resident {
             if configuration.lowerTiers && !dram.contains(key) && !disk.contains(key) {
                 let block = readBlock(key: key, page: page)
@@ -266,7 +264,7 @@ public final class TieredStore: @unchecked Sendable {
         inFlight.add(1)
         let n = blockPayloadBytes(key)
         copyEngine.copyOut(from: arena.pointer(page), bytes: n) { [self] payload in
-            lock.withLock { pins[key.session, default: 1] -= 1 }
+            unpin(key.session)
             writeback.async { [self] in
                 defer {
                     inFlight.add(-1)
@@ -383,7 +381,7 @@ public final class TieredStore: @unchecked Sendable {
         lock.withLock { pins[session, default: 0] += 1 }
         policy.touch(session: session)
         let handle = LoadHandle(session: session, layers: layers) { [weak self] _ in
-            self?.lock.withLock { self?.pins[session, default: 1] -= 1 }
+            self?.unpin(session)
         }
         let all = blockKeys(session: session)
         let keysByLayer = include.map { f in all.mapValues { $0.filter(f) } } ?? all
