@@ -60,10 +60,15 @@ bench-replay-quick: setup data release plot-deps
 	.build/release/kvtier-bench replay --quick --model $(MODEL) --data $(SHAREGPT) --out $(BENCH_DIR)/replay-quick \
 		--export-trace $(BENCH_DIR)/replay-quick/trace.json
 
-## bench-peers: the quick trace through kvtierd (Unix socket) and llama-server (-np 1 and 4, built
-## outside the repo by deploy/bench/llama-server.sh), side by side
+## bench-peers: a replay trace through kvtierd (Unix socket) and llama-server (-np 1 and 4, built
+## outside the repo by deploy/bench/llama-server.sh), side by side; PEERS_PRESET=standard for the
+## standard preset's trace (about an hour), quick by default
+PEERS_PRESET ?= quick
+PEERS_DIR = $(BENCH_DIR)/peers-$(PEERS_PRESET)
 bench-peers: setup data release plot-deps
-	deploy/bench/compare-peers.sh $(MODEL) $(BENCH_DIR)/replay-quick/trace.json $(BENCH_DIR)/peers
+	.build/release/kvtier-bench replay $(if $(filter quick,$(PEERS_PRESET)),--quick) --model $(MODEL) --data $(SHAREGPT) \
+		--policies "" --sweep "" --no-plots --out $(PEERS_DIR) --export-trace $(PEERS_DIR)/trace.json
+	deploy/bench/compare-peers.sh $(MODEL) $(PEERS_DIR)/trace.json $(PEERS_DIR)
 
 RELIABILITY_OUT ?= $(RUN_DIR)/reliability
 RELIABILITY_TESTS ?= CrashSafety|RestartTime|HostileClient|Overload|Isolation|Fault|Deployment|DaemonAccess

@@ -59,4 +59,40 @@ final class ReplayRunTests: XCTestCase {
         }
         XCTAssertGreaterThan(summaries["recompute"]!.prefill_tokens_computed, summaries["kvtier"]!.prefill_tokens_computed)
     }
+
+    /// `--generate`: replies are generated, not the recorded ones, and the next turn sends the
+    /// generated text back, whose KV (the reply's own ids) is reused.
+    func testGeneratedRepliesAreSentBackAndReused() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let tok = model.tokenizer
+        func turn(_ user: String, _ reply: String) -> ReplayWorkload.Turn {
+            let ids = Array(tok.encode(reply, addSpecial: false, parseSpecial: false).prefix(12))
+            return .init(user: user, reply: ids, replyText: tok.decode(ids), thinkSeconds: 1)
+        }
+        let workload = ReplayWorkload(conversations: [
+            .init(id: "a", session: "r0001", arrivalSeconds: 0, turns: [
+                turn("hello there, a first question", "a recorded reply with a few more words than that"),
+                turn("a second question", "another recorded reply, also of some length"),
+                turn("a third one", "the last reply"),
+            ])
+        ])
+        var store = StoreConfiguration(stateDirectory: "")
+        store.blockTokens = 16
+        store.hbmCapacityBytes = 8 << 20
+        store.dramCapacityBytes = 8 << 20
+        store.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        let kvtier = try XCTUnwrap(ReplayPolicy.named("kvtier"))
+        let forced = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _ in }.turns
+        let generated = try ReplayRun(policy: kvtier, store: store, threads: 2, generate: true).run(workload, model: model) { _ in }.turns
+        XCTAssertEqual(generated.count, 3)
+        // The tiny model's greedy replies are not the recorded ones, so the later prompts differ.
+        XCTAssertNotEqual(generated.map(\.prompt_tokens), forced.map(\.prompt_tokens))
+        for t in generated where t.turn > 0 {
+            XCTAssertGreaterThan(t.reusable, 0)
+            // All of the previous turn is reused but, after a reply cut at its length, its last
+            // token (sampled, never fed).
+            XCTAssertGreaterThanOrEqual(t.reused, t.reusable - 1, "turn \(t.turn)")
+        }
+        for t in forced where t.turn > 0 { XCTAssertEqual(t.reused, t.reusable, "turn \(t.turn)") }
+    }
 }

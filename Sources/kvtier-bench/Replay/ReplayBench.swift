@@ -38,6 +38,12 @@ struct ReplayBench: ParsableCommand {
     @Option(help: "Output directory for JSON, CSV, Markdown and plots.") var out: String?
     @Option(help: "Also write the trace for deploy/bench/peer_replay.py here.") var exportTrace: String?
     @Option(help: "Compute threads.") var threads = 2
+    @Flag(help: """
+        Generate each reply (greedy, at most the recorded reply's length) instead of feeding the recorded \
+        one; the next turn sends the generated text back. Histories then depend on the model's output, \
+        so policies are no longer replayed on an identical trace.
+        """)
+    var generate = false
     @Flag(help: "Print one JSON object on stdout (no progress, no table).") var json = false
     @Flag(help: "Do not render the PNG plots.") var noPlots = false
 
@@ -93,7 +99,8 @@ struct ReplayBench: ParsableCommand {
         let dir = out ?? "run/bench/replay-\(quick ? "quick" : "standard")"
         let workloadSummary = ReplaySummary.Workload(
             sessions: workload.conversations.count, turns: workload.turnCount, arrival_rate_per_s: z.rate, think_mean_s: z.think,
-            message_tokens: z.messageTokens, max_turns: z.maxTurns, hbm_bytes: z.hbm, dram_bytes: z.dram, block_tokens: blockTokens)
+            message_tokens: z.messageTokens, max_turns: z.maxTurns, hbm_bytes: z.hbm, dram_bytes: z.dram, block_tokens: blockTokens,
+            replies: generate ? "generated" : "teacher-forced")
         func summary(_ policies: [ReplaySummary.Policy], _ sweep: [ReplaySummary.SweepPoint]) -> ReplaySummary {
             ReplaySummary(
                 preset: quick ? "quick" : "standard", seed: seed, conversations: workload.conversations.map(\.id), workload: workloadSummary,
@@ -136,7 +143,7 @@ struct ReplayBench: ParsableCommand {
         let showProgress = !json && isatty(STDERR_FILENO) != 0
         let t0 = Date()
         let total = workload.turnCount
-        let result = try ReplayRun(policy: p, store: store, threads: threads).run(workload, model: model) { done in
+        let result = try ReplayRun(policy: p, store: store, threads: threads, generate: generate).run(workload, model: model) { done in
             guard showProgress else { return }
             let elapsed = Date().timeIntervalSince(t0)
             let remaining = done > 0 ? elapsed / Double(done) * Double(total - done) : 0

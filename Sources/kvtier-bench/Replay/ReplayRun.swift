@@ -39,6 +39,9 @@ struct ReplayRun {
     let policy: ReplayPolicy
     let store: StoreConfiguration
     let threads: Int
+    /// Generate each reply (greedy, at most the recorded reply's length) instead of feeding the
+    /// recorded one; the next turn sends the generated text back as the assistant message.
+    var generate = false
 
     /// Runs the trace; `progress(turnsDone)` after each turn.
     func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int) -> Void) throws -> (turns: [TurnRecord], stats: StoreStats) {
@@ -74,6 +77,8 @@ struct ReplayRun {
         var inFlight = 0
         var records: [TurnRecord] = []
         var previousContext: [Int: Int] = [:]
+        /// Generated reply texts by conversation, in turn order (only with `generate`).
+        var generatedReplies: [Int: [String]] = [:]
         let total = workload.turnCount
         while records.count < total {
             while let next = due.first, next.time <= clock || inFlight == 0 {
@@ -84,9 +89,16 @@ struct ReplayRun {
                 submittedAt[key] = DispatchTime.now().uptimeNanoseconds
                 arrivalOf[key] = next.time
                 var options = GenerationOptions(maxTokens: max(1, conv.turns[next.turn].reply.count))
-                options.forcedReply = conv.turns[next.turn].reply
+                let messages: [ChatMessage]
+                if generate {
+                    let replies = generatedReplies[next.conversation] ?? []
+                    messages = workload.messages(conv, upTo: next.turn) { replies[$0] }
+                } else {
+                    options.forcedReply = conv.turns[next.turn].reply
+                    messages = workload.messages(conv, upTo: next.turn)
+                }
                 let turn = TurnScheduler.Turn(
-                    session: conv.session, messages: workload.messages(conv, upTo: next.turn), options: options,
+                    session: conv.session, messages: messages, options: options,
                     nextTurnInSeconds: policy.placementHints ? conv.turns[next.turn].thinkSeconds : nil)
                 let (ci, ti) = (next.conversation, next.turn)
                 scheduler.submit(turn) { result in
@@ -118,6 +130,7 @@ struct ReplayRun {
                 reused: report.tokensReused, recomputed: report.tokensRecomputed, hits_hbm: report.hitsHBM,
                 hits_dram: report.hitsDRAM, hits_disk: report.hitsDisk, stall_ms: report.loadStallMs, save_lag_ms: report.saveLagMs))
             previousContext[f.conversation] = report.promptTokens + report.tokensGenerated
+            if generate { generatedReplies[f.conversation, default: []].append(report.text) }
             if f.turn + 1 < conv.turns.count {
                 let t = lastEnd + conv.turns[f.turn].thinkSeconds
                 let at = due.firstIndex { $0.time > t } ?? due.count

@@ -16,6 +16,8 @@ struct ReplaySummary: Encodable {
         let hbm_bytes: Int
         let dram_bytes: Int
         let block_tokens: Int
+        /// "teacher-forced" (the recorded replies, the same trace for every policy) or "generated".
+        let replies: String
     }
 
     struct Percentiles: Encodable {

@@ -112,12 +112,13 @@ struct ReplayWorkload: Encodable {
 
     var turnCount: Int { conversations.reduce(0) { $0 + $1.turns.count } }
 
-    /// Messages of turn `k` of `c`: the history with the recorded (cut) replies, ending with user k.
-    func messages(_ c: Conversation, upTo k: Int) -> [ChatMessage] {
+    /// Messages of turn `k` of `c`: the history ending with user k, with the recorded (cut)
+    /// replies, or with `reply(j)` as the assistant's j-th reply.
+    func messages(_ c: Conversation, upTo k: Int, reply: ((Int) -> String)? = nil) -> [ChatMessage] {
         var m: [ChatMessage] = []
         for j in 0..<k {
             m.append(ChatMessage(role: "user", content: c.turns[j].user))
-            m.append(ChatMessage(role: "assistant", content: c.turns[j].replyText))
+            m.append(ChatMessage(role: "assistant", content: reply?(j) ?? c.turns[j].replyText))
         }
         m.append(ChatMessage(role: "user", content: c.turns[k].user))
         return m
