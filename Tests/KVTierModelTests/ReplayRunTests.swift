@@ -34,8 +34,18 @@ final class ReplayRunTests: XCTestCase {
         store.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
         var summaries: [String: ReplaySummary.Policy] = [:]
         for policy in ReplayPolicy.all {
-            let (turns, stats) = try ReplayRun(policy: policy, store: store, threads: 2).run(workload, model: model) { _ in }
+            var progress: [[Int]] = []
+            let (turns, stats) = try ReplayRun(policy: policy, store: store, threads: 2).run(workload, model: model) {
+                progress.append([$0, $1])
+            }
             XCTAssertEqual(turns.count, 5, policy.name)
+            // Progress after every turn: turns 1...5, and a session counts as done after its last turn.
+            XCTAssertEqual(progress.map { $0[0] }, Array(1...5), policy.name)
+            XCTAssertEqual(progress.last?[1], 2, policy.name)
+            for (n, p) in progress.enumerated() {
+                let lastTurns = turns.prefix(n + 1).filter { t in t.turn + 1 == workload.conversations.first { $0.session == t.session }!.turns.count }
+                XCTAssertEqual(p[1], lastTurns.count, "\(policy.name): sessions done after \(n + 1) turns")
+            }
             for session in ["r0001", "r0002"] {
                 let mine = turns.filter { $0.session == session }
                 XCTAssertEqual(mine.map(\.turn), Array(0..<mine.count), "\(policy.name): a session's turns run in order")
@@ -82,8 +92,8 @@ final class ReplayRunTests: XCTestCase {
         store.dramCapacityBytes = 8 << 20
         store.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
         let kvtier = try XCTUnwrap(ReplayPolicy.named("kvtier"))
-        let forced = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _ in }.turns
-        let generated = try ReplayRun(policy: kvtier, store: store, threads: 2, generate: true).run(workload, model: model) { _ in }.turns
+        let forced = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }.turns
+        let generated = try ReplayRun(policy: kvtier, store: store, threads: 2, generate: true).run(workload, model: model) { _, _ in }.turns
         XCTAssertEqual(generated.count, 3)
         // The tiny model's greedy replies are not the recorded ones, so the later prompts differ.
         XCTAssertNotEqual(generated.map(\.prompt_tokens), forced.map(\.prompt_tokens))

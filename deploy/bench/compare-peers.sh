@@ -8,7 +8,7 @@ set -euo pipefail
 model="$1"; trace="$2"; out="$3"
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-[ -f "$trace" ] || { echo "no trace at $trace: run \`make bench-replay-quick\` first" >&2; exit 2; }
+[ -f "$trace" ] || { echo "no trace at $trace: export one with \`kvtier-bench replay --export-trace\` (make bench-peers does)" >&2; exit 2; }
 mkdir -p "$out"
 "$here/llama-server.sh" build
 

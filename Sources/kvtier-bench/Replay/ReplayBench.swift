@@ -143,11 +143,14 @@ struct ReplayBench: ParsableCommand {
         let showProgress = !json && isatty(STDERR_FILENO) != 0
         let t0 = Date()
         let total = workload.turnCount
-        let result = try ReplayRun(policy: p, store: store, threads: threads, generate: generate).run(workload, model: model) { done in
+        let result = try ReplayRun(policy: p, store: store, threads: threads, generate: generate).run(workload, model: model) { done, sessionsDone in
             guard showProgress else { return }
             let elapsed = Date().timeIntervalSince(t0)
             let remaining = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
-            FileHandle.standardError.write(Data(String(format: "\r%@: %d/%d turns, %.0f s elapsed, ~%.0f s left   ", label, done, total, elapsed, remaining).utf8))
+            let line = String(
+                format: "\r%@: %d/%d sessions, %d/%d turns, %.0f s elapsed, ~%.0f s left   ",
+                label, sessionsDone, workload.conversations.count, done, total, elapsed, remaining)
+            FileHandle.standardError.write(Data(line.utf8))
         }
         if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         return result

@@ -43,8 +43,8 @@ struct ReplayRun {
     /// recorded one; the next turn sends the generated text back as the assistant message.
     var generate = false
 
-    /// Runs the trace; `progress(turnsDone)` after each turn.
-    func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int) -> Void) throws -> (turns: [TurnRecord], stats: StoreStats) {
+    /// Runs the trace; `progress(turnsDone, sessionsDone)` after each turn.
+    func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int, Int) -> Void) throws -> (turns: [TurnRecord], stats: StoreStats) {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-replay-\(UUID().uuidString.prefix(8))").path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var c = store
@@ -80,6 +80,7 @@ struct ReplayRun {
         /// Generated reply texts by conversation, in turn order (only with `generate`).
         var generatedReplies: [Int: [String]] = [:]
         let total = workload.turnCount
+        var sessionsDone = 0
         while records.count < total {
             while let next = due.first, next.time <= clock || inFlight == 0 {
                 due.removeFirst()
@@ -135,8 +136,10 @@ struct ReplayRun {
                 let t = lastEnd + conv.turns[f.turn].thinkSeconds
                 let at = due.firstIndex { $0.time > t } ?? due.count
                 due.insert((t, f.conversation, f.turn + 1), at: at)
+            } else {
+                sessionsDone += 1
             }
-            progress(records.count)
+            progress(records.count, sessionsDone)
         }
         scheduler.drain()
         tiered.waitForSaves()
