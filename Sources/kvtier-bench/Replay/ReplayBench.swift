@@ -59,7 +59,7 @@ struct ReplayBench: ParsableCommand {
             ? Sizes(sessions: 8, maxTurns: 3, messageTokens: 128, rate: 0.5, think: 8, hbm: 32 << 20, dram: 40 << 20, sweep: [24 << 20, 96 << 20])
             : Sizes(
                 sessions: 200, maxTurns: 6, messageTokens: 256, rate: 0.25, think: 30, hbm: 160 << 20, dram: 1 << 30,
-                sweep: [512 << 20, 2 << 30, 4 << 30])
+                sweep: [256 << 20, 512 << 20, 2 << 30])
         if let messageTokens { z.messageTokens = messageTokens }
         if let sessions { z.sessions = sessions }
         if let maxTurns { z.maxTurns = maxTurns }
@@ -126,6 +126,11 @@ struct ReplayBench: ParsableCommand {
                 try summary(results, sweepRows).write(to: dir)
             }
         }
+        // The main runs of the two swept policies are the sweep's point at the preset's DRAM size.
+        for row in results where ["tiered-lru", "kvtier"].contains(row.policy) && !sweepSizes.contains(z.dram) {
+            sweepRows.append(.init(policy: row.policy, dram_bytes: z.dram, hit_rate: row.hit_rate, hit_rate_by_tier: row.hit_rate_by_tier))
+        }
+        sweepRows.sort { ($0.dram_bytes, $0.policy) < ($1.dram_bytes, $1.policy) }
         let summary = summary(results, sweepRows)
         try summary.write(to: dir)
         if !noPlots { renderPlots(dir) }
