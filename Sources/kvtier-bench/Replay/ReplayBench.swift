@@ -115,7 +115,7 @@ struct ReplayBench: ParsableCommand {
         }
         var sweepRows: [ReplaySummary.SweepPoint] = []
         for bytes in sweepSizes {
-            for name in ["tiered-lru", "kvtier"] {
+            for name in ReplayPolicy.swept {
                 guard let p = ReplayPolicy.named(name) else { continue }
                 var s = store
                 s.dramCapacityBytes = bytes
@@ -127,7 +127,7 @@ struct ReplayBench: ParsableCommand {
             }
         }
         // The main runs of the two swept policies are the sweep's point at the preset's DRAM size.
-        for row in results where ["tiered-lru", "kvtier"].contains(row.policy) && !sweepSizes.contains(z.dram) {
+        for row in results where ReplayPolicy.swept.contains(row.policy) && !sweepSizes.contains(z.dram) {
             sweepRows.append(.init(policy: row.policy, dram_bytes: z.dram, hit_rate: row.hit_rate, hit_rate_by_tier: row.hit_rate_by_tier))
         }
         sweepRows.sort { ($0.dram_bytes, $0.policy) < ($1.dram_bytes, $1.policy) }

@@ -29,6 +29,9 @@ struct ReplayPolicy: Sendable {
 
     static func named(_ name: String) -> ReplayPolicy? { all.first { $0.name == name } }
 
+    /// The policies of the DRAM-capacity sweep.
+    static let swept = ["tiered-lru", "kvtier"]
+
     func engineConfiguration(threads: Int) -> EngineConfiguration {
         var e = EngineConfiguration()
         e.threads = threads
