@@ -121,7 +121,7 @@ public final class APIService: Sendable {
                 let state: String; let reason: String?; let action: String?; let since: String?; let readable: Bool
                 let write_errors: Int; let notice: String?
             }
-            struct Health: Encodable { let status: String; let model: String; let queue_depth: Int; let sessions: Int; let disk: Disk }
+            struct Health: Encodable { let status: String; let model: String; let queue_depth: Int; let running: Int; let sessions: Int; let disk: Disk }
             let h = engine.store.disk.health
             let disk = Disk(
                 state: h.state.rawValue, reason: h.reason, action: h.action, since: h.since, readable: h.readable,
@@ -129,14 +129,15 @@ public final class APIService: Sendable {
             return try json(
                 200,
                 Health(
-                    status: h.isHealthy ? "ok" : "degraded", model: modelName, queue_depth: scheduler.depth,
+                    status: h.isHealthy ? "ok" : "degraded", model: modelName, queue_depth: scheduler.depth, running: scheduler.running,
                     sessions: engine.sessionIDs.count, disk: disk))
         case ("GET", "/v1/models"):
             struct Model: Encodable { let id: String; let object = "model"; let owned_by = "kvtier" }
             struct List: Encodable { let object = "list"; let data: [Model] }
             return try json(200, List(data: [Model(id: modelName)]))
         case ("GET", "/metrics"):
-            let text = metrics.exposition(tiers: engine.store.stats.tiers, queueDepth: scheduler.depth)
+            let text = metrics.exposition(
+                tiers: engine.store.stats.tiers, queueDepth: scheduler.depth, running: scheduler.running, batch: engine.executor.counters)
             return Response(status: 200, body: text, contentType: "text/plain; version=0.0.4; charset=utf-8")
         case ("GET", "/v1/tiers"):
             return try json(200, engine.store.stats.tiers)

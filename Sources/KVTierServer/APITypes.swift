@@ -17,6 +17,9 @@ struct ChatCompletionRequest: Decodable {
     let stream: Bool?
     let stop: StopSequences?
     let session_id: String?
+    /// Keep generating past the model's end-of-turn token, up to max_tokens (llama-server's and
+    /// vLLM's name for it; benchmarks use it for replies of a set length).
+    let ignore_eos: Bool?
 }
 
 /// OpenAI's `stop`: a string or an array of strings.

@@ -5,7 +5,7 @@ import KVTierModel
 
 /// `POST /v1/chat/completions`: validation (`ValidatedChatRequest`), the session it belongs to,
 /// and the turn queued on the scheduler; runs on `APIService.requests`, the turn's completion on
-/// the scheduler's queue.
+/// the turn's thread.
 extension APIService {
     func chatCompletion(_ r: Request, stream: StreamSink, respond: @escaping @Sendable (Response) -> Void) throws {
         let limits = self.limits.withLockedValue { $0 }
@@ -19,6 +19,15 @@ extension APIService {
             let retry = max(1, Int((Double(depth + 1) * turnSeconds.withLockedValue { $0 }).rounded(.up)))
             throw APIError(
                 429, "rate_limit_exceeded", "\(depth) turns are waiting (server.max_queue = \(limits.maxQueue)); retry in \(retry) s",
+                retryAfter: retry)
+        }
+        let mine = scheduler.outstanding(owner: r.peer.namespace)
+        guard mine < limits.maxTurnsPerUser else {
+            let batch = max(1, scheduler.maxRunning)
+            let retry = max(1, Int((Double(mine - limits.maxTurnsPerUser + 1) * turnSeconds.withLockedValue { $0 } / Double(batch)).rounded(.up)))
+            throw APIError(
+                429, "rate_limit_exceeded",
+                "you have \(mine) turns queued or running (server.max_turns_per_user = \(limits.maxTurnsPerUser)); retry in \(retry) s",
                 retryAfter: retry)
         }
 
@@ -35,7 +44,8 @@ extension APIService {
         let id = "chatcmpl-" + UUID().uuidString.lowercased()
         let created = Int(Date().timeIntervalSince1970)
         let options = GenerationOptions(
-            maxTokens: valid.maxTokens, sampling: valid.sampling, stopSequences: valid.stopSequences,
+            maxTokens: valid.maxTokens, sampling: valid.sampling, stopAtEndOfGeneration: !valid.ignoreEndOfGeneration,
+            stopSequences: valid.stopSequences,
             isCancelled: { [isClientGone = r.isClientGone] in isClientGone() })
         let modelName = self.modelName
         let metrics = self.metrics

@@ -7,8 +7,11 @@ public struct ServerLimits: Sendable, Equatable {
     public var maxTokens = 4096
     /// Most messages in one chat completion request.
     public var maxMessages = 1024
-    /// Turns waiting (not counting the running one) before new ones get 429 with Retry-After.
+    /// Turns waiting (not counting the running ones) before new ones get 429 with Retry-After.
     public var maxQueue = 64
+    /// Turns of one user (one uid's namespace; all TCP clients together) queued plus running
+    /// before that user's new ones get 429 with Retry-After; other users are not affected.
+    public var maxTurnsPerUser = 32
     /// A connection with no request in flight and nothing received for this long is closed.
     public var idleTimeoutSeconds = 60.0
     /// A request whose head and body have not fully arrived this long after its first byte gets

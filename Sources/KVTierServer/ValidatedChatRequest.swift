@@ -12,6 +12,8 @@ struct ValidatedChatRequest: Sendable {
     let sampling: SamplingParameters
     let stopSequences: [String]
     let stream: Bool
+    /// Generation goes on past end-of-turn tokens (`ignore_eos`).
+    let ignoreEndOfGeneration: Bool
     /// The session the client named (`session_id`, else the `X-Session-Id` header), if any.
     let sessionID: String?
 
@@ -56,6 +58,7 @@ struct ValidatedChatRequest: Sendable {
         self.sampling = sampling
         self.stopSequences = stops
         self.stream = req.stream == true
+        self.ignoreEndOfGeneration = req.ignore_eos == true
         self.sessionID = explicit
     }
 

@@ -5,6 +5,6 @@ struct KVTierBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtier-bench",
         abstract: "KVTier benchmarks; each subcommand prints a table, or one JSON object with --json.",
-        subcommands: [DecoderBench.self, StoreBench.self, TruncationBench.self, ReplayBench.self]
+        subcommands: [DecoderBench.self, StoreBench.self, TruncationBench.self, ReplayBench.self, ServeBench.self]
     )
 }

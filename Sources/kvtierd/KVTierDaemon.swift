@@ -34,6 +34,12 @@ struct KVTierDaemon: AsyncParsableCommand {
     @Option(name: .long, help: "Compute threads (default: all cores).")
     var threads: Int?
 
+    @Option(name: .long, help: "Turns computed at once, batched (default: engine.max_batch, 16).")
+    var maxBatch: Int?
+
+    @Option(name: .long, help: "Prompt tokens per batched step (default: engine.prefill_chunk_tokens, 256).")
+    var prefillChunkTokens: Int?
+
     /// Defaults, then the file, then the environment, then flags.
     func resolvedConfiguration() throws -> DaemonConfiguration {
         let env = ModelLocator.currentEnvironment()
@@ -50,6 +56,16 @@ struct KVTierDaemon: AsyncParsableCommand {
         if let stateDir { c.stateDirectory = stateDir }
         if let model { c.model = model }
         if let threads { c.threads = threads }
+        if let maxBatch {
+            guard (1...1024).contains(maxBatch) else { throw ValidationError("--max-batch must be 1...1024, got \(maxBatch)") }
+            c.maxBatch = maxBatch
+        }
+        if let prefillChunkTokens {
+            guard (1...512).contains(prefillChunkTokens) else {
+                throw ValidationError("--prefill-chunk-tokens must be 1...512, got \(prefillChunkTokens)")
+            }
+            c.prefillChunkTokens = prefillChunkTokens
+        }
         return c
     }
 

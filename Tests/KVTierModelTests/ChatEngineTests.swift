@@ -58,7 +58,7 @@ final class ChatEngineTests: XCTestCase {
             if let tier = tiers[turn] { try engine.store.demote(session: "chat", to: tier) }
             messages.append(ChatMessage(role: "user", content: "hello there number \(turn), tell me more"))
             var seen: [[Float]] = []
-            engine.logitsObserver = { seen.append($0) }
+            engine.logitsObserver = { seen.append($1) }
             let r = try engine.runTurn(session: "chat", messages: messages, options: options)
             engine.quiesce()
             let prompt = ConversationTokenizer(model: model).tokens(for: messages, replies: replies)
@@ -93,7 +93,7 @@ extension ChatEngineTests {
         file: StaticString = #filePath, line: UInt = #line
     ) throws -> TurnReport {
         var seen: [[Float]] = []
-        engine.logitsObserver = { seen.append($0) }
+        engine.logitsObserver = { seen.append($1) }
         let r = try engine.runTurn(
             session: session, messages: messages, options: GenerationOptions(maxTokens: 6, sampling: .greedy, stopAtEndOfGeneration: false))
         engine.quiesce()
@@ -259,7 +259,7 @@ extension ChatEngineTests {
             var e = EngineConfiguration()
             e.threads = 2
             let engine = ChatEngine(model: model, store: store, configuration: e)
-            let scheduler = TurnScheduler(engine: engine, lookAhead: 2)
+            let scheduler = TurnScheduler(engine: engine, lookAhead: 2, maxRunning: 1)
             let sessions = ["A", "B", "C", "D"]
             var chats: [String: [ChatMessage]] = [:]
             let reports = ReportBox()

@@ -41,7 +41,7 @@ final class RealModelChatTests: XCTestCase {
             if let tier = tiers[turn] { try store.demote(session: "real", to: tier) }
             messages.append(ChatMessage(role: "user", content: q))
             var seen: [[Float]] = []
-            engine.logitsObserver = { seen.append($0) }
+            engine.logitsObserver = { seen.append($1) }
             let r = try engine.runTurn(session: "real", messages: messages, options: GenerationOptions(maxTokens: 16))
             engine.quiesce()
             let prompt = ConversationTokenizer(model: model).tokens(for: messages, replies: replies)

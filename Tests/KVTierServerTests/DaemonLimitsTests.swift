@@ -66,7 +66,7 @@ final class DaemonLimitsTests: XCTestCase {
     func testFullQueueAnswers429WithRetryAfter() throws {
         let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"
-        let daemon = try startDaemon(socket: socket, state: dir + "/state", config: "[server]\nmax_queue = 1\n")
+        let daemon = try startDaemon(socket: socket, state: dir + "/state", config: "[server]\nmax_queue = 1\n[engine]\nmax_batch = 1\n")
         defer { stop(daemon) }
         let body = #"{"messages":[{"role":"user","content":"Write a long story about a cat."}],"max_tokens":48,"temperature":0}"#
         let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: k\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)

@@ -9,32 +9,38 @@ import KVTierTokenizer
 /// layer while computing, saves new KV layer by layer, truncates position-decoupled when the
 /// window overflows, and reports what it did.
 ///
-/// Threads: one turn runs at a time. `runTurn` takes `turnLock` for the whole turn; `sessions`
-/// and the scheduler's queue are guarded by `stateLock`. Superseded blocks are removed on the
-/// `cleanup` queue, off the turn's critical path.
+/// Threads: turns of different sessions run at once, each on its caller's thread (the
+/// scheduler's turn threads); their forward passes meet in `executor`, which runs them together
+/// as one batched step after another (continuous batching). Two turns of one session never
+/// overlap: `runTurn` and `deleteSession` hold the session in `gate`. `sessions` and
+/// `prefixIndex` are guarded by `stateLock`. Superseded blocks are removed on the `cleanup`
+/// queue, off the turn's critical path.
 public final class ChatEngine: @unchecked Sendable {
     public let model: LlamaModel
     public let store: TieredStore
     public let configuration: EngineConfiguration
     public let contextWindow: Int
-    private let transformer: Transformer
+    /// Runs every turn's forward passes, batched (owns the transformer).
+    public let executor: BatchExecutor
     private let conversation: ConversationTokenizer
-    private let turnLock = NSLock()
+    private let gate = SessionGate()
     private let stateLock = NSLock()
     private var sessions: [String: SessionState] = [:]
     /// Hash-chain link -> sessions whose cached tokens contain that prefix (guarded by `stateLock`).
     private var prefixIndex: [UInt64: Set<String>] = [:]
     private let cleanup = DispatchQueue(label: "kvtier.engine.cleanup")
     private var blockTokens: Int { store.configuration.blockTokens }
-    /// Tests: sees every logits vector a token is sampled from.
-    var logitsObserver: (([Float]) -> Void)?
+    /// Tests: sees every logits vector a token is sampled from, with its session (called on the
+    /// turn's thread; set it before turns run).
+    var logitsObserver: ((String, [Float]) -> Void)?
 
     public init(model: LlamaModel, store: TieredStore, configuration: EngineConfiguration = EngineConfiguration()) {
         self.model = model
         self.store = store
         self.configuration = configuration
         self.contextWindow = min(configuration.contextWindow ?? model.config.contextLength, model.config.contextLength)
-        self.transformer = model.makeTransformer(threads: configuration.threads)
+        self.executor = BatchExecutor(
+            transformer: model.makeTransformer(threads: configuration.threads), prefillChunkTokens: configuration.prefillChunkTokens)
         self.conversation = ConversationTokenizer(model: model)
         // Sessions saved before a restart.
         for name in store.disk.metadataNames(model: store.model, prefix: "session/") {
@@ -46,6 +52,8 @@ public final class ChatEngine: @unchecked Sendable {
             }
         }
     }
+
+    deinit { executor.stop() }
 
     /// Sessions the engine knows.
     public var sessionIDs: [String] { stateLock.withLock { sessions.keys.sorted() } }
@@ -62,8 +70,10 @@ public final class ChatEngine: @unchecked Sendable {
 
     /// Forgets a session and its KV everywhere.
     public func deleteSession(_ id: String) throws {
-        turnLock.lock()
-        defer { turnLock.unlock() }
+        try gate.withSession(id) { try deleteSessionHeld(id) }
+    }
+
+    private func deleteSessionHeld(_ id: String) throws {
         stateLock.withLock {
             if let old = sessions.removeValue(forKey: id) { unindex(old) }
         }
@@ -80,8 +90,15 @@ public final class ChatEngine: @unchecked Sendable {
         session id: String, owner: String? = nil, messages: [ChatMessage], options: GenerationOptions,
         placement: Placement = .keepInDRAM, onText: (String) -> Void = { _ in }
     ) throws -> TurnReport {
-        turnLock.lock()
-        defer { turnLock.unlock() }
+        try gate.withSession(id) {
+            try runTurnHeld(session: id, owner: owner, messages: messages, options: options, placement: placement, onText: onText)
+        }
+    }
+
+    private func runTurnHeld(
+        session id: String, owner: String?, messages: [ChatMessage], options: GenerationOptions, placement: Placement,
+        onText: (String) -> Void
+    ) throws -> TurnReport {
         try options.sampling.validate()
         guard options.maxTokens >= 1 else { throw DecoderError.badInput("max_tokens must be at least 1, got \(options.maxTokens)") }
         // Earlier turns' saves and removals finish first, so no block key is written twice at once.
@@ -204,12 +221,22 @@ public final class ChatEngine: @unchecked Sendable {
         var logits: [Float] = []
         var recomputed = 0
         var allLoaded = configuration.layerwiseLoading
-        for seg in segments {
-            if case .compute = seg, !allLoaded {
-                // Ablation: every layer of the reused KV is in HBM before the decoder starts.
+        // The turn's way into the running batch, opened at its first forward pass.
+        var lane: BatchExecutor.Lane?
+        defer { lane?.close() }
+        func joinBatch() -> BatchExecutor.Lane {
+            if let lane { return lane }
+            if !allLoaded || executor.activeLanes > 0 {
+                // Joining a running batch (or the no-overlap ablation): the reused KV is in HBM in
+                // every layer first, so its loading overlaps the others' steps and never stalls them.
                 for layer in 0..<model.kvLayout.layers { cache.waitUntilResident(layer: layer) }
                 allLoaded = true
             }
+            let opened = executor.lane()
+            lane = opened
+            return opened
+        }
+        for seg in segments {
             switch seg {
             case .load(let b, let off, let idx):
                 for (k, i) in idx.enumerated() { slotOf[i] = cache.count + k }
@@ -223,7 +250,7 @@ public final class ChatEngine: @unchecked Sendable {
                 for (k, i) in idx.enumerated() { slotOf[i] = cache.count + k }
                 indexOfSlot += idx
                 recomputed += idx.count
-                try transformer.forward(
+                try joinBatch().forward(
                     tokens: idx.map { prompt[$0] }, positions: idx.map { state.position(of: $0) }, cache: cache, logits: .last
                 ) { _, l in logits = Array(l) }
             }
@@ -242,7 +269,7 @@ public final class ChatEngine: @unchecked Sendable {
             for (k, i) in indices.enumerated() { slotOf[i] = cache.count + k }
             indexOfSlot += indices
             if !forced.isEmpty {
-                try transformer.forward(
+                try joinBatch().forward(
                     tokens: forced, positions: indices.map { state.position(of: $0) }, cache: cache, logits: .none) { _, _ in }
             }
         }
@@ -251,18 +278,19 @@ public final class ChatEngine: @unchecked Sendable {
                 cancelled = true
                 break
             }
-            logitsObserver?(logits)
+            logitsObserver?(state.id, logits)
             let next = logits.withUnsafeBufferPointer { reply.accept($0, onText: onText) }
             if reply.generated.count <= 1 { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
             guard let next, reply.generated.count < maxNew else { break }
             let i = reply.history.count - 1
             slotOf[i] = cache.count
             indexOfSlot.append(i)
-            try transformer.forward(tokens: [next], positions: [state.position(of: i)], cache: cache, logits: .last) {
+            try joinBatch().forward(tokens: [next], positions: [state.position(of: i)], cache: cache, logits: .last) {
                 _, l in logits = Array(l)
             }
         }
         reply.finish(onText: onText)
+        lane?.close()  // nothing more to compute: the batch's next step goes on without this turn
         let isForced = options.forcedReply != nil
         let history = isForced ? prompt + forced : reply.history
         let generated = isForced ? forced : reply.generated

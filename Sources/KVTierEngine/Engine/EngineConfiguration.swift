@@ -18,6 +18,11 @@ public struct EngineConfiguration: Sendable {
     public var pinSystemMessage = false
     /// Queued turns whose sessions are prefetched and spared by eviction.
     public var lookAhead = 4
+    /// Turns that run at once, their forward passes batched (continuous batching).
+    public var maxBatch = 16
+    /// Prompt tokens per batched step at most (chunked prefill): a long prompt is computed in
+    /// chunks of this size, so the decoders in the batch get a token every step meanwhile.
+    public var prefillChunkTokens = 256
     /// Compute threads.
     public var threads = LlamaModel.defaultThreads
     /// A session whose next turn is expected later than this is written through to disk.

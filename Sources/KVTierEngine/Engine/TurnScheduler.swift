@@ -3,15 +3,26 @@ import Foundation
 import KVTierModel
 import KVTierStore
 
-/// A FIFO queue of turns in front of the engine, one turn at a time. Its look-ahead window of
-/// the next `lookAhead` queued turns steers the store: those sessions are prefetched from disk
-/// to DRAM before they reach the head (scheduler-aware fetching) and, with the hint-driven
-/// policy, spared by eviction, the one needed last going first (scheduler-aware eviction).
+/// The queue of turns in front of the engine, and the running batch behind it.
 ///
-/// Batching would slot in at `next()`: take up to B turns from the head instead of one, load
-/// their sessions together and run one batched forward pass; the window logic is unchanged.
+/// Up to `maxRunning` turns run at once, each on a thread of its own; their forward passes meet
+/// in the engine's `BatchExecutor`, one batched step after another (continuous batching). A turn
+/// that finishes frees its place at once and the next queued turn starts, joining the batch at
+/// its next step.
 ///
-/// Threads: `lock` guards `pending` and `externalHints`; turns run on the serial `worker` queue.
+/// Admission is fair across owners: the owners with queued turns take turns (round-robin, in
+/// the order they first queued), and each owner's turns start in the order they came (FCFS).
+/// A turn whose session is already running waits for it (turns of one session never overlap),
+/// without holding up other sessions. A queued turn whose client has gone is dropped before it
+/// starts (`EngineError.clientGone`).
+///
+/// Its look-ahead window of the next `lookAhead` turns to start steers the store: those sessions
+/// are prefetched from disk to DRAM before they start (scheduler-aware fetching) and, with the
+/// hint-driven policy, spared by eviction, the one needed last going first (scheduler-aware
+/// eviction).
+///
+/// Threads: `lock` guards the queues, `running`, `externalHints` and `prefetched`; each turn runs
+/// on its own thread; completions run on the turn's thread after it has left the batch.
 public final class TurnScheduler: @unchecked Sendable {
     public struct Turn: Sendable {
         public var session: String
@@ -19,9 +30,10 @@ public final class TurnScheduler: @unchecked Sendable {
         public var options: GenerationOptions
         /// Seconds until the session's next turn is expected, if the caller knows (placement hint).
         public var nextTurnInSeconds: Double?
-        /// Recorded as the session's owner when the turn creates it (`ChatEngine.runTurn`).
+        /// Recorded as the session's owner when the turn creates it (`ChatEngine.runTurn`); also
+        /// the unit of fair admission (nil is one owner of its own).
         public var owner: String?
-        /// Receives the reply's text as it is generated (on the scheduler's queue).
+        /// Receives the reply's text as it is generated (on the turn's thread).
         public var onText: (@Sendable (String) -> Void)?
 
         public init(
@@ -37,26 +49,48 @@ public final class TurnScheduler: @unchecked Sendable {
         }
     }
 
-    public let engine: ChatEngine
-    public let lookAhead: Int
-    private let lock = NSLock()
-    private var pending: [(Turn, @Sendable (Result<TurnReport, Error>) -> Void)] = []
-    private var externalHints: [String] = []
-    private var prefetched: Set<String> = []
-    private let worker = DispatchQueue(label: "kvtier.scheduler")
-
-    public init(engine: ChatEngine, lookAhead: Int? = nil) {
-        self.engine = engine
-        self.lookAhead = max(0, lookAhead ?? engine.configuration.lookAhead)
+    private struct Job {
+        let turn: Turn
+        let completion: @Sendable (Result<TurnReport, Error>) -> Void
+        var ownerKey: String { turn.owner ?? "" }
     }
 
-    /// Queues a turn; `completion` runs on the scheduler's queue when it is done.
+    public let engine: ChatEngine
+    public let lookAhead: Int
+    /// Turns running at once at most.
+    public let maxRunning: Int
+    private let lock = NSLock()
+    /// Queued turns per owner, oldest first.
+    private var queues: [String: [Job]] = [:]
+    /// Owners with queued turns, the next to be served first.
+    private var ring: [String] = []
+    /// Sessions running now, and running turns per owner.
+    private var runningSessions: Set<String> = []
+    private var runningPerOwner: [String: Int] = [:]
+    private var externalHints: [String] = []
+    private var prefetched: Set<String> = []
+    /// Entered for every submitted turn, left when its completion has run.
+    private let outstanding = DispatchGroup()
+
+    /// `maxRunning` defaults to the engine's `maxBatch`; 1 runs one turn at a time.
+    public init(engine: ChatEngine, lookAhead: Int? = nil, maxRunning: Int? = nil) {
+        self.engine = engine
+        self.lookAhead = max(0, lookAhead ?? engine.configuration.lookAhead)
+        self.maxRunning = max(1, maxRunning ?? engine.configuration.maxBatch)
+    }
+
+    /// Queues a turn; `completion` runs (on the turn's thread) when it is done.
     public func submit(_ turn: Turn, completion: @escaping @Sendable (Result<TurnReport, Error>) -> Void) {
-        lock.withLock {
-            pending.append((turn, completion))
+        outstanding.enter()
+        let start: [Job] = lock.withLock {
+            let job = Job(turn: turn, completion: completion)
+            if queues[job.ownerKey] == nil { ring.append(job.ownerKey) }
+            queues[job.ownerKey, default: []].append(job)
+            let started = admit()
             refreshWindow()
+            return started
         }
-        worker.async { [self] in runNext() }
+        for job in start { launch(job) }
     }
 
     /// Tells the engine which sessions an outside scheduler will run next (in order).
@@ -67,55 +101,136 @@ public final class TurnScheduler: @unchecked Sendable {
         }
     }
 
-    /// Number of queued turns.
-    public var depth: Int { lock.withLock { pending.count } }
+    /// Number of queued turns (not running yet).
+    public var depth: Int { lock.withLock { queues.values.reduce(0) { $0 + $1.count } } }
 
-    /// Fails every turn still waiting (not the running one) with `error`; returns how many.
+    /// Number of turns running now.
+    public var running: Int { lock.withLock { runningSessions.count } }
+
+    /// Queued plus running turns of `owner`.
+    public func outstanding(owner: String?) -> Int {
+        lock.withLock { (queues[owner ?? ""]?.count ?? 0) + (runningPerOwner[owner ?? ""] ?? 0) }
+    }
+
+    /// Fails every turn still waiting (not the running ones) with `error`; returns how many.
     @discardableResult
     public func cancelPending(with error: Error) -> Int {
-        let dropped = lock.withLock {
-            let d = pending
-            pending.removeAll()
+        let dropped: [Job] = lock.withLock {
+            let d = ring.flatMap { queues[$0] ?? [] }
+            queues.removeAll()
+            ring.removeAll()
             prefetched.removeAll()
             refreshWindow()
             return d
         }
-        for (_, completion) in dropped { completion(.failure(error)) }
+        for job in dropped {
+            job.completion(.failure(error))
+            outstanding.leave()
+        }
         return dropped.count
     }
 
-    /// Waits until every queued turn has run.
-    public func drain() { worker.sync {} }
+    /// Waits until every submitted turn has run and completed.
+    public func drain() { outstanding.wait() }
 
-    // Called with `lock` held.
-    private func refreshWindow() {
-        let window = pending.prefix(lookAhead).map(\.0.session)
+    // MARK: Admission (called with `lock` held)
+
+    /// Takes the turns that may start now, in fair order, and marks them running.
+    private func admit() -> [Job] {
+        var started: [Job] = []
+        while runningSessions.count < maxRunning, let job = nextJob() {
+            runningSessions.insert(job.turn.session)
+            runningPerOwner[job.ownerKey, default: 0] += 1
+            prefetched.remove(job.turn.session)
+            started.append(job)
+        }
+        return started
+    }
+
+    /// The oldest startable turn of the first owner in the ring that has one; that owner goes
+    /// to the back of the ring.
+    private func nextJob() -> Job? {
+        for (ri, owner) in ring.enumerated() {
+            guard let queue = queues[owner], let qi = queue.firstIndex(where: { !runningSessions.contains($0.turn.session) }) else {
+                continue
+            }
+            let job = queue[qi]
+            var rest = queue
+            rest.remove(at: qi)
+            ring.remove(at: ri)
+            if rest.isEmpty {
+                queues[owner] = nil
+            } else {
+                queues[owner] = rest
+                ring.append(owner)
+            }
+            return job
+        }
+        return nil
+    }
+
+    /// The sessions of the next `limit` turns in admission order (round-robin over owners).
+    private func upcoming(_ limit: Int) -> [String] {
         var order: [String] = []
-        for s in window + externalHints where !order.contains(s) { order.append(s) }
+        var round = 0
+        while order.count < limit {
+            var any = false
+            for owner in ring {
+                guard let q = queues[owner], round < q.count else { continue }
+                any = true
+                order.append(q[round].turn.session)
+                if order.count == limit { break }
+            }
+            guard any else { break }
+            round += 1
+        }
+        return order
+    }
+
+    private func refreshWindow() {
+        var order: [String] = []
+        for s in upcoming(lookAhead) + externalHints where !order.contains(s) { order.append(s) }
+        // Running sessions are pinned in HBM by their turns; the window names the ones to come.
         engine.store.setUpcoming(order)
-        // The running turn is no longer in `pending`: every session in the window is still to come.
-        for s in order where !prefetched.contains(s) {
+        for s in order where !prefetched.contains(s) && !runningSessions.contains(s) {
             prefetched.insert(s)
             engine.store.prefetch(session: s)
         }
     }
 
-    private func runNext() {
-        let job: (Turn, @Sendable (Result<TurnReport, Error>) -> Void)? = lock.withLock {
-            guard !pending.isEmpty else { return nil }
-            let j = pending.removeFirst()
-            prefetched.remove(j.0.session)
-            return j
+    // MARK: Running
+
+    private func launch(_ job: Job) {
+        let thread = Thread { [self] in execute(job) }
+        thread.name = "kvtier.turn"
+        thread.stackSize = 4 << 20
+        thread.start()
+    }
+
+    private func execute(_ job: Job) {
+        let turn = job.turn
+        let result: Result<TurnReport, Error>
+        if turn.options.isCancelled?() == true {
+            result = .failure(EngineError.clientGone(session: turn.session))
+        } else {
+            let placement: Placement =
+                (turn.nextTurnInSeconds ?? 0) > engine.configuration.writeThroughAfterSeconds ? .writeThrough : .keepInDRAM
+            result = Result {
+                try engine.runTurn(
+                    session: turn.session, owner: turn.owner, messages: turn.messages, options: turn.options, placement: placement,
+                    onText: { turn.onText?($0) })
+            }
         }
-        guard let (turn, completion) = job else { return }
-        let placement: Placement =
-            (turn.nextTurnInSeconds ?? 0) > engine.configuration.writeThroughAfterSeconds ? .writeThrough : .keepInDRAM
-        let result = Result {
-            try engine.runTurn(
-                session: turn.session, owner: turn.owner, messages: turn.messages, options: turn.options, placement: placement,
-                onText: { turn.onText?($0) })
+        let next: [Job] = lock.withLock {
+            runningSessions.remove(turn.session)
+            runningPerOwner[job.ownerKey, default: 1] -= 1
+            if runningPerOwner[job.ownerKey] == 0 { runningPerOwner[job.ownerKey] = nil }
+            let started = admit()
+            refreshWindow()
+            return started
         }
-        lock.withLock { refreshWindow() }
-        completion(result)
+        for j in next { launch(j) }
+        job.completion(result)
+        outstanding.leave()
     }
 }

@@ -33,6 +33,8 @@ public struct DaemonConfiguration: Sendable {
     public var contextWindow: Int?
     public var sinkTokens = 4
     public var lookAhead = 4
+    public var maxBatch = EngineConfiguration().maxBatch
+    public var prefillChunkTokens = EngineConfiguration().prefillChunkTokens
     public var readAheadLayers = 8
     public var truncationFraction = 0.25
 
@@ -114,6 +116,7 @@ public struct DaemonConfiguration: Sendable {
         case "server.max_tokens": limits.maxTokens = try int(1...1_000_000)
         case "server.max_messages": limits.maxMessages = try int(1...1_000_000)
         case "server.max_queue": limits.maxQueue = try int(1...1_000_000)
+        case "server.max_turns_per_user": limits.maxTurnsPerUser = try int(1...1_000_000)
         case "server.idle_timeout_seconds": limits.idleTimeoutSeconds = try number(0.1...86400)
         case "server.request_timeout_seconds": limits.requestTimeoutSeconds = try number(0.1...86400)
         case "server.flush_on_stop":
@@ -147,6 +150,8 @@ public struct DaemonConfiguration: Sendable {
         case "engine.context_window": contextWindow = try int(16...1 << 22)
         case "engine.sink_tokens": sinkTokens = try int(0...4096)
         case "engine.look_ahead": lookAhead = try int(0...1024)
+        case "engine.max_batch": maxBatch = try int(1...1024)
+        case "engine.prefill_chunk_tokens": prefillChunkTokens = try int(1...512)
         case "engine.read_ahead_layers": readAheadLayers = try int(0...1024)
         case "engine.truncation_fraction": truncationFraction = try number(0...0.9)
         default:
@@ -193,6 +198,8 @@ public struct DaemonConfiguration: Sendable {
         e.contextWindow = contextWindow
         e.sinkTokens = sinkTokens
         e.lookAhead = lookAhead
+        e.maxBatch = maxBatch
+        e.prefillChunkTokens = prefillChunkTokens
         e.readAheadLayers = readAheadLayers
         e.truncationFraction = truncationFraction
         if let threads { e.threads = threads }

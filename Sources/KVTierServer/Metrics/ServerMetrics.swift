@@ -1,5 +1,6 @@
 import CoreMetrics
 import KVTierEngine
+import KVTierModel
 import KVTierStore
 import NIOConcurrencyHelpers
 import Prometheus
@@ -68,9 +69,19 @@ public final class ServerMetrics: Sendable {
     public func setQueueDepth(_ n: Int) { queueDepth.set(n) }
 
     /// The Prometheus text exposition, after reading the tiers' current figures.
-    public func exposition(tiers: [TierStats], queueDepth depth: Int) -> [UInt8] {
+    /// `running`: turns in the batch now; `batch`: the batch executor's counters.
+    public func exposition(tiers: [TierStats], queueDepth depth: Int, running: Int = 0, batch: BatchExecutor.Counters? = nil) -> [UInt8] {
         setQueueDepth(depth)
+        CoreMetrics.Meter(label: "kvtier_running_turns", factory: factory).set(running)
         lastTotals.withLockedValue { last in
+            if let batch {
+                for (name, value) in [("kvtier_batch_steps_total", batch.steps), ("kvtier_batch_rows_total", batch.rows)] {
+                    let delta = value - (last[name] ?? 0)
+                    CoreMetrics.Counter(label: name, factory: factory).increment(by: max(0, delta))
+                    last[name] = value
+                }
+                CoreMetrics.Meter(label: "kvtier_batch_widest_step", factory: factory).set(batch.widestStep)
+            }
             for t in tiers {
                 let dims = [("tier", t.tier)]
                 CoreMetrics.Meter(label: "kvtier_tier_used_bytes", dimensions: dims, factory: factory).set(t.usedBytes)

@@ -59,7 +59,8 @@ struct ReplayRun {
         }
         defer { try? tiered.close(flushingDRAM: false) }
         let engine = ChatEngine(model: model, store: tiered, configuration: policy.engineConfiguration(threads: threads))
-        let scheduler = TurnScheduler(engine: engine, lookAhead: policy.lookAhead)
+        // The replay models CachedAttention's serving loop, one turn at a time in virtual time.
+        let scheduler = TurnScheduler(engine: engine, lookAhead: policy.lookAhead, maxRunning: 1)
 
         struct Finished {
             let conversation: Int

@@ -1,0 +1,66 @@
+import CKVTierKernels
+import COpenBLAS
+
+// Unsafe-pointer fence: attention over one sequence's cached keys and values.
+
+extension Transformer {
+    /// Grouped-query attention of the n new queries (slots slot0..<slot0+n) over all slots
+    /// [0, slot0 + n) of `view`, causal by slot order. Queries are already rotated.
+    func attention(view: KVLayerView, slot0: Int, n: Int, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        let c = config
+        let d = c.headDim, heads = c.headCount, group = c.headCount / c.kvHeadCount
+        let qw = heads * d, kvw = c.kvWidth
+        let scale = 1 / Float(d).squareRoot()
+        let eb = view.precision.bytes  // bytes per cached element
+        let total = slot0 + n
+        let workers = min(threads, heads)
+        let scratch = self.workers
+        rope.cos.withUnsafeBufferPointer { cs in
+            rope.sin.withUnsafeBufferPointer { sn in
+                let cosT = cs.baseAddress!, sinT = sn.baseAddress!
+                pool.run(workers) { t in
+                    let (h0, h1) = Parallel.share(heads, t, workers)
+                    let s = scratch[t]
+                    if n < self.gemmThreshold {
+                        let scores = s.scores.reserve(total)
+                        for h in h0..<h1 {
+                            let kvh = h / group
+                            for i in 0..<n {
+                                kvt_attend_one(
+                                    q + i * qw + h * d, view.keys + kvh * d * eb, view.values + kvh * d * eb, Int32(eb), kvw, kvw,
+                                    view.positions, Int32(slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
+                                    out + i * qw + h * d)
+                            }
+                        }
+                        return
+                    }
+                    let krot = s.keys.reserve(total * d), vf = s.values.reserve(total * d)
+                    let chunk = 256
+                    let scores = s.scores.reserve(chunk * total)
+                    var loadedKV = -1
+                    for h in h0..<h1 {
+                        let kvh = h / group
+                        if kvh != loadedKV {
+                            kvt_rope_keys(view.keys + kvh * d * eb, Int32(eb), kvw, view.positions, Int32(total), Int32(d), cosT, sinT, krot)
+                            for tt in 0..<total { kvt_kv_to_f32(view.values + (tt * kvw + kvh * d) * eb, Int32(eb), vf + tt * d, d) }
+                            loadedKV = kvh
+                        }
+                        var i0 = 0
+                        while i0 < n {
+                            let m = min(chunk, n - i0)
+                            let visible = slot0 + i0 + m  // columns any row of this chunk may see
+                            cblas_sgemm(
+                                CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(visible), Int32(d),
+                                1, q + i0 * qw + h * d, Int32(qw), krot, Int32(d), 0, scores, Int32(visible))
+                            kvt_softmax_causal(scores, Int32(m), Int32(visible), Int32(slot0 + i0), scale)
+                            cblas_sgemm(
+                                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(d), Int32(visible),
+                                1, scores, Int32(visible), vf, Int32(d), 0, out + i0 * qw + h * d, Int32(qw))
+                            i0 += m
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

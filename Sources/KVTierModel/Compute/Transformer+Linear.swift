@@ -1,0 +1,81 @@
+import CKVTierKernels
+import COpenBLAS
+
+// Unsafe-pointer fence: the linear layers, y = x * W^T, on quantized or float weights.
+
+extension Transformer {
+    /// Weight rows per tile of the multi-row matrix-vector pass: a tile (at most 16 x 960 bytes
+    /// of Q4_1 for this model's widest rows) stays in L1 while every activation row uses it.
+    static let vectorTileRows = 16
+
+    /// y[n x w.rows] = x[n x w.cols] * W^T for the rows of one step: rows [0, vectorRows) through
+    /// the matrix-vector kernels in one pass over W, then each of `gemmRuns` (rows [row, row + n))
+    /// through its own matrix-matrix product.
+    func linear(
+        _ w: WeightMatrix, _ x: UnsafePointer<Float>, vectorRows: Int, gemmRuns: [(row: Int, n: Int)],
+        _ y: UnsafeMutablePointer<Float>
+    ) {
+        if vectorRows > 0 { matvecRows(w, x, vectorRows, y) }
+        for run in gemmRuns { gemm(w, x + run.row * w.cols, run.n, y + run.row * w.rows) }
+    }
+
+    /// y[n x w.rows] = x[n x w.cols] * W^T, sgemm from `gemmThreshold` rows on.
+    func linear(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>) {
+        if n >= gemmThreshold {
+            gemm(w, x, n, y)
+        } else {
+            matvecRows(w, x, n, y)
+        }
+    }
+
+    /// Dequantizes a slice of W's rows per worker, then sgemm into that slice of y's columns.
+    /// Large matrices (the vocabulary projection) go through in slices of rows.
+    private func gemm(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>) {
+        let workers = threads
+        let sliceRows = max(workers, min(w.rows, (1 << 22) / w.cols))
+        let scratch = weightScratch.reserve(sliceRows * w.cols)
+        var s0 = 0
+        while s0 < w.rows {
+            let s1 = min(s0 + sliceRows, w.rows)
+            pool.run(workers) { t in
+                let (a, b) = Parallel.share(s1 - s0, t, workers)
+                guard b > a else { return }
+                let dst = scratch + a * w.cols
+                w.dequantize(rows: s0 + a, s0 + b, into: dst)
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(b - a), Int32(w.cols),
+                    1, x, Int32(w.cols), dst, Int32(w.cols), 0, y + s0 + a, Int32(w.rows))
+            }
+            s0 = s1
+        }
+    }
+
+    /// Matrix-vector products on F32 activations, every activation row computed on its own by the
+    /// same kernel as a lone row (so a row's result does not depend on the others). With several
+    /// rows, W goes through in tiles of `vectorTileRows` rows, each used by every activation row
+    /// while it is in cache: W is read from memory once per call, not once per row. Quantized
+    /// kernels take the per-block sums of each activation vector (for Q4_1's offsets), computed
+    /// once here.
+    private func matvecRows(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>) {
+        let workers = threads
+        let blocks = w.cols / 32
+        let sums = blockSums.reserve(max(1, n * blocks))
+        if w.isQuantized {
+            for i in 0..<n { kvt_block_sums(x + i * w.cols, sums + i * blocks, Int32(w.cols)) }
+        }
+        let tile = n == 1 ? w.rows : Self.vectorTileRows
+        pool.run(workers) { t in
+            let (r0, r1) = Parallel.share(w.rows, t, workers)
+            var a = r0
+            while a < r1 {
+                let b = min(a + tile, r1)
+                for i in 0..<n {
+                    kvt_matvec(
+                        Int32(w.type.rawValue), w.base, w.rowBytes, Int32(a), Int32(b), Int32(w.cols),
+                        x + i * w.cols, sums + i * blocks, y + i * w.rows + a)
+                }
+                a = b
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+import Foundation
+import XCTest
+
+@testable import KVTierEngine
+@testable import KVTierModel
+@testable import KVTierStore
+
+/// Many chats at once through the scheduler and the batch executor, on a tiny model.
+final class BatchedChatTests: XCTestCase {
+    private func tempDir() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-batched-\(UUID().uuidString)").path
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
+        return d
+    }
+
+    private func makeEngine(_ model: LlamaModel, elementType: KVElementType = .f32, maxBatch: Int = 16) throws -> ChatEngine {
+        var c = StoreConfiguration(stateDirectory: tempDir())
+        c.blockTokens = 16
+        c.hbmCapacityBytes = 32 << 20
+        c.dramCapacityBytes = 32 << 20
+        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: elementType)
+        var e = EngineConfiguration()
+        e.threads = 2
+        e.maxBatch = maxBatch
+        e.prefillChunkTokens = 32
+        return ChatEngine(model: model, store: store, configuration: e)
+    }
+
+    /// Each chat's turns, one chat after another (alone) or all chats' turn k at once (together).
+    private func chat(
+        _ engine: ChatEngine, sessions: [String], turns: Int, together: Bool, options: GenerationOptions
+    ) throws -> (replies: [String: [[Int32]]], logits: [String: [[Float]]]) {
+        let seen = Collected()
+        engine.logitsObserver = { session, l in seen.add(session, l) }
+        let scheduler = TurnScheduler(engine: engine, lookAhead: 2)
+        var messages: [String: [ChatMessage]] = [:]
+        var replies: [String: [[Int32]]] = [:]
+        for turn in 0..<turns {
+            let groups = together ? [sessions] : sessions.map { [$0] }
+            for group in groups {
+                let reports = ReportBox()
+                for s in group {
+                    let text = "\(s) says hello number \(turn)" + String(repeating: " and more", count: turn * 3 + s.count % 4)
+                    messages[s, default: []].append(ChatMessage(role: "user", content: text))
+                    scheduler.submit(TurnScheduler.Turn(session: s, owner: "u\(s.count % 3)", messages: messages[s]!, options: options)) {
+                        result in
+                        if case .success(let r) = result { reports.append(r) } else { XCTFail("\(result)") }
+                    }
+                }
+                scheduler.drain()
+                engine.quiesce()
+                for r in reports.all {
+                    replies[r.session, default: []].append(r.generated)
+                    messages[r.session]!.append(ChatMessage(role: "assistant", content: r.text))
+                }
+            }
+        }
+        engine.logitsObserver = nil
+        return (replies, seen.all)
+    }
+
+    func testChatsRunTogetherGetTheRepliesAndLogitsTheyGetAlone() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let sessions = (0..<8).map { "chat-\($0)" + String(repeating: "x", count: $0) }
+        let options = GenerationOptions(maxTokens: 12, sampling: .greedy, stopAtEndOfGeneration: false)
+        let aloneEngine = try makeEngine(model)
+        let alone = try chat(aloneEngine, sessions: sessions, turns: 3, together: false, options: options)
+        XCTAssertEqual(aloneEngine.executor.counters.widestStep, 1)
+        let batchedEngine = try makeEngine(model)
+        let together = try chat(batchedEngine, sessions: sessions, turns: 3, together: true, options: options)
+        for s in sessions {
+            XCTAssertEqual(alone.replies[s]?.count, 3)
+            XCTAssertEqual(alone.replies[s], together.replies[s], "\(s): the reply changes when batched")
+            let a = alone.logits[s] ?? [], b = together.logits[s] ?? []
+            XCTAssertEqual(a.count, b.count)
+            let worst = zip(a, b).map { x, y in zip(x, y).map { abs($0 - $1) }.max() ?? 0 }.max() ?? .infinity
+            // F32 KV and batch-invariant kernels: bit for bit, not merely within 1e-3.
+            XCTAssertEqual(worst, 0, "\(s): logits differ by \(worst) when batched")
+        }
+        let c = batchedEngine.executor.counters
+        print("8 chats x 3 turns together: \(c.steps) steps, \(c.rows) rows, widest step \(c.widestStep) chats, \(c.mixedSteps) mixed steps")
+        XCTAssertGreaterThan(c.widestStep, 1, "the chats shared steps")
+        XCTAssertLessThan(c.steps, aloneEngine.executor.counters.steps, "batching took fewer steps than one chat at a time")
+        // Turns 2 and 3 reused their history in both runs.
+        XCTAssertTrue(together.replies.values.allSatisfy { $0.count == 3 })
+    }
+
+    func testAdmissionTakesOwnersInTurnAndEachOwnersTurnsInOrder() throws {
+        let model = try LlamaModel(path: TinyModel().write())
+        let engine = try makeEngine(model, maxBatch: 1)
+        let scheduler = TurnScheduler(engine: engine, lookAhead: 2)
+        XCTAssertEqual(scheduler.maxRunning, 1)
+        let order = OrderBox()
+        let release = DispatchSemaphore(value: 0)
+        let options = GenerationOptions(maxTokens: 2, sampling: .greedy, stopAtEndOfGeneration: false)
+        func submit(_ session: String, owner: String, hold: Bool = false) {
+            let wait: @Sendable (String) -> Void = { _ in release.wait() }
+            let turn = TurnScheduler.Turn(
+                session: session, owner: owner, messages: [ChatMessage(role: "user", content: "hi from \(session)")], options: options,
+                onText: hold ? wait : nil)
+            scheduler.submit(turn) { _ in order.append(session) }
+        }
+        // a1 runs (held until everything is queued); a2, a3 and b1 wait.
+        submit("a1", owner: "alice", hold: true)
+        submit("a2", owner: "alice")
+        submit("a3", owner: "alice")
+        submit("b1", owner: "bob")
+        XCTAssertEqual(scheduler.outstanding(owner: "alice"), 3)
+        XCTAssertEqual(scheduler.outstanding(owner: "bob"), 1)
+        XCTAssertEqual(scheduler.depth, 3)
+        for _ in 0..<4 { release.signal() }
+        scheduler.drain()
+        // First come first served would run a3 before b1.
+        XCTAssertEqual(order.items, ["a1", "a2", "b1", "a3"])
+        XCTAssertEqual(scheduler.outstanding(owner: "alice"), 0)
+    }
+
+    func testQueuedTurnOfAGoneClientIsDroppedBeforeItStarts() throws {
+        let model = try LlamaModel(path: TinyModel().write())
+        let engine = try makeEngine(model)
+        let scheduler = TurnScheduler(engine: engine)
+        var options = GenerationOptions(maxTokens: 4, sampling: .greedy)
+        options.isCancelled = { true }
+        let outcome = OrderBox()
+        scheduler.submit(TurnScheduler.Turn(session: "gone", messages: [ChatMessage(role: "user", content: "hello")], options: options)) {
+            result in
+            if case .failure(let e as EngineError) = result, case .clientGone = e { outcome.append("dropped") } else { outcome.append("\(result)") }
+        }
+        scheduler.drain()
+        XCTAssertEqual(outcome.items, ["dropped"])
+        XCTAssertFalse(engine.sessionIDs.contains("gone"), "nothing was computed or stored")
+        XCTAssertEqual(engine.executor.counters.steps, 0)
+    }
+
+    func testTwoTurnsOfOneSessionNeverOverlap() throws {
+        let model = try LlamaModel(path: TinyModel().write())
+        let engine = try makeEngine(model)
+        let options = GenerationOptions(maxTokens: 6, sampling: .greedy, stopAtEndOfGeneration: false)
+        let messages = [ChatMessage(role: "user", content: "the same chat twice")]
+        let errors = OrderBox()
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            do {
+                let r = try engine.runTurn(session: "one", messages: messages, options: options)
+                XCTAssertEqual(r.tokensGenerated, 6)
+            } catch {
+                errors.append("\(error)")
+            }
+        }
+        XCTAssertEqual(errors.items, [])
+        XCTAssertEqual(engine.executor.counters.widestStep, 1, "turns of one session ran one after another")
+    }
+}
+
+/// Logits by session, from several turn threads.
+final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bySession: [String: [[Float]]] = [:]
+    func add(_ session: String, _ logits: [Float]) { lock.withLock { bySession[session, default: []].append(logits) } }
+    var all: [String: [[Float]]] { lock.withLock { bySession } }
+}
+
+/// Strings appended from several threads.
+final class OrderBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [String] = []
+    func append(_ s: String) { lock.withLock { list.append(s) } }
+    var items: [String] { lock.withLock { list } }
+}
