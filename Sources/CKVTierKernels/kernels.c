@@ -121,6 +121,22 @@ void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
     }
 }
 
+void kvt_matvec_rows(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x, size_t ldx,
+                     const float *xsum, size_t ldxsum, int m, float *out, size_t ldo) {
+#if defined(KVT_X86)
+    if (is_quantized(type) && LEVEL() >= KVT_CPU_AVX512) {
+        kvt_matvec_rows_qf_avx512(type, w, rowBytes, r0, r1, n, x, ldx, xsum, ldxsum, m, out, ldo);
+        return;
+    }
+#endif
+    // Other paths: the lone-vector kernel for each vector, over tiles of 16 rows.
+    for (int t0 = r0; t0 < r1; t0 += 16) {
+        int t1 = t0 + 16 < r1 ? t0 + 16 : r1;
+        for (int i = 0; i < m; i++)
+            kvt_matvec(type, w, rowBytes, t0, t1, n, x + i * ldx, xsum ? xsum + i * ldxsum : NULL, out + i * ldo + (t0 - r0));
+    }
+}
+
 void kvt_dequantize_row(int type, const void *src, float *dst, int n) {
 #if defined(KVT_X86)
     if (LEVEL() >= KVT_CPU_AVX2) { kvt_dequantize_row_avx2(type, src, dst, n); return; }

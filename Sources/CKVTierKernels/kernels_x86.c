@@ -206,6 +206,120 @@ AVX512 INLINE void rows_avx512(int type, const uint8_t *p, size_t rowBytes, int 
     }
 }
 
+// Several activation vectors against the same rows (a batched decode step). A block is decoded
+// once (its integers as floats, d, and Q4_1's m) and used for up to four activations; for each
+// activation the operations are exactly those of row_avx512 and rows_avx512 (the same fused
+// multiply-adds into the same four accumulators, block b into a[b % 4] and the tail into a[0],
+// the same reductions), so each result is bit-identical to a lone kvt_matvec of that activation.
+// Q4_1's m terms are kept per activation in the four lanes of one vector (lane k for blocks
+// b % 4 == k): a lane-wise fused multiply-add is the scalar one, lane by lane.
+AVX512 INLINE void decode_block_avx512(int type, const uint8_t *p, __m512 *lo, __m512 *hi, __m512 *d, float *m) {
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    if (type == KVT_TYPE_Q8_0) {
+        *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2))));
+        *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18))));
+        *d = _mm512_broadcastss_ps(load_h1(p));
+    } else if (type == KVT_TYPE_Q4_0) {
+        const __m512 table = _mm512_sub_ps(iota, _mm512_set1_ps(8.0f));
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)));
+        *lo = _mm512_permutexvar_ps(q, table);
+        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+        *d = _mm512_broadcastss_ps(load_h1(p));
+    } else {  // Q4_1
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)));
+        *lo = _mm512_permutexvar_ps(q, iota);
+        *hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
+        __m128 dm = load_h2(p);
+        *d = _mm512_broadcastss_ps(dm);
+        *m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+    }
+}
+
+// R (1..4, a constant after inlining) activations x[i * ldx] against one row at p.
+AVX512 INLINE void row_multi_avx512(int type, int R, const uint8_t *p, const float *x, size_t ldx, const float *xs, size_t ldxs,
+                                    int nb, float *out, size_t ldo) {
+    const int bs = type == KVT_TYPE_Q4_1 ? 20 : type == KVT_TYPE_Q4_0 ? 18 : 34;
+    __m512 acc[4][4];
+    __m128 accm[4];
+    for (int i = 0; i < R; i++) {
+        for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
+        accm[i] = _mm_setzero_ps();
+    }
+    int b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        float mv[4];
+        for (int k = 0; k < 4; k++) {
+            __m512 lo, hi, d;
+            decode_block_avx512(type, p + (b + k) * bs, &lo, &hi, &d, &mv[k]);
+            for (int i = 0; i < R; i++) {
+                const float *xi = x + i * ldx + (b + k) * 32;
+                __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xi + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xi)));
+                acc[i][k] = _mm512_fmadd_ps(d, t, acc[i][k]);
+            }
+        }
+        if (type == KVT_TYPE_Q4_1) {
+            __m128 m4 = _mm_loadu_ps(mv);
+            for (int i = 0; i < R; i++) accm[i] = _mm_fmadd_ps(m4, _mm_loadu_ps(xs + i * ldxs + b), accm[i]);
+        }
+    }
+    for (; b < nb; b++) {
+        __m512 lo, hi, d;
+        float m1 = 0;
+        decode_block_avx512(type, p + b * bs, &lo, &hi, &d, &m1);
+        for (int i = 0; i < R; i++) {
+            const float *xi = x + i * ldx + b * 32;
+            __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xi + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xi)));
+            acc[i][0] = _mm512_fmadd_ps(d, t, acc[i][0]);
+            // _mm_fmadd_ss takes lanes 1..3 from its first operand: keep accm's.
+            if (type == KVT_TYPE_Q4_1)
+                accm[i] = _mm_move_ss(accm[i], _mm_fmadd_ss(_mm_set_ss(m1), _mm_load_ss(xs + i * ldxs + b), accm[i]));
+        }
+    }
+    for (int i = 0; i < R; i++) {
+        float s = reduce1_avx512(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]), _mm512_add_ps(acc[i][2], acc[i][3])));
+        if (type == KVT_TYPE_Q4_1) {
+            float l[4];
+            _mm_storeu_ps(l, accm[i]);
+            s += (l[0] + l[1]) + (l[2] + l[3]);
+        }
+        out[i * ldo] = s;
+    }
+}
+
+// Rows in tiles of 16 (in L1 while every activation uses them), activations four at a time.
+AVX512 INLINE void rows_multi_avx512(int type, const uint8_t *p, size_t rowBytes, int rows, const float *x, size_t ldx,
+                                     const float *xs, size_t ldxs, int m, int nb, float *out, size_t ldo) {
+    for (int t0 = 0; t0 < rows; t0 += 16) {
+        int t1 = t0 + 16 < rows ? t0 + 16 : rows;
+        int i = 0;
+        for (; i + 4 <= m; i += 4)
+            for (int r = t0; r < t1; r++)
+                row_multi_avx512(type, 4, p + (size_t)r * rowBytes, x + i * ldx, ldx, xs + i * ldxs, ldxs, nb, out + i * ldo + r, ldo);
+        int left = m - i;
+        for (int r = t0; r < t1 && left > 0; r++) {
+            const uint8_t *row = p + (size_t)r * rowBytes;
+            if (left == 3) row_multi_avx512(type, 3, row, x + i * ldx, ldx, xs + i * ldxs, ldxs, nb, out + i * ldo + r, ldo);
+            else if (left == 2) row_multi_avx512(type, 2, row, x + i * ldx, ldx, xs + i * ldxs, ldxs, nb, out + i * ldo + r, ldo);
+            else row_multi_avx512(type, 1, row, x + i * ldx, ldx, xs + i * ldxs, ldxs, nb, out + i * ldo + r, ldo);
+        }
+    }
+}
+
+AVX512 void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x, size_t ldx,
+                                      const float *xsum, size_t ldxsum, int m, float *out, size_t ldo) {
+    const uint8_t *base = (const uint8_t *)w + (size_t)r0 * rowBytes;
+    int nb = n / 32, rows = r1 - r0;
+    switch (type) {
+    case KVT_TYPE_Q4_1: rows_multi_avx512(KVT_TYPE_Q4_1, base, rowBytes, rows, x, ldx, xsum, ldxsum, m, nb, out, ldo); return;
+    case KVT_TYPE_Q4_0: rows_multi_avx512(KVT_TYPE_Q4_0, base, rowBytes, rows, x, ldx, xsum, ldxsum, m, nb, out, ldo); return;
+    case KVT_TYPE_Q8_0: rows_multi_avx512(KVT_TYPE_Q8_0, base, rowBytes, rows, x, ldx, xsum, ldxsum, m, nb, out, ldo); return;
+    default:
+        for (int i = 0; i < m; i++)
+            for (int r = 0; r < rows; r++) out[i * ldo + r] = 0.0f;
+        return;
+    }
+}
+
 AVX512 void kvt_matvec_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
                                  const float *x, const float *xsum, float *out) {
     const uint8_t *base = (const uint8_t *)w + (size_t)r0 * rowBytes;

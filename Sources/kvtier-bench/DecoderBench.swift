@@ -13,6 +13,8 @@ struct DecoderBench: ParsableCommand {
     @Option(help: "Threads.") var threads = 2
     @Option(help: "Prompt lengths to prefill (comma-separated).") var prefill = "128,512,2048"
     @Option(help: "Tokens to decode.") var decode = 128
+    @Option(help: "Batch widths for batched decode (tgN xB: B sequences decoding in one step each), comma-separated; \"\" for none.")
+    var batch = "1,4,8,16,32"
     @Option(help: "Repetitions; the median is reported.") var repetitions = 3
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -58,6 +60,28 @@ struct DecoderBench: ParsableCommand {
                 rates.append(Double(decode) / dt)
             }
             rows.append(Row(test: "tg\(decode)", tokens: decode, tokens_per_second: median(rates), runs: rates))
+        }
+        // Batched decode: B sequences, each a few tokens in, decode `decode / 4` tokens each, one
+        // step per token for all of them (what the daemon's batch executor runs).
+        for b in batch.split(separator: ",").compactMap({ Int($0.trimmingCharacters(in: .whitespaces)) }) where b > 0 && decode > 0 {
+            let steps = max(8, decode / 4)
+            var rates: [Double] = []
+            for _ in 0..<repetitions {
+                let caches = (0..<b).map { _ in InMemoryKVCache(layout: m.kvLayout, capacity: steps + 8) }
+                var tokens = (0..<b).map { _ in randomTokens(1)[0] }
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                for i in 0..<steps {
+                    let items = (0..<b).map { j in
+                        Transformer.StepItem(tokens: [tokens[j]], positions: [Int32(i)], cache: caches[j], logits: .last) { _, logits in
+                            tokens[j] = Sampler.argmax(logits)
+                        }
+                    }
+                    if let error = transformer.step(items).compactMap({ $0 }).first { throw error }
+                }
+                let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                rates.append(Double(steps * b) / dt)
+            }
+            rows.append(Row(test: "tg\(steps) x\(b)", tokens: steps * b, tokens_per_second: median(rates), runs: rates))
         }
         let peak = ProcessStats.peakResidentBytes()
         if json {

@@ -13,11 +13,13 @@ final class BatchedChatTests: XCTestCase {
         return d
     }
 
-    private func makeEngine(_ model: LlamaModel, elementType: KVElementType = .f32, maxBatch: Int = 16) throws -> ChatEngine {
+    private func makeEngine(
+        _ model: LlamaModel, elementType: KVElementType = .f32, maxBatch: Int = 16, blockTokens: Int = 16, memory: Int = 32 << 20
+    ) throws -> ChatEngine {
         var c = StoreConfiguration(stateDirectory: tempDir())
-        c.blockTokens = 16
-        c.hbmCapacityBytes = 32 << 20
-        c.dramCapacityBytes = 32 << 20
+        c.blockTokens = blockTokens
+        c.hbmCapacityBytes = memory
+        c.dramCapacityBytes = memory
         c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
         let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: elementType)
         var e = EngineConfiguration()
@@ -84,6 +86,33 @@ final class BatchedChatTests: XCTestCase {
         XCTAssertLessThan(c.steps, aloneEngine.executor.counters.steps, "batching took fewer steps than one chat at a time")
         // Turns 2 and 3 reused their history in both runs.
         XCTAssertTrue(together.replies.values.allSatisfy { $0.count == 3 })
+    }
+
+    /// SmolLM2, 8 chats of 2 turns: with F32 KV and with the default F16 KV, each chat gets the
+    /// same greedy reply and the same logits, bit for bit, in the batch as alone.
+    func testRealModelEightChatsTogetherGetWhatTheyGetAlone() throws {
+        let model = try RealModel.load()
+        let sessions = (0..<8).map { "real-\($0)" }
+        let options = GenerationOptions(maxTokens: 16, sampling: .greedy, stopAtEndOfGeneration: false)
+        for elementType in [KVElementType.f32, .f16] {
+            let alone = try chat(
+                makeEngine(model, elementType: elementType, blockTokens: 64, memory: 256 << 20), sessions: sessions, turns: 2,
+                together: false, options: options)
+            let engine = try makeEngine(model, elementType: elementType, blockTokens: 64, memory: 256 << 20)
+            let together = try chat(engine, sessions: sessions, turns: 2, together: true, options: options)
+            var worst: Float = 0
+            for s in sessions {
+                XCTAssertEqual(alone.replies[s], together.replies[s], "\(elementType) \(s): the reply changes when batched")
+                let a = alone.logits[s] ?? [], b = together.logits[s] ?? []
+                XCTAssertEqual(a.count, 32)
+                XCTAssertEqual(a.count, b.count)
+                for (x, y) in zip(a, b) { worst = max(worst, zip(x, y).map { abs($0 - $1) }.max() ?? 0) }
+            }
+            let c = engine.executor.counters
+            print("SmolLM2, 8 chats x 2 turns, \(elementType) KV: batched vs alone max |logit diff| \(worst); \(c.steps) steps, widest \(c.widestStep)")
+            XCTAssertEqual(worst, 0, "\(elementType) KV: logits differ by \(worst) when batched")
+            XCTAssertGreaterThan(c.widestStep, 1)
+        }
     }
 
     func testAdmissionTakesOwnersInTurnAndEachOwnersTurnsInOrder() throws {

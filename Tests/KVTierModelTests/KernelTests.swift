@@ -34,6 +34,57 @@ final class KernelTests: XCTestCase {
         XCTAssertTrue(Float16(bitPattern: nan).isNaN)
     }
 
+    /// The batched matrix-vector kernel gives, for every activation vector, exactly (bit for bit)
+    /// what the lone-vector kernel gives at the same level: batched decoding changes no logit.
+    /// Widths cover the four-vector groups and their tails, lengths the four-block loop's tails,
+    /// row counts the 16-row tiles' tails.
+    func testBatchedMatvecIsBitIdenticalToOneVectorAtATimeAtEveryLevel() {
+        var rng = TestRNG(seed: 11)
+        for type: UInt32 in [0, 1, 2, 3, 8] {
+            for n in [32, 160, 576] {
+                let rows = 37
+                let wv = (0..<(rows * n)).map { _ in (rng.nextFloat() - 0.5) * 2 }
+                var w: [UInt8] = []
+                for r in 0..<rows { w += GGUFWriter.encode(Array(wv[(r * n)..<((r + 1) * n)]), type: type) }
+                let rowBytes = w.count / rows
+                for m in [1, 2, 3, 4, 5, 7, 8, 9] {
+                    let x = (0..<(m * n)).map { _ in (rng.nextFloat() - 0.5) * 3 + 0.5 }
+                    var sums = [Float](repeating: 0, count: m * n / 32)
+                    x.withUnsafeBufferPointer { xp in
+                        sums.withUnsafeMutableBufferPointer { sp in
+                            for i in 0..<m { kvt_block_sums(xp.baseAddress! + i * n, sp.baseAddress! + i * n / 32, Int32(n)) }
+                        }
+                    }
+                    for level in levels {
+                        _ = kvt_set_cpu_level(level)
+                        var one = [Float](repeating: .nan, count: m * rows)
+                        var many = [Float](repeating: .nan, count: m * rows)
+                        for i in 0..<m {
+                            x.withUnsafeBufferPointer { xp in
+                                sums.withUnsafeBufferPointer { sp in
+                                    one.withUnsafeMutableBufferPointer { op in
+                                        kvt_matvec(
+                                            Int32(type), w, rowBytes, 3, Int32(rows), Int32(n), xp.baseAddress! + i * n,
+                                            sp.baseAddress! + i * n / 32, op.baseAddress! + i * rows + 3)
+                                    }
+                                }
+                            }
+                        }
+                        many.withUnsafeMutableBufferPointer { op in
+                            kvt_matvec_rows(Int32(type), w, rowBytes, 3, Int32(rows), Int32(n), x, n, sums, n / 32, Int32(m), op.baseAddress! + 3, rows)
+                        }
+                        let differing = (0..<m).flatMap { i in (3..<rows).map { i * rows + $0 } }.filter {
+                            many[$0].bitPattern != one[$0].bitPattern
+                        }
+                        XCTAssertEqual(
+                            differing.count, 0,
+                            "type \(type) n \(n) m \(m) level \(level): first at \(differing.first ?? 0): \(differing.first.map { many[$0] } ?? 0) vs \(differing.first.map { one[$0] } ?? 0)")
+                    }
+                }
+            }
+        }
+    }
+
     func testDequantizeMatchesTheWriterAtEveryLevel() {
         var rng = TestRNG(seed: 2)
         let values = (0..<256).map { _ in (rng.nextFloat() - 0.5) * 4 }

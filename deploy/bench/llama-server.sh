@@ -65,16 +65,20 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
 }
 
-# -D flags for ggml's CPU backend: explicit features of this CPU, never AMX.
+# -D flags for ggml's CPU backend. The default build (GGML_NATIVE=ON, OpenMP) is what llama.cpp's
+# users get, and it is used wherever it runs. On a CPU with AMX the native build dies with SIGILL
+# on the first decode of this model (docs/benchmarks.md), so there the CPU's features are named
+# one by one, AMX left out; OpenMP stays on as in the default build.
 cpu_flags() {
     case "$(uname -m)" in
         x86_64|amd64) ;;
-        *) echo "-DGGML_OPENMP=OFF"; return ;;   # no AMX off x86: the native build is fine
+        *) return ;;   # no AMX off x86: the default build
     esac
     local f
     f=" $(grep -m1 -E '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+    case "$f" in *" amx_tile "*) ;; *) return ;; esac   # no AMX: the default build
     has() { case "$f" in *" $1 "*) echo ON ;; *) echo OFF ;; esac; }
-    echo "-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF" \
+    echo "-DGGML_NATIVE=OFF" \
          "-DGGML_AVX=$(has avx) -DGGML_AVX2=$(has avx2) -DGGML_FMA=$(has fma) -DGGML_F16C=$(has f16c)" \
          "-DGGML_BMI2=$(has bmi2) -DGGML_AVX_VNNI=$(has avx_vnni)" \
          "-DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VBMI=$(has avx512vbmi)" \
@@ -95,7 +99,7 @@ cmd_build() {
     if [ ! -f "$tarball" ]; then
         local pip=(python3 -m pip)
         command -v pip3 >/dev/null 2>&1 && pip=(pip3)
-        "${pip[@]}" download --no-deps --no-binary :all: -d "$DL_DIR" "llama-cpp-python==$LCP_VERSION" >&2
+        "${pip[@]}" download --no-deps --no-binary llama-cpp-python -d "$DL_DIR" "llama-cpp-python==$LCP_VERSION" >&2
         [ -f "$tarball" ] || die "pip download did not produce $tarball"
     else
         say "using $tarball"

@@ -54,6 +54,14 @@ float kvt_dot_qf(int type, const void *w, const float *x, const float *xsum, int
 void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
                 const float *x, const float *xsum, float *out);
 
+/// out[i * ldo + (r - r0)] = dot(row r of W, x + i * ldx) for the m activation vectors i in
+/// [0, m) and r in [r0, r1): each bit-identical to kvt_matvec of that vector alone (the same
+/// kernel's operations in the same order), but each block of W is decoded once for up to four
+/// vectors and a tile of rows is reused from cache by all of them (batched decoding). xsum + i *
+/// ldxsum is vector i's kvt_block_sums (quantized types only).
+void kvt_matvec_rows(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x, size_t ldx,
+                     const float *xsum, size_t ldxsum, int m, float *out, size_t ldo);
+
 /// Dequantizes one row of n elements of `type` into dst.
 void kvt_dequantize_row(int type, const void *src, float *dst, int n);
 

@@ -4,10 +4,6 @@ import COpenBLAS
 // Unsafe-pointer fence: the linear layers, y = x * W^T, on quantized or float weights.
 
 extension Transformer {
-    /// Weight rows per tile of the multi-row matrix-vector pass: a tile (at most 16 x 960 bytes
-    /// of Q4_1 for this model's widest rows) stays in L1 while every activation row uses it.
-    static let vectorTileRows = 16
-
     /// y[n x w.rows] = x[n x w.cols] * W^T for the rows of one step: rows [0, vectorRows) through
     /// the matrix-vector kernels in one pass over W, then each of `gemmRuns` (rows [row, row + n))
     /// through its own matrix-matrix product.
@@ -52,10 +48,10 @@ extension Transformer {
 
     /// Matrix-vector products on F32 activations, every activation row computed on its own by the
     /// same kernel as a lone row (so a row's result does not depend on the others). With several
-    /// rows, W goes through in tiles of `vectorTileRows` rows, each used by every activation row
-    /// while it is in cache: W is read from memory once per call, not once per row. Quantized
-    /// kernels take the per-block sums of each activation vector (for Q4_1's offsets), computed
-    /// once here.
+    /// rows, `kvt_matvec_rows` decodes each block of W once for up to four rows and reuses tiles
+    /// of W from cache for all of them: W is read from memory once per call, not once per row.
+    /// Quantized kernels take the per-block sums of each activation vector (for Q4_1's offsets),
+    /// computed once here.
     private func matvecRows(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>) {
         let workers = threads
         let blocks = w.cols / 32
@@ -63,18 +59,15 @@ extension Transformer {
         if w.isQuantized {
             for i in 0..<n { kvt_block_sums(x + i * w.cols, sums + i * blocks, Int32(w.cols)) }
         }
-        let tile = n == 1 ? w.rows : Self.vectorTileRows
         pool.run(workers) { t in
             let (r0, r1) = Parallel.share(w.rows, t, workers)
-            var a = r0
-            while a < r1 {
-                let b = min(a + tile, r1)
-                for i in 0..<n {
-                    kvt_matvec(
-                        Int32(w.type.rawValue), w.base, w.rowBytes, Int32(a), Int32(b), Int32(w.cols),
-                        x + i * w.cols, sums + i * blocks, y + i * w.rows + a)
-                }
-                a = b
+            guard r1 > r0 else { return }
+            if n == 1 {
+                kvt_matvec(Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, sums, y + r0)
+            } else {
+                kvt_matvec_rows(
+                    Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, w.cols, sums, blocks,
+                    Int32(n), y + r0, w.rows)
             }
         }
     }
