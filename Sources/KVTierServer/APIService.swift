@@ -8,10 +8,12 @@ import NIOConcurrencyHelpers
 /// The endpoints, independent of HTTP plumbing: a request in, a status and JSON body out.
 ///
 /// Threads: requests arrive from the event loop and are handled on `requests` (a serial queue,
-/// so nothing here blocks the loop). Chat turns go to the engine's `TurnScheduler`, which runs
-/// them one at a time on its own queue and steers prefetch and eviction from its queue; their
-/// responses are written from the scheduler's queue. `limits`, `turnSeconds` and `stopping` are
-/// lock-protected boxes.
+/// so nothing here blocks the loop), except the admin calls that may wait on a turn or on the
+/// disk (deleting a session waits for its running turn; flush and demote write to disk), which
+/// run on `slowRequests`, so that health checks, metrics and new turns never wait behind them.
+/// Chat turns go to the engine's `TurnScheduler`, which runs them in the batch on threads of
+/// their own; their responses are written from the turn's thread. `limits`, `turnSeconds` and
+/// `stopping` are lock-protected boxes.
 public final class APIService: Sendable {
     public struct Request: Sendable {
         public var method: String
@@ -56,6 +58,7 @@ public final class APIService: Sendable {
     public let limits: NIOLockedValueBox<ServerLimits>
     public let metrics: ServerMetrics
     let requests = DispatchQueue(label: "kvtier.server.requests")
+    let slowRequests = DispatchQueue(label: "kvtier.server.slow-requests")
     /// Recent turn duration in seconds (moving average), for Retry-After.
     let turnSeconds = NIOLockedValueBox<Double>(2)
     /// Set by `beginShutdown`: new turns get 503.
@@ -81,16 +84,26 @@ public final class APIService: Sendable {
         return scheduler.cancelPending(with: APIError(503, "unavailable", "kvtierd is shutting down; retry after it restarts"))
     }
 
-    /// Waits for queued requests and the running turn.
+    /// Waits for queued requests and the running turns.
     public func drain() {
         requests.sync {}
+        slowRequests.sync {}
         scheduler.drain()
+    }
+
+    /// Requests that may wait on a running turn or on disk writes.
+    static func isSlow(_ r: Request) -> Bool {
+        switch r.method {
+        case "DELETE": return r.path.hasPrefix("/v1/sessions/")
+        case "POST": return r.path == "/v1/flush" || (r.path.hasPrefix("/v1/sessions/") && r.path.hasSuffix("/demote"))
+        default: return false
+        }
     }
 
     /// Handles a request; `respond` gets the response, or (a streamed chat completion) `stream`
     /// gets the events and `respond` is not called.
     public func handle(_ r: Request, stream: StreamSink, respond: @escaping @Sendable (Response) -> Void) {
-        requests.async { [self] in
+        (Self.isSlow(r) ? slowRequests : requests).async { [self] in
             let counted: @Sendable (Response) -> Void = { [metrics] response in
                 metrics.response(status: response.status)
                 respond(response)

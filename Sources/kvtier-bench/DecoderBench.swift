@@ -15,6 +15,8 @@ struct DecoderBench: ParsableCommand {
     @Option(help: "Tokens to decode.") var decode = 128
     @Option(help: "Batch widths for batched decode (tgN xB: B sequences decoding in one step each), comma-separated; \"\" for none.")
     var batch = "1,4,8,16,32"
+    @Option(help: "Rows from which a sequence goes through sgemm instead of the matrix-vector kernels (default: the decoder's).")
+    var gemmThreshold: Int?
     @Option(help: "Repetitions; the median is reported.") var repetitions = 3
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -24,6 +26,7 @@ struct DecoderBench: ParsableCommand {
         do { m = try LlamaModel(path: path) } catch { throw ValidationError("\(error)") }
         let lengths = prefill.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         let transformer = m.makeTransformer(threads: threads)
+        if let gemmThreshold { transformer.gemmThreshold = gemmThreshold }
         var rng = SplitMix64(seed: 1234)
         func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(m.config.vocabularySize)) } }
 

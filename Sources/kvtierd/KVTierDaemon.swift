@@ -121,6 +121,7 @@ struct KVTierDaemon: AsyncParsableCommand {
             metadata: [
                 "model": "\(path)", "state": "\(c.stateDirectory)", "sessions": "\(engine.sessionIDs.count)",
                 "listen": "\(listeners.map(\.description).joined(separator: ", "))",
+                "batch": "\(c.maxBatch) turns, \(c.prefillChunkTokens)-token prefill chunks", "kernels": "\(engine.kernelChoice)",
             ])
         let api = APIServerService(
             service: service, server: server, listeners: listeners, engine: engine, store: store, flushOnStop: c.flushOnStop,

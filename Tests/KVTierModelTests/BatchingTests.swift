@@ -142,9 +142,10 @@ final class BatchingTests: XCTestCase {
         let c = executor.counters
         XCTAssertEqual(c.widestStep, inputs.count, "every lane in one step")
         XCTAssertGreaterThan(c.mixedSteps, 0, "prompt chunks and decode rows share steps")
-        // 70 tokens in chunks of 16 take 5 steps; the short chats decode meanwhile, so the whole
-        // run takes 5 + 7 steps, not 5 + 7 + 3 * 8 as one lane after another would.
-        XCTAssertEqual(c.steps, 12)
+        // The short prompts go first (step 1); the 70 tokens then take 5 steps in chunks of 16
+        // while the short chats decode, and 7 more steps decode the long chat: 13 steps, not
+        // 5 + 7 + 3 * 8 as one lane after another would take.
+        XCTAssertEqual(c.steps, 13)
         XCTAssertEqual(c.rows, inputs.reduce(0) { $0 + $1.count + 7 })
     }
 

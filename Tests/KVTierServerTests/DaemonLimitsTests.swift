@@ -116,6 +116,48 @@ final class DaemonLimitsTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(all.filter { $0.hasPrefix("HTTP/1.1 200") }.count, 2)
     }
 
+    /// A DELETE of a session whose turn is running waits for that turn; meanwhile health checks,
+    /// metrics and other users' turns are answered (they are not queued behind the DELETE).
+    func testHealthAndOtherTurnsAreAnsweredWhileADeleteWaitsForARunningTurn() throws {
+        let dir = try temporaryDirectory(self)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(socket: socket, state: dir + "/state")
+        defer { stop(daemon) }
+        XCTAssertEqual(try chat(socket, [("user", "hello")], session: "busy", maxTokens: 2).status, 200)
+        // A long turn of "busy" (ignore_eos: it runs its whole max_tokens).
+        let long = #"{"messages":[{"role":"user","content":"hello"},{"role":"assistant","content":"hi"},{"role":"user","content":"Tell me a long story."}],"max_tokens":400,"ignore_eos":true,"temperature":0,"session_id":"busy"}"#
+        let events = LockedList()
+        let done = DispatchGroup()
+        done.enter()
+        let longRequest = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: k\r\nConnection: close\r\nContent-Length: \(long.utf8.count)\r\n\r\n\(long)".utf8)
+        Thread {
+            _ = try? exchange(socket, longRequest)
+            events.append("turn done")
+            done.leave()
+        }.start()
+        // Wait until the turn is running, then ask to delete its session.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, let h = try? request(socket, "GET", "/healthz"), (h.json["running"] as? Int ?? 0) == 0 { usleep(20_000) }
+        done.enter()
+        let deleteRequest = Array("DELETE /v1/sessions/busy HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n".utf8)
+        Thread {
+            let r = try? exchange(socket, deleteRequest)
+            events.append("delete \(r?.head.split(separator: " ").dropFirst().first ?? "none")")
+            done.leave()
+        }.start()
+        usleep(200_000)
+        let health = try request(socket, "GET", "/healthz")
+        XCTAssertEqual(health.status, 200)
+        XCTAssertEqual(try rawRequest(socket, "GET", "/metrics").0, 200)
+        XCTAssertEqual(try chat(socket, [("user", "a quick other chat")], session: "other", maxTokens: 3).status, 200)
+        events.append("others answered")
+        XCTAssertEqual(done.wait(timeout: .now() + 120), .success)
+        let order = events.items
+        XCTAssertEqual(order.first, "others answered", "health, metrics and another chat answered before the long turn and the DELETE: \(order)")
+        XCTAssertTrue(order.contains("delete 200"), "\(order)")
+        XCTAssertEqual(order.firstIndex(of: "turn done").map { $0 < order.firstIndex(of: "delete 200")! }, true, "the DELETE waited for the turn: \(order)")
+    }
+
     func testIdleAndSlowClientsAreCutOffWhileOthersAreServed() throws {
         let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"

@@ -22,6 +22,8 @@ public final class ChatEngine: @unchecked Sendable {
     public let contextWindow: Int
     /// Runs every turn's forward passes, batched (owns the transformer).
     public let executor: BatchExecutor
+    /// Which kernel the linear layers use from how many rows, and the measurements behind it.
+    public let kernelChoice: String
     private let conversation: ConversationTokenizer
     private let gate = SessionGate()
     private let stateLock = NSLock()
@@ -39,8 +41,11 @@ public final class ChatEngine: @unchecked Sendable {
         self.store = store
         self.configuration = configuration
         self.contextWindow = min(configuration.contextWindow ?? model.config.contextLength, model.config.contextLength)
-        self.executor = BatchExecutor(
-            transformer: model.makeTransformer(threads: configuration.threads), prefillChunkTokens: configuration.prefillChunkTokens)
+        let transformer = model.makeTransformer(threads: configuration.threads)
+        var calibration = "linear layers: sgemm from \(configuration.linearGemmThreshold ?? 0) rows (configured)"
+        transformer.linearGemmThreshold = configuration.linearGemmThreshold ?? transformer.calibrateLinearGemmThreshold { calibration = $0 }
+        self.kernelChoice = calibration
+        self.executor = BatchExecutor(transformer: transformer, prefillChunkTokens: configuration.prefillChunkTokens)
         self.conversation = ConversationTokenizer(model: model)
         // Sessions saved before a restart.
         for name in store.disk.metadataNames(model: store.model, prefix: "session/") {

@@ -23,6 +23,10 @@ public struct EngineConfiguration: Sendable {
     /// Prompt tokens per batched step at most (chunked prefill): a long prompt is computed in
     /// chunks of this size, so the decoders in the batch get a token every step meanwhile.
     public var prefillChunkTokens = 256
+    /// Rows from which a sequence's linear layers take dequantize-and-sgemm instead of the batched
+    /// matrix-vector kernel; nil: measured on this CPU when the engine starts
+    /// (`Transformer.calibrateLinearGemmThreshold`).
+    public var linearGemmThreshold: Int?
     /// Compute threads.
     public var threads = LlamaModel.defaultThreads
     /// A session whose next turn is expected later than this is written through to disk.

@@ -19,11 +19,11 @@ import Foundation
 /// by what else is in the step, and the transformer computes each sequence's rows as it would
 /// alone (see `Transformer`): a sequence's logits do not depend on its neighbours.
 ///
-/// Prefill budget per step: the first waiting prompt chunk always runs; further chunks run while
-/// their sum stays within `prefillChunkTokens`. Light slices (fewer tokens than the transformer's
-/// `gemmThreshold`: decode rows, a short new message) are not counted and always run: they go
-/// through the matrix-vector pass that the decode rows share, so a short prompt never waits
-/// behind a long one.
+/// Prefill budget per step: decode rows (one token) always run and are not counted. Prompt
+/// slices run shortest first (a short new message does not wait behind a long prompt), in
+/// arrival order among equals, while the step's prompt tokens stay within `prefillChunkTokens`;
+/// the first always runs. A slice passed over in `agingSteps` steps goes first, so a long
+/// prompt is never starved by a stream of short ones.
 ///
 /// Threads: the executor's own thread owns the transformer and runs the steps (the caches'
 /// callbacks, `KVCache.didFinish` among them, run there, while the lane's thread is blocked in
@@ -32,8 +32,9 @@ import Foundation
 public final class BatchExecutor: @unchecked Sendable {
     public let prefillChunkTokens: Int
     public let gatherSeconds: Double
+    /// Steps a prompt slice may be passed over before it goes first.
+    static let agingSteps = 4
     private let transformer: Transformer
-    private let lightRows: Int
     private let cond = NSCondition()
     private var waiting: [Request] = []
     private var openLanes = 0
@@ -53,11 +54,12 @@ public final class BatchExecutor: @unchecked Sendable {
         public var widestStep = 0
         /// Steps that carried a prompt chunk and decode rows together.
         public var mixedSteps = 0
+        /// Seconds spent computing steps (the rest of the executor's time it waited for lanes).
+        public var computeSeconds = 0.0
     }
 
     public init(transformer: Transformer, prefillChunkTokens: Int = 256, gatherSeconds: Double = 0.002) {
         self.transformer = transformer
-        self.lightRows = transformer.gemmThreshold
         self.prefillChunkTokens = max(1, min(prefillChunkTokens, transformer.microBatch))
         self.gatherSeconds = max(0, gatherSeconds)
         let t = Thread { [self] in run() }
@@ -134,6 +136,8 @@ public final class BatchExecutor: @unchecked Sendable {
         let logits: Transformer.Logits
         let visit: (Int, UnsafeBufferPointer<Float>) -> Void
         var sequence: UInt64 = 0
+        /// Steps that passed this request's next prompt slice over.
+        var skipped = 0
         /// Tokens through so far.
         var done = 0
         var error: DecoderError?
@@ -215,8 +219,11 @@ public final class BatchExecutor: @unchecked Sendable {
                     positions: Array(r.positions[s.start..<(s.start + s.count)]),
                     cache: r.cache, logits: logits, visit: { i, row in r.visit(offset + i, row) })
             }
+            let t0 = DispatchTime.now().uptimeNanoseconds
             let errors = transformer.step(items)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             cond.lock()
+            totals.computeSeconds += seconds
             totals.steps += 1
             totals.rows += slices.reduce(0) { $0 + $1.count }
             totals.widestStep = max(totals.widestStep, slices.count)
@@ -239,19 +246,20 @@ public final class BatchExecutor: @unchecked Sendable {
 
     /// Called with `cond` held: this step's slices, in arrival order.
     private func compose() -> [Slice] {
-        var slices: [Slice] = []
+        func chunk(_ r: Request) -> Int { min(r.remaining, prefillChunkTokens - r.done % prefillChunkTokens) }
+        func rank(_ r: Request) -> (Int, Int, UInt64) { (r.skipped >= Self.agingSteps ? 0 : 1, chunk(r), r.sequence) }
+        var slices = waiting.filter { chunk($0) == 1 }.sorted { $0.sequence < $1.sequence }.map { Slice(request: $0, start: $0.done, count: 1) }
         var budget = prefillChunkTokens
-        var prefillTaken = false
-        for r in waiting.sorted(by: { $0.sequence < $1.sequence }) {
-            let chunk = min(r.remaining, prefillChunkTokens - r.done % prefillChunkTokens)
-            if chunk < lightRows {
-                slices.append(Slice(request: r, start: r.done, count: chunk))
-                continue
+        var first = true
+        for r in waiting.filter({ chunk($0) > 1 }).sorted(by: { rank($0) < rank($1) }) {
+            if first || chunk(r) <= budget {
+                slices.append(Slice(request: r, start: r.done, count: chunk(r)))
+                budget -= chunk(r)
+                r.skipped = 0
+                first = false
+            } else {
+                r.skipped += 1
             }
-            guard !prefillTaken || chunk <= budget else { continue }
-            slices.append(Slice(request: r, start: r.done, count: chunk))
-            budget -= chunk
-            prefillTaken = true
         }
         return slices
     }

@@ -1,5 +1,6 @@
 import CKVTierKernels
 import COpenBLAS
+import Dispatch
 
 // Unsafe-pointer fence: the linear layers, y = x * W^T, on quantized or float weights.
 
@@ -15,13 +16,51 @@ extension Transformer {
         for run in gemmRuns { gemm(w, x + run.row * w.cols, run.n, y + run.row * w.rows) }
     }
 
-    /// y[n x w.rows] = x[n x w.cols] * W^T, sgemm from `gemmThreshold` rows on.
+    /// y[n x w.rows] = x[n x w.cols] * W^T, sgemm from `linearThreshold` rows on.
     func linear(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>) {
-        if n >= gemmThreshold {
+        if n >= linearThreshold {
             gemm(w, x, n, y)
         } else {
             matvecRows(w, x, n, y)
         }
+    }
+
+    /// Measures, on the widest feed-forward matrix, from how many rows dequantize-and-sgemm beats
+    /// the batched matrix-vector kernel on this CPU, and returns that row count (candidates 16,
+    /// 32, 64, 128, 256, 512; `microBatch + 1` when sgemm never wins, so every linear layer takes
+    /// the matrix-vector kernel). Takes a few hundred milliseconds; the numbers go to `log`.
+    public func calibrateLinearGemmThreshold(log: (String) -> Void = { _ in }) -> Int {
+        guard let w = weights.layers.first?.up, w.isQuantized else { return gemmThreshold }
+        let maxRows = 512
+        let input = FloatBuffer(maxRows * w.cols), y = FloatBuffer(maxRows * w.rows)
+        let x = input.pointer
+        defer { withExtendedLifetime((input, y)) {} }
+        var seed: UInt32 = 1
+        for i in 0..<(maxRows * w.cols) {
+            seed = seed &* 1_664_525 &+ 1_013_904_223
+            x[i] = Float(seed >> 8) / Float(1 << 24) - 0.5
+        }
+        func seconds(_ body: () -> Void) -> Double {
+            var best = Double.infinity
+            for _ in 0..<2 {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                body()
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            }
+            return best
+        }
+        var report: [String] = []
+        for m in [16, 32, 64, 128, 256, 512] {
+            let vector = seconds { matvecRows(w, x, m, y.pointer) }
+            let matrix = seconds { gemm(w, x, m, y.pointer) }
+            report.append("\(m) rows: \(String(format: "%.2f", vector * 1000)) vs \(String(format: "%.2f", matrix * 1000)) ms")
+            if matrix < vector {
+                log("linear layers: sgemm from \(m) rows (matrix-vector vs sgemm on \(w.name): \(report.joined(separator: ", ")))")
+                return m
+            }
+        }
+        log("linear layers: the batched matrix-vector kernel at every size (matrix-vector vs sgemm on \(w.name): \(report.joined(separator: ", ")))")
+        return microBatch + 1
     }
 
     /// Dequantizes a slice of W's rows per worker, then sgemm into that slice of y's columns.

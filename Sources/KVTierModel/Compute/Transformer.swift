@@ -27,8 +27,14 @@ public final class Transformer {
     public let config: LlamaConfig
     public let weights: LlamaWeights
     public let threads: Int
-    /// A sequence with this many rows or more in a step uses sgemm.
+    /// A sequence with this many rows or more in a step uses sgemm (attention, and the linear
+    /// layers unless `linearGemmThreshold` says otherwise).
     public var gemmThreshold = 12
+    /// Rows from which a sequence's linear layers use dequantize-and-sgemm rather than the batched
+    /// matrix-vector kernel (nil: `gemmThreshold`). Which is faster depends on the CPU:
+    /// `calibrateLinearGemmThreshold()` measures it.
+    public var linearGemmThreshold: Int?
+    var linearThreshold: Int { linearGemmThreshold ?? gemmThreshold }
     /// Rows per sequence in one step at most (bounds scratch memory); `forward` splits longer inputs.
     public let microBatch = 512
     var rope: RopeTable
@@ -158,7 +164,7 @@ public final class Transformer {
         }
         guard !runs.isEmpty else { return errors }
         // Matrix-vector rows first, as one block; then each sgemm sequence's rows.
-        let threshold = gemmThreshold
+        let threshold = linearThreshold
         runs.sort { ($0.n >= threshold ? 1 : 0, $0.item) < ($1.n >= threshold ? 1 : 0, $1.item) }
         var row = 0
         for r in runs.indices {
@@ -172,8 +178,8 @@ public final class Transformer {
     private func runPass(_ items: [StepItem], _ runs: [Run]) {
         let c = config
         let n = runs.reduce(0) { $0 + $1.n }
-        let vectorRows = runs.filter { $0.n < gemmThreshold }.reduce(0) { $0 + $1.n }
-        let gemmRuns = runs.filter { $0.n >= gemmThreshold }.map { (row: $0.row, n: $0.n) }
+        let vectorRows = runs.filter { $0.n < linearThreshold }.reduce(0) { $0 + $1.n }
+        let gemmRuns = runs.filter { $0.n >= linearThreshold }.map { (row: $0.row, n: $0.n) }
         let e = c.embeddingLength, f = c.feedForwardLength
         let qw = c.headCount * c.headDim, kvw = c.kvWidth
         let x = self.x.reserve(n * e), xb = self.xb.reserve(n * max(e, qw))

@@ -81,6 +81,11 @@ public final class ServerMetrics: Sendable {
                     last[name] = value
                 }
                 CoreMetrics.Meter(label: "kvtier_batch_widest_step", factory: factory).set(batch.widestStep)
+                // Milliseconds, so that the counter stays an integer.
+                let ms = Int(batch.computeSeconds * 1000)
+                let delta = ms - (last["kvtier_batch_compute_milliseconds_total"] ?? 0)
+                CoreMetrics.Counter(label: "kvtier_batch_compute_milliseconds_total", factory: factory).increment(by: max(0, delta))
+                last["kvtier_batch_compute_milliseconds_total"] = ms
             }
             for t in tiers {
                 let dims = [("tier", t.tier)]

@@ -23,6 +23,8 @@ struct ServeBench: ParsableCommand {
     @Option(help: "Compute threads of both servers.") var threads = 2
     @Option(help: "kvtierd binary (default: the one beside this kvtier-bench).") var kvtierd: String?
     @Option(help: "Extra kvtierd arguments, space-separated (e.g. \"--max-batch 8\").") var kvtierdArgs = ""
+    @Option(help: "Measure the kvtierd already listening on this socket instead of starting one (no peak RSS then).")
+    var socket: String?
     @Option(help: "llama-server binary (default: deploy/bench/llama-server.sh's build, if there); \"\" runs kvtierd alone.")
     var llamaServer: String?
     @Option(help: "llama-server context tokens per slot (-c is this times the client count).") var slotContext = 4096
@@ -50,6 +52,9 @@ struct ServeBench: ParsableCommand {
         var wallSeconds: Double
         var peakRSSMiB: Double?
         var firstError: String?
+        /// GET /healthz and /metrics every 50 ms during the run, answered in (ms).
+        var probeMsP50: Double?
+        var probeMsP99: Double?
     }
 
     /// Another user's short request while a long reply streams.
@@ -78,7 +83,7 @@ struct ServeBench: ParsableCommand {
         guard !counts.isEmpty else { throw ValidationError("--clients needs at least one positive count") }
         let here = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
         let kvtierdPath = kvtierd ?? here + "/kvtierd"
-        guard FileManager.default.isExecutableFile(atPath: kvtierdPath) else {
+        guard socket != nil || FileManager.default.isExecutableFile(atPath: kvtierdPath) else {
             throw ValidationError("no kvtierd binary at \(kvtierdPath); build it (swift build -c release) or pass --kvtierd")
         }
         let llama = try resolveLlamaServer()
@@ -156,6 +161,9 @@ struct ServeBench: ParsableCommand {
     }
 
     private func measureKVTierd(binary: String, model: String, clients n: Int, seed: Int) throws -> Point {
+        if let socket {
+            return measure("kvtierd", client: StreamingHTTPClient(endpoint: .unix(socket)), server: nil, clients: n, sessionIDs: true, seed: seed)
+        }
         let (server, client) = try startKVTierd(binary: binary, model: model)
         defer { server.stop() }
         return measure("kvtierd", client: client, server: server, clients: n, sessionIDs: true, seed: seed)
@@ -167,11 +175,13 @@ struct ServeBench: ParsableCommand {
         return measure("llama-server -np \(n)", client: client, server: server, clients: n, sessionIDs: false, seed: seed)
     }
 
-    private func measure(_ name: String, client: StreamingHTTPClient, server: ServerProcess, clients n: Int, sessionIDs: Bool, seed: Int) -> Point {
+    private func measure(_ name: String, client: StreamingHTTPClient, server: ServerProcess?, clients n: Int, sessionIDs: Bool, seed: Int) -> Point {
         let load = ServeLoad(
             client: client, configuration: .init(clients: n, turns: turns, maxTokens: maxTokens, sendSessionID: sessionIDs, seed: seed))
         let quiet = json || isatty(STDERR_FILENO) == 0
+        let probe = Prober(client: client, paths: sessionIDs ? ["/healthz", "/metrics"] : ["/health", "/metrics"])
         let started = DispatchTime.now().uptimeNanoseconds
+        defer { probe.stop() }
         let results = load.run { done, total in
             guard !quiet else { return }
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
@@ -187,7 +197,8 @@ struct ServeBench: ParsableCommand {
             ttftMsP50: Self.percentile(ttft, 50), ttftMsP99: Self.percentile(ttft, 99),
             interTokenMsP50: Self.percentile(gaps, 50), interTokenMsP99: Self.percentile(gaps, 99),
             generatedTokensPerSecond: Double(ok.reduce(0) { $0 + $1.tokens }) / wall, turnsPerSecond: Double(ok.count) / wall,
-            wallSeconds: wall, peakRSSMiB: server.peakRSSMiB, firstError: results.first { $0.error != nil }?.error)
+            wallSeconds: wall, peakRSSMiB: server?.peakRSSMiB, firstError: results.first { $0.error != nil }?.error,
+            probeMsP50: Self.percentile(probe.stop(), 50), probeMsP99: Self.percentile(probe.stop(), 99))
     }
 
     // MARK: A long reply in flight
@@ -250,11 +261,11 @@ struct ServeBench: ParsableCommand {
 
     private func markdown(_ r: Report) -> String {
         func f(_ v: Double?, _ digits: Int = 0) -> String { v.map { String(format: "%.\(digits)f", $0) } ?? "-" }
-        var s = "| server | clients | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | gen tok/s | turns/s | peak RSS MiB | errors |\n"
-        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        var s = "| server | clients | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | gen tok/s | turns/s | peak RSS MiB | errors | health p99 ms |\n"
+        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         for p in r.points {
             s += "| \(p.server) | \(p.clients) | \(f(p.ttftMsP50)) | \(f(p.ttftMsP99)) | \(f(p.interTokenMsP50, 1)) | \(f(p.interTokenMsP99, 1)) | "
-            s += "\(f(p.generatedTokensPerSecond, 1)) | \(f(p.turnsPerSecond, 2)) | \(f(p.peakRSSMiB)) | \(p.errors) |\n"
+            s += "\(f(p.generatedTokensPerSecond, 1)) | \(f(p.turnsPerSecond, 2)) | \(f(p.peakRSSMiB)) | \(p.errors) | \(f(p.probeMsP99, 1)) |\n"
         }
         if !r.longReply.isEmpty {
             s += "\n| server | long reply in flight (tokens streamed) | another user's 3-token request: TTFT ms |\n|---|---:|---:|\n"

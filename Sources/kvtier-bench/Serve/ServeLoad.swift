@@ -141,3 +141,41 @@ final class TurnLog: @unchecked Sendable {
     func append(_ t: ServeLoad.Turn) -> Int { lock.withLock { turns.append(t); return turns.count } }
     var all: [ServeLoad.Turn] { lock.withLock { turns } }
 }
+
+/// Polls a server's health and metrics endpoints every 50 ms on a thread of its own while a load
+/// runs, and keeps each answer's latency: what an operator's checks see under load.
+final class Prober: @unchecked Sendable {
+    private let lock = NSLock()
+    private var latencies: [Double] = []
+    private var running = true
+    private var finished = false
+    private let done = DispatchSemaphore(value: 0)
+
+    init(client: StreamingHTTPClient, paths: [String]) {
+        let thread = Thread { [self] in
+            var i = 0
+            while lock.withLock({ running }) {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                if (try? client.get(paths[i % paths.count])) == 200 {
+                    let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+                    lock.withLock { latencies.append(ms) }
+                }
+                i += 1
+                usleep(50_000)
+            }
+            done.signal()
+        }
+        thread.start()
+    }
+
+    /// Stops polling (once) and returns the latencies, sorted, in ms.
+    @discardableResult
+    func stop() -> [Double] {
+        let wait = lock.withLock { () -> Bool in
+            defer { running = false; finished = true }
+            return !finished
+        }
+        if wait { done.wait() }
+        return lock.withLock { latencies.sorted() }
+    }
+}
