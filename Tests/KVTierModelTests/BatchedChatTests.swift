@@ -26,6 +26,9 @@ final class BatchedChatTests: XCTestCase {
         e.threads = 2
         e.maxBatch = maxBatch
         e.prefillChunkTokens = 32
+        // Alone and together run in two engines: both take the same kernels (not each its own
+        // measurement), so that their results can be compared bit for bit.
+        e.linearGemmThreshold = 24
         return ChatEngine(model: model, store: store, configuration: e)
     }
 

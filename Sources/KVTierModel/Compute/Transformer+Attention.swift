@@ -4,6 +4,59 @@ import COpenBLAS
 // Unsafe-pointer fence: attention over one sequence's cached keys and values.
 
 extension Transformer {
+    /// One sequence's queries for `attentionRows`.
+    struct AttentionJob {
+        let view: KVLayerView
+        let slot0: Int
+        let n: Int
+        let q: UnsafeMutablePointer<Float>
+        let out: UnsafeMutablePointer<Float>
+    }
+
+    /// Attention of several sequences' few queries each (decoding), one query at a time per head
+    /// as `attention` does for fewer than `gemmThreshold` queries, in one fork-join: the (sequence,
+    /// head) pairs are shared out by their cost (queries times visible slots). The same kernel
+    /// call per (query, head) as a lone sequence gets, so the results are identical.
+    func attentionRows(_ jobs: [AttentionJob]) {
+        guard !jobs.isEmpty else { return }
+        let c = config
+        let d = c.headDim, heads = c.headCount, group = c.headCount / c.kvHeadCount
+        let qw = heads * d, kvw = c.kvWidth
+        let scale = 1 / Float(d).squareRoot()
+        let items = jobs.count * heads
+        let workers = min(threads, items)
+        let scratch = self.workers
+        let maxTotal = jobs.map { $0.slot0 + $0.n }.max() ?? 0
+        // Cumulative cost, so that each worker gets about the same number of key visits.
+        var prefix = [Int](repeating: 0, count: items + 1)
+        for item in 0..<items {
+            let job = jobs[item / heads]
+            prefix[item + 1] = prefix[item] + job.n * (job.slot0 + job.n)
+        }
+        let totalCost = prefix[items]
+        rope.cos.withUnsafeBufferPointer { cs in
+            rope.sin.withUnsafeBufferPointer { sn in
+                let cosT = cs.baseAddress!, sinT = sn.baseAddress!
+                pool.run(workers) { t in
+                    let lo = totalCost * t / workers, hi = totalCost * (t + 1) / workers
+                    let first = prefix.partitionPoint(lo), last = t == workers - 1 ? items : prefix.partitionPoint(hi)
+                    guard last > first else { return }
+                    let scores = scratch[t].scores.reserve(maxTotal)
+                    for item in first..<last {
+                        let job = jobs[item / heads], h = item % heads, kvh = h / group
+                        let eb = job.view.precision.bytes
+                        for i in 0..<job.n {
+                            kvt_attend_one(
+                                job.q + i * qw + h * d, job.view.keys + kvh * d * eb, job.view.values + kvh * d * eb, Int32(eb), kvw, kvw,
+                                job.view.positions, Int32(job.slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
+                                job.out + i * qw + h * d)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Grouped-query attention of the n new queries (slots slot0..<slot0+n) over all slots
     /// [0, slot0 + n) of `view`, causal by slot order. Queries are already rotated.
     func attention(view: KVLayerView, slot0: Int, n: Int, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
@@ -62,5 +115,18 @@ extension Transformer {
                 }
             }
         }
+    }
+}
+
+extension Array where Element == Int {
+    /// In an ascending array: the first index i with self[i] >= value (count if none), minus the
+    /// leading zero of a prefix-sum array, so that item i starts at self[i].
+    fileprivate func partitionPoint(_ value: Int) -> Int {
+        var lo = 0, hi = count - 1  // items are 0..<count-1; item i covers [self[i], self[i+1])
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if self[mid] < value { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
     }
 }

@@ -209,11 +209,10 @@ public final class Transformer {
                 let cache = items[run.item].cache
                 cache.write(layer: l, start: run.slot0, count: run.n, keys: k + run.row * kvw, values: v + run.row * kvw)
             }
-            for run in runs {
-                let cache = items[run.item].cache
-                cache.waitUntilResident(layer: l)
-                cache.withLayer(l) { view in
-                    // Rotate the new queries by their slots' positions.
+            for run in runs { items[run.item].cache.waitUntilResident(layer: l) }
+            withViews(runs.map { items[$0.item].cache }, layer: l) { views in
+                // Rotate the new queries by their slots' positions.
+                for (run, view) in zip(runs, views) {
                     for i in 0..<run.n {
                         let p = Int(view.positions[run.slot0 + i])
                         rope.cos.withUnsafeBufferPointer { cs in
@@ -224,6 +223,13 @@ public final class Transformer {
                             }
                         }
                     }
+                }
+                // The sequences with few queries in one fork-join; each longer one on its own.
+                let few = zip(runs, views).filter { $0.0.n < gemmThreshold }.map { run, view in
+                    AttentionJob(view: view, slot0: run.slot0, n: run.n, q: q + run.row * qw, out: att + run.row * qw)
+                }
+                attentionRows(few)
+                for (run, view) in zip(runs, views) where run.n >= gemmThreshold {
                     attention(view: view, slot0: run.slot0, n: run.n, q: q + run.row * qw, out: att + run.row * qw)
                 }
             }
@@ -256,6 +262,16 @@ public final class Transformer {
             guard case .all = items[run.item].logits else { continue }
             outputLogits(x + run.row * e, rows: run.n, vectorOnly: false) { i, logits in items[run.item].visit(i, logits) }
         }
+    }
+
+    /// Calls `body` with a view of `layer` of every cache, in order (each cache's `withLayer`,
+    /// nested).
+    private func withViews<R>(_ caches: [KVCache], layer: Int, _ body: ([KVLayerView]) -> R) -> R {
+        func nest(_ i: Int, _ views: [KVLayerView]) -> R {
+            guard i < caches.count else { return body(views) }
+            return caches[i].withLayer(layer) { view in nest(i + 1, views + [view]) }
+        }
+        return nest(0, [])
     }
 
     /// Final norm and output projection for `rows` hidden states starting at `h` (normalized in

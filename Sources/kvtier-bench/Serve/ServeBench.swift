@@ -34,6 +34,7 @@ struct ServeBench: ParsableCommand {
         another asks for 3 tokens; its TTFT is reported (0: skip).
         """)
     var longReply = 4096
+    @Option(help: "First seed of the clients' messages and session ids (each client count adds one).") var seed = 0
     @Option(help: "Write serve.json and serve.md here.") var out: String?
     @Flag(help: "Print one JSON object on stdout (no progress, no table).") var json = false
 
@@ -87,13 +88,15 @@ struct ServeBench: ParsableCommand {
             throw ValidationError("no kvtierd binary at \(kvtierdPath); build it (swift build -c release) or pass --kvtierd")
         }
         let llama = try resolveLlamaServer()
-        if llama == nil && !json { print("llama-server: not built (deploy/bench/llama-server.sh build); measuring kvtierd alone") }
+        if llama == nil && llamaServer == nil && !json {
+            print("llama-server: not built (deploy/bench/llama-server.sh build); measuring kvtierd alone")
+        }
 
         var points: [Point] = []
         var long: [LongReplyPoint] = []
         for (round, n) in counts.enumerated() {
-            points.append(try measureKVTierd(binary: kvtierdPath, model: modelPath, clients: n, seed: round))
-            if let llama { points.append(try measureLlama(binary: llama, model: modelPath, clients: n, seed: round)) }
+            points.append(try measureKVTierd(binary: kvtierdPath, model: modelPath, clients: n, seed: seed + round))
+            if let llama { points.append(try measureLlama(binary: llama, model: modelPath, clients: n, seed: seed + round)) }
         }
         if longReply > 0 {
             long.append(try longReplyKVTierd(binary: kvtierdPath, model: modelPath))
