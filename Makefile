@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test run bench bench-replay bench-replay-quick bench-peers plot-deps reliability sanitize install uninstall clean
+.PHONY: all setup deps model data build release test run bench bench-replay bench-replay-quick bench-peers bench-serve plot-deps reliability sanitize install uninstall clean
 
 all: build
 
@@ -69,6 +69,12 @@ bench-peers: setup data release plot-deps
 	.build/release/kvtier-bench replay $(if $(filter quick,$(PEERS_PRESET)),--quick) --model $(MODEL) --data $(SHAREGPT) \
 		--policies "" --sweep "" --no-plots --out $(PEERS_DIR) --export-trace $(PEERS_DIR)/trace.json
 	deploy/bench/compare-peers.sh $(MODEL) $(PEERS_DIR)/trace.json $(PEERS_DIR)
+
+## bench-serve: closed-loop concurrent chats (1, 4, 8, 16, 32 clients) against kvtierd and llama-server
+## (built outside the repo by deploy/bench/llama-server.sh), one after the other in one sitting
+bench-serve: setup release
+	deploy/bench/llama-server.sh build
+	.build/release/kvtier-bench serve --model $(MODEL) --out $(BENCH_DIR)/serve
 
 RELIABILITY_OUT ?= $(RUN_DIR)/reliability
 RELIABILITY_TESTS ?= CrashSafety|RestartTime|HostileClient|Overload|Isolation|Fault|Deployment|DaemonAccess

@@ -39,6 +39,35 @@ final class DaemonAccessTests: XCTestCase {
         return String(decoding: try! JSONSerialization.data(withJSONObject: body), as: UTF8.self)
     }
 
+    /// `server.max_turns_per_user`: a user at the cap gets 429 naming it, with Retry-After;
+    /// another uid is still served.
+    func testOneUsersCapAnswers429ToThatUserOnly() throws {
+        try requireSetpriv()
+        let dir = try temporaryDirectory(self)
+        chmod(dir, 0o755)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(
+            socket: socket, state: dir + "/state",
+            config: "[server]\nsocket_mode = \"0666\"\nmax_turns_per_user = 1\n[engine]\nmax_batch = 1\n")
+        defer { stop(daemon) }
+        // Root's one allowed turn, long enough to be running while the others ask.
+        let long = #"{"messages":[{"role":"user","content":"Tell me a story."}],"max_tokens":80,"ignore_eos":true,"temperature":0}"#
+        let longRequest = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: k\r\nConnection: close\r\nContent-Length: \(long.utf8.count)\r\n\r\n\(long)".utf8)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            _ = try? exchange(socket, longRequest)
+            done.signal()
+        }.start()
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, let h = try? request(socket, "GET", "/healthz"), (h.json["running"] as? Int ?? 0) == 0 { usleep(20_000) }
+        let mine = try rawRequest(socket, "POST", "/v1/chat/completions", body: chatBody("one more from root"))
+        XCTAssertEqual(mine.0, 429, mine.1)
+        XCTAssertTrue(mine.1.contains("max_turns_per_user"), mine.1)
+        let theirs = try curlAs(groups: [], socket: socket, "POST", "/v1/chat/completions", body: chatBody("hello from another user"))
+        XCTAssertEqual(theirs.1, 200, "another uid is not limited by root's turns: \(theirs.2)")
+        XCTAssertEqual(done.wait(timeout: .now() + 120), .success)
+    }
+
     func testSocketModeKeepsOthersOut() throws {
         try requireSetpriv()
         let dir = try temporaryDirectory(self)

@@ -89,33 +89,6 @@ final class DaemonLimitsTests: XCTestCase {
         XCTAssertTrue(all.contains { $0.hasPrefix("HTTP/1.1 200") })
     }
 
-    func testOneUsersCapAnswers429ToThatUserOnly() throws {
-        let dir = try temporaryDirectory(self)
-        let socket = dir + "/k.sock"
-        // One turn at a time, so that this user's turns pile up; the global queue is large.
-        let daemon = try startDaemon(
-            socket: socket, state: dir + "/state", config: "[server]\nmax_queue = 64\nmax_turns_per_user = 2\n[engine]\nmax_batch = 1\n")
-        defer { stop(daemon) }
-        let body = #"{"messages":[{"role":"user","content":"Write a long story about a cat."}],"max_tokens":48,"temperature":0}"#
-        let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: k\r\nConnection: close\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)".utf8)
-        let answers = LockedList()
-        let group = DispatchGroup()
-        for _ in 0..<5 {
-            group.enter()
-            Thread {
-                if let r = try? exchange(socket, request) { answers.append(r.head + "\n" + r.body) }
-                group.leave()
-            }.start()
-        }
-        group.wait()
-        let all = answers.items
-        XCTAssertEqual(all.count, 5)
-        let limited = all.filter { $0.hasPrefix("HTTP/1.1 429") }
-        XCTAssertFalse(limited.isEmpty, "five turns of one user with a cap of two: some are refused: \(all.map { $0.prefix(40) })")
-        XCTAssertTrue(limited.allSatisfy { $0.contains("max_turns_per_user") && $0.lowercased().contains("retry-after: ") }, "\(limited)")
-        XCTAssertGreaterThanOrEqual(all.filter { $0.hasPrefix("HTTP/1.1 200") }.count, 2)
-    }
-
     /// A DELETE of a session whose turn is running waits for that turn; meanwhile health checks,
     /// metrics and other users' turns are answered (they are not queued behind the DELETE).
     func testHealthAndOtherTurnsAreAnsweredWhileADeleteWaitsForARunningTurn() throws {

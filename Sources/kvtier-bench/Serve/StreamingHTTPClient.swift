@@ -94,15 +94,7 @@ struct StreamingHTTPClient: Sendable {
                 for (i, b) in bytes.enumerated() { dst[i] = b }
                 dst[bytes.count] = 0
             }
-            let ok = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            guard ok == 0 else {
-                let message = String(cString: strerror(errno))
-                close(fd)
-                throw Failure(description: "cannot connect to \(path): \(message)")
-            }
-            return fd
+            return try connect(fd, &addr, to: path)
         case .tcp(let host, let port):
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             guard fd >= 0 else { throw Failure(description: "socket() failed: \(String(cString: strerror(errno)))") }
@@ -115,16 +107,21 @@ struct StreamingHTTPClient: Sendable {
                 close(fd)
                 throw Failure(description: "not an IPv4 address: \(host)")
             }
-            let ok = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard ok == 0 else {
-                let message = String(cString: strerror(errno))
-                close(fd)
-                throw Failure(description: "cannot connect to \(host):\(port): \(message)")
-            }
-            return fd
+            return try connect(fd, &addr, to: "\(host):\(port)")
         }
+    }
+
+    /// Connects `fd` to `address` (a sockaddr_un or sockaddr_in); closes it on failure.
+    private func connect<Address>(_ fd: Int32, _ address: inout Address, to name: String) throws -> Int32 {
+        let ok = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<Address>.size)) }
+        }
+        guard ok == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw Failure(description: "cannot connect to \(name): \(message)")
+        }
+        return fd
     }
 
     private func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
