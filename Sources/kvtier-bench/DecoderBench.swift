@@ -15,7 +15,7 @@ struct DecoderBench: ParsableCommand {
     @Option(help: "Tokens to decode.") var decode = 128
     @Option(help: "Batch widths for batched decode (tgN xB: B sequences decoding in one step each), comma-separated; \"\" for none.")
     var batch = "1,4,8,16,32"
-    @Option(help: "Rows from which a sequence goes through sgemm instead of the matrix-vector kernels (default: the decoder's).")
+    @Option(help: "Rows from which the linear layers take dequantize-and-sgemm instead of the batched matrix-vector kernel (default: measured, as kvtierd does).")
     var gemmThreshold: Int?
     @Option(help: "Repetitions; the median is reported.") var repetitions = 3
     @Flag(help: "Print one JSON object.") var json = false
@@ -26,7 +26,8 @@ struct DecoderBench: ParsableCommand {
         do { m = try LlamaModel(path: path) } catch { throw ValidationError("\(error)") }
         let lengths = prefill.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         let transformer = m.makeTransformer(threads: threads)
-        if let gemmThreshold { transformer.gemmThreshold = gemmThreshold }
+        var kernels = "linear layers: sgemm from \(gemmThreshold ?? 0) rows (--gemm-threshold)"
+        transformer.linearGemmThreshold = gemmThreshold ?? transformer.calibrateLinearGemmThreshold { kernels = $0 }
         var rng = SplitMix64(seed: 1234)
         func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(m.config.vocabularySize)) } }
 
@@ -90,13 +91,13 @@ struct DecoderBench: ParsableCommand {
         if json {
             struct Out: Encodable {
                 let benchmark: String; let model: String; let threads: Int; let simd: String; let repetitions: Int
-                let results: [Row]; let peak_rss_bytes: Int
+                let results: [Row]; let peak_rss_bytes: Int; let kernels: String
             }
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             let out = Out(
                 benchmark: "decoder", model: path, threads: threads, simd: LlamaModel.simdLevel, repetitions: repetitions,
-                results: rows, peak_rss_bytes: peak)
+                results: rows, peak_rss_bytes: peak, kernels: kernels)
             print(String(decoding: try enc.encode(out), as: UTF8.self))
         } else {
             print("| test | t/s (median of \(repetitions)) | runs |")
@@ -105,6 +106,7 @@ struct DecoderBench: ParsableCommand {
                 print("| \(r.test) | \(String(format: "%.1f", r.tokens_per_second)) | \(r.runs.map { String(format: "%.1f", $0) }.joined(separator: ", ")) |")
             }
             print("threads \(threads), simd \(LlamaModel.simdLevel), peak RSS \(peak / 1_000_000) MB")
+            print(kernels)
         }
     }
 }
