@@ -20,6 +20,8 @@ struct ServeBench: ParsableCommand {
     @Option(help: "Client counts, comma-separated.") var clients = "1,4,8,16,32"
     @Option(help: "Turns per chat.") var turns = 4
     @Option(help: "Tokens per reply (both servers generate exactly this many: ignore_eos).") var maxTokens = 64
+    @Flag(help: "Let replies end at the model's end of turn (no ignore_eos), e.g. for servers that do not know it.")
+    var naturalStop = false
     @Option(help: "Compute threads of both servers.") var threads = 2
     @Option(help: "kvtierd binary (default: the one beside this kvtier-bench).") var kvtierd: String?
     @Option(help: "Extra kvtierd arguments, space-separated (e.g. \"--max-batch 8\").") var kvtierdArgs = ""
@@ -180,7 +182,8 @@ struct ServeBench: ParsableCommand {
 
     private func measure(_ name: String, client: StreamingHTTPClient, server: ServerProcess?, clients n: Int, sessionIDs: Bool, seed: Int) -> Point {
         let load = ServeLoad(
-            client: client, configuration: .init(clients: n, turns: turns, maxTokens: maxTokens, sendSessionID: sessionIDs, seed: seed))
+            client: client,
+            configuration: .init(clients: n, turns: turns, maxTokens: maxTokens, sendSessionID: sessionIDs, ignoreEOS: !naturalStop, seed: seed))
         let quiet = json || isatty(STDERR_FILENO) == 0
         let probe = Prober(client: client, paths: sessionIDs ? ["/healthz", "/metrics"] : ["/health", "/metrics"])
         let started = DispatchTime.now().uptimeNanoseconds
