@@ -148,6 +148,46 @@ final class BatchedChatTests: XCTestCase {
         XCTAssertEqual(scheduler.outstanding(owner: "alice"), 0)
     }
 
+    /// The look-ahead window holds the next sessions to start only as far as their KV fits in DRAM
+    /// together (C_mem / S_kv), whatever `lookAhead` allows.
+    func testLookAheadWindowHoldsWhatFitsInDRAM() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
+        let sessions = ["w0", "w1", "w2", "w3", "w4", "w5"]
+        // Sessions of similar size; DRAM holds two and a half of them.
+        let sizer = try makeEngine(model)
+        for s in sessions { _ = try sizer.runTurn(session: s, messages: [ChatMessage(role: "user", content: "hello from \(s)")], options: options) }
+        let perSession = sizer.sessionKVBytes("w1")
+        XCTAssertGreaterThan(perSession, 0)
+
+        var c = StoreConfiguration(stateDirectory: tempDir())
+        c.blockTokens = 16
+        c.hbmCapacityBytes = 32 << 20
+        c.dramCapacityBytes = perSession * 5 / 2
+        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f32)
+        var e = EngineConfiguration()
+        e.threads = 2
+        e.linearGemmThreshold = 24
+        let engine = ChatEngine(model: model, store: store, configuration: e)
+        for s in sessions { _ = try engine.runTurn(session: s, messages: [ChatMessage(role: "user", content: "hello from \(s)")], options: options) }
+        engine.quiesce()
+
+        let scheduler = TurnScheduler(engine: engine, lookAhead: 10, maxRunning: 1)
+        let release = DispatchSemaphore(value: 0)
+        let hold: @Sendable (String) -> Void = { _ in release.wait() }
+        for (i, s) in sessions.enumerated() {
+            let messages = [ChatMessage(role: "user", content: "hello from \(s)"), ChatMessage(role: "assistant", content: "x"), ChatMessage(role: "user", content: "again")]
+            scheduler.submit(TurnScheduler.Turn(session: s, owner: "u", messages: messages, options: options, onText: i == 0 ? hold : nil)) { _ in }
+        }
+        // w0 runs (held); w1..w5 wait, and only two of them fit in DRAM together.
+        XCTAssertEqual(scheduler.depth, 5)
+        XCTAssertEqual(scheduler.window, ["w1", "w2"])
+        for _ in 0..<8 { release.signal() }
+        scheduler.drain()
+        XCTAssertEqual(scheduler.window, [])
+    }
+
     func testQueuedTurnOfAGoneClientIsDroppedBeforeItStarts() throws {
         let model = try LlamaModel(path: TinyModel().write())
         let engine = try makeEngine(model)

@@ -68,6 +68,12 @@ public final class ChatEngine: @unchecked Sendable {
         stateLock.withLock { sessions[id].map { ($0.tokens.count, $0.kvCount, max(0, $0.dropEnd - $0.sinks)) } }
     }
 
+    /// Bytes of the session's live KV over all layers as the store keeps it (0 for an unknown session).
+    public func sessionKVBytes(_ id: String) -> Int {
+        let tokens = stateLock.withLock { sessions[id]?.kvCount ?? 0 }
+        return tokens * 2 * model.kvLayout.layers * model.kvLayout.rowWidth * store.elementType.byteWidth
+    }
+
     /// Who created session `id` (nil: made in-process, or unknown session).
     public func sessionOwner(_ id: String) -> String? { stateLock.withLock { sessions[id]?.owner } }
 

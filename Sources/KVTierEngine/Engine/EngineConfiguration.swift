@@ -16,8 +16,9 @@ public struct EngineConfiguration: Sendable {
     public var readAheadLayers: Int? = 8
     /// Keep the system message's tokens as sinks too when truncating.
     public var pinSystemMessage = false
-    /// Queued turns whose sessions are prefetched and spared by eviction.
-    public var lookAhead = 4
+    /// Queued turns whose sessions are prefetched and spared by eviction, at most: fewer when their
+    /// KV would not fit in DRAM together (the window is C_mem / S_kv sessions, as in the paper).
+    public var lookAhead = 64
     /// Turns that run at once, their forward passes batched (continuous batching).
     public var maxBatch = 16
     /// Prompt tokens per batched step at most (chunked prefill): a long prompt is computed in

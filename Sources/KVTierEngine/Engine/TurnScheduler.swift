@@ -16,10 +16,12 @@ import KVTierStore
 /// without holding up other sessions. A queued turn whose client has gone is dropped before it
 /// starts (`EngineError.clientGone`).
 ///
-/// Its look-ahead window of the next `lookAhead` turns to start steers the store: those sessions
-/// are prefetched from disk to DRAM before they start (scheduler-aware fetching) and, with the
-/// hint-driven policy, spared by eviction, the one needed last going first (scheduler-aware
-/// eviction).
+/// Its look-ahead window steers the store: the sessions of the next turns to start, as many as
+/// fit in DRAM together (CachedAttention's window of C_mem / S_kv sessions, counted with each
+/// session's own KV size) and at most `lookAhead`, are prefetched from disk to DRAM before they
+/// start (scheduler-aware fetching) and, with the hint-driven policy, spared by eviction, the one
+/// needed last going first (scheduler-aware eviction). A window that held more than DRAM would
+/// only make its own prefetches evict each other.
 ///
 /// Threads: `lock` guards the queues, `running`, `externalHints` and `prefetched`; each turn runs
 /// on its own thread; completions run on the turn's thread after it has left the batch.
@@ -69,6 +71,8 @@ public final class TurnScheduler: @unchecked Sendable {
     private var runningPerOwner: [String: Int] = [:]
     private var externalHints: [String] = []
     private var prefetched: Set<String> = []
+    /// The sessions of the last look-ahead window, next first.
+    private var lastWindow: [String] = []
     /// Entered for every submitted turn, left when its completion has run.
     private let outstanding = DispatchGroup()
 
@@ -103,6 +107,9 @@ public final class TurnScheduler: @unchecked Sendable {
 
     /// Number of queued turns (not running yet).
     public var depth: Int { lock.withLock { queues.values.reduce(0) { $0 + $1.count } } }
+
+    /// The sessions of the look-ahead window now, next to start first.
+    public var window: [String] { lock.withLock { lastWindow } }
 
     /// Number of turns running now.
     public var running: Int { lock.withLock { runningSessions.count } }
@@ -187,9 +194,24 @@ public final class TurnScheduler: @unchecked Sendable {
         return order
     }
 
+    /// The next sessions to start whose KV fits in DRAM together (at least one), at most `lookAhead`.
+    private func fittingWindow() -> [String] {
+        let capacity = engine.store.configuration.dramCapacityBytes
+        var bytes = 0
+        var out: [String] = []
+        for s in upcoming(lookAhead) where !out.contains(s) {
+            let size = engine.sessionKVBytes(s)
+            if !out.isEmpty && bytes + size > capacity { break }
+            bytes += size
+            out.append(s)
+        }
+        return out
+    }
+
     private func refreshWindow() {
         var order: [String] = []
-        for s in upcoming(lookAhead) + externalHints where !order.contains(s) { order.append(s) }
+        lastWindow = fittingWindow()
+        for s in lastWindow + externalHints where !order.contains(s) { order.append(s) }
         // Running sessions are pinned in HBM by their turns; the window names the ones to come.
         engine.store.setUpcoming(order)
         for s in order where !prefetched.contains(s) && !runningSessions.contains(s) {

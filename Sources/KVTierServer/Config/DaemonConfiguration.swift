@@ -32,7 +32,7 @@ public struct DaemonConfiguration: Sendable {
     public var kvPrecision = KVElementType.f16
     public var contextWindow: Int?
     public var sinkTokens = 4
-    public var lookAhead = 4
+    public var lookAhead = EngineConfiguration().lookAhead
     public var maxBatch = EngineConfiguration().maxBatch
     public var prefillChunkTokens = EngineConfiguration().prefillChunkTokens
     public var readAheadLayers = 8
