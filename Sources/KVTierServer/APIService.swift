@@ -252,6 +252,15 @@ public final class APIService: Sendable {
 
     func errorResponse(_ error: Error) -> Response {
         var e = (error as? APIError) ?? APIError(500, "server_error", "\(error)")
+        if let engine = error as? EngineError {
+            switch engine {
+            case .clientGone, .cancelledDuringPrompt:
+                // Nobody reads this (the client is gone); 499 keeps such turns apart from errors in metrics.
+                e = APIError(499, "cancelled", engine.description)
+            case .loadKeepsFailing:
+                break
+            }
+        }
         if case .disk(let d)? = error as? StoreError {
             switch d {
             case .unavailable, .noSpace, .io, .directoryNotWritable, .locked, .damaged:

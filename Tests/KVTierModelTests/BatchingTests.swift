@@ -149,13 +149,36 @@ final class BatchingTests: XCTestCase {
         XCTAssertEqual(c.rows, inputs.reduce(0) { $0 + $1.count + 7 })
     }
 
+    /// A long prompt whose caller cancels leaves at the next step: the chunks after it are not computed.
+    func testCancelledPromptLeavesAtTheNextStep() throws {
+        let model = try LlamaModel(path: TinyModel().write())
+        let executor = BatchExecutor(transformer: model.makeTransformer(threads: 2), prefillChunkTokens: 16)
+        defer { executor.stop() }
+        let cache = InMemoryKVCache(layout: model.kvLayout, capacity: 128)
+        let asked = OrderBox()
+        let isCancelled: @Sendable () -> Bool = {
+            asked.append("asked")
+            return asked.items.count > 1  // computing the first chunk, then cancelled
+        }
+        let lane = executor.lane()
+        let tokens: [Int32] = (0..<70).map { Int32(3 + $0) }
+        XCTAssertThrowsError(
+            try lane.forward(tokens: tokens, positions: (0..<70).map { Int32($0) }, cache: cache, logits: .last, isCancelled: isCancelled) {
+                _, _ in XCTFail("no logits for a cancelled prompt")
+            }
+        ) { XCTAssertEqual($0 as? DecoderError, .cancelled) }
+        lane.close()
+        XCTAssertEqual(cache.count, 16, "one chunk computed, the other four not")
+        XCTAssertEqual(executor.counters.rows, 16)
+    }
+
     func testStoppedExecutorFailsForwardWithAnError() throws {
         let model = try LlamaModel(path: TinyModel().write())
         let executor = BatchExecutor(transformer: model.makeTransformer(threads: 1))
         executor.stop()
         let cache = InMemoryKVCache(layout: model.kvLayout, capacity: 8)
         let lane = executor.lane()
-        XCTAssertThrowsError(try lane.forward(tokens: [1], positions: [0], cache: cache, logits: .last))
+        XCTAssertThrowsError(try lane.forward(tokens: [1], positions: [0], cache: cache, logits: .last) { _, _ in })
     }
 }
 

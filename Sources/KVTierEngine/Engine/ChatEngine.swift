@@ -261,9 +261,19 @@ public final class ChatEngine: @unchecked Sendable {
                 for (k, i) in idx.enumerated() { slotOf[i] = cache.count + k }
                 indexOfSlot += idx
                 recomputed += idx.count
-                try joinBatch().forward(
-                    tokens: idx.map { prompt[$0] }, positions: idx.map { state.position(of: $0) }, cache: cache, logits: .last
-                ) { _, l in logits = Array(l) }
+                let lane = joinBatch()
+                let tokens = idx.map { prompt[$0] }, positions = idx.map { state.position(of: $0) }
+                var result: [Float] = []
+                let outcome = Result { () throws(DecoderError) in
+                    try lane.forward(tokens: tokens, positions: positions, cache: cache, logits: .last, isCancelled: options.isCancelled) {
+                        _, l in result = Array(l)
+                    }
+                }
+                switch outcome {
+                case .success: logits = result
+                case .failure(.cancelled): throw EngineError.cancelledDuringPrompt(session: state.id)
+                case .failure(let error): throw error
+                }
             }
         }
         if !cache.failedBlocks.isEmpty { return cache.failedBlocks }

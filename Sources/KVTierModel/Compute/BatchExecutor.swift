@@ -102,16 +102,19 @@ public final class BatchExecutor: @unchecked Sendable {
 
         /// Runs `tokens` at `positions` on top of what `cache` holds, in as many steps as the
         /// prefill chunking takes, and returns when they are all through. `visit(i, logits)` is
-        /// called (on the executor's thread) for each requested row i.
+        /// called (on the executor's thread) for each requested row i. `isCancelled` is asked
+        /// before each step that would carry some of these tokens; true ends the call with
+        /// `DecoderError.cancelled` (the tokens already computed stay in `cache`).
         public func forward(
             tokens: [Int32], positions: [Int32], cache: KVCache, logits: Transformer.Logits,
-            visit: (Int, UnsafeBufferPointer<Float>) -> Void = { _, _ in }
+            isCancelled: (@Sendable () -> Bool)? = nil, visit: (Int, UnsafeBufferPointer<Float>) -> Void
         ) throws(DecoderError) {
             precondition(!closed, "forward on a closed lane")
             guard !tokens.isEmpty else { return }
             guard tokens.count == positions.count else { throw DecoderError.badInput("tokens and positions differ in length") }
             try withoutActuallyEscaping(visit) { (visit) throws(DecoderError) in
                 let request = Request(tokens: tokens, positions: positions, cache: cache, logits: logits, visit: visit)
+                request.isCancelled = isCancelled
                 try executor.submitAndWait(request)
             }
         }
@@ -142,6 +145,7 @@ public final class BatchExecutor: @unchecked Sendable {
         var done = 0
         var error: DecoderError?
         var finished = false
+        var isCancelled: (@Sendable () -> Bool)?
 
         init(
             tokens: [Int32], positions: [Int32], cache: KVCache, logits: Transformer.Logits,
@@ -200,6 +204,15 @@ public final class BatchExecutor: @unchecked Sendable {
                 cond.broadcast()
                 cond.unlock()
                 return
+            }
+            // Requests whose caller has cancelled leave before the step.
+            for r in waiting where r.isCancelled?() == true {
+                r.error = .cancelled
+                r.finished = true
+            }
+            if waiting.contains(where: \.finished) {
+                waiting.removeAll { $0.finished }
+                cond.broadcast()
             }
             guard !waiting.isEmpty else { continue }
             let slices = compose()

@@ -311,11 +311,14 @@ final class AttentionScratch: @unchecked Sendable {
 public enum DecoderError: Error, Equatable, Sendable, CustomStringConvertible {
     case badInput(String)
     case cache(KVCacheError)
+    /// The caller's cancellation check said stop before all the tokens were computed.
+    case cancelled
 
     public var description: String {
         switch self {
         case .badInput(let s): return "invalid decoder input: \(s)"
         case .cache(let e): return e.description
+        case .cancelled: return "the computation was cancelled (the client went away)"
         }
     }
 }
