@@ -251,6 +251,14 @@ public final class APIService: Sendable {
     }
 
     func errorResponse(_ error: Error) -> Response {
+        let e = apiError(error)
+        var response = (try? json(e.status, e)) ?? Response(status: 500, body: [])
+        if let retry = e.retryAfterSeconds { response.headers.append(("Retry-After", String(retry))) }
+        return response
+    }
+
+    /// The API's error for any failure: its status, type and message.
+    func apiError(_ error: Error) -> APIError {
         var e = (error as? APIError) ?? APIError(500, "server_error", "\(error)")
         if let engine = error as? EngineError {
             switch engine {
@@ -271,9 +279,7 @@ public final class APIService: Sendable {
                 break
             }
         }
-        var response = (try? json(e.status, e)) ?? Response(status: 500, body: [])
-        if let retry = e.retryAfterSeconds { response.headers.append(("Retry-After", String(retry))) }
-        return response
+        return e
     }
 
     func json<T: Encodable>(_ status: Int, _ value: T) throws -> Response {

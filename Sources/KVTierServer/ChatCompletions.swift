@@ -55,6 +55,12 @@ extension APIService {
             metrics.record(report)
             turnSeconds.withLockedValue { $0 = 0.8 * $0 + 0.2 * report.totalMs / 1000 }
         }
+        let failed: @Sendable (Error) -> Void = { error in
+            switch error as? EngineError {
+            case .clientGone?, .cancelledDuringPrompt?: metrics.recordCancelledBeforeReply()
+            default: break
+            }
+        }
         let usage: @Sendable (TurnReport) -> ChatCompletionResponse.Usage = {
             .init(prompt_tokens: $0.promptTokens, completion_tokens: $0.tokensGenerated, total_tokens: $0.promptTokens + $0.tokensGenerated)
         }
@@ -70,6 +76,7 @@ extension APIService {
                         usage: usage(report), session_id: visible, kvtier: KVTierReport(report))
                     respond((try? json(200, body)) ?? Response(status: 500, body: []))
                 case .failure(let error):
+                    failed(error)
                     respond(errorResponse(error))
                 }
             }
@@ -87,7 +94,7 @@ extension APIService {
         let turn = TurnScheduler.Turn(
             session: stored, owner: r.peer.namespace, messages: messages, options: options,
             onText: { piece in event(StreamChunk(id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil)) })
-        scheduler.submit(turn) { result in
+        scheduler.submit(turn) { [self] result in
             switch result {
             case .success(let report):
                 finished(report)
@@ -98,7 +105,8 @@ extension APIService {
                 event(last)
                 metrics.response(status: 200)
             case .failure(let error):
-                let e = (error as? APIError) ?? APIError(500, "server_error", "\(error)")
+                failed(error)
+                let e = apiError(error)
                 event(e)
                 metrics.response(status: e.status)
             }

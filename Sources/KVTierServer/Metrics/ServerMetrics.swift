@@ -46,6 +46,12 @@ public final class ServerMetrics: Sendable {
     }
 
     /// A finished turn.
+    /// A turn that stopped because its client went away before it produced a reply (dropped
+    /// from the queue, or stopped during its prompt): counted as a cancelled turn.
+    public func recordCancelledBeforeReply() {
+        CoreMetrics.Counter(label: "kvtier_turns_total", dimensions: [("finish_reason", "cancelled")], factory: factory).increment()
+    }
+
     public func record(_ r: TurnReport) {
         ttft.recordNanoseconds(Int64(r.ttftMs * 1e6))
         loadStall.recordNanoseconds(Int64(r.loadStallMs * 1e6))
