@@ -43,7 +43,8 @@ public final class ChatEngine: @unchecked Sendable {
         self.contextWindow = min(configuration.contextWindow ?? model.config.contextLength, model.config.contextLength)
         let transformer = model.makeTransformer(threads: configuration.threads)
         var calibration = "linear layers: sgemm from \(configuration.linearGemmThreshold ?? 0) rows (configured)"
-        transformer.linearGemmThreshold = configuration.linearGemmThreshold ?? transformer.calibrateLinearGemmThreshold { calibration = $0 }
+        transformer.linearGemmThreshold =
+            configuration.linearGemmThreshold ?? transformer.calibrateLinearGemmThreshold { calibration = $0 }
         self.kernelChoice = calibration
         self.executor = BatchExecutor(transformer: transformer, prefillChunkTokens: configuration.prefillChunkTokens)
         self.conversation = ConversationTokenizer(model: model)
@@ -102,7 +103,8 @@ public final class ChatEngine: @unchecked Sendable {
         placement: Placement = .keepInDRAM, onText: (String) -> Void = { _ in }
     ) throws -> TurnReport {
         try gate.withSession(id) {
-            try runTurnHeld(session: id, owner: owner, messages: messages, options: options, placement: placement, onText: onText)
+            try runTurnHeld(
+                session: id, owner: owner, messages: messages, options: options, placement: placement, onText: onText)
         }
     }
 
@@ -111,7 +113,9 @@ public final class ChatEngine: @unchecked Sendable {
         onText: (String) -> Void
     ) throws -> TurnReport {
         try options.sampling.validate()
-        guard options.maxTokens >= 1 else { throw DecoderError.badInput("max_tokens must be at least 1, got \(options.maxTokens)") }
+        guard options.maxTokens >= 1 else {
+            throw DecoderError.badInput("max_tokens must be at least 1, got \(options.maxTokens)")
+        }
         // Earlier turns' saves and removals finish first, so no block key is written twice at once.
         cleanup.sync {}
         store.waitForSaves()
@@ -181,13 +185,17 @@ public final class ChatEngine: @unchecked Sendable {
         onText: (String) -> Void
     ) throws -> [SessionState.BlockRange] {
         let live = state.liveIndices(upTo: prompt.count)
-        let cache = TurnCache(store: store, session: state.id, layout: model.kvLayout, capacity: live.count + maxNew + 1)
+        let cache = TurnCache(
+            store: store, session: state.id, layout: model.kvLayout, capacity: live.count + maxNew + 1)
         defer { cache.finish() }
         // Plan: live indices below `reuse` inside an intact stored block are loaded; the rest computed.
         func blockOf(_ i: Int) -> SessionState.BlockRange? {
             state.blocks.first { $0.start <= i && i < $0.end && !failed.contains($0) }
         }
-        enum Segment { case load(SessionState.BlockRange, offset: Int, indices: [Int]), compute([Int]) }
+        enum Segment {
+            case load(SessionState.BlockRange, offset: Int, indices: [Int])
+            case compute([Int])
+        }
         var segments: [Segment] = []
         for i in live {
             if i < reuse, let b = blockOf(i) {
@@ -204,15 +212,22 @@ public final class ChatEngine: @unchecked Sendable {
                 segments.append(.compute([i]))
             }
         }
-        let needed = Set(segments.compactMap { seg -> SessionState.BlockRange? in
-            if case .load(let b, _, _) = seg { return b } else { return nil }
-        })
+        let needed = Set(
+            segments.compactMap { seg -> SessionState.BlockRange? in
+                if case .load(let b, _, _) = seg { return b } else { return nil }
+            })
         if !needed.isEmpty { cache.startLoad(blocks: needed, readAhead: configuration.readAheadLayers) }
 
         // Saving: everything from the first computed token's block on is (re)written, layer by layer.
-        let firstComputed = segments.compactMap { seg -> Int? in if case .compute(let idx) = seg { return idx.first } else { return nil } }.min() ?? prompt.count
-        let saveFrom = state.blocks.first(where: { $0.start <= firstComputed && firstComputed <= $0.end && $0.count < blockTokens })?.start
-            ?? state.blocks.first(where: { $0.start <= firstComputed && firstComputed < $0.end })?.start ?? firstComputed
+        let firstComputed =
+            segments.compactMap { seg -> Int? in
+                if case .compute(let idx) = seg { return idx.first } else { return nil }
+            }.min() ?? prompt.count
+        let saveFrom =
+            state.blocks.first(where: { $0.start <= firstComputed && firstComputed <= $0.end && $0.count < blockTokens }
+            )?.start
+            ?? state.blocks.first(where: { $0.start <= firstComputed && firstComputed < $0.end })?.start
+            ?? firstComputed
         // History index of each slot (slots follow history order) and its inverse.
         var slotOf: [Int: Int] = [:]
         var indexOfSlot: [Int] = []
@@ -225,7 +240,9 @@ public final class ChatEngine: @unchecked Sendable {
             // Once a block failed to load, this attempt's KV may be wrong: save nothing more.
             guard layerwiseSave, cache.failedBlocks.isEmpty else { return }
             let t = DispatchTime.now().uptimeNanoseconds
-            saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: false)
+            saver.saveComplete(
+                layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf,
+                cache: cache.work, final: false)
             saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
         }
 
@@ -262,10 +279,14 @@ public final class ChatEngine: @unchecked Sendable {
                 indexOfSlot += idx
                 recomputed += idx.count
                 let lane = joinBatch()
-                let tokens = idx.map { prompt[$0] }, positions = idx.map { state.position(of: $0) }
+                let tokens = idx.map { prompt[$0] }
+                let positions = idx.map { state.position(of: $0) }
                 var result: [Float] = []
                 let outcome = Result { () throws(DecoderError) in
-                    try lane.forward(tokens: tokens, positions: positions, cache: cache, logits: .last, isCancelled: options.isCancelled) {
+                    try lane.forward(
+                        tokens: tokens, positions: positions, cache: cache, logits: .last,
+                        isCancelled: options.isCancelled
+                    ) {
                         _, l in result = Array(l)
                     }
                 }
@@ -291,7 +312,8 @@ public final class ChatEngine: @unchecked Sendable {
             indexOfSlot += indices
             if !forced.isEmpty {
                 try joinBatch().forward(
-                    tokens: forced, positions: indices.map { state.position(of: $0) }, cache: cache, logits: .none) { _, _ in }
+                    tokens: forced, positions: indices.map { state.position(of: $0) }, cache: cache, logits: .none
+                ) { _, _ in }
             }
         }
         while options.forcedReply == nil && reply.generated.count < maxNew {
@@ -316,14 +338,18 @@ public final class ChatEngine: @unchecked Sendable {
         let history = isForced ? prompt + forced : reply.history
         let generated = isForced ? forced : reply.generated
         let text = isForced ? model.tokenizer.decode(forced) : reply.text
-        let stop = cancelled ? "cancelled" : reply.endedByModel || reply.endedByStopSequence || isForced ? "stop" : "length"
+        let stop =
+            cancelled ? "cancelled" : reply.endedByModel || reply.endedByStopSequence || isForced ? "stop" : "length"
         // The token that hit max_tokens or completed a stop sequence was sampled but never fed
         // (a forced reply is fed whole). Then save what is left (the partial last block of every layer).
-        let fedCount = !isForced && (generated.count == maxNew || reply.endedByStopSequence) ? history.count - 1 : history.count
+        let fedCount =
+            !isForced && (generated.count == maxNew || reply.endedByStopSequence) ? history.count - 1 : history.count
         let t = DispatchTime.now().uptimeNanoseconds
         if configuration.reuseKV {
             for layer in 0..<model.kvLayout.layers {
-                saver.saveComplete(layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf, cache: cache.work, final: true)
+                saver.saveComplete(
+                    layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf,
+                    cache: cache.work, final: true)
             }
             // Ablation: the turn ends only when its KV has been written back.
             if !configuration.asyncSaving { store.waitForSaves() }
@@ -347,7 +373,9 @@ public final class ChatEngine: @unchecked Sendable {
         // The reply's own ids serve the next turn when the client sends this text back. Not after
         // a stop sequence or a cancel: the client's text then differs from what the model fed, so
         // the next turn reuses the common prefix and recomputes from where they part.
-        if !reply.endedByStopSequence && !cancelled && (stop == "stop" || !generated.isEmpty) { state.replies[text] = generated }
+        if !reply.endedByStopSequence && !cancelled && (stop == "stop" || !generated.isEmpty) {
+            state.replies[text] = generated
+        }
 
         let reused = live.filter { $0 < prompt.count }.count - recomputed
         report.tokensReused = reused
@@ -371,7 +399,8 @@ public final class ChatEngine: @unchecked Sendable {
         let stored = store.blockKeys(session: state.id)
         var present = Set(state.blocks)
         for layer in 0..<model.kvLayout.layers {
-            present.formIntersection((stored[layer] ?? []).map { SessionState.BlockRange(start: $0.start, count: $0.count) })
+            present.formIntersection(
+                (stored[layer] ?? []).map { SessionState.BlockRange(start: $0.start, count: $0.count) })
         }
         return state.blocks.filter { !present.contains($0) }
     }
@@ -396,7 +425,8 @@ public final class ChatEngine: @unchecked Sendable {
 
     /// Drops the oldest history tokens (after the sinks) so that the live tokens, the new ones
     /// and `reserve` generated tokens fit the window. Returns how many tokens were dropped.
-    private func truncateIfNeeded(_ state: inout SessionState, total: Int, reserve: Int, hasSystemMessage: Bool) -> Int {
+    private func truncateIfNeeded(_ state: inout SessionState, total: Int, reserve: Int, hasSystemMessage: Bool) -> Int
+    {
         var sinks = configuration.sinkTokens
         if configuration.pinSystemMessage, hasSystemMessage, let end = model.tokenizer.tokenID("<|im_end|>"),
             let i = state.tokens.firstIndex(of: end)

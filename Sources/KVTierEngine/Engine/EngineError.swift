@@ -11,11 +11,14 @@ public enum EngineError: Error, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .loadKeepsFailing(let session, let blocks):
-            return "session \(session): \(blocks) stored KV blocks failed to load repeatedly; check the tiers (kvtierctl) or delete the session and retry"
+            return "session \(session): \(blocks) stored KV blocks failed to load repeatedly; "
+                + "check the tiers (kvtierctl) or delete the session and retry"
         case .cancelledDuringPrompt(let session):
-            return "session \(session): the client closed the connection while the prompt was computed; the turn stopped and the session is unchanged"
+            return "session \(session): the client closed the connection while the prompt was computed; "
+                + "the turn stopped and the session is unchanged"
         case .clientGone(let session):
-            return "session \(session): the client closed the connection before the turn started; nothing was computed or changed"
+            return "session \(session): the client closed the connection before the turn started; "
+                + "nothing was computed or changed"
         }
     }
 }

@@ -23,7 +23,10 @@ struct LayerSaver {
         failedRanges.flatMap { b in (0..<layers).map { engine.key(session, $0, b) } }
     }
 
-    init(engine: ChatEngine, session: String, layers: Int, from: Int, sinks: Int, dropEnd: Int, blockTokens: Int, placement: Placement) {
+    init(
+        engine: ChatEngine, session: String, layers: Int, from: Int, sinks: Int, dropEnd: Int, blockTokens: Int,
+        placement: Placement
+    ) {
         self.engine = engine
         self.session = session
         self.layers = layers
@@ -52,7 +55,8 @@ struct LayerSaver {
             guard let slot = slotOf[b.start] else { break }
             let payload = cache.payload(layer: layer, start: slot, count: b.count)
             let key = engine.key(session, layer, b)
-            let block = KVBlock(key: key, elementType: engine.store.elementType, rowWidth: cache.layout.rowWidth, payload: payload)
+            let block = KVBlock(
+                key: key, elementType: engine.store.elementType, rowWidth: cache.layout.rowWidth, payload: payload)
             if (try? engine.store.admit(block)) != nil {
                 engine.store.save(key, placement: placement)
                 if layer == 0 { written.append(b) }

@@ -158,7 +158,9 @@ public final class TurnScheduler: @unchecked Sendable {
     /// to the back of the ring.
     private func nextJob() -> Job? {
         for (ri, owner) in ring.enumerated() {
-            guard let queue = queues[owner], let qi = queue.firstIndex(where: { !runningSessions.contains($0.turn.session) }) else {
+            guard let queue = queues[owner],
+                let qi = queue.firstIndex(where: { !runningSessions.contains($0.turn.session) })
+            else {
                 continue
             }
             let job = queue[qi]
@@ -236,10 +238,12 @@ public final class TurnScheduler: @unchecked Sendable {
             result = .failure(EngineError.clientGone(session: turn.session))
         } else {
             let placement: Placement =
-                (turn.nextTurnInSeconds ?? 0) > engine.configuration.writeThroughAfterSeconds ? .writeThrough : .keepInDRAM
+                (turn.nextTurnInSeconds ?? 0) > engine.configuration.writeThroughAfterSeconds
+                ? .writeThrough : .keepInDRAM
             result = Result {
                 try engine.runTurn(
-                    session: turn.session, owner: turn.owner, messages: turn.messages, options: turn.options, placement: placement,
+                    session: turn.session, owner: turn.owner, messages: turn.messages, options: turn.options,
+                    placement: placement,
                     onText: { turn.onText?($0) })
             }
         }

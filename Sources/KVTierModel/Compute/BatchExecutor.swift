@@ -111,7 +111,9 @@ public final class BatchExecutor: @unchecked Sendable {
         ) throws(DecoderError) {
             precondition(!closed, "forward on a closed lane")
             guard !tokens.isEmpty else { return }
-            guard tokens.count == positions.count else { throw DecoderError.badInput("tokens and positions differ in length") }
+            guard tokens.count == positions.count else {
+                throw DecoderError.badInput("tokens and positions differ in length")
+            }
             try withoutActuallyEscaping(visit) { (visit) throws(DecoderError) in
                 let request = Request(tokens: tokens, positions: positions, cache: cache, logits: logits, visit: visit)
                 request.isCancelled = isCancelled
@@ -240,7 +242,9 @@ public final class BatchExecutor: @unchecked Sendable {
             totals.steps += 1
             totals.rows += slices.reduce(0) { $0 + $1.count }
             totals.widestStep = max(totals.widestStep, slices.count)
-            if slices.contains(where: { $0.count > 1 }) && slices.contains(where: { $0.count == 1 }) { totals.mixedSteps += 1 }
+            if slices.contains(where: { $0.count > 1 }) && slices.contains(where: { $0.count == 1 }) {
+                totals.mixedSteps += 1
+            }
             for (s, error) in zip(slices, errors) {
                 s.request.done += s.count
                 if let error { s.request.error = error }
@@ -261,7 +265,9 @@ public final class BatchExecutor: @unchecked Sendable {
     private func compose() -> [Slice] {
         func chunk(_ r: Request) -> Int { min(r.remaining, prefillChunkTokens - r.done % prefillChunkTokens) }
         func rank(_ r: Request) -> (Int, Int, UInt64) { (r.skipped >= Self.agingSteps ? 0 : 1, chunk(r), r.sequence) }
-        var slices = waiting.filter { chunk($0) == 1 }.sorted { $0.sequence < $1.sequence }.map { Slice(request: $0, start: $0.done, count: 1) }
+        var slices = waiting.filter { chunk($0) == 1 }.sorted { $0.sequence < $1.sequence }.map {
+            Slice(request: $0, start: $0.done, count: 1)
+        }
         var budget = prefillChunkTokens
         var first = true
         for r in waiting.filter({ chunk($0) > 1 }).sorted(by: { rank($0) < rank($1) }) {

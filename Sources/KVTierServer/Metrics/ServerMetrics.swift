@@ -76,22 +76,26 @@ public final class ServerMetrics: Sendable {
 
     /// The Prometheus text exposition, after reading the tiers' current figures.
     /// `running`: turns in the batch now; `batch`: the batch executor's counters.
-    public func exposition(tiers: [TierStats], queueDepth depth: Int, running: Int = 0, batch: BatchExecutor.Counters? = nil) -> [UInt8] {
+    public func exposition(
+        tiers: [TierStats], queueDepth depth: Int, running: Int = 0, batch: BatchExecutor.Counters? = nil
+    ) -> [UInt8] {
         setQueueDepth(depth)
         CoreMetrics.Meter(label: "kvtier_running_turns", factory: factory).set(running)
         lastTotals.withLockedValue { last in
+            /// Advances counter `name` to a cumulative `value` read from the engine or the store.
+            /// A counter only grows; a source that reset its figures starts a new baseline.
+            func advance(_ name: String, dimensions: [(String, String)] = [], to value: Int) {
+                let key = ([name] + dimensions.map(\.1)).joined(separator: "/")
+                let delta = value - (last[key] ?? 0)
+                CoreMetrics.Counter(label: name, dimensions: dimensions, factory: factory).increment(by: max(0, delta))
+                last[key] = value
+            }
             if let batch {
-                for (name, value) in [("kvtier_batch_steps_total", batch.steps), ("kvtier_batch_rows_total", batch.rows)] {
-                    let delta = value - (last[name] ?? 0)
-                    CoreMetrics.Counter(label: name, factory: factory).increment(by: max(0, delta))
-                    last[name] = value
-                }
-                CoreMetrics.Meter(label: "kvtier_batch_widest_step", factory: factory).set(batch.widestStep)
+                advance("kvtier_batch_steps_total", to: batch.steps)
+                advance("kvtier_batch_rows_total", to: batch.rows)
                 // Milliseconds, so that the counter stays an integer.
-                let ms = Int(batch.computeSeconds * 1000)
-                let delta = ms - (last["kvtier_batch_compute_milliseconds_total"] ?? 0)
-                CoreMetrics.Counter(label: "kvtier_batch_compute_milliseconds_total", factory: factory).increment(by: max(0, delta))
-                last["kvtier_batch_compute_milliseconds_total"] = ms
+                advance("kvtier_batch_compute_milliseconds_total", to: Int(batch.computeSeconds * 1000))
+                CoreMetrics.Meter(label: "kvtier_batch_widest_step", factory: factory).set(batch.widestStep)
             }
             for t in tiers {
                 let dims = [("tier", t.tier)]
@@ -108,14 +112,7 @@ public final class ServerMetrics: Sendable {
                     CoreMetrics.Meter(label: "kvtier_tier_degraded", dimensions: dims, factory: factory).set(health.isHealthy ? 0 : 1)
                     totals.append(("kvtier_tier_write_errors_total", health.writeErrors))
                 }
-                for (name, value) in totals {
-                    let key = name + "/" + t.tier
-                    let delta = value - (last[key] ?? 0)
-                    // A counter only grows; a store that reset its figures starts a new baseline.
-                    let counter = CoreMetrics.Counter(label: name, dimensions: dims, factory: factory)
-                    if delta > 0 { counter.increment(by: delta) } else { counter.increment(by: 0) }
-                    last[key] = value
-                }
+                for (name, value) in totals { advance(name, dimensions: dims, to: value) }
             }
         }
         return registry.emitToBuffer()
