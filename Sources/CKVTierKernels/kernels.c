@@ -264,24 +264,29 @@ BODY void softmax_causal_body(float *s, int n, int T, int firstVisible, float sc
 }
 INSTANTIATE(softmax_causal, (float *s, int n, int T, int firstVisible, float scale), (s, n, T, firstVisible, scale))
 
-BODY void attend_one_body(const float *q, const void *k, const void *v, int elemBytes, size_t ldk, size_t ldv,
-                          const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
-                          const float *sinTable, float *scores, float *out) {
+BODY void attend_runs_body(const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld,
+                           const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
+                           const float *sinTable, float *scores, float *out) {
     int half = headDim / 2;
+    size_t rowBytes = ld * (size_t)elemBytes;
     float row[256];
     float mx = -INFINITY;
-    for (int t = 0; t < T; t++) {
-        kvt_kv_to_f32((const uint8_t *)k + (size_t)t * ldk * elemBytes, elemBytes, row, (size_t)headDim);
-        const float *c = cosTable + (size_t)pos[t] * half, *s = sinTable + (size_t)pos[t] * half;
-        // q . rope(k): per pair, c*(q0 k0 + q1 k1) + s*(q1 k0 - q0 k1)
-        float acc = 0.0f;
-        for (int i = 0; i < half; i++) {
-            float q0 = q[2 * i], q1 = q[2 * i + 1], k0 = row[2 * i], k1 = row[2 * i + 1];
-            acc += c[i] * (q0 * k0 + q1 * k1) + s[i] * (q1 * k0 - q0 * k1);
+    for (int t = 0, r = 0; t < T; r++) {
+        const uint8_t *k = (const uint8_t *)runs[r].k + offset * (size_t)elemBytes;
+        int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
+        for (; t < end; t++, k += rowBytes) {
+            kvt_kv_to_f32(k, elemBytes, row, (size_t)headDim);
+            const float *c = cosTable + (size_t)pos[t] * half, *s = sinTable + (size_t)pos[t] * half;
+            // q . rope(k): per pair, c*(q0 k0 + q1 k1) + s*(q1 k0 - q0 k1)
+            float acc = 0.0f;
+            for (int i = 0; i < half; i++) {
+                float q0 = q[2 * i], q1 = q[2 * i + 1], k0 = row[2 * i], k1 = row[2 * i + 1];
+                acc += c[i] * (q0 * k0 + q1 * k1) + s[i] * (q1 * k0 - q0 * k1);
+            }
+            acc *= scale;
+            scores[t] = acc;
+            mx = acc > mx ? acc : mx;
         }
-        acc *= scale;
-        scores[t] = acc;
-        mx = acc > mx ? acc : mx;
     }
     float sum = 0.0f;
     for (int t = 0; t < T; t++) {
@@ -290,16 +295,20 @@ BODY void attend_one_body(const float *q, const void *k, const void *v, int elem
     }
     float inv = 1.0f / sum;
     for (int i = 0; i < headDim; i++) out[i] = 0.0f;
-    for (int t = 0; t < T; t++) {
-        kvt_kv_to_f32((const uint8_t *)v + (size_t)t * ldv * elemBytes, elemBytes, row, (size_t)headDim);
-        float p = scores[t] * inv;
-        for (int i = 0; i < headDim; i++) out[i] += p * row[i];
+    for (int t = 0, r = 0; t < T; r++) {
+        const uint8_t *v = (const uint8_t *)runs[r].v + offset * (size_t)elemBytes;
+        int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
+        for (; t < end; t++, v += rowBytes) {
+            kvt_kv_to_f32(v, elemBytes, row, (size_t)headDim);
+            float p = scores[t] * inv;
+            for (int i = 0; i < headDim; i++) out[i] += p * row[i];
+        }
     }
 }
-INSTANTIATE(attend_one,
-            (const float *q, const void *k, const void *v, int elemBytes, size_t ldk, size_t ldv, const int32_t *pos,
+INSTANTIATE(attend_runs,
+            (const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld, const int32_t *pos,
              int T, int headDim, float scale, const float *cosTable, const float *sinTable, float *scores, float *out),
-            (q, k, v, elemBytes, ldk, ldv, pos, T, headDim, scale, cosTable, sinTable, scores, out))
+            (q, runs, offset, elemBytes, ld, pos, T, headDim, scale, cosTable, sinTable, scores, out))
 
 BODY void swiglu_body(const float *g, const float *u, float *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];

@@ -38,8 +38,8 @@ struct StoreBench: ParsableCommand {
                     let n = min(blockTokens, ids.count - start)
                     var payload = [UInt8](repeating: 0, count: 2 * n * w * 2)
                     payload.withUnsafeMutableBytes { dst in
-                        dst.baseAddress!.copyMemory(from: view.keys + start * w * 2, byteCount: n * w * 2)
-                        (dst.baseAddress! + n * w * 2).copyMemory(from: view.values + start * w * 2, byteCount: n * w * 2)
+                        dst.baseAddress!.copyMemory(from: view.runs[0].keys + start * w * 2, byteCount: n * w * 2)
+                        (dst.baseAddress! + n * w * 2).copyMemory(from: view.runs[0].values + start * w * 2, byteCount: n * w * 2)
                     }
                     let key = BlockKey(model: fingerprint, session: "bench", layer: l, start: start, count: n)
                     blocks.append(KVBlock(key: key, elementType: .f16, rowWidth: w, payload: payload))

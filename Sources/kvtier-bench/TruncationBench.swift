@@ -247,8 +247,8 @@ struct TruncationBench: ParsableCommand {
             b.withLayer(0) { vb in
                 var worst: Float = 0
                 for i in 0..<(a.count * a.layout.rowWidth) {
-                    let x = Float(Float16(bitPattern: va.keys.load(fromByteOffset: 2 * i, as: UInt16.self)))
-                    let y = Float(Float16(bitPattern: vb.keys.load(fromByteOffset: 2 * i, as: UInt16.self)))
+                    let x = Float(Float16(bitPattern: va.runs[0].keys.load(fromByteOffset: 2 * i, as: UInt16.self)))
+                    let y = Float(Float16(bitPattern: vb.runs[0].keys.load(fromByteOffset: 2 * i, as: UInt16.self)))
                     worst = max(worst, abs(x - y))
                 }
                 return worst

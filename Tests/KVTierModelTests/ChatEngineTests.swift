@@ -228,7 +228,7 @@ extension ChatEngineTests {
                 let k = bytes.baseAddress!.assumingMemoryBound(to: UInt16.self) + (i - p.key.start) * w
                 for j in 0..<w {
                     // Exact up to rounding: within two F16 ulps (2^-9 relative) of each other.
-                    let a = Float(Float16(bitPattern: k[j])), b = Float(Float16(bitPattern: view.keys.load(fromByteOffset: (slot * w + j) * 2, as: UInt16.self)))
+                    let a = Float(Float16(bitPattern: k[j])), b = Float(Float16(bitPattern: view.runs[0].keys.load(fromByteOffset: (slot * w + j) * 2, as: UInt16.self)))
                     worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-3))
                 }
                 compared += 1

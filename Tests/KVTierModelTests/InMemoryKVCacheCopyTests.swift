@@ -25,8 +25,8 @@ final class InMemoryKVCacheCopyTests: XCTestCase {
         c.withLayer(layer) { v in
             let n = v.count * layout.rowWidth
             return (
-                (0..<n).map { Float(Float16(bitPattern: v.keys.load(fromByteOffset: 2 * $0, as: UInt16.self))) },
-                (0..<n).map { Float(Float16(bitPattern: v.values.load(fromByteOffset: 2 * $0, as: UInt16.self))) }
+                (0..<n).map { Float(Float16(bitPattern: v.runs[0].keys.load(fromByteOffset: 2 * $0, as: UInt16.self))) },
+                (0..<n).map { Float(Float16(bitPattern: v.runs[0].values.load(fromByteOffset: 2 * $0, as: UInt16.self))) }
             )
         }
     }

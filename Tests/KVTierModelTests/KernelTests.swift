@@ -1,3 +1,4 @@
+import Foundation
 import CKVTierKernels
 import XCTest
 
@@ -83,6 +84,90 @@ final class KernelTests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// Attention over a paged cache: however the slots are cut into runs (pages), at any place,
+    /// the output is bit for bit that of one contiguous run, at every level and for both element
+    /// types; and it is the softmax-weighted sum of plain arithmetic.
+    func testAttentionOverRunsIsBitIdenticalToOneContiguousRun() {
+        var rng = TestRNG(seed: 7)
+        let d = 64, kvHeads = 2, ld = kvHeads * d, slots = 77
+        let rope = RopeTable(capacity: 128, headDim: d, base: 10000)
+        let q = (0..<d).map { _ in rng.nextFloat() - 0.5 }
+        let positions = (0..<slots).map { Int32($0 + 3) }
+        let keys = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
+        let values = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
+        for elemBytes in [2, 4] {
+            let k = elemBytes == 4 ? keys.withUnsafeBytes { Array($0) } : keys.map { Float16($0) }.withUnsafeBytes { Array($0) }
+            let v = elemBytes == 4 ? values.withUnsafeBytes { Array($0) } : values.map { Float16($0) }.withUnsafeBytes { Array($0) }
+            for level in levels {
+                _ = kvt_set_cpu_level(level)
+                for cuts in [[], [1], [16, 32, 48, 64], [5, 6, 40, 76]] {
+                    let bounds = [0] + cuts + [slots]
+                    // Every run in its own buffer, as pages are.
+                    let pages = zip(bounds, bounds.dropFirst()).map { lo, hi in
+                        (Array(k[(lo * ld * elemBytes)..<(hi * ld * elemBytes)]), Array(v[(lo * ld * elemBytes)..<(hi * ld * elemBytes)]), hi - lo)
+                    }
+                    for head in 0..<kvHeads {
+                        for visible in [1, 17, slots] {
+                            let whole = attend(q, [(k, v, slots)], head * d, elemBytes, ld, positions, visible, d, rope)
+                            let paged = attend(q, pages, head * d, elemBytes, ld, positions, visible, d, rope)
+                            XCTAssertEqual(whole.map(\.bitPattern), paged.map(\.bitPattern), "level \(level) e\(elemBytes) cuts \(cuts)")
+                            if elemBytes == 4 && cuts.isEmpty && head == 1 && visible == slots {
+                                let expect = plainAttention(q, keys, values, head * d, ld, positions, visible, d, rope)
+                                for (a, b) in zip(whole, expect) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private func attend(
+        _ q: [Float], _ pages: [([UInt8], [UInt8], Int)], _ offset: Int, _ elemBytes: Int, _ ld: Int, _ pos: [Int32],
+        _ visible: Int, _ d: Int, _ rope: RopeTable
+    ) -> [Float] {
+        var out = [Float](repeating: 0, count: d)
+        var scores = [Float](repeating: 0, count: visible)
+        // The pages' bytes stay put while the kernel reads them (arrays of the caller, not copied).
+        func nest(_ i: Int, _ runs: [kvt_kv_run]) {
+            guard i < pages.count else {
+                runs.withUnsafeBufferPointer { r in
+                    kvt_attend_runs(
+                        q, r.baseAddress, offset, Int32(elemBytes), ld, pos, Int32(visible), Int32(d),
+                        1 / Float(d).squareRoot(), rope.cos, rope.sin, &scores, &out)
+                }
+                return
+            }
+            pages[i].0.withUnsafeBytes { kb in
+                pages[i].1.withUnsafeBytes { vb in
+                    nest(i + 1, runs + [kvt_kv_run(k: kb.baseAddress, v: vb.baseAddress, count: Int64(pages[i].2))])
+                }
+            }
+        }
+        nest(0, [])
+        return out
+    }
+
+    /// Softmax(q . rope(k) / sqrt(d)) . v in doubles.
+    private func plainAttention(
+        _ q: [Float], _ k: [Float], _ v: [Float], _ offset: Int, _ ld: Int, _ pos: [Int32], _ visible: Int, _ d: Int,
+        _ rope: RopeTable
+    ) -> [Float] {
+        var scores: [Double] = []
+        for t in 0..<visible {
+            var dot = 0.0
+            for i in 0..<(d / 2) {
+                let c = Double(rope.cos[Int(pos[t]) * d / 2 + i]), s = Double(rope.sin[Int(pos[t]) * d / 2 + i])
+                let k0 = Double(k[t * ld + offset + 2 * i]), k1 = Double(k[t * ld + offset + 2 * i + 1])
+                dot += Double(q[2 * i]) * (k0 * c - k1 * s) + Double(q[2 * i + 1]) * (k0 * s + k1 * c)
+            }
+            scores.append(dot / Double(d).squareRoot())
+        }
+        let mx = scores.max()!
+        let e = scores.map { Foundation.exp($0 - mx) }, sum = e.reduce(0, +)
+        return (0..<d).map { i in Float((0..<visible).reduce(0.0) { $0 + e[$1] / sum * Double(v[$1 * ld + offset + i]) }) }
     }
 
     func testDequantizeMatchesTheWriterAtEveryLevel() {

@@ -85,12 +85,23 @@ void kvt_kv_to_f32(const void *src, int elemBytes, float *dst, size_t n);
 void kvt_rope_keys(const void *k, int elemBytes, size_t ldk, const int32_t *pos, int T, int headDim,
                    const float *cosTable, const float *sinTable, float *dst);
 
-/// One query against T cached keys/values of one KV head (decode step).
-/// q: headDim floats, already rotated. Keys pre-RoPE and values, elements of elemBytes (2 = F16,
-/// 4 = F32), rows ldk / ldv elements apart. scores: scratch of T floats. out: headDim floats.
-void kvt_attend_one(const float *q, const void *k, const void *v, int elemBytes, size_t ldk, size_t ldv,
-                    const int32_t *pos, int T, int headDim, float scale,
-                    const float *cosTable, const float *sinTable, float *scores, float *out);
+/// A run of consecutive cache slots that lie together in memory (one page of a paged cache, or
+/// a whole contiguous cache): `k` and `v` point at the run's first slot, rows `ld` elements apart.
+typedef struct {
+    const void *k;
+    const void *v;
+    int64_t count;
+} kvt_kv_run;
+
+/// One query against the first T cached keys/values of one KV head (decode step), read in place
+/// from `runs` (consecutive slots, in slot order, together at least T). `offset` elements are
+/// added to every run's pointers (the KV head's columns). q: headDim floats, already rotated.
+/// Keys pre-RoPE and values, elements of elemBytes (2 = F16, 4 = F32), rows ld elements apart.
+/// scores: scratch of T floats. out: headDim floats. The result does not depend on how the
+/// slots are cut into runs (same operations in the same order).
+void kvt_attend_runs(const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld,
+                     const int32_t *pos, int T, int headDim, float scale,
+                     const float *cosTable, const float *sinTable, float *scores, float *out);
 
 /// Row-wise softmax of an n x T score matrix with causal masking: row j may see columns
 /// [0, firstVisible + j], the rest are set to 0. Scores are multiplied by `scale` first.

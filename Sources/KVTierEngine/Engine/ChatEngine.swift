@@ -231,9 +231,12 @@ public final class ChatEngine: @unchecked Sendable {
         // History index of each slot (slots follow history order) and its inverse.
         var slotOf: [Int: Int] = [:]
         var indexOfSlot: [Int] = []
-        var saver = LayerSaver(
+        let saver = LayerSaver(
             engine: self, session: state.id, layers: model.kvLayout.layers, from: saveFrom, sinks: state.sinks,
             dropEnd: state.dropEnd, blockTokens: blockTokens, placement: placement)
+        // However the attempt ends, no admission of its blocks outlives it (the session's next
+        // turn may remove or rewrite the same keys).
+        defer { saver.drain() }
         var saveSeconds = 0.0
         let layerwiseSave = configuration.asyncSaving && configuration.reuseKV
         cache.onLayerFinished = { layer in
@@ -242,7 +245,7 @@ public final class ChatEngine: @unchecked Sendable {
             let t = DispatchTime.now().uptimeNanoseconds
             saver.saveComplete(
                 layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf,
-                cache: cache.work, final: false)
+                cache: cache, final: false)
             saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
         }
 
@@ -349,8 +352,9 @@ public final class ChatEngine: @unchecked Sendable {
             for layer in 0..<model.kvLayout.layers {
                 saver.saveComplete(
                     layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf,
-                    cache: cache.work, final: true)
+                    cache: cache, final: true)
             }
+            saver.drain()
             // Ablation: the turn ends only when its KV has been written back.
             if !configuration.asyncSaving { store.waitForSaves() }
         }

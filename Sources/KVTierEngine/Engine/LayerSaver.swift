@@ -1,9 +1,19 @@
+import Dispatch
 import KVTierModel
 import KVTierStore
 
 /// Saves a turn's new KV into the store in blocks of `blockTokens`, layer by layer, as soon as
 /// a block of a layer is complete (and the partial tail at the end of the turn).
-struct LayerSaver {
+///
+/// Threads: `saveComplete` is called by whoever runs the turn's layers (the batch executor's
+/// thread inside a step, the turn's thread at the end; never both at once) and only copies the
+/// block out of the turn's cache. Admitting it into HBM and saving it down (which may evict other
+/// sessions, or wait for the save queue's back-pressure) run on `queue`, one serial queue per
+/// turn, so a step of the running batch never waits for the store. The exception is a block that
+/// replaces one the turn reads in place: it is admitted at once on the caller's thread, so that
+/// the turn's run moves to the new page before the freed old page can be handed out again.
+/// `queue` owns `written` and `failedRanges`; the turn reads them after `drain()`.
+final class LayerSaver: @unchecked Sendable {
     let engine: ChatEngine
     let session: String
     let layers: Int
@@ -11,17 +21,13 @@ struct LayerSaver {
     let dropEnd: Int
     let blockTokens: Int
     let placement: Placement
-    /// Per layer: history index up to which blocks were written.
+    private let queue = DispatchQueue(label: "kvtier.engine.saver")
+    /// Per layer: history index up to which blocks were handed to the store (caller's state).
     private var savedUpTo: [Int]
-    private(set) var written: [SessionState.BlockRange] = []
+    /// Owned by `queue`.
+    private var writtenBlocks: [SessionState.BlockRange] = []
+    /// Owned by `queue`.
     private var failedRanges: Set<SessionState.BlockRange> = []
-
-    var failedRangesSet: Set<SessionState.BlockRange> { failedRanges }
-
-    /// Keys of blocks that could not be saved in some layer (every layer's key, to remove).
-    var failedKeys: [BlockKey] {
-        failedRanges.flatMap { b in (0..<layers).map { engine.key(session, $0, b) } }
-    }
 
     init(
         engine: ChatEngine, session: String, layers: Int, from: Int, sinks: Int, dropEnd: Int, blockTokens: Int,
@@ -37,6 +43,20 @@ struct LayerSaver {
         savedUpTo = [Int](repeating: from, count: layers)
     }
 
+    /// Waits until every block handed over so far is admitted and its save started.
+    func drain() { queue.sync {} }
+
+    /// Blocks saved in every layer, in the order they were written (after `drain()`).
+    var written: [SessionState.BlockRange] { queue.sync { writtenBlocks } }
+
+    /// Blocks that could not be saved in some layer (after `drain()`).
+    var failedRangesSet: Set<SessionState.BlockRange> { queue.sync { failedRanges } }
+
+    /// Keys of blocks that could not be saved in some layer (every layer's key, to remove).
+    var failedKeys: [BlockKey] {
+        failedRangesSet.flatMap { b in (0..<layers).map { engine.key(session, $0, b) } }
+    }
+
     /// The next block starting at history index `start`: blocks never cross the dropped gap.
     private func chunk(from start: Int, end: Int) -> SessionState.BlockRange? {
         var s = start
@@ -49,24 +69,35 @@ struct LayerSaver {
 
     /// Saves the complete blocks of `layer` among history indices below `end` (all of them, the
     /// partial last one included, when `final`).
-    mutating func saveComplete(layer: Int, end: Int, slotOf: [Int: Int], cache: InMemoryKVCache, final: Bool) {
+    func saveComplete(layer: Int, end: Int, slotOf: [Int: Int], cache: TurnCache, final: Bool) {
         while let b = chunk(from: savedUpTo[layer], end: end) {
             guard b.count == blockTokens || final || (b.end == sinks && dropEnd > sinks) else { break }
             guard let slot = slotOf[b.start] else { break }
-            let payload = cache.payload(layer: layer, start: slot, count: b.count)
             let key = engine.key(session, layer, b)
             let block = KVBlock(
-                key: key, elementType: engine.store.elementType, rowWidth: cache.layout.rowWidth, payload: payload)
-            if (try? engine.store.admit(block)) != nil {
-                engine.store.save(key, placement: placement)
-                if layer == 0 { written.append(b) }
+                key: key, elementType: engine.store.elementType, rowWidth: cache.layout.rowWidth,
+                payload: cache.payload(layer: layer, start: slot, count: b.count))
+            if cache.readsInPlace(block: b, layer: layer) {
+                let page = try? engine.store.admit(block)
+                if let page { cache.stored(block: b, layer: layer, page: page) }
+                queue.async { self.record(b, layer: layer, admitted: page != nil) }
             } else {
-                // Not in HBM (e.g. the arena is full of pinned pages): the block is not recorded,
-                // and its other layers are removed after the turn.
-                written.removeAll { $0 == b }
-                failedRanges.insert(b)
+                queue.async { self.record(b, layer: layer, admitted: (try? self.engine.store.admit(block)) != nil) }
             }
             savedUpTo[layer] = b.end
+        }
+    }
+
+    /// On `queue`: saves an admitted block down, or notes the failure.
+    private func record(_ b: SessionState.BlockRange, layer: Int, admitted: Bool) {
+        if admitted {
+            engine.store.save(engine.key(session, layer, b), placement: placement)
+            if layer == 0 { writtenBlocks.append(b) }
+        } else {
+            // Not in HBM (e.g. the arena is full of pinned pages): the block is not recorded,
+            // and its other layers are removed after the turn.
+            writtenBlocks.removeAll { $0 == b }
+            failedRanges.insert(b)
         }
     }
 }

@@ -3,12 +3,18 @@ import Foundation
 import KVTierModel
 import KVTierStore
 
-/// The KV cache of one turn. Its slots are the session's live tokens in order: runs of slots
-/// loaded from the tiered store (filled layer by layer, when the decoder reaches the layer,
-/// from the HBM pages the store's `LoadHandle` delivers) and slots the decoder computes.
-/// As each layer of new slots is finished, `onLayerFinished` lets the engine save it.
+/// The KV cache of one turn, a page table over the session's KV. Its slots are the session's
+/// live tokens in order: runs of slots loaded from the tiered store, read in place from the HBM
+/// pages the store's `LoadHandle` delivers (layer by layer, when the decoder reaches the layer;
+/// never copied), and slots the decoder computes, which live in `work` until saved. As each
+/// layer of new slots is finished, `onLayerFinished` lets the engine save it.
 ///
-/// Used by the engine's turn thread only (not thread-safe).
+/// The loaded pages stay valid for the whole turn: the load handle pins the session, so no
+/// eviction or demotion frees them, and when the turn's own save replaces a loaded block
+/// (`stored(block:layer:page:)`) its run moves to the new page at once.
+///
+/// Used by one turn at a time: its turn thread, and the batch executor's thread during the
+/// steps that thread waits for (never both at once).
 final class TurnCache: KVCache {
     let work: InMemoryKVCache
     var layout: KVLayout { work.layout }
@@ -23,8 +29,12 @@ final class TurnCache: KVCache {
     }
 
     private var runs: [LoadedRun] = []
-    /// Per layer: how many of `runs` have been copied in.
+    /// Per layer: how many of `runs` are resident (`waitUntilResident` has seen their layer).
     private var filledRuns: [Int]
+    /// Per layer and run: where the run's keys and values sit in its HBM page (nil: the block
+    /// failed to load; the attempt is then retried with those tokens recomputed).
+    private var pageRows: [[(keys: UnsafeRawPointer, values: UnsafeRawPointer)?]]
+    private var rowBytes: Int { layout.rowWidth * work.precision.bytes }
     private var handle: LoadHandle?
     private let store: TieredStore
     private let session: String
@@ -49,6 +59,7 @@ final class TurnCache: KVCache {
         self.session = session
         self.work = InMemoryKVCache(layout: layout, capacity: capacity, precision: store.elementType == .f32 ? .f32 : .f16)
         self.filledRuns = [Int](repeating: 0, count: layout.layers)
+        self.pageRows = [[(keys: UnsafeRawPointer, values: UnsafeRawPointer)?]](repeating: [], count: layout.layers)
     }
 
     /// Starts the layer-wise load of the session's stored blocks in `blocks`.
@@ -86,26 +97,91 @@ final class TurnCache: KVCache {
         let pages = Dictionary(
             load.pages.map { (SessionState.BlockRange(start: $0.key.start, count: $0.key.count), ($0.key, $0.page)) },
             uniquingKeysWith: { a, _ in a })
-        let w = layout.rowWidth
         for run in runs[filledRuns[layer]...] {
             guard let (key, page) = pages[run.block] else {
                 if !failedBlocks.contains(run.block) { failedBlocks.append(run.block) }
+                pageRows[layer].append(nil)
                 continue
             }
             if layer == 0, let tier = load.sources[key] { tokensFrom[tier, default: 0] += run.count }
-            // Block payload: keys [count x w] then values [count x w], in the cache's element type.
-            let e = work.precision.bytes
-            let bytes = store.contents(of: page, bytes: 2 * key.count * w * e)
-            let src = UnsafeRawPointer(bytes.baseAddress!)
-            work.fill(
-                layer: layer, start: run.slot, count: run.count,
-                keys: src + run.offset * w * e, values: src + (key.count + run.offset) * w * e)
+            pageRows[layer].append(rows(of: run, in: page))
         }
         filledRuns[layer] = runs.count
     }
 
+    /// Where `run`'s rows sit in `page`, which holds its whole block: keys [count x w] then
+    /// values [count x w], in the cache's element type.
+    private func rows(of run: LoadedRun, in page: PageID) -> (keys: UnsafeRawPointer, values: UnsafeRawPointer) {
+        let bytes = store.contents(of: page, bytes: 2 * run.block.count * rowBytes)
+        let base = UnsafeRawPointer(bytes.baseAddress!)
+        return (base + run.offset * rowBytes, base + (run.block.count + run.offset) * rowBytes)
+    }
+
+    /// The turn saved a new version of `block`'s `layer` into `page` (and the store freed the
+    /// old page): loaded runs of that block read the new page from now on (same bytes there).
+    func stored(block: SessionState.BlockRange, layer: Int, page: PageID) {
+        for (i, run) in runs.enumerated() where run.block == block && i < pageRows[layer].count {
+            if pageRows[layer][i] != nil { pageRows[layer][i] = rows(of: run, in: page) }
+        }
+    }
+
+    /// Slots in order as runs: loaded runs in their pages, everything else in `work` (a run not
+    /// yet resident or failed, too: its rows there are never part of a result that is kept).
     func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R {
-        try work.withLayer(layer, body)
+        var out: [KVRun] = []
+        out.reserveCapacity(2 * runs.count + 1)
+        func fromWork(_ slot: Int, _ n: Int) {
+            guard n > 0 else { return }
+            let r = work.rows(layer: layer, slot: slot)
+            out.append(KVRun(keys: r.keys, values: r.values, count: n))
+        }
+        var slot = 0
+        for (i, run) in runs.enumerated() {
+            fromWork(slot, run.slot - slot)
+            if i < pageRows[layer].count, let rows = pageRows[layer][i] {
+                out.append(KVRun(keys: rows.keys, values: rows.values, count: run.count))
+            } else {
+                fromWork(run.slot, run.count)
+            }
+            slot = run.slot + run.count
+        }
+        fromWork(slot, count - slot)
+        return try out.withUnsafeBufferPointer { r in
+            try body(KVLayerView(runs: r, precision: work.precision, positions: work.positionsPointer, count: count))
+        }
+    }
+
+    /// Copies out the keys then the values of slots [start, start + n) of `layer`, wherever they are.
+    func payload(layer: Int, start: Int, count n: Int) -> [UInt8] {
+        precondition(start >= 0 && start + n <= count, "TurnCache.payload: slots out of range")
+        let rb = rowBytes
+        var out = [UInt8](repeating: 0, count: 2 * n * rb)
+        withLayer(layer) { view in
+            out.withUnsafeMutableBytes { dst in
+                let d = dst.baseAddress!
+                var t0 = 0
+                for run in view.runs {
+                    let lo = max(start, t0), hi = min(start + n, t0 + run.count)
+                    if lo < hi {
+                        (d + (lo - start) * rb).copyMemory(from: run.keys + (lo - t0) * rb, byteCount: (hi - lo) * rb)
+                        (d + (n + lo - start) * rb).copyMemory(from: run.values + (lo - t0) * rb, byteCount: (hi - lo) * rb)
+                    }
+                    t0 += run.count
+                }
+            }
+        }
+        return out
+    }
+
+    /// Whether some slots of `layer` are read in place from `block`'s page.
+    func readsInPlace(block: SessionState.BlockRange, layer: Int) -> Bool {
+        runs.indices.contains { i in runs[i].block == block && i < pageRows[layer].count && pageRows[layer][i] != nil }
+    }
+
+    /// Whether slot `slot` of `layer` is read in place from an HBM page (tests).
+    func readsInPlace(layer: Int, slot: Int) -> Bool {
+        guard let i = runs.firstIndex(where: { $0.slot <= slot && slot < $0.slot + $0.count }) else { return false }
+        return i < pageRows[layer].count && pageRows[layer][i] != nil
     }
 
     func didFinish(layer: Int) {

@@ -34,6 +34,7 @@ extension Transformer {
             prefix[item + 1] = prefix[item] + job.n * (job.slot0 + job.n)
         }
         let totalCost = prefix[items]
+        let runs = jobs.map(\.view.cRuns)
         rope.cos.withUnsafeBufferPointer { cs in
             rope.sin.withUnsafeBufferPointer { sn in
                 let cosT = cs.baseAddress!, sinT = sn.baseAddress!
@@ -44,12 +45,13 @@ extension Transformer {
                     let scores = scratch[t].scores.reserve(maxTotal)
                     for item in first..<last {
                         let job = jobs[item / heads], h = item % heads, kvh = h / group
-                        let eb = job.view.precision.bytes
-                        for i in 0..<job.n {
-                            kvt_attend_one(
-                                job.q + i * qw + h * d, job.view.keys + kvh * d * eb, job.view.values + kvh * d * eb, Int32(eb), kvw, kvw,
-                                job.view.positions, Int32(job.slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
-                                job.out + i * qw + h * d)
+                        let eb = Int32(job.view.precision.bytes)
+                        runs[item / heads].withUnsafeBufferPointer { r in
+                            for i in 0..<job.n {
+                                kvt_attend_runs(
+                                    job.q + i * qw + h * d, r.baseAddress, kvh * d, eb, kvw, job.view.positions,
+                                    Int32(job.slot0 + i + 1), Int32(d), scale, cosT, sinT, scores, job.out + i * qw + h * d)
+                            }
                         }
                     }
                 }
@@ -68,6 +70,7 @@ extension Transformer {
         let total = slot0 + n
         let workers = min(threads, heads)
         let scratch = self.workers
+        let runs = view.cRuns
         rope.cos.withUnsafeBufferPointer { cs in
             rope.sin.withUnsafeBufferPointer { sn in
                 let cosT = cs.baseAddress!, sinT = sn.baseAddress!
@@ -76,13 +79,14 @@ extension Transformer {
                     let s = scratch[t]
                     if n < self.gemmThreshold {
                         let scores = s.scores.reserve(total)
-                        for h in h0..<h1 {
-                            let kvh = h / group
-                            for i in 0..<n {
-                                kvt_attend_one(
-                                    q + i * qw + h * d, view.keys + kvh * d * eb, view.values + kvh * d * eb, Int32(eb), kvw, kvw,
-                                    view.positions, Int32(slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
-                                    out + i * qw + h * d)
+                        runs.withUnsafeBufferPointer { r in
+                            for h in h0..<h1 {
+                                let kvh = h / group
+                                for i in 0..<n {
+                                    kvt_attend_runs(
+                                        q + i * qw + h * d, r.baseAddress, kvh * d, Int32(eb), kvw, view.positions,
+                                        Int32(slot0 + i + 1), Int32(d), scale, cosT, sinT, scores, out + i * qw + h * d)
+                                }
                             }
                         }
                         return
@@ -94,8 +98,18 @@ extension Transformer {
                     for h in h0..<h1 {
                         let kvh = h / group
                         if kvh != loadedKV {
-                            kvt_rope_keys(view.keys + kvh * d * eb, Int32(eb), kvw, view.positions, Int32(total), Int32(d), cosT, sinT, krot)
-                            for tt in 0..<total { kvt_kv_to_f32(view.values + (tt * kvw + kvh * d) * eb, Int32(eb), vf + tt * d, d) }
+                            // Rotated keys and F32 values of this KV head, gathered from the runs.
+                            var t0 = 0
+                            for run in view.runs where t0 < total {
+                                let m = min(run.count, total - t0)
+                                kvt_rope_keys(
+                                    run.keys + kvh * d * eb, Int32(eb), kvw, view.positions + t0, Int32(m), Int32(d), cosT,
+                                    sinT, krot + t0 * d)
+                                for tt in 0..<m {
+                                    kvt_kv_to_f32(run.values + (tt * kvw + kvh * d) * eb, Int32(eb), vf + (t0 + tt) * d, d)
+                                }
+                                t0 += m
+                            }
                             loadedKV = kvh
                         }
                         var i0 = 0
@@ -115,6 +129,13 @@ extension Transformer {
                 }
             }
         }
+    }
+}
+
+extension KVLayerView {
+    /// The runs as the attention kernel takes them.
+    fileprivate var cRuns: [kvt_kv_run] {
+        runs.map { kvt_kv_run(k: $0.keys, v: $0.values, count: Int64($0.count)) }
     }
 }
 

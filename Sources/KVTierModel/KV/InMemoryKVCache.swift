@@ -80,11 +80,24 @@ public final class InMemoryKVCache: KVCache {
 
     public func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R {
         precondition(layer >= 0 && layer < layout.layers, "KV layer out of range")
-        return try body(
-            KVLayerView(
-                keys: UnsafeRawPointer(base(keys, layer)), values: UnsafeRawPointer(base(values, layer)),
-                precision: precision, positions: UnsafePointer(positions), count: count))
+        let run = KVRun(keys: UnsafeRawPointer(base(keys, layer)), values: UnsafeRawPointer(base(values, layer)), count: count)
+        return try withUnsafePointer(to: run) { r in
+            try body(
+                KVLayerView(
+                    runs: UnsafeBufferPointer(start: r, count: 1), precision: precision,
+                    positions: UnsafePointer(positions), count: count))
+        }
     }
+
+    /// Where slot `slot` of `layer` starts: its keys and its values (for a cache that lends its
+    /// rows to a paged view). The slot must be below `capacity`.
+    public func rows(layer: Int, slot: Int) -> (keys: UnsafeRawPointer, values: UnsafeRawPointer) {
+        precondition(layer >= 0 && layer < layout.layers && slot >= 0 && slot <= capacity, "KV slot out of range")
+        return (UnsafeRawPointer(base(keys, layer, slot: slot)), UnsafeRawPointer(base(values, layer, slot: slot)))
+    }
+
+    /// The slots' positions (`count` of them), for a cache that lends them to a paged view.
+    public var positionsPointer: UnsafePointer<Int32> { UnsafePointer(positions) }
 
     /// Drops every slot from `newCount` on.
     public func truncate(to newCount: Int) {

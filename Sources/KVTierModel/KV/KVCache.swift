@@ -26,15 +26,37 @@ public enum KVPrecision: Sendable, Equatable {
     public var bytes: Int { self == .f16 ? 2 : 4 }
 }
 
-/// Read-only view of one layer of a cache: `count` slots, keys pre-RoPE, `rowWidth` elements
-/// of `precision` per slot.
-public struct KVLayerView {
+/// Consecutive slots of one layer that lie together in memory: `count` rows of keys from `keys`
+/// and of values from `values`, each row `rowWidth` elements of the cache's precision.
+public struct KVRun {
     public let keys: UnsafeRawPointer
     public let values: UnsafeRawPointer
+    public let count: Int
+
+    public init(keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int) {
+        self.keys = keys
+        self.values = values
+        self.count = count
+    }
+}
+
+/// Read-only view of one layer of a cache: `count` slots, keys pre-RoPE, `rowWidth` elements
+/// of `precision` per slot, held in `runs` (slot order; one run for a contiguous cache, one per
+/// page or part of a page for a paged one). Attention reads the runs in place.
+public struct KVLayerView {
+    /// Together exactly `count` slots, in slot order.
+    public let runs: UnsafeBufferPointer<KVRun>
     public let precision: KVPrecision
     /// The position of each slot; attention rotates slot t's key by `positions[t]`.
     public let positions: UnsafePointer<Int32>
     public let count: Int
+
+    public init(runs: UnsafeBufferPointer<KVRun>, precision: KVPrecision, positions: UnsafePointer<Int32>, count: Int) {
+        self.runs = runs
+        self.precision = precision
+        self.positions = positions
+        self.count = count
+    }
 }
 
 /// The seam between the decoder and whoever owns KV memory (an in-memory cache for local
