@@ -172,6 +172,28 @@ final class BatchingTests: XCTestCase {
         XCTAssertEqual(executor.counters.rows, 16)
     }
 
+    /// Shortest prompt slice first, within the budget; a long prompt passed over by a stream of
+    /// short ones (a new 200-token prompt every step, budget 256) goes first after `agingSteps`
+    /// steps, so it is never starved.
+    func testLongPromptIsNotStarvedByShortOnes() {
+        XCTAssertEqual(BatchExecutor.promptSlices([(256, 0, 0), (200, 0, 1), (40, 0, 2)], budget: 256), [2, 1])
+        XCTAssertEqual(BatchExecutor.promptSlices([(256, 0, 0)], budget: 128), [0], "the first always runs")
+        var longSkipped = 0
+        var ranAt: Int?
+        for step in 1...10 {
+            // The long prompt (sequence 0) and this step's new short prompt.
+            let chosen = BatchExecutor.promptSlices(
+                [(chunk: 256, skipped: longSkipped, sequence: 0), (chunk: 200, skipped: 0, sequence: UInt64(step))], budget: 256)
+            if chosen.contains(0) {
+                ranAt = step
+                break
+            }
+            XCTAssertEqual(chosen, [1], "step \(step): the short prompt goes first")
+            longSkipped += 1
+        }
+        XCTAssertEqual(ranAt, BatchExecutor.agingSteps + 1, "the long prompt runs once passed over agingSteps times")
+    }
+
     func testStoppedExecutorFailsForwardWithAnError() throws {
         let model = try LlamaModel(path: TinyModel().write())
         let executor = BatchExecutor(transformer: model.makeTransformer(threads: 1))

@@ -261,25 +261,40 @@ public final class BatchExecutor: @unchecked Sendable {
         !waiting.isEmpty && waiting.count >= openLanes
     }
 
-    /// Called with `cond` held: this step's slices, in arrival order.
+    /// Called with `cond` held: this step's slices, decode rows first.
     private func compose() -> [Slice] {
         func chunk(_ r: Request) -> Int { min(r.remaining, prefillChunkTokens - r.done % prefillChunkTokens) }
-        func rank(_ r: Request) -> (Int, Int, UInt64) { (r.skipped >= Self.agingSteps ? 0 : 1, chunk(r), r.sequence) }
         var slices = waiting.filter { chunk($0) == 1 }.sorted { $0.sequence < $1.sequence }.map {
             Slice(request: $0, start: $0.done, count: 1)
         }
-        var budget = prefillChunkTokens
-        var first = true
-        for r in waiting.filter({ chunk($0) > 1 }).sorted(by: { rank($0) < rank($1) }) {
-            if first || chunk(r) <= budget {
+        let prompts = waiting.filter { chunk($0) > 1 }
+        let chosen = Set(
+            Self.promptSlices(
+                prompts.map { (chunk: chunk($0), skipped: $0.skipped, sequence: $0.sequence) }, budget: prefillChunkTokens))
+        for (i, r) in prompts.enumerated() {
+            if chosen.contains(i) {
                 slices.append(Slice(request: r, start: r.done, count: chunk(r)))
-                budget -= chunk(r)
                 r.skipped = 0
-                first = false
             } else {
                 r.skipped += 1
             }
         }
         return slices
+    }
+
+    /// Which of the waiting prompt slices a step takes, as indices into `candidates`: shortest
+    /// first (arrival order among equals), a slice passed over `agingSteps` times before all
+    /// others, while their tokens stay within `budget`; the first always runs.
+    static func promptSlices(_ candidates: [(chunk: Int, skipped: Int, sequence: UInt64)], budget: Int) -> [Int] {
+        func rank(_ i: Int) -> (Int, Int, UInt64) {
+            (candidates[i].skipped >= agingSteps ? 0 : 1, candidates[i].chunk, candidates[i].sequence)
+        }
+        var left = budget
+        var chosen: [Int] = []
+        for i in candidates.indices.sorted(by: { rank($0) < rank($1) }) where chosen.isEmpty || candidates[i].chunk <= left {
+            chosen.append(i)
+            left -= candidates[i].chunk
+        }
+        return chosen
     }
 }
