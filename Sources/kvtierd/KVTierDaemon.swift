@@ -70,6 +70,9 @@ struct KVTierDaemon: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Everything kvtierd creates is private (the state holds every conversation's tokens),
+        // whatever umask it was started with; the socket gets `server.socket_mode` explicitly.
+        umask(0o077)
         let c = try resolvedConfiguration()
         LoggingSystem.bootstrap(JournalLogHandler.init)
         JournalLogHandler.level.withLockedValue { $0 = Logger.Level(rawValue: c.logLevel) ?? .info }

@@ -20,7 +20,11 @@ struct Listener: Sendable, CustomStringConvertible {
             out.append(Listener(channel: try server.start(listeningSocket: fd), description: "the socket systemd passed", socketFile: nil))
         } else {
             let dir = (c.socket as NSString).deletingLastPathComponent
-            if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+            if !dir.isEmpty {
+                // Clients of every allowed user must reach the socket: its directory is not private.
+                try FileManager.default.createDirectory(
+                    atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+            }
             do {
                 let channel = try server.start(socketPath: c.socket, mode: mode_t(c.socketMode), group: c.socketGroup)
                 out.append(Listener(channel: channel, description: c.socket, socketFile: c.socket))

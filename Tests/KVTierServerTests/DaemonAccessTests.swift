@@ -82,6 +82,41 @@ final class DaemonAccessTests: XCTestCase {
         XCTAssertEqual(rc, 7, "an unprivileged user outside the socket's group cannot connect (curl: couldn't connect)")
     }
 
+    /// The daemon's state is private whatever umask it was started with: another local user can
+    /// neither list the state directory nor read a file in it (the WAL holds every chat's tokens),
+    /// though it was created 0755 before the daemon came.
+    func testStateIsPrivateToTheDaemonsUser() throws {
+        try requireSetpriv()
+        let dir = try temporaryDirectory(self)
+        chmod(dir, 0o755)
+        let socket = dir + "/k.sock", state = dir + "/state"
+        try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: false)
+        XCTAssertEqual(chmod(state, 0o755), 0)
+        let previous = umask(0o022)
+        let daemon = try startDaemon(socket: socket, state: state)
+        umask(previous)
+        defer { stop(daemon) }
+        XCTAssertEqual(try chat(socket, [("user", "a secret worth keeping")], session: "private").status, 200)
+        XCTAssertEqual(try request(socket, "POST", "/v1/flush").status, 200)
+
+        var st = stat()
+        XCTAssertEqual(stat(state, &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o700, "the state directory was tightened to 0700")
+        let files = try FileManager.default.subpathsOfDirectory(atPath: state)
+        XCTAssertTrue(files.contains { $0.hasSuffix(".log") }, "the WAL is there: \(files)")
+        for f in files {
+            XCTAssertEqual(lstat(state + "/" + f, &st), 0)
+            XCTAssertEqual(st.st_mode & 0o077, 0, "\(f) is mode \(String(st.st_mode & 0o777, radix: 8)): others may use it")
+        }
+        let wal = state + "/" + (files.first { $0.hasSuffix(".log") } ?? "?")
+        for (tool, args) in [("/bin/ls", [state]), ("/bin/cat", [wal])] {
+            let (rc, out) = try runProcess(
+                "/usr/bin/setpriv", ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", tool] + args)
+            XCTAssertNotEqual(rc, 0, "another user ran \(tool) \(args): \(out.prefix(200))")
+            XCTAssertTrue(out.contains("Permission denied"), out)
+        }
+    }
+
     func testAdminNeedsPrivilegeAndSessionsStayWithTheirOwner() throws {
         try requireSetpriv()
         guard let adm = getgrnam("adm")?.pointee.gr_gid else { throw XCTSkip("no group adm") }

@@ -109,6 +109,22 @@ final class DiskTierFaultTests: XCTestCase {
         try assertQuarantines(dir)
     }
 
+    /// A flipped byte in an SST's first data block: RocksDB opens the database, and the damage
+    /// shows only when the index is rebuilt from it. The tier is quarantined like damage found at
+    /// open, not left degraded (retrying the same damage forever).
+    func testOpen_whenAnSSTBlockIsCorrupt_movesTheDatabaseAsideAndStartsEmpty() throws {
+        let dir = try temporaryDirectory()
+        try fill(dir, blocks: 8)
+        let ssts = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".sst") }
+        XCTAssertEqual(ssts.count, 1, "close flushes the memtable into one SST")
+        let path = dir + "/" + (ssts.first ?? "?")
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        XCTAssertGreaterThan(bytes.count, 200)
+        bytes[100] ^= 0x40
+        try bytes.write(to: URL(fileURLWithPath: path))
+        try assertQuarantines(dir)
+    }
+
     func testOpen_whenABlobFileIsDeleted_neverReturnsAWrongBlock() throws {
         let dir = try temporaryDirectory()
         let blocks = try fill(dir, blocks: 8)

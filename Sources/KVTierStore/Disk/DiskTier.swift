@@ -517,14 +517,13 @@ public final class DiskTier: @unchecked Sendable {
 
     // MARK: - Health (on the queue, or in `init` before `self` is shared)
 
-    /// Opens RocksDB (moving a damaged database aside when `recovery` says so), writes the
-    /// deletions recorded while degraded, and rebuilds the index. Leaves `database` set only on
-    /// success.
+    /// Opens RocksDB and rebuilds the index, moving a damaged database aside when `recovery` says
+    /// so: damage RocksDB reports at open, or while the index is rebuilt (a corrupt SST block).
+    /// Writes the deletions recorded while degraded. Leaves `database` set only on success.
     private func openOnQueue() throws(DiskTierError) {
         try Self.prepareDirectory(directory)
-        let db: RocksDatabase
         do {
-            db = try RocksDatabase(path: directory)
+            try openAndIndex()
         } catch {
             guard case .damaged(_, let detail) = error, recovery.quarantineDamaged else { throw error }
             let moved = try quarantineOnQueue(detail: detail)
@@ -532,10 +531,14 @@ public final class DiskTier: @unchecked Sendable {
             pendingDeletes = []
             pendingSessionDeletes = []
             pendingRecordDeletes = []
-            healthState.notice = "RocksDB reported damage at open (\(detail)); its files were moved to \(moved) and the disk "
+            healthState.notice = "RocksDB reported damage (\(detail)); its files were moved to \(moved) and the disk "
                 + "tier started empty. Cached KV is recomputed as chats need it; delete it when you no longer need it for inspection"
-            db = try RocksDatabase(path: directory)
+            try openAndIndex()
         }
+    }
+
+    private func openAndIndex() throws(DiskTierError) {
+        let db = try RocksDatabase(path: directory)
         do {
             if !pendingDeletes.isEmpty || !pendingRecordDeletes.isEmpty {
                 try db.write(pendingDeletes.flatMap(Self.deletions) + pendingRecordDeletes.map { .delete(key: $0) }, sync: false)
@@ -761,7 +764,9 @@ public final class DiskTier: @unchecked Sendable {
     }
 
     /// Creates the state directory (with parents) and checks that it is a writable directory,
-    /// so that the common mistakes get a precise message before RocksDB is involved.
+    /// so that the common mistakes get a precise message before RocksDB is involved. The
+    /// directory is private: created 0700, and tightened to 0700 when it exists, is this user's
+    /// and lets others in (it holds every conversation's tokens, in the WAL among others).
     private static func prepareDirectory(_ path: String) throws(DiskTierError) {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
@@ -769,10 +774,14 @@ public final class DiskTier: @unchecked Sendable {
             guard isDirectory.boolValue else { throw .directoryNotWritable(directory: path, detail: "it is a file, not a directory") }
         } else {
             do {
-                try fm.createDirectory(atPath: path, withIntermediateDirectories: true)
+                try fm.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             } catch {
                 throw .directoryNotWritable(directory: path, detail: explainCreateFailure(path, error))
             }
+        }
+        var st = stat()
+        if stat(path, &st) == 0, st.st_uid == geteuid(), st.st_mode & 0o077 != 0 {
+            _ = chmod(path, st.st_mode & 0o700)
         }
         guard fm.isWritableFile(atPath: path) else {
             throw .directoryNotWritable(directory: path, detail: "this user may not write in it")

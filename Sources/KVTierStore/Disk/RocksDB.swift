@@ -52,7 +52,7 @@ final class RocksDatabase: @unchecked Sendable {
         // AssertFalseAndGetStatusForPrevError). On a full state directory that happens at once:
         // RocksDB's background recovery logs right after a write hits ENOSPC. Its errors reach us
         // as statuses anyway; the LOG is for post-mortems.
-        rocksdb_options_set_db_log_dir(options, Self.logDirectory)
+        rocksdb_options_set_db_log_dir(options, RocksDBInfoLog.directory)
         rocksdb_options_set_info_log_level(options, 3)  // ERROR
         rocksdb_options_set_keep_log_file_num(options, 2)
 
@@ -83,14 +83,6 @@ final class RocksDatabase: @unchecked Sendable {
         db = handle
     }
 
-    /// Where RocksDB writes its info LOG: `$TMPDIR/kvtier-rocksdb-log` (`/tmp` without TMPDIR;
-    /// private to kvtierd under the systemd unit's `PrivateTmp=yes`). The file is named after the
-    /// state directory's path.
-    static var logDirectory: String {
-        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        return base + "/kvtier-rocksdb-log"
-    }
-
     deinit {
         close()
         rocksdb_readoptions_destroy(readOptions)
@@ -105,6 +97,7 @@ final class RocksDatabase: @unchecked Sendable {
         if let db {
             rocksdb_close(db)
             self.db = nil
+            RocksDBInfoLog.removeIfEmpty(databaseAt: path)
         }
     }
 
