@@ -49,8 +49,8 @@ public final class HTTPServer: Sendable {
     }
 
     /// Installs one connection's handlers, in order: the timeouts (on raw bytes), NIO's HTTP/1.1
-    /// decoder and encoder with pipelining, `ProtocolErrorResponder`, and `HTTPHandler` in front of
-    /// `service`. Runs on the channel's event loop. The fuzz tests build the same pipeline on an
+    /// decoder and encoder with pipelining, `ProtocolErrorResponder`, `WritabilityGate` (no more
+    /// requests while the answers are not being read), and `HTTPHandler` in front of `service`. Runs on the channel's event loop. The fuzz tests build the same pipeline on an
     /// `EmbeddedChannel` through this function.
     static func installConnectionPipeline(
         _ pipeline: ChannelPipeline.SynchronousOperations, service: any HTTPRequestResponder, peer: Peer
@@ -59,6 +59,7 @@ public final class HTTPServer: Sendable {
         try pipeline.addHandler(timeouts)
         try pipeline.configureHTTPServerPipeline(withErrorHandling: false)
         try pipeline.addHandler(ProtocolErrorResponder())
+        try pipeline.addHandler(WritabilityGate())
         try pipeline.addHandler(HTTPHandler(service: service, peer: peer, timeouts: timeouts))
     }
 
