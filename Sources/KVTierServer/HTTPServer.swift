@@ -9,11 +9,13 @@ import NIOPosix
 /// The daemon's HTTP/1.1 listeners: the Unix domain socket (bound here, or passed by systemd
 /// socket activation) and, optionally, loopback TCP. Every connection on the Unix socket starts
 /// by reading its peer's credentials (SO_PEERCRED, SO_PEERGROUPS); one whose credentials cannot
-/// be read is closed.
+/// be read is closed. A connection over `server.max_connections` or its user's
+/// `server.max_connections_per_user` is answered 503 or 429 at once and closed (`ConnectionLimiter`).
 public final class HTTPServer: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let service: APIService
     private let logger: Logger
+    private let connections = ConnectionLimiter()
 
     public init(service: APIService, logger: Logger = Logger(label: "kvtierd")) {
         self.service = service
@@ -29,6 +31,7 @@ public final class HTTPServer: Sendable {
     private func bootstrap(local: Bool) -> ServerBootstrap {
         let service = self.service
         let logger = self.logger
+        let connections = self.connections
         return ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             // A client that half-closes after sending its request (`shutdown(SHUT_WR)`, as
@@ -40,6 +43,12 @@ public final class HTTPServer: Sendable {
                     local ? PeerCredentials.read(from: channel).map { Peer.local($0) } : channel.eventLoop.makeSucceededFuture(.tcp)
                 // The future completes on the channel's own loop, so the pipeline is built in place.
                 return peer.flatMapThrowing { peer in
+                    let user = peer.namespace
+                    if let refusal = connections.admit(user, limits: service.limits.withLockedValue { $0 }) {
+                        try channel.pipeline.syncOperations.addHandler(ConnectionRefusal(refusal))
+                        return
+                    }
+                    channel.closeFuture.whenComplete { _ in connections.release(user) }
                     try HTTPServer.installConnectionPipeline(channel.pipeline.syncOperations, service: service, peer: peer)
                 }.flatMapErrorThrowing { error in
                     logger.warning("closing a connection whose peer credentials cannot be read", metadata: ["error": "\(error)"])

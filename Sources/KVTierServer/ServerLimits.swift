@@ -12,6 +12,12 @@ public struct ServerLimits: Sendable, Equatable {
     /// Turns of one user (one uid's namespace; all TCP clients together) queued plus running
     /// before that user's new ones get 429 with Retry-After; other users are not affected.
     public var maxTurnsPerUser = 32
+    /// Connections open at once; beyond it a new connection gets 503 with Retry-After and is
+    /// closed (the file descriptors stay for the others, /healthz among them).
+    public var maxConnections = 4096
+    /// Connections of one user (one uid; all TCP clients together) open at once; beyond it that
+    /// user's new connection gets 429 and is closed; other users are not affected.
+    public var maxConnectionsPerUser = 1024
     /// A connection with no request in flight and nothing received for this long is closed.
     public var idleTimeoutSeconds = 60.0
     /// A request whose head and body have not fully arrived this long after its first byte gets

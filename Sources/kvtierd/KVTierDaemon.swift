@@ -69,10 +69,24 @@ struct KVTierDaemon: AsyncParsableCommand {
         return c
     }
 
+    /// Raises the soft limit on open files to the hard one (at most 1,048,576): each connection
+    /// takes a descriptor, and `server.max_connections` is held below what the limit allows.
+    private static func raiseDescriptorLimit() {
+        var rl = rlimit()
+        let resource = Int32(RLIMIT_NOFILE.rawValue)
+        guard getrlimit(resource, &rl) == 0 else { return }
+        let target = min(rl.rlim_max, 1 << 20)
+        if rl.rlim_cur < target {
+            rl.rlim_cur = target
+            _ = setrlimit(resource, &rl)
+        }
+    }
+
     func run() async throws {
         // Everything kvtierd creates is private (the state holds every conversation's tokens),
         // whatever umask it was started with; the socket gets `server.socket_mode` explicitly.
         umask(0o077)
+        Self.raiseDescriptorLimit()
         let c = try resolvedConfiguration()
         LoggingSystem.bootstrap(JournalLogHandler.init)
         JournalLogHandler.level.withLockedValue { $0 = Logger.Level(rawValue: c.logLevel) ?? .info }

@@ -68,6 +68,26 @@ final class DaemonAccessTests: XCTestCase {
         XCTAssertEqual(done.wait(timeout: .now() + 120), .success)
     }
 
+    /// `server.max_connections_per_user`: a user holding that many connections gets 429 on the
+    /// next, naming the setting; another uid is still served.
+    func testOneUsersConnectionsAreCappedForThatUserOnly() throws {
+        try requireSetpriv()
+        let dir = try temporaryDirectory(self)
+        chmod(dir, 0o755)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(
+            socket: socket, state: dir + "/state", config: "[server]\nsocket_mode = \"0666\"\nmax_connections_per_user = 2\n")
+        defer { stop(daemon) }
+        let held = try (0..<2).map { _ in try connectUnix(socket) }
+        defer { for fd in held { close(fd) } }
+        usleep(300_000)
+        let mine = try rawRequest(socket, "GET", "/healthz")
+        XCTAssertEqual(mine.0, 429, mine.1)
+        XCTAssertTrue(mine.1.contains("max_connections_per_user = 2"), mine.1)
+        let theirs = try curlAs(groups: [], socket: socket, "GET", "/healthz")
+        XCTAssertEqual(theirs.1, 200, "another uid is not limited by root's connections")
+    }
+
     func testSocketModeKeepsOthersOut() throws {
         try requireSetpriv()
         let dir = try temporaryDirectory(self)

@@ -163,6 +163,30 @@ final class DaemonLimitsTests: XCTestCase {
         XCTAssertTrue(answer.hasPrefix("HTTP/1.1 408"), answer)
     }
 
+    /// `server.max_connections`: with that many connections held open (idle), the next one is
+    /// answered 503 with Retry-After and closed, without waiting for a request; a closed
+    /// connection frees its place.
+    func testConnectionsBeyondTheLimitAreRefusedClearly() throws {
+        let dir = try temporaryDirectory(self)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(socket: socket, state: dir + "/state", config: "[server]\nmax_connections = 3\n")
+        defer { stop(daemon) }
+        XCTAssertEqual(try request(socket, "GET", "/healthz").status, 200)
+        var held = try (0..<3).map { _ in try connectUnix(socket) }
+        defer { for fd in held { close(fd) } }
+        usleep(300_000)  // accepted and counted
+        guard case .status(let status, let text) = sendRaw(socket, [], shutdownWrite: false, timeout: 10) else {
+            return XCTFail("no answer to a connection over the limit")
+        }
+        XCTAssertEqual(status, 503)
+        XCTAssertTrue(text.contains("server.max_connections = 3"), text)
+        XCTAssertTrue(text.contains("Retry-After: 1"), text)
+        close(held.removeFirst())
+        usleep(300_000)
+        XCTAssertEqual(try request(socket, "GET", "/healthz").status, 200, "a closed connection freed its place")
+        XCTAssertTrue(daemon.isRunning)
+    }
+
     func testSIGHUPReloadsLimits() throws {
         let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"

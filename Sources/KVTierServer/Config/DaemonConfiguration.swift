@@ -117,6 +117,8 @@ public struct DaemonConfiguration: Sendable {
         case "server.max_messages": limits.maxMessages = try int(1...1_000_000)
         case "server.max_queue": limits.maxQueue = try int(1...1_000_000)
         case "server.max_turns_per_user": limits.maxTurnsPerUser = try int(1...1_000_000)
+        case "server.max_connections": limits.maxConnections = try int(1...1_000_000)
+        case "server.max_connections_per_user": limits.maxConnectionsPerUser = try int(1...1_000_000)
         case "server.idle_timeout_seconds": limits.idleTimeoutSeconds = try number(0.1...86400)
         case "server.request_timeout_seconds": limits.requestTimeoutSeconds = try number(0.1...86400)
         case "server.flush_on_stop":
