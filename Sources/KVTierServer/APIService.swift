@@ -3,6 +3,7 @@ import Foundation
 import KVTierEngine
 import KVTierModel
 import KVTierStore
+import Logging
 import NIOConcurrencyHelpers
 
 /// The endpoints, independent of HTTP plumbing: a request in, a status and JSON body out.
@@ -23,6 +24,8 @@ public final class APIService: Sendable {
         public var peer: Peer
         /// True once the client has gone away (a running turn for it is cancelled).
         public var isClientGone: @Sendable () -> Bool
+        /// When the request was complete (uptime nanoseconds), for the request log line.
+        public var received = DispatchTime.now().uptimeNanoseconds
 
         public init(
             method: String, path: String, headers: [String: String] = [:], body: [UInt8] = [], peer: Peer,
@@ -57,6 +60,8 @@ public final class APIService: Sendable {
     let access: AccessPolicy
     public let limits: NIOLockedValueBox<ServerLimits>
     public let metrics: ServerMetrics
+    /// One info line per answered request.
+    let logger: Logger
     let requests = DispatchQueue(label: "kvtier.server.requests")
     let slowRequests = DispatchQueue(label: "kvtier.server.slow-requests")
     /// Recent turn duration in seconds (moving average), for Retry-After.
@@ -66,8 +71,9 @@ public final class APIService: Sendable {
 
     public init(
         engine: ChatEngine, modelName: String, access: AccessPolicy = AccessPolicy(), limits: ServerLimits = ServerLimits(),
-        metrics: ServerMetrics = ServerMetrics()
+        metrics: ServerMetrics = ServerMetrics(), logger: Logger = Logger(label: "kvtierd")
     ) {
+        self.logger = logger
         self.engine = engine
         self.scheduler = TurnScheduler(engine: engine)
         self.modelName = modelName
@@ -104,8 +110,8 @@ public final class APIService: Sendable {
     /// gets the events and `respond` is not called.
     public func handle(_ r: Request, stream: StreamSink, respond: @escaping @Sendable (Response) -> Void) {
         (Self.isSlow(r) ? slowRequests : requests).async { [self] in
-            let counted: @Sendable (Response) -> Void = { [metrics] response in
-                metrics.response(status: response.status)
+            let counted: @Sendable (Response) -> Void = { [self] response in
+                answered(r, status: response.status)
                 respond(response)
             }
             do {
@@ -118,6 +124,19 @@ public final class APIService: Sendable {
                 counted(errorResponse(error))
             }
         }
+    }
+
+    /// A request was answered with `status` (for a stream: when it ended): counted in the
+    /// metrics, and logged at info level with its method, path, status, peer and duration.
+    func answered(_ r: Request, status: Int) {
+        metrics.response(status: status)
+        let ms = Double(DispatchTime.now().uptimeNanoseconds &- r.received) / 1e6
+        logger.info(
+            "request",
+            metadata: [
+                "method": "\(r.method)", "path": "\(r.path)", "status": "\(status)", "peer": "\(r.peer.namespace)",
+                "ms": "\((ms * 10).rounded() / 10)",
+            ])
     }
 
     /// Synchronous form for everything but chat completions (tests, tools).

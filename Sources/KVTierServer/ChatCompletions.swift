@@ -103,12 +103,12 @@ extension APIService {
                 last.session_id = visible
                 last.kvtier = KVTierReport(report)
                 event(last)
-                metrics.response(status: 200)
+                answered(r, status: 200)
             case .failure(let error):
                 failed(error)
                 let e = apiError(error)
                 event(e)
-                metrics.response(status: e.status)
+                answered(r, status: e.status)
             }
             stream.send(Array("data: [DONE]\n\n".utf8))
             stream.end()

@@ -195,6 +195,14 @@ struct HintCommand: ParsableCommand {
     @Argument(help: "Session ids, soonest first.") var ids: [String]
 
     func run() throws {
-        try options.show("POST", "/v1/hints", body: ["upcoming": ids]) { _ in print("upcoming: \(ids.joined(separator: ", "))") }
+        try options.show("POST", "/v1/hints", body: ["upcoming": ids]) { value in
+            let answer = value as? [String: Any] ?? [:]
+            let upcoming = answer["upcoming"] as? [String] ?? []
+            let unknown = answer["unknown"] as? [String] ?? []
+            print("upcoming: \(upcoming.isEmpty ? "(none)" : upcoming.joined(separator: ", "))")
+            if !unknown.isEmpty {
+                print("unknown, ignored (kvtierd has no such session of yours): \(unknown.joined(separator: ", "))")
+            }
+        }
     }
 }

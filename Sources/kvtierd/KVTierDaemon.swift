@@ -123,7 +123,7 @@ struct KVTierDaemon: AsyncParsableCommand {
         }
         let modelName = loaded.file.metadata["general.name"]?.stringValue ?? "smollm2"
         let service = APIService(
-            engine: engine, modelName: modelName, access: AccessPolicy(adminGroup: adminGroup), limits: c.limits)
+            engine: engine, modelName: modelName, access: AccessPolicy(adminGroup: adminGroup), limits: c.limits, logger: logger)
         let server = HTTPServer(service: service, logger: logger)
         let listeners: [Listener]
         do {

@@ -212,6 +212,13 @@ final class DaemonLimitsTests: XCTestCase {
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         XCTAssertTrue(text.contains("reloaded"), text)
         XCTAssertTrue(text.contains("not reloaded"), text)
+        // One info line per request: method, path, status, peer (uid) and duration.
+        let lines = text.split(separator: "\n").filter { $0.contains("request method=POST") }
+        XCTAssertTrue(
+            lines.contains {
+                $0.contains("path=/v1/chat/completions") && $0.contains("status=400") && $0.contains("peer=\(getuid())")
+                    && $0.contains(" ms=")
+            }, text)
     }
 }
 

@@ -126,6 +126,11 @@ extension DaemonTests {
         let layers = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(detail.utf8)) as? [String: Any])?["layers"] as? [[String: Any]])
         XCTAssertEqual(layers.first?["disk"] as? Int, 1)
         XCTAssertNotEqual(try kvtierctl(["drop", "nope", "--socket", socket]).0, 0)
+        // `hint` says which ids the daemon does not know instead of echoing them.
+        let (rc4, hinted) = try kvtierctl(["hint", "cli", "nope", "--socket", socket])
+        XCTAssertEqual(rc4, 0)
+        XCTAssertTrue(hinted.contains("upcoming: cli\n"), hinted)
+        XCTAssertTrue(hinted.contains("unknown, ignored (kvtierd has no such session of yours): nope"), hinted)
     }
 }
 

@@ -39,7 +39,7 @@ final class EvictionPolicyTests: XCTestCase {
         func misses(_ policy: any EvictionPolicy) -> Int {
             var resident = Set(sessions)
             for s in sessions { policy.touch(session: s) }
-            (policy as? HintDrivenPolicy)?.setUpcoming(["A", "C"])
+            policy.setUpcoming(["A", "C"])
             for v in policy.victims(among: sessions, bytesNeeded: 200, sizeOf: size) { resident.remove(v) }
             resident.insert("E")
             policy.touch(session: "E")

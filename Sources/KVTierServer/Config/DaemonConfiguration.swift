@@ -83,7 +83,7 @@ public struct DaemonConfiguration: Sendable {
         func size() throws(Failure) -> Int {
             switch v {
             case .integer(let i) where i > 0: return i
-            case .string(let s): if let n = DaemonConfiguration.parseSize(s), n > 0 { return n }
+            case .string(let s): if let n = ByteSize.parse(s), n > 0 { return n }
             default: break
             }
             throw bad("must be a positive size: bytes, or a string like \"512MiB\" or \"4GiB\"")
@@ -159,23 +159,6 @@ public struct DaemonConfiguration: Sendable {
         default:
             throw Failure(description: "unknown key '\(key)'; see deploy/kvtierd.toml for the keys")
         }
-    }
-
-    /// "512MiB", "4GiB", "20GB", "1048576" -> bytes.
-    static func parseSize(_ s: String) -> Int? {
-        let t = s.trimmingCharacters(in: .whitespaces)
-        let units: [(String, Double)] = [
-            ("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("TiB", 1_099_511_627_776),
-            ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12), ("B", 1),
-        ]
-        for (suffix, factor) in units where t.hasSuffix(suffix) {
-            guard let n = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), n > 0 else { return nil }
-            // "1e30GiB" or "infGiB" would trap in Int(_:); they are not sizes.
-            let bytes = n * factor
-            guard bytes < 0x1p63 else { return nil }
-            return Int(bytes)
-        }
-        return Int(t)
     }
 
     /// The store's configuration.

@@ -14,6 +14,9 @@ public protocol EvictionPolicy: AnyObject, Sendable {
     func touch(session: String)
     /// `session` is gone (ended or deleted everywhere); drops what the policy knows of it.
     func forget(session: String)
+    /// The scheduler's upcoming-use order (`sessions[0]` is needed next); a policy that does not
+    /// look ahead ignores it.
+    func setUpcoming(_ sessions: [String])
     /// `candidates` (duplicates ignored) ordered from first to evict to last.
     func evictionOrder(of candidates: [String]) -> [String]
     /// Sessions to demote, in order, until enough bytes are freed; the default implementation
@@ -22,6 +25,8 @@ public protocol EvictionPolicy: AnyObject, Sendable {
 }
 
 extension EvictionPolicy {
+    public func setUpcoming(_ sessions: [String]) {}
+
     /// Sessions to demote, in order, until their sizes add up to at least `bytesNeeded`.
     /// Sessions of size 0 are skipped (evicting them frees nothing). If all candidates together
     /// are not enough, all of them are returned (the caller sees the shortfall by summing and

@@ -483,7 +483,7 @@ public final class TieredStore: @unchecked Sendable {
     // MARK: Placement, demotion, deletion
 
     public func setUpcoming(_ sessions: [String]) {
-        (policy as? HintDrivenPolicy)?.setUpcoming(sessions)
+        policy.setUpcoming(sessions)
     }
 
     /// Moves a session down to `tier` (`.dram`: out of HBM; `.disk`: out of HBM and DRAM).

@@ -27,13 +27,13 @@ struct ReplayBench: ParsableCommand {
     @Option(help: "At most this many turns per conversation.") var maxTurns: Int?
     @Option(help: "Session arrivals per second (Poisson).") var arrivalRate: Double?
     @Option(help: "Mean think time between a reply and the next turn, seconds (exponential).") var thinkMean: Double?
-    @Option(help: "HBM arena bytes.") var hbm: Int?
-    @Option(help: "DRAM tier bytes.") var dram: Int?
-    @Option(help: "Disk tier bytes.") var disk = 20 << 30
+    @Option(help: "HBM arena size (bytes, or like 512MiB).") var hbm: SizeArgument?
+    @Option(help: "DRAM tier size (bytes, or like 1GiB).") var dram: SizeArgument?
+    @Option(help: "Disk tier size (bytes, or like 20GiB).") var disk = SizeArgument(bytes: 20 << 30)
     @Option(help: "Tokens per block.") var blockTokens = 64
     @Option(help: "Policies, comma-separated (recompute, hbm-only, tiered-lru, kvtier, kvtier-no-overlap, kvtier-sync-save).")
     var policies = ReplayPolicy.all.map(\.name).joined(separator: ",")
-    @Option(help: "DRAM capacities for the tiered-lru vs kvtier hit-rate sweep, comma-separated bytes (\"\" for none).")
+    @Option(help: "DRAM capacities for the tiered-lru vs kvtier hit-rate sweep, comma-separated sizes (\"\" for none).")
     var sweep: String?
     @Option(help: "Output directory for JSON, CSV, Markdown and plots.") var out: String?
     @Option(help: "Also write the trace for deploy/bench/peer_replay.py here.") var exportTrace: String?
@@ -65,8 +65,8 @@ struct ReplayBench: ParsableCommand {
         if let maxTurns { z.maxTurns = maxTurns }
         if let arrivalRate { z.rate = arrivalRate }
         if let thinkMean { z.think = thinkMean }
-        if let hbm { z.hbm = hbm }
-        if let dram { z.dram = dram }
+        if let hbm { z.hbm = hbm.bytes }
+        if let dram { z.dram = dram.bytes }
         return z
     }
 
@@ -79,7 +79,7 @@ struct ReplayBench: ParsableCommand {
             return p
         }
         let z = sizes
-        let sweepSizes = sweep.map { $0.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } } ?? z.sweep
+        let sweepSizes = try sweep.map { try SizeArgument.list($0, option: "--sweep") } ?? z.sweep
         let path = ModelLocator.resolve(flag: model)
         let m: LlamaModel
         do { m = try LlamaModel(path: path) } catch { throw ValidationError("\(error)") }
@@ -93,7 +93,7 @@ struct ReplayBench: ParsableCommand {
         var store = StoreConfiguration(stateDirectory: "")
         store.hbmCapacityBytes = z.hbm
         store.dramCapacityBytes = z.dram
-        store.diskCapacityBytes = disk
+        store.diskCapacityBytes = disk.bytes
         store.blockTokens = blockTokens
 
         let dir = out ?? "run/bench/replay-\(quick ? "quick" : "standard")"
