@@ -27,9 +27,12 @@ data:
 build: deps
 	$(SWIFT) build --build-tests
 
-## release: optimized build of the executables
+## release: optimized build of the executables, the Swift runtime linked in (they run on a
+## machine without the toolchain; the C libraries come from Debian's packages)
 release: deps
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --static-swift-stdlib
+	@if ldd .build/release/kvtierd | grep -q 'libswiftCore\|libFoundation'; then \
+		echo "kvtierd links the toolchain's Swift runtime: it would not run without the toolchain"; exit 1; fi
 
 ## test: setup, build, and run every test (unit tests on tiny models, integration on the real one)
 test: setup build
@@ -118,7 +121,9 @@ install: release model
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/kvtier \
 		$(DESTDIR)$(PREFIX)/share/kvtier/models $(DESTDIR)$(PREFIX)/share/doc/kvtier
 	install -m 0755 .build/release/kvtierd .build/release/kvtierctl .build/release/kvtier-bench $(DESTDIR)$(PREFIX)/bin/
-	install -m 0644 deploy/kvtierd.service deploy/kvtierd.socket $(DESTDIR)$(UNITDIR)/
+	sed 's|/usr/local/|$(PREFIX)/|g' deploy/kvtierd.service > $(DESTDIR)$(UNITDIR)/kvtierd.service
+	sed 's|/usr/local/|$(PREFIX)/|g' deploy/kvtierd.socket > $(DESTDIR)$(UNITDIR)/kvtierd.socket
+	chmod 0644 $(DESTDIR)$(UNITDIR)/kvtierd.service $(DESTDIR)$(UNITDIR)/kvtierd.socket
 	test -e $(DESTDIR)/etc/kvtier/kvtierd.toml || install -m 0644 deploy/kvtierd.toml $(DESTDIR)/etc/kvtier/kvtierd.toml
 	install -m 0644 $(MODEL) $(DESTDIR)$(PREFIX)/share/kvtier/models/
 	install -m 0644 docs/operations.md docs/protocol.md $(DESTDIR)$(PREFIX)/share/doc/kvtier/

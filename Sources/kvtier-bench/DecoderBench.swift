@@ -65,6 +65,28 @@ struct DecoderBench: ParsableCommand {
             }
             rows.append(Row(test: "tg\(decode)", tokens: decode, tokens_per_second: median(rates), runs: rates))
         }
+        // Sampling alone on a real logits vector: what each generated token costs its turn's thread
+        // besides the forward pass, at the server's default temperature 0.7, and with top_p 0.9.
+        var last: [Float] = []
+        try transformer.forward(
+            tokens: randomTokens(16), positions: (0..<16).map { Int32($0) },
+            cache: InMemoryKVCache(layout: m.kvLayout, capacity: 16), logits: .last
+        ) { _, l in last = Array(l) }
+        let samplings = [
+            ("sample t0.7", SamplingParameters(temperature: 0.7, seed: 1)),
+            ("sample t0.7 p0.9", SamplingParameters(temperature: 0.7, topP: 0.9, seed: 1)),
+        ]
+        for (name, parameters) in samplings {
+            var rates: [Double] = []
+            let n = 200
+            for _ in 0..<repetitions {
+                var sampler = Sampler(parameters)
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<n { _ = last.withUnsafeBufferPointer { sampler.sample(logits: $0) } }
+                rates.append(Double(n) / (Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9))
+            }
+            rows.append(Row(test: name, tokens: n, tokens_per_second: median(rates), runs: rates))
+        }
         // Batched decode: B sequences, each a few tokens in, decode `decode / 4` tokens each, one
         // step per token for all of them (what the daemon's batch executor runs).
         for b in batch.split(separator: ",").compactMap({ Int($0.trimmingCharacters(in: .whitespaces)) }) where b > 0 && decode > 0 {

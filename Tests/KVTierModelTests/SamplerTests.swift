@@ -47,6 +47,37 @@ final class SamplerTests: XCTestCase {
         XCTAssertEqual(freq0, 0.5, accuracy: 0.04)
     }
 
+    /// The heap hands out every id in the order a full sort gives (logit down, id up on ties).
+    func testCandidatesComeInOrderOfLogitThenId() {
+        var rng = SplitMix64(seed: 11)
+        let logits = (0..<2000).map { _ in Float(rng.next() % 50) / 4 }  // many ties
+        let expected = (0..<logits.count).sorted { (logits[$0], -$0) > (logits[$1], -$1) }
+        let got = logits.withUnsafeBufferPointer { l -> [Int] in
+            var heap = CandidateHeap(l)
+            var out: [Int] = []
+            while let i = heap.pop() { out.append(i) }
+            return out
+        }
+        XCTAssertEqual(got, expected)
+    }
+
+    /// Top-k and top-p together over a larger vocabulary: only the nucleus of the top k is drawn,
+    /// in proportion to the weights.
+    func testTopKAndTopPTogetherDrawOnlyTheNucleusInProportion() {
+        // Ids 7, 3, 9 carry weights e^2, e^1, e^0 (temperature 1); the rest far below. top_k 2
+        // keeps ids 7 and 3; top_p 0.99 of those keeps both, in proportion e : 1.
+        var logits = [Float](repeating: -30, count: 1000)
+        logits[7] = 2
+        logits[3] = 1
+        logits[9] = 0
+        let draws = sample(logits, SamplingParameters(temperature: 1, topK: 2, topP: 0.99, seed: 21), times: 4000)
+        XCTAssertEqual(Set(draws), [7, 3])
+        let share7 = Double(draws.filter { $0 == 7 }.count) / 4000
+        XCTAssertEqual(share7, exp(1.0) / (exp(1.0) + 1), accuracy: 0.03)
+        // Without top-k, top_p 0.5 keeps id 7 alone (its share is 0.67).
+        XCTAssertEqual(Set(sample(logits, SamplingParameters(temperature: 1, topP: 0.5, seed: 4), times: 200)), [7])
+    }
+
     func testInvalidParametersAreRejected() {
         XCTAssertThrowsError(try SamplingParameters(temperature: -1).validate())
         XCTAssertThrowsError(try SamplingParameters(topP: 0).validate())

@@ -21,38 +21,67 @@ public struct Sampler: Sendable {
             }
         }
         if p.temperature == 0 { return Sampler.argmax(l) }
+        return l.withUnsafeBufferPointer { draw($0) }
+    }
 
-        // Candidates sorted by logit, cut by top-k.
-        var idx = Array(0..<l.count)
-        let k = p.topK > 0 ? min(p.topK, l.count) : l.count
-        if k < l.count {
-            idx = Array(idx.sorted { l[$0] > l[$1] }.prefix(k))
-        } else {
-            idx.sort { l[$0] > l[$1] }
+    /// Temperature sampling with top-k and top-p over `l`. Candidates are taken in order of logit
+    /// (the lower id first on ties) from a heap, only as far as the top-k cut, the nucleus and the
+    /// draw need: a peaked distribution costs one pass for the weights plus a few pops, instead
+    /// of sorting the whole vocabulary for every token (7 ms for 49,152 logits on this machine,
+    /// as long as a decode step).
+    private mutating func draw(_ l: UnsafeBufferPointer<Float>) -> Int32 {
+        let p = parameters
+        let n = l.count
+        guard n > 0 else { return 0 }
+        var maxLogit = -Float.infinity
+        for x in l where x > maxLogit { maxLogit = x }
+        let scale = 1 / p.temperature
+        // Single precision is plenty for one weight (the sums are in double), and 4x cheaper.
+        func weight(_ i: Int) -> Double { Double(expf((l[i] - maxLogit) * scale)) }
+        var order = CandidateHeap(l)
+        let k = p.topK > 0 ? min(p.topK, n) : n
+        // Candidates taken so far, in order, with their weights.
+        var head: [(id: Int, weight: Double)] = []
+        func candidate(_ j: Int) -> (id: Int, weight: Double)? {
+            while head.count <= j {
+                guard head.count < k, let i = order.pop() else { return nil }
+                head.append((i, weight(i)))
+            }
+            return head[j]
         }
-        let maxLogit = l[idx[0]]
-        var probs = idx.map { expDouble(Double((l[$0] - maxLogit) / p.temperature)) }
-        let total = probs.reduce(0, +)
-        for i in probs.indices { probs[i] /= total }
-        // Nucleus: the smallest prefix whose mass reaches top_p.
-        var keep = probs.count
+        // The candidates' total weight: the top k, or every token.
+        var total = 0.0
+        if k < n {
+            var j = 0
+            while let c = candidate(j) {
+                total += c.weight
+                j += 1
+            }
+        } else {
+            for i in 0..<n { total += weight(i) }
+        }
+        // Nucleus: the shortest prefix whose share of the total reaches top_p.
+        var keep = k
+        var mass = total
         if p.topP < 1 {
             var acc = 0.0
-            for (i, pr) in probs.enumerated() {
-                acc += pr
-                if acc >= Double(p.topP) {
-                    keep = i + 1
-                    break
-                }
+            var j = 0
+            while let c = candidate(j) {
+                acc += c.weight
+                j += 1
+                if acc >= Double(p.topP) * total { break }
             }
+            keep = j
+            mass = acc
         }
-        let mass = probs.prefix(keep).reduce(0, +)
         var r = rng.nextUnitDouble() * mass
-        for i in 0..<keep {
-            r -= probs[i]
-            if r <= 0 { return Int32(idx[i]) }
+        var j = 0
+        while j < keep, let c = candidate(j) {
+            r -= c.weight
+            if r <= 0 { return Int32(c.id) }
+            j += 1
         }
-        return Int32(idx[keep - 1])
+        return Int32(head[max(0, min(keep, head.count) - 1)].id)
     }
 
     /// Index of the largest logit (the first one on ties).
@@ -89,6 +118,53 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+
+/// Token ids in order of their logits, highest first (lower id first on ties), popped one at a
+/// time from a binary heap built in linear time.
+struct CandidateHeap {
+    private let l: UnsafeBufferPointer<Float>
+    private var heap: [Int32]
+
+    init(_ logits: UnsafeBufferPointer<Float>) {
+        l = logits
+        heap = (0..<Int32(logits.count)).map { $0 }
+        var i = heap.count / 2 - 1
+        while i >= 0 {
+            siftDown(i)
+            i -= 1
+        }
+    }
+
+    /// Whether id a comes before id b.
+    private func before(_ a: Int32, _ b: Int32) -> Bool {
+        let x = l[Int(a)], y = l[Int(b)]
+        return x > y || (x == y && a < b)
+    }
+
+    private mutating func siftDown(_ start: Int) {
+        var i = start
+        let n = heap.count
+        while true {
+            let left = 2 * i + 1
+            guard left < n else { return }
+            var best = left
+            if left + 1 < n && before(heap[left + 1], heap[left]) { best = left + 1 }
+            guard before(heap[best], heap[i]) else { return }
+            heap.swapAt(i, best)
+            i = best
+        }
+    }
+
+    mutating func pop() -> Int? {
+        guard let top = heap.first else { return nil }
+        let last = heap.removeLast()
+        if !heap.isEmpty {
+            heap[0] = last
+            siftDown(0)
+        }
+        return Int(top)
+    }
+}
 
 /// A small, fast, seedable PRNG (SplitMix64), so a seed gives the same tokens everywhere.
 public struct SplitMix64: RandomNumberGenerator, Sendable {

@@ -20,6 +20,8 @@ struct ServeBench: ParsableCommand {
     @Option(help: "Client counts, comma-separated.") var clients = "1,4,8,16,32"
     @Option(help: "Turns per chat.") var turns = 4
     @Option(help: "Tokens per reply (both servers generate exactly this many: ignore_eos).") var maxTokens = 64
+    @Option(help: "Sampling temperature the clients ask for (0: greedy; OpenAI clients commonly send 0.7-1).")
+    var temperature = 0.0
     @Flag(help: "Let replies end at the model's end of turn (no ignore_eos), e.g. for servers that do not know it.")
     var naturalStop = false
     @Option(help: "Compute threads of both servers.") var threads = 2
@@ -73,6 +75,7 @@ struct ServeBench: ParsableCommand {
         var threads: Int
         var turnsPerChat: Int
         var replyTokens: Int
+        var temperature: Double?
         var kvtierdArgs: String
         var llamaServer: String?
         var points: [Point]
@@ -105,7 +108,7 @@ struct ServeBench: ParsableCommand {
             if let llama { long.append(try longReplyLlama(binary: llama, model: modelPath)) }
         }
         let report = Report(
-            model: modelPath, threads: threads, turnsPerChat: turns, replyTokens: maxTokens, kvtierdArgs: kvtierdArgs,
+            model: modelPath, threads: threads, turnsPerChat: turns, replyTokens: maxTokens, temperature: temperature, kvtierdArgs: kvtierdArgs,
             llamaServer: llama, points: points, longReply: long)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -183,7 +186,9 @@ struct ServeBench: ParsableCommand {
     private func measure(_ name: String, client: StreamingHTTPClient, server: ServerProcess?, clients n: Int, sessionIDs: Bool, seed: Int) -> Point {
         let load = ServeLoad(
             client: client,
-            configuration: .init(clients: n, turns: turns, maxTokens: maxTokens, sendSessionID: sessionIDs, ignoreEOS: !naturalStop, seed: seed))
+            configuration: .init(
+                clients: n, turns: turns, maxTokens: maxTokens, sendSessionID: sessionIDs, ignoreEOS: !naturalStop, seed: seed,
+                temperature: temperature))
         let quiet = json || isatty(STDERR_FILENO) == 0
         let probe = Prober(client: client, paths: sessionIDs ? ["/healthz", "/metrics"] : ["/health", "/metrics"])
         let started = DispatchTime.now().uptimeNanoseconds

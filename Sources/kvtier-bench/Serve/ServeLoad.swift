@@ -20,6 +20,8 @@ struct ServeLoad {
         var ignoreEOS = true
         /// A seed that makes the clients' messages differ between runs of one sitting.
         var seed = 0
+        /// What the clients ask for (0: greedy).
+        var temperature = 0.0
     }
 
     /// One finished (or failed) turn.
@@ -89,7 +91,7 @@ struct ServeLoad {
     /// One streamed turn; returns the reply text.
     private func send(_ messages: [[String: String]], client c: Int, into turn: inout Turn) -> String {
         var body: [String: Any] = [
-            "model": "default", "messages": messages, "max_tokens": configuration.maxTokens, "temperature": 0, "stream": true,
+            "model": "default", "messages": messages, "max_tokens": configuration.maxTokens, "temperature": configuration.temperature, "stream": true,
             "stream_options": ["include_usage": true], "cache_prompt": true,
         ]
         if configuration.ignoreEOS { body["ignore_eos"] = true }
