@@ -25,10 +25,10 @@ public struct Sampler: Sendable {
     }
 
     /// Temperature sampling with top-k and top-p over `l`. Candidates are taken in order of logit
-    /// (the lower id first on ties) from a heap, only as far as the top-k cut, the nucleus and the
-    /// draw need: a peaked distribution costs one pass for the weights plus a few pops, instead
-    /// of sorting the whole vocabulary for every token (7 ms for 49,152 logits on this machine,
-    /// as long as a decode step).
+    /// (the lower id first on ties) from a heap of the ids within 1e-6 of the top weight, only as
+    /// far as the top-k cut, the nucleus and the draw need: one pass for the weights plus a few
+    /// pops, instead of sorting the whole vocabulary for every token (6 ms for 49,152 logits on
+    /// this machine, as long as a decode step).
     private mutating func draw(_ l: UnsafeBufferPointer<Float>) -> Int32 {
         let p = parameters
         let n = l.count
@@ -38,13 +38,24 @@ public struct Sampler: Sendable {
         let scale = 1 / p.temperature
         // Single precision is plenty for one weight (the sums are in double), and 4x cheaper.
         func weight(_ i: Int) -> Double { Double(expf((l[i] - maxLogit) * scale)) }
-        var order = CandidateHeap(l)
+        // Ids whose weight is at least 1e-6 of the largest go into the heap first; the rest (all
+        // of lower logit, so the order stays exact) only if the draw gets past every one of them.
+        let cut = maxLogit - 13.8 * p.temperature
+        var near: [Int32] = []
+        for i in 0..<n where l[i] >= cut { near.append(Int32(i)) }
+        var order = CandidateHeap(l, ids: near)
+        var far: CandidateHeap?
+        func next() -> Int? {
+            if let i = order.pop() { return i }
+            if far == nil { far = CandidateHeap(l, ids: (0..<Int32(n)).filter { l[Int($0)] < cut }) }
+            return far?.pop()
+        }
         let k = p.topK > 0 ? min(p.topK, n) : n
         // Candidates taken so far, in order, with their weights.
         var head: [(id: Int, weight: Double)] = []
         func candidate(_ j: Int) -> (id: Int, weight: Double)? {
             while head.count <= j {
-                guard head.count < k, let i = order.pop() else { return nil }
+                guard head.count < k, let i = next() else { return nil }
                 head.append((i, weight(i)))
             }
             return head[j]
@@ -125,9 +136,10 @@ struct CandidateHeap {
     private let l: UnsafeBufferPointer<Float>
     private var heap: [Int32]
 
-    init(_ logits: UnsafeBufferPointer<Float>) {
+    /// The candidates are `ids` (every id when nil).
+    init(_ logits: UnsafeBufferPointer<Float>, ids: [Int32]? = nil) {
         l = logits
-        heap = (0..<Int32(logits.count)).map { $0 }
+        heap = ids ?? (0..<Int32(logits.count)).map { $0 }
         var i = heap.count / 2 - 1
         while i >= 0 {
             siftDown(i)
