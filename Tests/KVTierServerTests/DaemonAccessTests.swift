@@ -18,6 +18,16 @@ final class DaemonAccessTests: XCTestCase {
         }
     }
 
+    /// A daemon on a socket in a directory other users may enter, as the access tests need
+    /// (after checking that they can run; `setpriv` needs root).
+    private func daemonForOthers(config: String? = nil) throws -> (socket: String, daemon: Process) {
+        try requireSetpriv()
+        let dir = try temporaryDirectory(self)
+        chmod(dir, 0o755)
+        let socket = dir + "/k.sock"
+        return (socket, try startDaemon(socket: socket, state: dir + "/state", config: config))
+    }
+
     /// curl as uid/gid 65534 with the given supplementary groups; returns curl's exit status,
     /// the HTTP status and the body.
     private func curlAs(groups: [UInt32], socket: String, _ method: String, _ path: String, body: String? = nil) throws -> (Int32, Int, [String: Any]) {
@@ -42,12 +52,7 @@ final class DaemonAccessTests: XCTestCase {
     /// `server.max_turns_per_user`: a user at the cap gets 429 naming it, with Retry-After;
     /// another uid is still served.
     func testOneUsersCapAnswers429ToThatUserOnly() throws {
-        try requireSetpriv()
-        let dir = try temporaryDirectory(self)
-        chmod(dir, 0o755)
-        let socket = dir + "/k.sock"
-        let daemon = try startDaemon(
-            socket: socket, state: dir + "/state",
+        let (socket, daemon) = try daemonForOthers(
             config: "[server]\nsocket_mode = \"0666\"\nmax_turns_per_user = 1\n[engine]\nmax_batch = 1\n")
         defer { stop(daemon) }
         // Root's one allowed turn, long enough to be running while the others ask.
@@ -71,12 +76,7 @@ final class DaemonAccessTests: XCTestCase {
     /// `server.max_connections_per_user`: a user holding that many connections gets 429 on the
     /// next, naming the setting; another uid is still served.
     func testOneUsersConnectionsAreCappedForThatUserOnly() throws {
-        try requireSetpriv()
-        let dir = try temporaryDirectory(self)
-        chmod(dir, 0o755)
-        let socket = dir + "/k.sock"
-        let daemon = try startDaemon(
-            socket: socket, state: dir + "/state", config: "[server]\nsocket_mode = \"0666\"\nmax_connections_per_user = 2\n")
+        let (socket, daemon) = try daemonForOthers(config: "[server]\nsocket_mode = \"0666\"\nmax_connections_per_user = 2\n")
         defer { stop(daemon) }
         let held = try (0..<2).map { _ in try connectUnix(socket) }
         defer { for fd in held { close(fd) } }
@@ -89,11 +89,7 @@ final class DaemonAccessTests: XCTestCase {
     }
 
     func testSocketModeKeepsOthersOut() throws {
-        try requireSetpriv()
-        let dir = try temporaryDirectory(self)
-        chmod(dir, 0o755)
-        let socket = dir + "/k.sock"
-        let daemon = try startDaemon(socket: socket, state: dir + "/state")
+        let (socket, daemon) = try daemonForOthers()
         defer { stop(daemon) }
         var st = stat()
         XCTAssertEqual(stat(socket, &st), 0)

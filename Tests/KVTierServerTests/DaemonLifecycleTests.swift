@@ -32,6 +32,12 @@ final class DaemonLifecycleTests: XCTestCase {
                      "kvtier_load_stall_seconds_bucket", "kvtier_save_lag_seconds_count 1", "kvtier_tokens_recomputed_total"] {
             XCTAssertTrue(text.contains(line), "missing \(line) in:\n\(text)")
         }
+        // Every family has a # HELP line right before its # TYPE line.
+        let lines = text.split(separator: "\n")
+        for (i, line) in lines.enumerated() where line.hasPrefix("# TYPE ") {
+            let name = line.dropFirst(7).prefix { $0 != " " }
+            XCTAssertTrue(i > 0 && lines[i - 1].hasPrefix("# HELP \(name) "), "no # HELP for \(name)")
+        }
         let (rc, metrics) = try kvtierctl(["metrics", "--socket", socket])
         XCTAssertEqual(rc, 0)
         XCTAssertTrue(metrics.contains("kvtier_ttft_seconds_bucket"))

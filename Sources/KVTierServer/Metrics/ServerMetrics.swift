@@ -115,6 +115,6 @@ public final class ServerMetrics: Sendable {
                 for (name, value) in totals { advance(name, dimensions: dims, to: value) }
             }
         }
-        return registry.emitToBuffer()
+        return MetricsHelp.insert(into: registry.emitToBuffer())
     }
 }
