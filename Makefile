@@ -97,7 +97,7 @@ reliability: setup build
 	python3 deploy/reliability/report.py $(RELIABILITY_OUT) | tee $(RELIABILITY_OUT)/figures.md
 
 TSAN_TESTS ?= KVTierStoreTests|ChatEngineTests|TurnScheduler|BatchingTests|BatchedChatTests/test[ACQT]|BatchTierTests|TurnCacheTests
-ASAN_TESTS ?= KVTierTokenizerTests|KVTierStoreTests|KVTierModelTests
+ASAN_TESTS ?= KVTierTokenizerTests|KVTierStoreTests|KVTierModelTests|KVTierEngineTests
 
 ## sanitize: the store and engine concurrency tests under ThreadSanitizer (after checking that a
 ## deliberate race is reported), and the unit tests under AddressSanitizer (real-model tests skipped)

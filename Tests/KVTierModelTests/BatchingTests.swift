@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 /// Batched steps (several sequences in one forward pass) and the batch executor on tiny models:
 /// a sequence's logits are those it gets alone, bit for bit, whatever else is in the step.

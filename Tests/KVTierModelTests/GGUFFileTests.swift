@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 final class GGUFFileTests: XCTestCase {
     func testReadsEveryMetadataTypeAndTensorInfo() throws {

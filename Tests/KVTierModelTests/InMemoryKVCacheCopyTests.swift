@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 /// `InMemoryKVCache.copySlots`: copying kept slots between caches, with new or old positions.
 final class InMemoryKVCacheCopyTests: XCTestCase {

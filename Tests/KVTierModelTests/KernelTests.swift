@@ -3,6 +3,7 @@ import CKVTierKernels
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 /// The SIMD paths must agree with the portable ones, and both with plain arithmetic.
 final class KernelTests: XCTestCase {

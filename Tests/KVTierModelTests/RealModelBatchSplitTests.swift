@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 /// On the real SmolLM2 model: a chat turn prefilled in one batch and then decoded token by token
 /// (the matrix-vector path) against recomputing the whole history in one batch (the sgemm path),

@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 /// Greedy 32-token continuations of 10 chat prompts against llama.cpp's (Golden/greedy-continuations.json,
 /// flash attention on, llama.cpp's CPU default).

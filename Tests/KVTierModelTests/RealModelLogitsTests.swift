@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 /// The decoder on the real SmolLM2 model against an independent float64 numpy reference
 /// (Reference/reference_forward.py; golden data in Golden/reference-logits.json) over 2,000

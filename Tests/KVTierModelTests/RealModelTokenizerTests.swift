@@ -2,6 +2,7 @@ import KVTierTokenizer
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 /// SmolLM2's tokenizer, built from the GGUF metadata, against llama.cpp's `llama-tokenize` on
 /// 387 strings (ShareGPT English, code, CJK, emoji, digits, whitespace runs, specials; see

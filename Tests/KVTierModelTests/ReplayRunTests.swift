@@ -5,6 +5,7 @@ import XCTest
 @testable import KVTierModel
 @testable import KVTierStore
 @testable import kvtier_bench
+@testable import KVTierTestSupport
 
 /// The replay harness on a tiny model: every policy replays the same trace in arrival order,
 /// turns follow their session's think times, and each policy reuses what it is meant to.

@@ -1,6 +1,7 @@
 import XCTest
 
 @testable import KVTierModel
+@testable import KVTierTestSupport
 
 /// The decoder against the naive Double reference on tiny random models.
 final class TransformerTests: XCTestCase {

@@ -1,5 +1,7 @@
 import Foundation
 
+@testable import KVTierTestSupport
+
 /// A deliberately naive llama forward pass in Double, over weights decoded by the test's own
 /// GGUF writer: an independent reference for the decoder (no shared code with KVTierModel).
 struct ReferenceLlama {

@@ -4,6 +4,7 @@ import XCTest
 @testable import KVTierEngine
 @testable import KVTierModel
 @testable import KVTierStore
+@testable import KVTierTestSupport
 
 /// Many chats at once through the scheduler and the batch executor, on a tiny model.
 final class BatchedChatTests: XCTestCase {
@@ -230,12 +231,4 @@ final class Collected: @unchecked Sendable {
     private var bySession: [String: [[Float]]] = [:]
     func add(_ session: String, _ logits: [Float]) { lock.withLock { bySession[session, default: []].append(logits) } }
     var all: [String: [[Float]]] { lock.withLock { bySession } }
-}
-
-/// Strings appended from several threads.
-final class OrderBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var list: [String] = []
-    func append(_ s: String) { lock.withLock { list.append(s) } }
-    var items: [String] { lock.withLock { list } }
 }

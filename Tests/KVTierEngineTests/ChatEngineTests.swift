@@ -4,6 +4,7 @@ import XCTest
 @testable import KVTierEngine
 @testable import KVTierModel
 @testable import KVTierStore
+@testable import KVTierTestSupport
 
 /// The chat engine on a tiny model: reuse across turns must give what full recomputation gives.
 final class ChatEngineTests: XCTestCase {

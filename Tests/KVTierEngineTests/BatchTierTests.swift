@@ -4,6 +4,7 @@ import XCTest
 @testable import KVTierEngine
 @testable import KVTierModel
 @testable import KVTierStore
+@testable import KVTierTestSupport
 
 /// The tiers around the running batch: a turn joining it loads its reused KV before its first
 /// step, and a block completed during a step is admitted and saved off the executor's thread,

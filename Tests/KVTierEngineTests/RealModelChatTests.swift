@@ -4,6 +4,7 @@ import XCTest
 @testable import KVTierEngine
 @testable import KVTierModel
 @testable import KVTierStore
+@testable import KVTierTestSupport
 
 /// A 5-turn chat with SmolLM2 through the engine, each turn's KV coming from a different tier,
 /// against full recomputation of every turn.
