@@ -1,9 +1,10 @@
-#if canImport(Glibc)
-import Glibc
-private let RLIMIT_NOFILE_VALUE = Int32(RLIMIT_NOFILE.rawValue)
-#endif
 import NIOConcurrencyHelpers
 import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+    private let RLIMIT_NOFILE_VALUE = Int32(RLIMIT_NOFILE.rawValue)
+#endif
 
 /// Open connections, in all and per user, held against `server.max_connections` and
 /// `server.max_connections_per_user`: a client that opens connections and leaves them idle
@@ -41,7 +42,9 @@ final class ConnectionLimiter: Sendable {
                     limits.maxConnections <= descriptorBudget
                     ? "server.max_connections = \(limits.maxConnections)"
                     : "its file descriptor limit allows \(descriptorBudget); raise LimitNOFILE"
-                return APIError(503, "unavailable", "kvtierd has \(c.total) connections open (\(why)); retry shortly", retryAfter: 1)
+                return APIError(
+                    503, "unavailable", "kvtierd has \(c.total) connections open (\(why)); retry shortly", retryAfter: 1
+                )
             }
             let mine = c.byUser[user, default: 0]
             if mine >= limits.maxConnectionsPerUser {

@@ -15,7 +15,8 @@ final class BatchTierTests: XCTestCase {
     private func makeEngine(
         _ model: LlamaModel, latency: Double, savesInFlight: Int, blockTokens: Int = 32
     ) throws -> ChatEngine {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-tiers-\(UUID().uuidString)").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-tiers-\(UUID().uuidString)")
+            .path
         addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
         var c = StoreConfiguration(stateDirectory: dir)
         c.blockTokens = blockTokens
@@ -52,7 +53,10 @@ final class BatchTierTests: XCTestCase {
             }
         }
         let options = GenerationOptions(maxTokens: replyTokens, sampling: .greedy, stopAtEndOfGeneration: false)
-        submit(.init(session: "reply", owner: "a", messages: [.init(role: "user", content: "write something long")], options: options))
+        submit(
+            .init(
+                session: "reply", owner: "a", messages: [.init(role: "user", content: "write something long")],
+                options: options))
         let deadline = Date().addingTimeInterval(30)
         while stamps.times("reply").count < 3 && Date() < deadline { usleep(1000) }
         XCTAssertGreaterThanOrEqual(stamps.times("reply").count, 3, "the reply is under way")
@@ -70,52 +74,60 @@ final class BatchTierTests: XCTestCase {
         zip(times, times.dropFirst()).map { $1 - $0 }.max() ?? 0
     }
 
-    /// A turn whose history is in DRAM joins a running batch over a link that takes 250 ms per
+    /// A turn whose history is in DRAM joins a running batch over a link that takes 500 ms per
     /// layer: it waits on its own thread until every layer is in HBM, so the reply beside it
     /// never pauses for the load (a lane that joined at once would stall every step on its
-    /// layers, 250 ms each). The reply samples a token every 5 ms or more, so that it is still
+    /// layers, 500 ms each). The reply samples a token every 10 ms or more, so that it is still
     /// under way, and its blocks (256 tokens) never fill, so the joining turn waits for no save.
+    /// The margins (a pause of 400 ms fails, the mechanism's absence pauses 500 ms and more)
+    /// leave room for a loaded machine.
     func testJoiningTurnLoadsItsKVWithoutStallingTheBatch() throws {
         let model = try LlamaModel(path: TinyModel(context: 512).write())
-        let engine = try makeEngine(model, latency: 0.25, savesInFlight: 256, blockTokens: 256)
+        let engine = try makeEngine(model, latency: 0.5, savesInFlight: 256, blockTokens: 256)
         var messages = [ChatMessage(role: "user", content: String(repeating: "a history worth keeping ", count: 12))]
         let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
         let first = try engine.runTurn(session: "joiner", messages: messages, options: options)
         engine.quiesce()
         try engine.store.demote(session: "joiner", to: .dram)
-        messages += [ChatMessage(role: "assistant", content: first.text), ChatMessage(role: "user", content: "and then?")]
+        messages += [
+            ChatMessage(role: "assistant", content: first.text), ChatMessage(role: "user", content: "and then?"),
+        ]
 
         let (reports, during) = try replyBeside(
             engine, other: .init(session: "joiner", owner: "b", messages: messages, options: options), replyTokens: 200,
-            pace: 5000)
+            pace: 10_000)
         let joiner = try XCTUnwrap(reports.first { $0.session == "joiner" })
         XCTAssertGreaterThan(joiner.hitsDRAM, 32, "the history came from DRAM")
         XCTAssertGreaterThan(engine.executor.counters.widestStep, 1, "the turn joined the running reply")
-        XCTAssertGreaterThan(joiner.loadStallMs, 400, "the load was slow (the test's premise)")
+        XCTAssertGreaterThan(joiner.loadStallMs, 800, "the load was slow (the test's premise)")
         XCTAssertGreaterThan(during.count, 20, "the reply went on while the turn joined")
         let worst = longestGap(during)
-print("reply tokens while a turn loaded 2 layers at 250 ms each: \(during.count), longest gap \(Int(worst * 1000)) ms")
-        XCTAssertLessThan(worst, 0.2, "a step of the batch waited for the joining turn's load")
+        print(
+            "reply tokens while a turn loaded 2 layers at 500 ms each: \(during.count), longest gap \(Int(worst * 1000)) ms"
+        )
+        XCTAssertLessThan(worst, 0.4, "a step of the batch waited for the joining turn's load")
     }
 
-    /// A link so slow that every save takes 250 ms, one at a time: a 160-token prompt's saves
-    /// (5 blocks in each of 2 layers) take about 2.5 s. A reply generated meanwhile by another
+    /// A link so slow that every save takes 500 ms, one at a time: a 160-token prompt's saves
+    /// (5 blocks in each of 2 layers) take about 5 s. A reply generated meanwhile by another
     /// session never pauses for them (with the saves on the executor's thread, each 32-token step
-    /// of the prompt held every lane for 2 saves, 500 ms).
+    /// of the prompt held every lane for 2 saves, 1 s; a pause of 400 ms fails).
     func testSavesOfAPromptNeverHoldUpAnotherTurnsSteps() throws {
         let model = try LlamaModel(path: TinyModel(context: 512).write())
-        let engine = try makeEngine(model, latency: 0.25, savesInFlight: 1)
+        let engine = try makeEngine(model, latency: 0.5, savesInFlight: 1)
         let options = GenerationOptions(maxTokens: 1, sampling: .greedy, stopAtEndOfGeneration: false)
         let text = String(repeating: "a long prompt with many words ", count: 25)
         let (reports, during) = try replyBeside(
-            engine, other: .init(session: "prompt", owner: "b", messages: [.init(role: "user", content: text)], options: options))
+            engine,
+            other: .init(
+                session: "prompt", owner: "b", messages: [.init(role: "user", content: text)], options: options))
         let prompt = try XCTUnwrap(reports.first { $0.session == "prompt" })
         XCTAssertGreaterThanOrEqual(prompt.tokensRecomputed, 160)
-        XCTAssertGreaterThan(prompt.saveLagMs, 1000, "the prompt's saves were slow (the test's premise)")
+        XCTAssertGreaterThan(prompt.saveLagMs, 2000, "the prompt's saves were slow (the test's premise)")
         XCTAssertGreaterThan(during.count, 20, "the reply went on while the prompt ran")
         let worst = longestGap(during)
         print("reply tokens during the prompt's saves: \(during.count), longest gap \(Int(worst * 1000)) ms")
-        XCTAssertLessThan(worst, 0.2, "a step of the batch waited for a save")
+        XCTAssertLessThan(worst, 0.4, "a step of the batch waited for a save")
     }
 }
 

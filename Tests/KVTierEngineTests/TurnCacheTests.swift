@@ -11,7 +11,8 @@ final class TurnCacheTests: XCTestCase {
     private let model = ModelFingerprint(value: 0x7C)
 
     private func makeStore() throws -> TieredStore {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-turncache-\(UUID().uuidString)").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-turncache-\(UUID().uuidString)")
+            .path
         addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
         var c = StoreConfiguration(stateDirectory: dir)
         c.blockTokens = 4
@@ -23,7 +24,8 @@ final class TurnCacheTests: XCTestCase {
 
     /// A block of 4 tokens whose keys are base + 0..15 and values base + 100 + 0..15.
     private func block(layer: Int, base: Float) -> KVBlock {
-        let keys = (0..<16).map { base + Float($0) }, values = (0..<16).map { base + 100 + Float($0) }
+        let keys = (0..<16).map { base + Float($0) }
+        let values = (0..<16).map { base + 100 + Float($0) }
         let payload = (keys + values).withUnsafeBytes { Array($0) }
         let key = BlockKey(model: model, session: "s", layer: layer, start: 0, count: 4)
         return KVBlock(key: key, elementType: .f32, rowWidth: 4, payload: payload)
@@ -45,7 +47,9 @@ final class TurnCacheTests: XCTestCase {
         XCTAssertEqual(try cache.append(positions: [4]), 3)
         let computed: [Float] = [-1, -2, -3, -4]
         for l in 0..<2 {
-            computed.withUnsafeBufferPointer { k in cache.write(layer: l, start: 3, count: 1, keys: k.baseAddress!, values: k.baseAddress!) }
+            computed.withUnsafeBufferPointer { k in
+                cache.write(layer: l, start: 3, count: 1, keys: k.baseAddress!, values: k.baseAddress!)
+            }
             cache.waitUntilResident(layer: l)
         }
 
@@ -56,7 +60,8 @@ final class TurnCacheTests: XCTestCase {
                 XCTAssertEqual(view.count, 4)
                 XCTAssertEqual(view.runs.count, 2, "the loaded run in its page, the computed slot in the turn's buffer")
                 XCTAssertEqual(view.runs[0].count, 3)
-                XCTAssertEqual(view.runs[0].keys, page + rowBytes, "keys of the loaded slots are read in their HBM page")
+                XCTAssertEqual(
+                    view.runs[0].keys, page + rowBytes, "keys of the loaded slots are read in their HBM page")
                 XCTAssertEqual(view.runs[0].values, page + (4 + 1) * rowBytes, "values too")
                 XCTAssertEqual(view.runs[1].count, 1)
             }
@@ -76,7 +81,8 @@ final class TurnCacheTests: XCTestCase {
         cache.stored(block: stored, layer: 1, page: newPage)
         let reused = try store.admit(
             KVBlock(
-                key: BlockKey(model: model, session: "other", layer: 1, start: 0, count: 4), elementType: .f32, rowWidth: 4,
+                key: BlockKey(model: model, session: "other", layer: 1, start: 0, count: 4), elementType: .f32,
+                rowWidth: 4,
                 payload: [UInt8](repeating: 0xFF, count: 2 * 4 * rowBytes)))
         XCTAssertEqual(reused.index, pages[1].index, "the freed page was handed out again")
         XCTAssertEqual(

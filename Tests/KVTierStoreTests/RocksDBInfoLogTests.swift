@@ -4,14 +4,15 @@ import XCTest
 @testable import KVTierStore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// RocksDB's info LOG: in a directory private to this user, named as RocksDB names it, and gone
 /// when a database closes with nothing logged (so LOG files do not pile up).
 final class RocksDBInfoLogTests: XCTestCase {
     private func scratch() throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-infolog-\(UUID().uuidString)").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-infolog-\(UUID().uuidString)")
+            .path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
         return dir

@@ -57,14 +57,17 @@ final class TurnCache: KVCache {
         Self.aliveLock.withLock { Self.aliveCount += 1 }
         self.store = store
         self.session = session
-        self.work = InMemoryKVCache(layout: layout, capacity: capacity, precision: store.elementType == .f32 ? .f32 : .f16)
+        self.work = InMemoryKVCache(
+            layout: layout, capacity: capacity, precision: store.elementType == .f32 ? .f32 : .f16)
         self.filledRuns = [Int](repeating: 0, count: layout.layers)
         self.pageRows = [[(keys: UnsafeRawPointer, values: UnsafeRawPointer)?]](repeating: [], count: layout.layers)
     }
 
     /// Starts the layer-wise load of the session's stored blocks in `blocks`.
     func startLoad(blocks: Set<SessionState.BlockRange>, readAhead: Int?) {
-        handle = store.load(session: session, readAhead: readAhead) { key in blocks.contains(.init(start: key.start, count: key.count)) }
+        handle = store.load(session: session, readAhead: readAhead) { key in
+            blocks.contains(.init(start: key.start, count: key.count))
+        }
     }
 
     /// Unpins the session's HBM pages, and drops `onLayerFinished`: the engine's closure
@@ -161,10 +164,12 @@ final class TurnCache: KVCache {
                 let d = dst.baseAddress!
                 var t0 = 0
                 for run in view.runs {
-                    let lo = max(start, t0), hi = min(start + n, t0 + run.count)
+                    let lo = max(start, t0)
+                    let hi = min(start + n, t0 + run.count)
                     if lo < hi {
                         (d + (lo - start) * rb).copyMemory(from: run.keys + (lo - t0) * rb, byteCount: (hi - lo) * rb)
-                        (d + (n + lo - start) * rb).copyMemory(from: run.values + (lo - t0) * rb, byteCount: (hi - lo) * rb)
+                        (d + (n + lo - start) * rb).copyMemory(
+                            from: run.values + (lo - t0) * rb, byteCount: (hi - lo) * rb)
                     }
                     t0 += run.count
                 }

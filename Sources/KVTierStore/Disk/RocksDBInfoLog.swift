@@ -18,7 +18,9 @@ enum RocksDBInfoLog {
         let env = ProcessInfo.processInfo.environment
         let uid = geteuid()
         var candidates: [String] = []
-        if let runtime = env["XDG_RUNTIME_DIR"], runtime.hasPrefix("/") { candidates.append(runtime + "/kvtier-rocksdb-log") }
+        if let runtime = env["XDG_RUNTIME_DIR"], runtime.hasPrefix("/") {
+            candidates.append(runtime + "/kvtier-rocksdb-log")
+        }
         let tmp = env["TMPDIR"].flatMap { $0.hasPrefix("/") ? $0 : nil } ?? "/tmp"
         candidates.append(tmp + "/kvtier-rocksdb-log-\(uid)")
         for path in candidates {
@@ -46,7 +48,8 @@ enum RocksDBInfoLog {
         for (i, c) in absolute.utf8.enumerated() where out.count < 251 {
             let kept =
                 (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z")) || (c >= UInt8(ascii: "A") && c <= UInt8(ascii: "Z"))
-                || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) || c == UInt8(ascii: "-") || c == UInt8(ascii: ".")
+                || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9")) || c == UInt8(ascii: "-")
+                || c == UInt8(ascii: ".")
                 || c == UInt8(ascii: "_")
             if kept {
                 out.append(c)

@@ -11,7 +11,9 @@ public enum ByteSize {
             ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("TB", 1e12), ("B", 1),
         ]
         for (suffix, factor) in units where t.hasSuffix(suffix) {
-            guard let n = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), n > 0 else { return nil }
+            guard let n = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), n > 0 else {
+                return nil
+            }
             // "1e30GiB" or "infGiB" would trap in Int(_:); they are not sizes.
             let bytes = n * factor
             guard bytes < 0x1p63 else { return nil }

@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A client that pipelines requests and never reads the answers: kvtierd stops reading from that
@@ -38,7 +38,9 @@ final class PipeliningTests: XCTestCase {
         let health = try request(socket, "GET", "/healthz")
         XCTAssertEqual(health.status, 200, "another client is served meanwhile")
         let grew = after - before
-        print("pipelined \(sent / one.count) requests (\(sent) bytes) without reading; kvtierd RSS \(before) -> \(after) KiB (+\(grew))")
+        print(
+            "pipelined \(sent / one.count) requests (\(sent) bytes) without reading; kvtierd RSS \(before) -> \(after) KiB (+\(grew))"
+        )
         XCTAssertLessThan(sent, 2 << 20, "the server stopped reading before the client sent everything")
         XCTAssertLessThan(grew, 64 << 10, "kvtierd grew by \(grew) KiB for one client's unread answers")
 
