@@ -42,7 +42,10 @@ struct TopCommand: ParsableCommand {
                 let metrics = PrometheusText(try options.client.text("/metrics"))
                 let now = Date()
                 if options.json {
-                    try options.output(snapshot(health: health, metrics: metrics)) {}
+                    // JSON Lines: one compact object per refresh, for `jq` and log shippers.
+                    let line = try JSONSerialization.data(
+                        withJSONObject: snapshot(health: health, metrics: metrics), options: [.sortedKeys])
+                    print(String(decoding: line, as: UTF8.self))
                 } else {
                     if clear { print("\u{1B}[H\u{1B}[2J", terminator: "") }
                     render(health: health, metrics: metrics, previous: previous, now: now)

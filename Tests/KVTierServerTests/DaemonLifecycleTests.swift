@@ -45,9 +45,13 @@ final class DaemonLifecycleTests: XCTestCase {
         XCTAssertEqual(rc2, 0, top)
         XCTAssertTrue(top.contains("turns 1") && top.contains("TTFT p50"), top)
         XCTAssertTrue(top.components(separatedBy: "\n").contains { $0.hasPrefix("dram ") }, top)
-        let (rc3, json) = try kvtierctl(["top", "--json", "--iterations", "1", "--socket", socket])
+        let (rc3, json) = try kvtierctl(["top", "--json", "--iterations", "2", "--interval", "0.1", "--socket", socket])
         XCTAssertEqual(rc3, 0)
-        let snapshot = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        // One compact JSON object per line (JSON Lines), one line per refresh.
+        let objects = json.split(separator: "\n").filter { !$0.isEmpty }
+        XCTAssertEqual(objects.count, 2, json)
+        let snapshot = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data((objects.first ?? "").utf8)) as? [String: Any])
         XCTAssertEqual(snapshot["turns"] as? Double, 1)
         XCTAssertEqual((snapshot["tiers"] as? [Any])?.count, 3)
         // Exit statuses say what went wrong.
