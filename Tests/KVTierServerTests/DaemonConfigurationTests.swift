@@ -78,6 +78,10 @@ final class DaemonConfigurationTests: XCTestCase {
         let cases: [(String, String)] = [
             ("[store]\ndram = 5\n", "unknown key 'store.dram'"),
             ("[store]\ndram_bytes = \"lots\"\n", "'store.dram_bytes' must be a positive size"),
+            ("[store]\ndram_bytes = 12\n", "'store.dram_bytes' must be at least 64 KiB, got 12 bytes"),
+            ("[store]\nhbm_bytes = 4096\n", "'store.hbm_bytes' must be at least 64 KiB"),
+            ("[store]\ndisk_bytes = \"512KiB\"\n", "'store.disk_bytes' must be at least 1 MiB"),
+            ("[server]\nmax_body_bytes = 100\n", "'server.max_body_bytes' must be at least 1 KiB"),
             ("[engine]\nsink_tokens = -1\n", "'engine.sink_tokens' must be an integer"),
             ("[store]\npolicy = \"fifo\"\n", "'store.policy' must be"),
             ("[server]\nsocket_mode = \"999\"\n", "'server.socket_mode' must be an octal string"),

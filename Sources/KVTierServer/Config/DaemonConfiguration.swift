@@ -80,13 +80,21 @@ public struct DaemonConfiguration: Sendable {
             guard case .string(let s) = v, !s.isEmpty else { throw bad("must be a non-empty string") }
             return s
         }
-        func size() throws(Failure) -> Int {
+        /// A size of at least `minimum` bytes (a smaller one is a mistake, such as a unit left out).
+        func size(atLeast minimum: Int) throws(Failure) -> Int {
+            var bytes: Int?
             switch v {
-            case .integer(let i) where i > 0: return i
-            case .string(let s): if let n = ByteSize.parse(s), n > 0 { return n }
+            case .integer(let i) where i > 0: bytes = i
+            case .string(let s): if let n = ByteSize.parse(s), n > 0 { bytes = n }
             default: break
             }
-            throw bad("must be a positive size: bytes, or a string like \"512MiB\" or \"4GiB\"")
+            guard let bytes else {
+                throw bad("must be a positive size: bytes, or a string like \"512MiB\" or \"4GiB\"")
+            }
+            guard bytes >= minimum else {
+                throw bad("must be at least \(Self.describe(minimum)), got \(bytes) bytes (a unit left out? e.g. \"512MiB\")")
+            }
+            return bytes
         }
         func number(_ range: ClosedRange<Double>) throws(Failure) -> Double {
             let d: Double
@@ -112,7 +120,7 @@ public struct DaemonConfiguration: Sendable {
             else { throw bad("must be a loopback address and port like \"127.0.0.1:8080\" (only loopback is allowed)") }
             let host = String(t[..<colon])
             tcpListen = (host == "[::1]" ? "::1" : host == "localhost" ? "127.0.0.1" : host, port)
-        case "server.max_body_bytes": limits.maxBodyBytes = try size()
+        case "server.max_body_bytes": limits.maxBodyBytes = try size(atLeast: 1 << 10)
         case "server.max_tokens": limits.maxTokens = try int(1...1_000_000)
         case "server.max_messages": limits.maxMessages = try int(1...1_000_000)
         case "server.max_queue": limits.maxQueue = try int(1...1_000_000)
@@ -133,9 +141,9 @@ public struct DaemonConfiguration: Sendable {
         case "model.path": model = try string()
         case "model.threads": threads = try int(1...256)
         case "store.state_directory": stateDirectory = try string()
-        case "store.hbm_bytes": hbmBytes = try size()
-        case "store.dram_bytes": dramBytes = try size()
-        case "store.disk_bytes": diskBytes = try size()
+        case "store.hbm_bytes": hbmBytes = try size(atLeast: 64 << 10)
+        case "store.dram_bytes": dramBytes = try size(atLeast: 64 << 10)
+        case "store.disk_bytes": diskBytes = try size(atLeast: 1 << 20)
         case "store.block_tokens": blockTokens = try int(1...65536)
         case "store.link_bandwidth_bytes_per_second": linkBandwidth = try number(0...1e13)
         case "store.link_latency_us": linkLatencySeconds = try number(0...1e6) / 1e6
@@ -159,6 +167,11 @@ public struct DaemonConfiguration: Sendable {
         default:
             throw Failure(description: "unknown key '\(key)'; see deploy/kvtierd.toml for the keys")
         }
+    }
+
+    /// "1 KiB", "16 MiB": a minimum as the error message names it.
+    static func describe(_ bytes: Int) -> String {
+        bytes >= 1 << 20 && bytes % (1 << 20) == 0 ? "\(bytes >> 20) MiB" : bytes % 1024 == 0 ? "\(bytes >> 10) KiB" : "\(bytes) bytes"
     }
 
     /// The store's configuration.
