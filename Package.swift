@@ -70,16 +70,21 @@ let package = Package(
         ),
         .executableTarget(
             name: "kvtier-bench",
-            dependencies: ["KVTierEngine", "KVTierStore", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "KVTierEngine", "KVTierStore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .testTarget(name: "KVTierTokenizerTests", dependencies: ["KVTierTokenizer", "KVTierModel"]),
         // What the model and engine tests share: tiny GGUF models the tests write themselves, the
         // real model where `make` puts it (no product links it).
         .target(name: "KVTierTestSupport", dependencies: ["KVTierModel"], path: "Tests/KVTierTestSupport"),
         .testTarget(
-            name: "KVTierModelTests", dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore", "kvtier-bench", "KVTierTestSupport"],
+            name: "KVTierModelTests",
+            dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore", "kvtier-bench", "KVTierTestSupport"],
             exclude: ["Golden", "Reference"]),
-        .testTarget(name: "KVTierEngineTests", dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierTestSupport"]),
+        .testTarget(
+            name: "KVTierEngineTests",
+            dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierTestSupport"]),
         .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore"]),
         .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"], exclude: ["Scripts"]),
     ],

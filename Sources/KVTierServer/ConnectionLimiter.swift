@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 
 #if canImport(Glibc)
     import Glibc
@@ -50,8 +51,10 @@ final class ConnectionLimiter: Sendable {
             if mine >= limits.maxConnectionsPerUser {
                 return APIError(
                     429, "rate_limit_exceeded",
-                    "you have \(mine) connections open (server.max_connections_per_user = \(limits.maxConnectionsPerUser)); "
-                        + "close idle ones or reuse them", retryAfter: 1)
+                    "you have \(mine) connections open "
+                        + "(server.max_connections_per_user = \(limits.maxConnectionsPerUser)); "
+                        + "close idle ones or reuse them",
+                    retryAfter: 1)
             }
             c.total += 1
             c.byUser[user] = mine + 1
@@ -73,11 +76,11 @@ final class ConnectionLimiter: Sendable {
 }
 
 /// Answers a connection over the limits with one response and closes it, without reading a
-/// request (the client may not have sent one yet).
+/// request (the client may not have sent one yet). Sits behind NIO's `HTTPResponseEncoder`.
 final class ConnectionRefusal: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundOut = HTTPServerResponsePart
     private let error: APIError
-
     private var answered = false
 
     init(_ error: APIError) { self.error = error }
@@ -95,15 +98,17 @@ final class ConnectionRefusal: ChannelInboundHandler {
         guard !answered else { return }
         answered = true
         let body = error.body
-        var head = "HTTP/1.1 \(error.status) \(error.status == 429 ? "Too Many Requests" : "Service Unavailable")\r\n"
-        head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\nConnection: close\r\n"
-        if let retry = error.retryAfterSeconds { head += "Retry-After: \(retry)\r\n" }
-        head += "\r\n"
-        var buffer = context.channel.allocator.buffer(capacity: head.utf8.count + body.count)
-        buffer.writeString(head)
-        buffer.writeBytes(body)
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: "application/json")
+        headers.add(name: "Content-Length", value: String(body.count))
+        headers.add(name: "Connection", value: "close")
+        if let retry = error.retryAfterSeconds { headers.add(name: "Retry-After", value: String(retry)) }
+        let head = HTTPResponseHead(
+            version: .http1_1, status: HTTPResponseStatus(statusCode: error.status), headers: headers)
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
         let channel = context.channel
-        context.writeAndFlush(NIOAny(buffer)).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}  // whatever the client sends is ignored

@@ -45,6 +45,7 @@ public final class HTTPServer: Sendable {
                 return peer.flatMapThrowing { peer in
                     let user = peer.namespace
                     if let refusal = connections.admit(user, limits: service.limits.withLockedValue { $0 }) {
+                        try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder())
                         try channel.pipeline.syncOperations.addHandler(ConnectionRefusal(refusal))
                         return
                     }

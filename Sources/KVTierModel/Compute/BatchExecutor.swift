@@ -270,7 +270,8 @@ public final class BatchExecutor: @unchecked Sendable {
         let prompts = waiting.filter { chunk($0) > 1 }
         let chosen = Set(
             Self.promptSlices(
-                prompts.map { (chunk: chunk($0), skipped: $0.skipped, sequence: $0.sequence) }, budget: prefillChunkTokens))
+                prompts.map { (chunk: chunk($0), skipped: $0.skipped, sequence: $0.sequence) },
+                budget: prefillChunkTokens))
         for (i, r) in prompts.enumerated() {
             if chosen.contains(i) {
                 slices.append(Slice(request: r, start: r.done, count: chunk(r)))
@@ -291,7 +292,8 @@ public final class BatchExecutor: @unchecked Sendable {
         }
         var left = budget
         var chosen: [Int] = []
-        for i in candidates.indices.sorted(by: { rank($0) < rank($1) }) where chosen.isEmpty || candidates[i].chunk <= left {
+        for i in candidates.indices.sorted(by: { rank($0) < rank($1) })
+        where chosen.isEmpty || candidates[i].chunk <= left {
             chosen.append(i)
             left -= candidates[i].chunk
         }

@@ -20,8 +20,11 @@ extension Transformer {
     func attentionRows(_ jobs: [AttentionJob]) {
         guard !jobs.isEmpty else { return }
         let c = config
-        let d = c.headDim, heads = c.headCount, group = c.headCount / c.kvHeadCount
-        let qw = heads * d, kvw = c.kvWidth
+        let d = c.headDim
+        let heads = c.headCount
+        let group = c.headCount / c.kvHeadCount
+        let qw = heads * d
+        let kvw = c.kvWidth
         let scale = 1 / Float(d).squareRoot()
         let items = jobs.count * heads
         let workers = min(threads, items)
@@ -37,20 +40,26 @@ extension Transformer {
         let runs = jobs.map(\.view.cRuns)
         rope.cos.withUnsafeBufferPointer { cs in
             rope.sin.withUnsafeBufferPointer { sn in
-                let cosT = cs.baseAddress!, sinT = sn.baseAddress!
+                let cosT = cs.baseAddress!
+                let sinT = sn.baseAddress!
                 pool.run(workers) { t in
-                    let lo = totalCost * t / workers, hi = totalCost * (t + 1) / workers
-                    let first = prefix.partitionPoint(lo), last = t == workers - 1 ? items : prefix.partitionPoint(hi)
+                    let lo = totalCost * t / workers
+                    let hi = totalCost * (t + 1) / workers
+                    let first = prefix.partitionPoint(lo)
+                    let last = t == workers - 1 ? items : prefix.partitionPoint(hi)
                     guard last > first else { return }
                     let scores = scratch[t].scores.reserve(maxTotal)
                     for item in first..<last {
-                        let job = jobs[item / heads], h = item % heads, kvh = h / group
+                        let job = jobs[item / heads]
+                        let h = item % heads
+                        let kvh = h / group
                         let eb = Int32(job.view.precision.bytes)
                         runs[item / heads].withUnsafeBufferPointer { r in
                             for i in 0..<job.n {
                                 kvt_attend_runs(
                                     job.q + i * qw + h * d, r.baseAddress, kvh * d, eb, kvw, job.view.positions,
-                                    Int32(job.slot0 + i + 1), Int32(d), scale, cosT, sinT, scores, job.out + i * qw + h * d)
+                                    Int32(job.slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
+                                    job.out + i * qw + h * d)
                             }
                         }
                     }
@@ -61,10 +70,15 @@ extension Transformer {
 
     /// Grouped-query attention of the n new queries (slots slot0..<slot0+n) over all slots
     /// [0, slot0 + n) of `view`, causal by slot order. Queries are already rotated.
-    func attention(view: KVLayerView, slot0: Int, n: Int, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
+    func attention(
+        view: KVLayerView, slot0: Int, n: Int, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>
+    ) {
         let c = config
-        let d = c.headDim, heads = c.headCount, group = c.headCount / c.kvHeadCount
-        let qw = heads * d, kvw = c.kvWidth
+        let d = c.headDim
+        let heads = c.headCount
+        let group = c.headCount / c.kvHeadCount
+        let qw = heads * d
+        let kvw = c.kvWidth
         let scale = 1 / Float(d).squareRoot()
         let eb = view.precision.bytes  // bytes per cached element
         let total = slot0 + n
@@ -73,7 +87,8 @@ extension Transformer {
         let runs = view.cRuns
         rope.cos.withUnsafeBufferPointer { cs in
             rope.sin.withUnsafeBufferPointer { sn in
-                let cosT = cs.baseAddress!, sinT = sn.baseAddress!
+                let cosT = cs.baseAddress!
+                let sinT = sn.baseAddress!
                 pool.run(workers) { t in
                     let (h0, h1) = Parallel.share(heads, t, workers)
                     let s = scratch[t]
@@ -91,7 +106,8 @@ extension Transformer {
                         }
                         return
                     }
-                    let krot = s.keys.reserve(total * d), vf = s.values.reserve(total * d)
+                    let krot = s.keys.reserve(total * d)
+                    let vf = s.values.reserve(total * d)
                     let chunk = 256
                     let scores = s.scores.reserve(chunk * total)
                     var loadedKV = -1
@@ -103,10 +119,12 @@ extension Transformer {
                             for run in view.runs where t0 < total {
                                 let m = min(run.count, total - t0)
                                 kvt_rope_keys(
-                                    run.keys + kvh * d * eb, Int32(eb), kvw, view.positions + t0, Int32(m), Int32(d), cosT,
+                                    run.keys + kvh * d * eb, Int32(eb), kvw, view.positions + t0, Int32(m), Int32(d),
+                                    cosT,
                                     sinT, krot + t0 * d)
                                 for tt in 0..<m {
-                                    kvt_kv_to_f32(run.values + (tt * kvw + kvh * d) * eb, Int32(eb), vf + (t0 + tt) * d, d)
+                                    kvt_kv_to_f32(
+                                        run.values + (tt * kvw + kvh * d) * eb, Int32(eb), vf + (t0 + tt) * d, d)
                                 }
                                 t0 += m
                             }
@@ -143,7 +161,8 @@ extension Array where Element == Int {
     /// In an ascending array: the first index i with self[i] >= value (count if none), minus the
     /// leading zero of a prefix-sum array, so that item i starts at self[i].
     fileprivate func partitionPoint(_ value: Int) -> Int {
-        var lo = 0, hi = count - 1  // items are 0..<count-1; item i covers [self[i], self[i+1])
+        var lo = 0
+        var hi = count - 1  // items are 0..<count-1; item i covers [self[i], self[i+1])
         while lo < hi {
             let mid = (lo + hi) / 2
             if self[mid] < value { lo = mid + 1 } else { hi = mid }

@@ -33,7 +33,8 @@ extension Transformer {
     public func calibrateLinearGemmThreshold(log: (String) -> Void = { _ in }) -> Int {
         guard let w = weights.layers.first?.up, w.isQuantized else { return gemmThreshold }
         let maxRows = 512
-        let input = FloatBuffer(maxRows * w.cols), y = FloatBuffer(maxRows * w.rows)
+        let input = FloatBuffer(maxRows * w.cols)
+        let y = FloatBuffer(maxRows * w.rows)
         let x = input.pointer
         defer { withExtendedLifetime((input, y)) {} }
         var seed: UInt32 = 1
@@ -63,19 +64,25 @@ extension Transformer {
         }
         var report: [String] = []
         for m in [16, 32, 64, 128, 256, 512] {
-            var vector = Double.infinity, matrix = Double.infinity
+            var vector = Double.infinity
+            var matrix = Double.infinity
             for _ in 0..<3 {
                 vector = min(vector, perCall { matvecRows(w, x, m, y.pointer) })
                 matrix = min(matrix, perCall { gemm(w, x, m, y.pointer) })
             }
-            report.append("\(m) rows: \(String(format: "%.2f", vector * 1000)) vs \(String(format: "%.2f", matrix * 1000)) ms")
+            report.append(
+                "\(m) rows: \(String(format: "%.2f", vector * 1000)) vs \(String(format: "%.2f", matrix * 1000)) ms")
             // sgemm must win clearly: a close call keeps the batched kernel (one code path for decode and prompts).
             if matrix < 0.9 * vector {
-                log("linear layers: sgemm from \(m) rows (matrix-vector vs sgemm on \(w.name): \(report.joined(separator: ", ")))")
+                let measured = report.joined(separator: ", ")
+                log("linear layers: sgemm from \(m) rows (matrix-vector vs sgemm on \(w.name): \(measured))")
                 return m
             }
         }
-        log("linear layers: the batched matrix-vector kernel at every size (matrix-vector vs sgemm on \(w.name): \(report.joined(separator: ", ")))")
+        let measured = report.joined(separator: ", ")
+        log(
+            "linear layers: the batched matrix-vector kernel at every size "
+                + "(matrix-vector vs sgemm on \(w.name): \(measured))")
         return microBatch + 1
     }
 
@@ -118,10 +125,12 @@ extension Transformer {
             let (r0, r1) = Parallel.share(w.rows, t, workers)
             guard r1 > r0 else { return }
             if n == 1 {
-                kvt_matvec(Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, sums, y + r0)
+                kvt_matvec(
+                    Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, sums, y + r0)
             } else {
                 kvt_matvec_rows(
-                    Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, w.cols, sums, blocks,
+                    Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, w.cols, sums,
+                    blocks,
                     Int32(n), y + r0, w.rows)
             }
         }

@@ -52,7 +52,8 @@ public final class Transformer {
         self.weights = weights
         self.pool = WorkerPool(threads: max(1, threads))
         self.threads = pool.threads
-        self.rope = RopeTable(capacity: min(config.contextLength, 4096), headDim: config.headDim, base: config.ropeFreqBase)
+        self.rope = RopeTable(
+            capacity: min(config.contextLength, 4096), headDim: config.headDim, base: config.ropeFreqBase)
         self.workers = (0..<pool.threads).map { _ in AttentionScratch() }
         openblas_set_num_threads(1)  // we split work across our own workers
     }
@@ -105,7 +106,8 @@ public final class Transformer {
                 }
                 let offset = start
                 let item = StepItem(
-                    tokens: Array(tokens[start..<end]), positions: Array(positions[start..<end]), cache: cache, logits: wantLogits,
+                    tokens: Array(tokens[start..<end]), positions: Array(positions[start..<end]), cache: cache,
+                    logits: wantLogits,
                     visit: { i, row in visit(offset + i, row) })
                 if let error = step([item])[0] { throw error }
                 start = end
@@ -116,8 +118,11 @@ public final class Transformer {
     /// Checks one sequence's input against the model and its cache (and grows the rope table
     /// for its positions). `step` does this for every item; callers may check earlier.
     public func validate(tokens: [Int32], positions: [Int32], cache: KVCache) throws(DecoderError) {
-        guard tokens.count == positions.count else { throw DecoderError.badInput("tokens and positions differ in length") }
-        guard cache.layout == KVLayout(layers: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim) else {
+        guard tokens.count == positions.count else {
+            throw DecoderError.badInput("tokens and positions differ in length")
+        }
+        guard cache.layout == KVLayout(layers: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim)
+        else {
             throw DecoderError.badInput("the KV cache's layout does not match the model")
         }
         for t in tokens where t < 0 || Int(t) >= config.vocabularySize {
@@ -127,7 +132,8 @@ public final class Transformer {
         guard minPos >= 0 else { throw DecoderError.badInput("positions must be >= 0") }
         guard Int(maxPos) < 1 << 22 else { throw DecoderError.badInput("position \(maxPos) is too large") }
         if Int(maxPos) >= rope.capacity {
-            rope = RopeTable(capacity: max(Int(maxPos) + 1, rope.capacity * 2), headDim: config.headDim, base: config.ropeFreqBase)
+            rope = RopeTable(
+                capacity: max(Int(maxPos) + 1, rope.capacity * 2), headDim: config.headDim, base: config.ropeFreqBase)
         }
     }
 
@@ -149,7 +155,8 @@ public final class Transformer {
             do throws(DecoderError) {
                 try validate(tokens: item.tokens, positions: item.positions, cache: item.cache)
                 guard !item.tokens.isEmpty, item.tokens.count <= microBatch else {
-                    throw DecoderError.badInput("a step takes 1 to \(microBatch) tokens per sequence, got \(item.tokens.count)")
+                    throw DecoderError.badInput(
+                        "a step takes 1 to \(microBatch) tokens per sequence, got \(item.tokens.count)")
                 }
                 let slot0: Int
                 do {
@@ -180,12 +187,19 @@ public final class Transformer {
         let n = runs.reduce(0) { $0 + $1.n }
         let vectorRows = runs.filter { $0.n < linearThreshold }.reduce(0) { $0 + $1.n }
         let gemmRuns = runs.filter { $0.n >= linearThreshold }.map { (row: $0.row, n: $0.n) }
-        let e = c.embeddingLength, f = c.feedForwardLength
-        let qw = c.headCount * c.headDim, kvw = c.kvWidth
-        let x = self.x.reserve(n * e), xb = self.xb.reserve(n * max(e, qw))
-        let q = self.q.reserve(n * qw), k = self.k.reserve(n * kvw), v = self.v.reserve(n * kvw)
+        let e = c.embeddingLength
+        let f = c.feedForwardLength
+        let qw = c.headCount * c.headDim
+        let kvw = c.kvWidth
+        let x = self.x.reserve(n * e)
+        let xb = self.xb.reserve(n * max(e, qw))
+        let q = self.q.reserve(n * qw)
+        let k = self.k.reserve(n * kvw)
+        let v = self.v.reserve(n * kvw)
         let att = self.att.reserve(n * qw)
-        let gate = self.gate.reserve(n * f), up = self.up.reserve(n * f), hidden = self.hidden.reserve(n * f)
+        let gate = self.gate.reserve(n * f)
+        let up = self.up.reserve(n * f)
+        let hidden = self.hidden.reserve(n * f)
         func project(_ w: WeightMatrix, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>) {
             linear(w, input, vectorRows: vectorRows, gemmRuns: gemmRuns, output)
         }
@@ -207,7 +221,8 @@ public final class Transformer {
             project(layer.wv, xb, v)
             for run in runs {
                 let cache = items[run.item].cache
-                cache.write(layer: l, start: run.slot0, count: run.n, keys: k + run.row * kvw, values: v + run.row * kvw)
+                cache.write(
+                    layer: l, start: run.slot0, count: run.n, keys: k + run.row * kvw, values: v + run.row * kvw)
             }
             for run in runs { items[run.item].cache.waitUntilResident(layer: l) }
             withViews(runs.map { items[$0.item].cache }, layer: l) { views in
@@ -260,7 +275,9 @@ public final class Transformer {
         }
         for run in runs {
             guard case .all = items[run.item].logits else { continue }
-            outputLogits(x + run.row * e, rows: run.n, vectorOnly: false) { i, logits in items[run.item].visit(i, logits) }
+            outputLogits(x + run.row * e, rows: run.n, vectorOnly: false) { i, logits in
+                items[run.item].visit(i, logits)
+            }
         }
     }
 
@@ -279,7 +296,8 @@ public final class Transformer {
     private func outputLogits(
         _ h: UnsafeMutablePointer<Float>, rows: Int, vectorOnly: Bool, visit: (Int, UnsafeBufferPointer<Float>) -> Void
     ) {
-        let e = config.embeddingLength, vocab = config.vocabularySize
+        let e = config.embeddingLength
+        let vocab = config.vocabularySize
         weights.outputNorm.values.withUnsafeBufferPointer { w in
             for i in 0..<rows { kvt_rmsnorm(h + i * e, w.baseAddress, h + i * e, Int32(e), config.rmsNormEpsilon) }
         }

@@ -111,23 +111,10 @@ public struct Sampler: Sendable {
     }
 }
 
-private func expDouble(_ x: Double) -> Double {
-    // exp via the standard library's Foundation-free path.
-    x < -700 ? 0 : _exp(x)
-}
-
-@inline(__always) private func _exp(_ x: Double) -> Double {
-    #if canImport(Glibc)
-    return Glibc.exp(x)
-    #else
-    return Darwin.exp(x)
-    #endif
-}
-
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// Token ids in order of their logits, highest first (lower id first on ties), popped one at a
@@ -149,7 +136,8 @@ struct CandidateHeap {
 
     /// Whether id a comes before id b.
     private func before(_ a: Int32, _ b: Int32) -> Bool {
-        let x = l[Int(a)], y = l[Int(b)]
+        let x = l[Int(a)]
+        let y = l[Int(b)]
         return x > y || (x == y && a < b)
     }
 
