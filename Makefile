@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test run bench bench-replay bench-replay-quick bench-peers bench-serve plot-deps reliability sanitize install uninstall clean
+.PHONY: all setup deps model data build release test boot-test run bench bench-replay bench-replay-quick bench-peers bench-serve plot-deps reliability sanitize install uninstall clean
 
 all: build
 
@@ -37,6 +37,13 @@ release: deps
 ## test: setup, build, and run every test (unit tests on tiny models, integration on the real one)
 test: setup build
 	$(SWIFT) test --skip-build --disable-swift-testing
+
+## boot-test: the systemd units booted for real: a minimal Debian 12 (debootstrap, cached in
+## ~/.cache/kvtier-boot) with `make install DESTDIR`, booted with systemd-nspawn, checked from
+## inside (socket activation, restart, stop, reload, watchdog, journal, permissions, exposure).
+## Needs root. Results in $(RUN_DIR)/boot-install/results.json.
+boot-test: release model
+	deploy/scripts/boot-test.sh install $(abspath $(RUN_DIR))/boot-install
 
 ## run: setup, release build, start kvtierd in the foreground on $(RUN_DIR)/kvtierd.sock
 ## (then, in another terminal: .build/release/kvtierctl chat)

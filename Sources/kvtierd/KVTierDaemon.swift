@@ -146,10 +146,12 @@ struct KVTierDaemon: AsyncParsableCommand {
         let reload = ReloadService(service: service, logger: logger) { try resolvedConfiguration() }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
+                // A graceful shutdown reaches the services in reverse order: the API first (it stops
+                // accepting at once and drains), while the watchdog keeps pinging until it is done.
                 services: [
-                    .init(service: api),
                     .init(service: WatchdogService(server: server), successTerminationBehavior: .ignore),
                     .init(service: reload, successTerminationBehavior: .ignore),
+                    .init(service: api),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
