@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test boot-test run bench bench-replay bench-replay-quick bench-peers bench-serve plot-deps reliability sanitize install uninstall clean
+.PHONY: all setup deps model data build release test boot-test deb run bench bench-replay bench-replay-quick bench-peers bench-serve plot-deps reliability sanitize install uninstall clean
 
 all: build
 
@@ -41,9 +41,19 @@ test: setup build
 ## boot-test: the systemd units booted for real: a minimal Debian 12 (debootstrap, cached in
 ## ~/.cache/kvtier-boot) with `make install DESTDIR`, booted with systemd-nspawn, checked from
 ## inside (socket activation, restart, stop, reload, watchdog, journal, permissions, exposure).
-## Needs root. Results in $(RUN_DIR)/boot-install/results.json.
+## Then the same with the Debian package (`make deb`) installed by dpkg in a fresh copy.
+## Needs root. Results in $(RUN_DIR)/boot-install/ and boot-deb/results.json.
 boot-test: release model
 	deploy/scripts/boot-test.sh install $(abspath $(RUN_DIR))/boot-install
+	@mkdir -p $(RUN_DIR)/deb
+	deploy/scripts/make-deb.sh $(abspath $(RUN_DIR))/deb > $(RUN_DIR)/deb/path
+	deploy/scripts/boot-test.sh deb $(abspath $(RUN_DIR))/boot-deb $$(cat $(RUN_DIR)/deb/path)
+
+## deb: a Debian package in $(RUN_DIR)/deb (binaries, units, config, model; the `kvtier` user and
+## the enabled socket come from its maintainer scripts, deploy/debian)
+deb: release model
+	@mkdir -p $(RUN_DIR)/deb
+	deploy/scripts/make-deb.sh $(abspath $(RUN_DIR))/deb
 
 ## run: setup, release build, start kvtierd in the foreground on $(RUN_DIR)/kvtierd.sock
 ## (then, in another terminal: .build/release/kvtierctl chat)

@@ -33,6 +33,9 @@ let package = Package(
             name: "CKVTierKernels",
             cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]
         ),
+        // The version and the commit a binary was built from (git describe, by the plugin).
+        .target(name: "KVTierBuildInfo", plugins: ["BuildInfoPlugin"]),
+        .plugin(name: "BuildInfoPlugin", capability: .buildTool(), path: "Sources/BuildInfoPlugin"),
         // Byte-level BPE tokenizer; knows nothing about GGUF.
         .target(name: "KVTierTokenizer"),
         // GGUF reader, chat template, transformer, sampler.
@@ -45,7 +48,7 @@ let package = Package(
         .target(
             name: "KVTierServer",
             dependencies: [
-                "KVTierEngine", "KVTierStore", "CSystemd",
+                "KVTierEngine", "KVTierStore", "KVTierBuildInfo", "CSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -58,7 +61,8 @@ let package = Package(
         .executableTarget(
             name: "kvtierd",
             dependencies: [
-                "KVTierEngine", "KVTierStore", "KVTierServer", .product(name: "NIOCore", package: "swift-nio"),
+                "KVTierEngine", "KVTierStore", "KVTierServer", "KVTierBuildInfo",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -66,12 +70,15 @@ let package = Package(
         ),
         .executableTarget(
             name: "kvtierctl",
-            dependencies: ["KVTierEngine", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "KVTierEngine", "KVTierBuildInfo", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .executableTarget(
             name: "kvtier-bench",
             dependencies: [
-                "KVTierEngine", "KVTierStore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "KVTierEngine", "KVTierStore", "KVTierBuildInfo",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "KVTierTokenizerTests", dependencies: ["KVTierTokenizer", "KVTierModel"]),

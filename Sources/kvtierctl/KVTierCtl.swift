@@ -1,10 +1,12 @@
 import ArgumentParser
+import KVTierBuildInfo
 
 @main
 struct KVTierCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierctl",
         abstract: "Inspect and drive KVTier: a running kvtierd over its socket, or the model locally.",
+        version: BuildInfo.description,
         subcommands: [ModelCommand.self, DaemonChatCommand.self, DebugCommand.self, StatusCommand.self, TiersCommand.self, SessionsCommand.self, SessionCommand.self, DropCommand.self, DemoteCommand.self, FlushCommand.self, HintCommand.self, MetricsCommand.self, TopCommand.self]
     )
 }

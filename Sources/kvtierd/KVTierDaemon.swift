@@ -1,4 +1,5 @@
 import ArgumentParser
+import KVTierBuildInfo
 import Foundation
 import KVTierEngine
 import KVTierModel
@@ -14,7 +15,8 @@ import ServiceLifecycle
 struct KVTierDaemon: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kvtierd",
-        abstract: "KVTier daemon: the engine and its tiers behind an HTTP API on a Unix socket (docs/protocol.md).")
+        abstract: "KVTier daemon: the engine and its tiers behind an HTTP API on a Unix socket (docs/protocol.md).",
+        version: BuildInfo.description)
 
     @Option(name: .long, help: "TOML configuration (default: $KVTIER_CONFIG, then /etc/kvtier/kvtierd.toml if present).")
     var config: String?
@@ -136,6 +138,7 @@ struct KVTierDaemon: AsyncParsableCommand {
         logger.info(
             "serving",
             metadata: [
+                "version": "\(BuildInfo.description)",
                 "model": "\(path)", "state": "\(c.stateDirectory)", "sessions": "\(engine.sessionIDs.count)",
                 "listen": "\(listeners.map(\.description).joined(separator: ", "))",
                 "batch": "\(c.maxBatch) turns, \(c.prefillChunkTokens)-token prefill chunks", "kernels": "\(engine.kernelChoice)",

@@ -38,6 +38,15 @@ final class DaemonLifecycleTests: XCTestCase {
             let name = line.dropFirst(7).prefix { $0 != " " }
             XCTAssertTrue(i > 0 && lines[i - 1].hasPrefix("# HELP \(name) "), "no # HELP for \(name)")
         }
+        // The serving build, as the binaries' --version print it: "0.2.0 (d03999a)".
+        let (vrc, version) = try kvtierctl(["--version"])
+        XCTAssertEqual(vrc, 0)
+        let parts = version.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: " ")
+        XCTAssertEqual(parts.count, 2, version)
+        if parts.count == 2 {
+            let git = parts[1].dropFirst().dropLast()
+            XCTAssertTrue(text.contains(#"kvtier_build_info{version="\#(parts[0])",git="\#(git)"} 1"#), text)
+        }
         let (rc, metrics) = try kvtierctl(["metrics", "--socket", socket])
         XCTAssertEqual(rc, 0)
         XCTAssertTrue(metrics.contains("kvtier_ttft_seconds_bucket"))

@@ -115,8 +115,10 @@ ask() {  # one short chat turn over the socket; prints the reply's content
 prop() { inside systemctl show kvtierd.service -p "$1" --value; }
 
 check booted "$([ "$state" = running ] && echo 1 || echo 0)" "system state '$state' $(inside systemctl --failed --no-legend | tr -s ' ' | head -3)"
-check no-toolchain "$([ ! -e "$root/opt/swift" ] && ! inside sh -c "ldd $bin/kvtierd | grep -q 'not found\|swift'" && echo 1 || echo 0)" \
-    "$(inside $bin/kvtierd --version 2>&1 | head -1); ldd: $(inside sh -c "ldd $bin/kvtierd | grep -c '=>'") libraries, none from a toolchain"
+version=$(inside $bin/kvtierd --version 2>&1 | head -1)
+check no-toolchain "$([ ! -e "$root/opt/swift" ] && ! inside sh -c "ldd $bin/kvtierd | grep -q 'not found\|swift'" \
+    && [ "$version" = "$("$repo/.build/release/kvtierd" --version)" ] && echo 1 || echo 0)" \
+    "kvtierd --version: $version; ldd: $(inside sh -c "ldd $bin/kvtierd | grep -c '=>'") libraries, none from a toolchain"
 check socket-listening "$(ok inside systemctl is-active kvtierd.socket)" "kvtierd.socket $(inside systemctl is-active kvtierd.socket); kvtierd.service $(inside systemctl is-active kvtierd.service || true) before the first connection"
 check socket-mode "$([ "$(inside stat -c '%a %U %G' $sock)" = "660 root kvtier" ] && echo 1 || echo 0)" "$(inside stat -c '%a %U %G' $sock)"
 
@@ -179,7 +181,12 @@ inside systemctl restart kvtierd.service
 
 # Permissions: the other local user can neither talk to the socket nor read the state.
 denied=$(as_user mallory curl -sS --max-time 5 --unix-socket $sock http://localhost/healthz 2>&1 || true)
-check socket-private "$(echo "$denied" | grep -qi 'permission denied\|Couldn.t connect' && echo 1 || echo 0)" "as mallory: $denied"
+# The control: the same user in group kvtier gets in, so the refusal above was the socket's mode.
+inside usermod -aG kvtier mallory
+allowed=$(as_user mallory curl -sS --max-time 5 --unix-socket $sock http://localhost/healthz 2>&1 || true)
+inside gpasswd -d mallory kvtier >/dev/null
+check socket-private "$(echo "$denied" | grep -qi 'Couldn.t connect' && echo "$allowed" | grep -q '"status":"ok"' && echo 1 || echo 0)" \
+    "as mallory: $denied; once in group kvtier: $(echo "$allowed" | head -c 60)"
 files=$(inside find /var/lib/kvtier -mindepth 1 -printf '%m %u %p\n')
 loose=$(echo "$files" | awk '($1 != 600 && $1 != 700) || $2 != "kvtier"' | head -3)
 read_attempt=$(as_user mallory sh -c 'cat /var/lib/kvtier/*/* 2>&1 | head -1' || true)

@@ -1,4 +1,5 @@
 import CoreMetrics
+import KVTierBuildInfo
 import KVTierEngine
 import KVTierModel
 import KVTierStore
@@ -43,6 +44,11 @@ public final class ServerMetrics: Sendable {
         tokensRecomputed = CoreMetrics.Counter(label: "kvtier_tokens_recomputed_total", factory: factory)
         tokensGenerated = CoreMetrics.Counter(label: "kvtier_tokens_generated_total", factory: factory)
         truncatedTokens = CoreMetrics.Counter(label: "kvtier_tokens_truncated_total", factory: factory)
+        // Which build is serving: constant 1, the version and commit as labels (Prometheus' convention).
+        CoreMetrics.Gauge(
+            label: "kvtier_build_info", dimensions: [("version", BuildInfo.version), ("git", BuildInfo.gitDescribe)],
+            factory: factory
+        ).record(1)
     }
 
     /// A finished turn.
