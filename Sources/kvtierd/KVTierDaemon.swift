@@ -92,6 +92,7 @@ struct KVTierDaemon: AsyncParsableCommand {
         let c = try resolvedConfiguration()
         LoggingSystem.bootstrap(JournalLogHandler.init)
         JournalLogHandler.level.withLockedValue { $0 = Logger.Level(rawValue: c.logLevel) ?? .info }
+        JournalLogHandler.format.withLockedValue { $0 = c.logFormat }
         let logger = Logger(label: "kvtierd")
         var adminGroup: UInt32?
         if let name = c.adminGroup {

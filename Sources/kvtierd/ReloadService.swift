@@ -4,7 +4,7 @@ import ServiceLifecycle
 import UnixSignals
 
 /// SIGHUP: reads the configuration again and applies what can change safely while serving, the
-/// limits (body size, max_tokens, messages, queue, timeouts) and the log level. Everything else
+/// limits (body size, max_tokens, messages, queue, timeouts) and the log level and format. Everything else
 /// (socket, model, tiers, engine) takes effect at the next start; a bad file changes nothing.
 struct ReloadService: Service {
     let service: APIService
@@ -17,7 +17,10 @@ struct ReloadService: Service {
                 let c = try load()
                 service.limits.withLockedValue { $0 = c.limits }
                 JournalLogHandler.level.withLockedValue { $0 = Logger.Level(rawValue: c.logLevel) ?? .info }
-                logger.notice("SIGHUP: reloaded limits and log level", metadata: ["log_level": "\(c.logLevel)"])
+                JournalLogHandler.format.withLockedValue { $0 = c.logFormat }
+                logger.notice(
+                    "SIGHUP: reloaded limits and log level",
+                    metadata: ["log_level": "\(c.logLevel)", "log_format": "\(c.logFormat.rawValue)"])
             } catch {
                 logger.error("SIGHUP: configuration not reloaded, the running one stays", metadata: ["error": "\(error)"])
             }

@@ -19,6 +19,32 @@ final class DaemonLifecycleTests: XCTestCase {
         XCTAssertTrue(out.hasSuffix("ok\n"), out)
     }
 
+    /// `log.format = "json"`: every line kvtierd writes is one JSON object; the serving line
+    /// carries the build and the request line the method, path and status as metadata.
+    func testJSONLogFormat() throws {
+        let dir = try temporaryDirectory(self)
+        let socket = dir + "/k.sock"
+        let log = dir + "/kvtierd.log"
+        let daemon = try startDaemon(socket: socket, state: dir + "/state", config: "[log]\nformat = \"json\"\n", log: log)
+        XCTAssertEqual(try rawRequest(socket, "GET", "/healthz").0, 200)
+        stop(daemon)
+        let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+        XCTAssertGreaterThan(lines.count, 2)
+        var objects: [[String: Any]] = []
+        for line in lines {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            XCTAssertNotNil(object, "not a JSON object: \(line)")
+            if let object { objects.append(object) }
+        }
+        let serving = objects.first { $0["message"] as? String == "serving" }
+        XCTAssertEqual(serving?["level"] as? String, "info")
+        XCTAssertEqual(serving?["label"] as? String, "kvtierd")
+        XCTAssertNotNil((serving?["metadata"] as? [String: Any])?["version"], "\(serving ?? [:])")
+        let request = objects.first { ($0["metadata"] as? [String: Any])?["path"] as? String == "/healthz" }
+        XCTAssertEqual((request?["metadata"] as? [String: Any])?["status"] as? String, "200", "\(objects)")
+        XCTAssertNotNil(objects.first { $0["message"] as? String == "stopped" })
+    }
+
     func testMetricsAndTop() throws {
         let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"

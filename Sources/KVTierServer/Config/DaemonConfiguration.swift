@@ -17,6 +17,7 @@ public struct DaemonConfiguration: Sendable {
     /// Write all of DRAM to disk on SIGTERM (a restarted daemon then continues every chat).
     public var flushOnStop = true
     public var logLevel = "info"
+    public var logFormat = JournalLogHandler.Format.text
     public var model: String?
     public var threads: Int?
     public var stateDirectory = "run/state"
@@ -54,9 +55,9 @@ public struct DaemonConfiguration: Sendable {
 
     /// Applies the settings of a TOML text; `source` names it in errors (the file's path).
     mutating func apply(toml text: String, source: String) throws(Failure) {
-        let entries: [(key: String, value: TOMLSubset.Value, line: Int)]
+        let entries: [TOMLConfigFile.Entry]
         do {
-            entries = try TOMLSubset.parse(text)
+            entries = try TOMLConfigFile.parse(text)
         } catch {
             throw Failure(description: "\(source): \(error)")
         }
@@ -64,13 +65,13 @@ public struct DaemonConfiguration: Sendable {
             do {
                 try set(e.key, e.value)
             } catch {
-                throw Failure(description: "\(source) line \(e.line): \(error.description)")
+                throw Failure(description: "\(source)\(e.line.map { " line \($0)" } ?? ""): \(error.description)")
             }
         }
     }
 
     /// Sets one key ("section.key").
-    mutating func set(_ key: String, _ v: TOMLSubset.Value) throws(Failure) {
+    mutating func set(_ key: String, _ v: TOMLConfigFile.Value) throws(Failure) {
         func bad(_ what: String) -> Failure { Failure(description: "'\(key)' \(what)") }
         func int(_ range: ClosedRange<Int>) throws(Failure) -> Int {
             guard case .integer(let i) = v, range.contains(i) else { throw bad("must be an integer in \(range.lowerBound)...\(range.upperBound)") }
@@ -138,6 +139,9 @@ public struct DaemonConfiguration: Sendable {
                 throw bad("must be one of trace, debug, info, notice, warning, error, critical")
             }
             logLevel = l
+        case "log.format":
+            guard let f = JournalLogHandler.Format(rawValue: try string()) else { throw bad("must be \"text\" or \"json\"") }
+            logFormat = f
         case "model.path": model = try string()
         case "model.threads": threads = try int(1...256)
         case "store.state_directory": stateDirectory = try string()

@@ -12,10 +12,19 @@ import NIOConcurrencyHelpers
 /// entry's priority, and carries no timestamp (the journal adds its own). Elsewhere lines carry
 /// an ISO 8601 timestamp and the level's name. Metadata follows the message as key=value.
 ///
-/// The level is shared by every logger of the process and can change at run time (SIGHUP
-/// reloads it from the configuration); `level` guards it.
+/// With `log.format = "json"` each line is instead one JSON object (`time`, `level`, `label`,
+/// `message`, and the metadata under `metadata`), for log shippers; under systemd the priority
+/// prefix stays in front of it, so the journal still files each line by level.
+///
+/// The level and format are shared by every logger of the process and can change at run time
+/// (SIGHUP reloads them from the configuration); `level` and `format` guard them.
 public struct JournalLogHandler: LogHandler {
+    public enum Format: String, Sendable, CaseIterable {
+        case text, json
+    }
+
     public static let level = NIOLockedValueBox<Logger.Level>(.info)
+    public static let format = NIOLockedValueBox<Format>(.text)
     private static let toJournal = JournalLogHandler.stderrIsJournal()
     private let label: String
     public var metadata: Logger.Metadata = [:]
@@ -37,15 +46,37 @@ public struct JournalLogHandler: LogHandler {
     public func log(event: LogEvent) {
         var all = metadata
         if let extra = event.metadata { all.merge(extra) { _, new in new } }
-        let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        let text = "\(event.message)" + (fields.isEmpty ? "" : " " + fields)
+        let prefix = Self.toJournal ? "<\(Self.priority(event.level))>" : ""
         let line: String
-        if Self.toJournal {
-            line = "<\(Self.priority(event.level))>\(label): \(text)\n"
-        } else {
-            line = "\(Date().formatted(.iso8601)) \(event.level) \(label): \(text)\n"
+        switch Self.format.withLockedValue({ $0 }) {
+        case .text:
+            let fields = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            let text = "\(event.message)" + (fields.isEmpty ? "" : " " + fields)
+            line = Self.toJournal ? "\(prefix)\(label): \(text)\n" : "\(Date().formatted(.iso8601)) \(event.level) \(label): \(text)\n"
+        case .json:
+            line = prefix + Self.json(event: event, label: label, metadata: all) + "\n"
         }
         FileHandle.standardError.write(Data(line.utf8))
+    }
+
+    /// One compact JSON object, keys sorted; metadata values as JSON strings, arrays and objects.
+    static func json(event: LogEvent, label: String, metadata: Logger.Metadata) -> String {
+        func value(_ v: Logger.MetadataValue) -> Any {
+            switch v {
+            case .string(let s): return s
+            case .stringConvertible(let c): return c.description
+            case .array(let a): return a.map(value)
+            case .dictionary(let d): return d.mapValues(value)
+            }
+        }
+        var object: [String: Any] = [
+            "time": Date().formatted(.iso8601), "level": event.level.rawValue, "label": label, "message": "\(event.message)",
+        ]
+        if !metadata.isEmpty { object["metadata"] = metadata.mapValues(value) }
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else {
+            return #"{"level":"error","message":"a log line could not be written as JSON"}"#
+        }
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// syslog priorities (sd-daemon.h SD_DEBUG ... SD_CRIT).
