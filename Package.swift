@@ -29,6 +29,7 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CLibEdit", pkgConfig: "libedit", providers: [.apt(["libedit-dev"])]),
         // Our own SIMD kernels (quantized dot products, conversions) with run-time CPU dispatch.
         .target(
             name: "CKVTierKernels",
@@ -37,6 +38,8 @@ let package = Package(
         // The version and the commit a binary was built from (git describe, by the plugin).
         .target(name: "KVTierBuildInfo", plugins: ["BuildInfoPlugin"]),
         .plugin(name: "BuildInfoPlugin", capability: .buildTool(), path: "Sources/BuildInfoPlugin"),
+        // The API's JSON bodies, shared by kvtierd and kvtierctl (Foundation only).
+        .target(name: "KVTierAPI"),
         // Byte-level BPE tokenizer; knows nothing about GGUF.
         .target(name: "KVTierTokenizer"),
         // GGUF reader, chat template, transformer, sampler.
@@ -49,7 +52,7 @@ let package = Package(
         .target(
             name: "KVTierServer",
             dependencies: [
-                "KVTierEngine", "KVTierStore", "KVTierBuildInfo", "CSystemd",
+                "KVTierEngine", "KVTierStore", "KVTierAPI", "KVTierBuildInfo", "CSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -73,7 +76,11 @@ let package = Package(
         .executableTarget(
             name: "kvtierctl",
             dependencies: [
-                "KVTierEngine", "KVTierBuildInfo", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "KVTierEngine", "KVTierAPI", "KVTierBuildInfo", "CLibEdit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .executableTarget(

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import KVTierAPI
 import KVTierEngine
 import KVTierModel
 import KVTierStore
@@ -70,7 +71,8 @@ public final class APIService: Sendable {
     let stopping = NIOLockedValueBox(false)
 
     public init(
-        engine: ChatEngine, modelName: String, access: AccessPolicy = AccessPolicy(), limits: ServerLimits = ServerLimits(),
+        engine: ChatEngine, modelName: String, access: AccessPolicy = AccessPolicy(),
+        limits: ServerLimits = ServerLimits(),
         metrics: ServerMetrics = ServerMetrics(), logger: Logger = Logger(label: "kvtierd")
     ) {
         self.logger = logger
@@ -87,7 +89,8 @@ public final class APIService: Sendable {
     @discardableResult
     public func beginShutdown() -> Int {
         stopping.withLockedValue { $0 = true }
-        return scheduler.cancelPending(with: APIError(503, "unavailable", "kvtierd is shutting down; retry after it restarts"))
+        return scheduler.cancelPending(
+            with: APIError(503, "unavailable", "kvtierd is shutting down; retry after it restarts"))
     }
 
     /// Waits for queued requests and the running turns.
@@ -149,57 +152,56 @@ public final class APIService: Sendable {
         case ("GET", "/healthz"):
             // 200 while the daemon answers chats, degraded or not: a degraded disk tier means
             // recomputing, not refusing (docs/protocol.md).
-            struct Disk: Encodable {
-                let state: String; let reason: String?; let action: String?; let since: String?; let readable: Bool
-                let write_errors: Int; let notice: String?
-            }
-            struct Health: Encodable { let status: String; let model: String; let queue_depth: Int; let running: Int; let sessions: Int; let disk: Disk }
             let h = engine.store.disk.health
-            let disk = Disk(
-                state: h.state.rawValue, reason: h.reason, action: h.action, since: h.since, readable: h.readable,
-                write_errors: h.writeErrors, notice: h.notice)
             return try json(
                 200,
                 Health(
-                    status: h.isHealthy ? "ok" : "degraded", model: modelName, queue_depth: scheduler.depth, running: scheduler.running,
-                    sessions: engine.sessionIDs.count, disk: disk))
+                    status: h.isHealthy ? "ok" : "degraded", model: modelName, queueDepth: scheduler.depth,
+                    running: scheduler.running, sessions: engine.sessionIDs.count, disk: DiskHealth(h)))
         case ("GET", "/v1/models"):
-            struct Model: Encodable { let id: String; let object = "model"; let owned_by = "kvtier" }
-            struct List: Encodable { let object = "list"; let data: [Model] }
+            struct Model: Encodable {
+                let id: String
+                let object = "model"
+                let owned_by = "kvtier"
+            }
+            struct List: Encodable {
+                let object = "list"
+                let data: [Model]
+            }
             return try json(200, List(data: [Model(id: modelName)]))
         case ("GET", "/metrics"):
             let text = metrics.exposition(
-                tiers: engine.store.stats.tiers, queueDepth: scheduler.depth, running: scheduler.running, batch: engine.executor.counters)
+                tiers: engine.store.stats.tiers, queueDepth: scheduler.depth, running: scheduler.running,
+                batch: engine.executor.counters)
             return Response(status: 200, body: text, contentType: "text/plain; version=0.0.4; charset=utf-8")
         case ("GET", "/v1/tiers"):
-            return try json(200, engine.store.stats.tiers)
+            return try json(200, engine.store.stats.tiers.map(TierReport.init))
         case ("GET", "/v1/sessions"):
-            struct Session: Encodable { let id: String; let owner: String; let tokens: Int; let cached_tokens: Int; let dropped_tokens: Int }
             let list = engine.sessionIDs.filter { access.canSee($0, peer: r.peer) }.compactMap { stored in
                 engine.sessionSummary(stored).map {
-                    Session(
-                        id: access.visibleID(stored, for: r.peer), owner: engine.sessionOwner(stored) ?? "", tokens: $0.tokens,
-                        cached_tokens: $0.kv, dropped_tokens: $0.dropped)
+                    SessionSummary(
+                        id: access.visibleID(stored, for: r.peer), owner: engine.sessionOwner(stored) ?? "",
+                        tokens: $0.tokens,
+                        cachedTokens: $0.kv, droppedTokens: $0.dropped)
                 }
             }
-            return try json(200, ["sessions": list])
+            return try json(200, SessionList(sessions: list))
         case ("POST", "/v1/flush"):
             try requireAdmin(r)
             try engine.store.flush()
-            return try json(200, ["flushed": true])
+            return try json(200, Acknowledgement(flushed: true))
         case ("POST", "/v1/hints"):
             try requireAdmin(r)
-            struct Hints: Decodable { let upcoming: [String] }
-            guard let h = try? RequestJSON.decode(Hints.self, from: r.body) else {
+            guard let h = try? RequestJSON.decode(HintRequest.self, from: r.body) else {
                 throw APIError(400, "invalid_request_error", "expected {\"upcoming\": [session ids]}")
             }
             let known = Set(engine.sessionIDs)
             let resolved = h.upcoming.compactMap { access.resolve($0, for: r.peer, exists: known.contains) }
             scheduler.hint(upcoming: resolved)
             for s in resolved { engine.store.prefetch(session: s) }
-            struct Hinted: Encodable { let upcoming: [String]; let unknown: [String] }
             let unknown = h.upcoming.filter { access.resolve($0, for: r.peer, exists: known.contains) == nil }
-            return try json(200, Hinted(upcoming: resolved.map { access.visibleID($0, for: r.peer) }, unknown: unknown))
+            return try json(
+                200, HintResponse(upcoming: resolved.map { access.visibleID($0, for: r.peer) }, unknown: unknown))
         case (_, let path) where path.hasPrefix("/v1/sessions/"):
             return try sessionEndpoint(r)
         case (_, "/healthz"), (_, "/v1/models"), (_, "/metrics"), (_, "/v1/chat/completions"), (_, "/v1/tiers"),
@@ -212,45 +214,48 @@ public final class APIService: Sendable {
 
     /// `/v1/sessions/{id}` (GET, DELETE) and `/v1/sessions/{id}/demote` (POST).
     private func sessionEndpoint(_ r: Request) throws -> Response {
-        let rest = r.path.dropFirst("/v1/sessions/".count).split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        let rest = r.path.dropFirst("/v1/sessions/".count).split(separator: "/", omittingEmptySubsequences: false).map(
+            String.init)
         guard let rawID = rest.first, let id = rawID.removingPercentEncoding, !id.isEmpty else {
             throw APIError(404, "not_found", "no session id in \(r.path)")
         }
         let known = Set(engine.sessionIDs)
-        guard let stored = access.resolve(id, for: r.peer, exists: known.contains), let summary = engine.sessionSummary(stored) else {
+        guard let stored = access.resolve(id, for: r.peer, exists: known.contains),
+            let summary = engine.sessionSummary(stored)
+        else {
             throw APIError(404, "not_found", "no session '\(id)'")
         }
         switch (r.method, rest.count > 1 ? rest[1] : nil) {
         case ("GET", nil):
-            struct Layer: Encodable { let layer: Int; let blocks: Int; let tokens: Int; let hbm: Int; let dram: Int; let disk: Int }
-            struct Detail: Encodable {
-                let id: String; let owner: String; let tokens: Int; let cached_tokens: Int; let dropped_tokens: Int; let layers: [Layer]
-            }
             let placement = engine.store.placement(session: stored)
             let layers = placement.layers.enumerated().map { l, blocks in
-                Layer(
+                SessionDetail.Layer(
                     layer: l, blocks: blocks.count, tokens: blocks.reduce(0) { $0 + $1.tokens.count },
-                    hbm: blocks.filter { $0.tiers.contains(.hbm) }.count, dram: blocks.filter { $0.tiers.contains(.dram) }.count,
+                    hbm: blocks.filter { $0.tiers.contains(.hbm) }.count,
+                    dram: blocks.filter { $0.tiers.contains(.dram) }.count,
                     disk: blocks.filter { $0.tiers.contains(.disk) }.count)
             }
             return try json(
                 200,
-                Detail(
-                    id: id, owner: engine.sessionOwner(stored) ?? "", tokens: summary.tokens, cached_tokens: summary.kv,
-                    dropped_tokens: summary.dropped, layers: layers))
+                SessionDetail(
+                    id: id, owner: engine.sessionOwner(stored) ?? "", tokens: summary.tokens, cachedTokens: summary.kv,
+                    droppedTokens: summary.dropped, layers: layers,
+                    messages: engine.sessionMessages(stored).map { APIChatMessage(role: $0.role, content: $0.content) })
+            )
         case ("DELETE", nil):
             // Owners may drop their own sessions; dropping another's needs an admin.
             if !stored.hasPrefix(r.peer.namespace + ":") { try requireAdmin(r) }
             try engine.deleteSession(stored)
-            return try json(200, ["deleted": id])
+            return try json(200, Acknowledgement(deleted: id))
         case ("POST", "demote"?):
             try requireAdmin(r)
-            struct Demote: Decodable { let to: String }
-            guard let d = try? RequestJSON.decode(Demote.self, from: r.body), let tier = Tier(rawValue: d.to), tier != .hbm else {
+            guard let d = try? RequestJSON.decode(DemoteRequest.self, from: r.body), let tier = Tier(rawValue: d.to),
+                tier != .hbm
+            else {
                 throw APIError(400, "invalid_request_error", "expected {\"to\": \"dram\"} or {\"to\": \"disk\"}")
             }
             try engine.store.demote(session: stored, to: tier)
-            return try json(200, ["demoted": id, "to": tier.rawValue])
+            return try json(200, Acknowledgement(demoted: id, to: tier.rawValue))
         default:
             throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")
         }
@@ -265,7 +270,8 @@ public final class APIService: Sendable {
             }
             throw APIError(
                 403, "permission_denied",
-                "\(r.method) \(r.path) changes the daemon's state and needs root, kvtierd's user or the admin group (server.admin_group); \(who) is none of these")
+                "\(r.method) \(r.path) changes the daemon's state and needs root, kvtierd's user or the admin group (server.admin_group); \(who) is none of these"
+            )
         }
     }
 
@@ -302,8 +308,25 @@ public final class APIService: Sendable {
     }
 
     func json<T: Encodable>(_ status: Int, _ value: T) throws -> Response {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        return Response(status: status, body: Array(try enc.encode(value)))
+        Response(status: status, body: try APIJSON.encode(value))
+    }
+}
+
+extension DiskHealth {
+    init(_ h: DiskTierHealth) {
+        self.init(
+            state: h.state.rawValue, reason: h.reason, action: h.action, since: h.since, readable: h.readable,
+            writeErrors: h.writeErrors, notice: h.notice)
+    }
+}
+
+extension TierReport {
+    init(_ t: TierStats) {
+        self.init(
+            tier: t.tier, capacityBytes: t.capacityBytes, usedBytes: t.usedBytes, blocks: t.blocks, hits: t.hits,
+            misses: t.misses, evictions: t.evictions, promotions: t.promotions, demotions: t.demotions,
+            bytesIn: t.bytesIn,
+            bytesOut: t.bytesOut, checksumFailures: t.checksumFailures, compressionRatio: t.compressionRatio,
+            health: t.health.map(DiskHealth.init))
     }
 }

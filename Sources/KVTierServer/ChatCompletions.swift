@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import KVTierAPI
 import KVTierEngine
 import KVTierModel
 
@@ -18,13 +19,18 @@ extension APIService {
         guard depth < limits.maxQueue else {
             let retry = max(1, Int((Double(depth + 1) * turnSeconds.withLockedValue { $0 }).rounded(.up)))
             throw APIError(
-                429, "rate_limit_exceeded", "\(depth) turns are waiting (server.max_queue = \(limits.maxQueue)); retry in \(retry) s",
+                429, "rate_limit_exceeded",
+                "\(depth) turns are waiting (server.max_queue = \(limits.maxQueue)); retry in \(retry) s",
                 retryAfter: retry)
         }
         let mine = scheduler.outstanding(owner: r.peer.namespace)
         guard mine < limits.maxTurnsPerUser else {
             let batch = max(1, scheduler.maxRunning)
-            let retry = max(1, Int((Double(mine - limits.maxTurnsPerUser + 1) * turnSeconds.withLockedValue { $0 } / Double(batch)).rounded(.up)))
+            let retry = max(
+                1,
+                Int(
+                    (Double(mine - limits.maxTurnsPerUser + 1) * turnSeconds.withLockedValue { $0 } / Double(batch))
+                        .rounded(.up)))
             throw APIError(
                 429, "rate_limit_exceeded",
                 "you have \(mine) turns queued or running (server.max_turns_per_user = \(limits.maxTurnsPerUser)); retry in \(retry) s",
@@ -37,7 +43,8 @@ extension APIService {
         if let explicit = valid.sessionID {
             stored = access.storedID(explicit, for: r.peer)
         } else {
-            stored = engine.matchSession(messages: messages, owner: r.peer.namespace)?.session
+            stored =
+                engine.matchSession(messages: messages, owner: r.peer.namespace)?.session
                 ?? access.storedID("s-" + UUID().uuidString.lowercased(), for: r.peer)
         }
         let visible = access.visibleID(stored, for: r.peer)
@@ -61,19 +68,24 @@ extension APIService {
             default: break
             }
         }
-        let usage: @Sendable (TurnReport) -> ChatCompletionResponse.Usage = {
-            .init(prompt_tokens: $0.promptTokens, completion_tokens: $0.tokensGenerated, total_tokens: $0.promptTokens + $0.tokensGenerated)
+        let usage: @Sendable (TurnReport) -> Usage = {
+            Usage(promptTokens: $0.promptTokens, completionTokens: $0.tokensGenerated)
         }
         guard valid.stream else {
-            let turn = TurnScheduler.Turn(session: stored, owner: r.peer.namespace, messages: messages, options: options)
+            let turn = TurnScheduler.Turn(
+                session: stored, owner: r.peer.namespace, messages: messages, options: options)
             scheduler.submit(turn) { [self] result in
                 switch result {
                 case .success(let report):
                     finished(report)
-                    let body = ChatCompletionResponse(
+                    let body = ChatCompletion(
                         id: id, created: created, model: modelName,
-                        choices: [.init(index: 0, message: .init(role: "assistant", content: report.text), finish_reason: report.stopReason)],
-                        usage: usage(report), session_id: visible, kvtier: KVTierReport(report))
+                        choices: [
+                            .init(
+                                index: 0, message: .init(role: "assistant", content: report.text),
+                                finishReason: report.stopReason)
+                        ],
+                        usage: usage(report), sessionId: visible, kvtier: KVTierReport(report))
                     respond((try? json(200, body)) ?? Response(status: 500, body: []))
                 case .failure(let error):
                     failed(error)
@@ -86,21 +98,27 @@ extension APIService {
         // as the turn runs, then a last chunk with finish reason, usage and the kvtier report,
         // then [DONE].
         stream.start(200, "text/event-stream")
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        let encoder = APIJSON.encoder()
         let event: @Sendable (any Encodable) -> Void = { value in
-            if let data = try? encoder.encode(value) { stream.send(Array("data: ".utf8) + Array(data) + Array("\n\n".utf8)) }
+            if let data = try? encoder.encode(value) {
+                stream.send(Array("data: ".utf8) + Array(data) + Array("\n\n".utf8))
+            }
         }
         let turn = TurnScheduler.Turn(
             session: stored, owner: r.peer.namespace, messages: messages, options: options,
-            onText: { piece in event(StreamChunk(id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil)) })
+            onText: { piece in
+                event(
+                    ChatCompletionChunk(
+                        id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil))
+            })
         scheduler.submit(turn) { [self] result in
             switch result {
             case .success(let report):
                 finished(report)
-                var last = StreamChunk(id: id, created: created, model: modelName, delta: .init(content: nil), finish: report.stopReason)
+                var last = ChatCompletionChunk(
+                    id: id, created: created, model: modelName, delta: .init(content: nil), finish: report.stopReason)
                 last.usage = usage(report)
-                last.session_id = visible
+                last.sessionId = visible
                 last.kvtier = KVTierReport(report)
                 event(last)
                 answered(r, status: 200)

@@ -1,12 +1,14 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
+import KVTierAPI
+import NIOCore
+import NIOHTTP1
+import NIOPosix
 
-// Unsafe-pointer fence: the socket calls of the admin client.
-
-/// A small blocking HTTP/1.1 client for kvtierd's Unix socket (one request per connection).
-struct DaemonClient {
+/// kvtierctl's HTTP/1.1 client for kvtierd's Unix socket, on SwiftNIO's own client pieces
+/// (`ClientBootstrap`, the HTTP client codec, `NIOAsyncChannel`): one request per connection;
+/// NIO decodes the chunked bodies, this type reads the server-sent events out of them. Bodies
+/// are the shared `KVTierAPI` types, read with `APIJSON`.
+struct DaemonClient: Sendable {
     let socketPath: String
 
     struct Failure: Error, CustomStringConvertible {
@@ -40,152 +42,127 @@ struct DaemonClient {
         return "run/kvtierd.sock"
     }
 
-    /// Sends a request; returns the status and the body.
-    func send(_ method: String, _ path: String, body: [UInt8]? = nil) throws -> (status: Int, body: Data) {
-        let fd = try connectSocket()
-        defer { close(fd) }
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: kvtier\r\nConnection: close\r\n"
-        if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
-        head += "\r\n"
-        try writeAll(fd, Array(head.utf8) + (body ?? []))
-        var response: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            response += buffer[0..<n]
+    /// Sends a request; `onBody` gets the body's bytes as they arrive. Returns the status.
+    /// Cancelling the calling task closes the connection (kvtierd then cancels a running turn).
+    func exchange(
+        _ method: HTTPMethod, _ path: String, body: [UInt8]? = nil, onBody: (ByteBuffer) throws -> Void
+    ) async throws -> Int {
+        let channel = try await connect()
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
+        head.headers.add(name: "Host", value: "kvtier")
+        head.headers.add(name: "Connection", value: "close")
+        if let body {
+            head.headers.add(name: "Content-Type", value: "application/json")
+            head.headers.add(name: "Content-Length", value: String(body.count))
         }
-        guard let split = findHeaderEnd(response),
-            let statusLine = String(decoding: response[..<split], as: UTF8.self).split(separator: "\r\n").first,
-            let status = Int(statusLine.split(separator: " ").dropFirst().first ?? "")
-        else { throw Failure(description: "kvtierd sent a malformed response") }
-        return (status, Data(response[(split + 4)...]))
-    }
-
-    /// Connects to the daemon's socket, or explains that it is not running.
-    private func connectSocket() throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw Failure(description: "cannot create a socket: \(String(cString: strerror(errno)))") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let pathBytes = Array(socketPath.utf8)
-        guard pathBytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
-            throw Failure(description: "socket path is too long: \(socketPath)")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { dst in
-            for (i, b) in pathBytes.enumerated() { dst[i] = b }
-        }
-        let connected = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard connected == 0 else {
-            close(fd)
-            let reason = String(cString: strerror(errno))
-            if errno == EACCES {
-                throw Failure(
-                    description: "permission denied on \(socketPath): the socket admits its owner and group (server.socket_mode, server.socket_group)",
-                    kind: .denied)
-            }
-            throw Failure(
-                description: "kvtierd is not running on \(socketPath) (\(reason)); start it with `kvtierd --socket \(socketPath)` or pass --socket",
-                kind: .notRunning)
-        }
-        return fd
-    }
-
-    /// Sends a request whose answer is a stream of server-sent events; calls `onEvent` with each
-    /// event's data as it arrives (chunked transfer decoded on the fly). Returns the status.
-    func stream(_ method: String, _ path: String, body: [UInt8], onEvent: (String) -> Void) throws -> (status: Int, body: Data) {
-        let fd = try connectSocket()
-        defer { close(fd) }
-        let head = "\(method) \(path) HTTP/1.1\r\nHost: kvtier\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: \(body.count)\r\n\r\n"
-        try writeAll(fd, Array(head.utf8) + body)
-        var pending: [UInt8] = []
-        var status = 0
-        var chunked = false
-        var headerDone = false
-        var payload: [UInt8] = []  // de-chunked body
-        var events = ""
-        var buffer = [UInt8](repeating: 0, count: 16384)
-        func drainEvents() {
-            while let range = events.range(of: "\n\n") {
-                let event = String(events[..<range.lowerBound])
-                events.removeSubrange(..<range.upperBound)
-                if event.hasPrefix("data: ") { onEvent(String(event.dropFirst(6))) }
-            }
-        }
-        while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { break }
-            pending += buffer[0..<n]
-            if !headerDone {
-                guard let end = findHeaderEnd(pending) else { continue }
-                let headText = String(decoding: pending[..<end], as: UTF8.self)
-                status = Int(headText.split(separator: " ").dropFirst().first ?? "") ?? 0
-                chunked = headText.lowercased().contains("transfer-encoding: chunked")
-                pending.removeFirst(end + 4)
-                headerDone = true
-            }
-            if chunked {
-                // Each chunk: hex size CRLF, data, CRLF.
-                while let lineEnd = indexOfCRLF(pending), let size = Int(String(decoding: pending[..<lineEnd], as: UTF8.self), radix: 16),
-                    pending.count >= lineEnd + 2 + size + 2
-                {
-                    let data = Array(pending[(lineEnd + 2)..<(lineEnd + 2 + size)])
-                    pending.removeFirst(lineEnd + 2 + size + 2)
-                    payload += data
-                    if status == 200 {
-                        events += String(decoding: data, as: UTF8.self)
-                        drainEvents()
-                    }
+        return try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(.head(head))
+            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            try await outbound.write(.end(nil))
+            var status = 0
+            for try await part in inbound {
+                switch part {
+                case .head(let h): status = Int(h.status.code)
+                case .body(let b): try onBody(b)
+                case .end: return status
                 }
-            } else {
-                payload += pending
-                pending.removeAll()
+            }
+            // A cancelled task ends the stream early: that is not an answer.
+            try Task.checkCancellation()
+            guard status != 0 else { throw Failure(description: "kvtierd closed the connection without an answer") }
+            return status
+        }
+    }
+
+    /// Sends a request; returns the status and the whole body.
+    func send(_ method: HTTPMethod, _ path: String, body: [UInt8]? = nil) async throws -> (status: Int, body: [UInt8]) {
+        var all: [UInt8] = []
+        let status = try await exchange(method, path, body: body) { all += $0.readableBytesView }
+        return (status, all)
+    }
+
+    /// A request whose answer is a stream of server-sent events: `onEvent` gets each event's
+    /// data as it arrives. Returns the status and, for an error, the body.
+    func stream(
+        _ method: HTTPMethod, _ path: String, body: [UInt8], onEvent: (String) throws -> Void
+    ) async throws -> (status: Int, body: [UInt8]) {
+        var pending: [UInt8] = []
+        let status = try await exchange(method, path, body: body) { chunk in
+            pending += chunk.readableBytesView
+            // Events end with a blank line.
+            while let end = Self.blankLine(in: pending) {
+                let event = String(decoding: pending[..<end], as: UTF8.self)
+                pending.removeFirst(end + 2)
+                if event.hasPrefix("data: ") { try onEvent(String(event.dropFirst(6))) }
             }
         }
-        return (status, Data(payload))
+        return (status, pending)
     }
 
-    private func indexOfCRLF(_ b: [UInt8]) -> Int? {
+    private static func blankLine(in b: [UInt8]) -> Int? {
         guard b.count >= 2 else { return nil }
-        for i in 0..<(b.count - 1) where b[i] == 13 && b[i + 1] == 10 { return i }
+        for i in 0..<(b.count - 1) where b[i] == 10 && b[i + 1] == 10 { return i }
         return nil
     }
 
-    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
-        var sent = 0
-        while sent < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + sent, $0.count - sent) }
-            guard n > 0 else { throw Failure(description: "lost the connection to kvtierd while sending") }
-            sent += n
+    /// Sends a request and decodes its JSON answer as `T`, turning API errors into a `Failure`.
+    func call<T: Decodable>(
+        _ method: HTTPMethod, _ path: String, body: (some Encodable)? = Optional<String>.none,
+        as type: T.Type
+    ) async throws -> T {
+        let payload = try body.map { try APIJSON.encode($0) }
+        let (status, data) = try await send(method, path, body: payload)
+        try Self.check(status: status, body: data)
+        do {
+            return try APIJSON.decode(type, from: Data(data))
+        } catch {
+            throw Failure(
+                description: "kvtierd's answer to \(method) \(path) is not what this kvtierctl expects: \(error)")
         }
     }
 
-    private func findHeaderEnd(_ b: [UInt8]) -> Int? {
-        guard b.count >= 4 else { return nil }
-        for i in 0...(b.count - 4) where b[i] == 13 && b[i + 1] == 10 && b[i + 2] == 13 && b[i + 3] == 10 { return i }
-        return nil
+    /// Throws the API's error message for a status outside 2xx.
+    static func check(status: Int, body: [UInt8]) throws {
+        guard !(200..<300).contains(status) else { return }
+        let message = (try? APIJSON.decode(ErrorBody.self, from: Data(body)))?.error.message ?? "HTTP \(status)"
+        throw Failure(description: message, kind: Failure.kind(status: status))
     }
 
-    /// Sends a request whose answer is text (GET /metrics).
-    func text(_ path: String) throws -> String {
-        let (status, data) = try send("GET", path)
-        guard (200..<300).contains(status) else { throw Failure(description: "HTTP \(status) on \(path)", kind: Failure.kind(status: status)) }
+    /// The text of a GET (`/metrics`).
+    func text(_ path: String) async throws -> String {
+        let (status, data) = try await send(.GET, path)
+        try Self.check(status: status, body: data)
         return String(decoding: data, as: UTF8.self)
     }
 
-    /// Sends a request and decodes a JSON object, turning API errors into a message.
-    func json(_ method: String, _ path: String, body: [String: Any]? = nil) throws -> Any {
-        let payload = try body.map { Array(try JSONSerialization.data(withJSONObject: $0)) }
-        let (status, data) = try send(method, path, body: payload)
-        let value = try? JSONSerialization.jsonObject(with: data)
-        guard (200..<300).contains(status) else {
-            let message = ((value as? [String: Any])?["error"] as? [String: Any])?["message"] as? String ?? "HTTP \(status)"
-            throw Failure(description: message, kind: Failure.kind(status: status))
+    /// Connects to the daemon's socket, or explains why not.
+    private func connect() async throws -> NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart> {
+        do {
+            return try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .connect(unixDomainSocketPath: socketPath) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                            wrappingChannelSynchronously: channel)
+                    }
+                }
+        } catch {
+            throw Self.connectFailure(error, socketPath: socketPath)
         }
-        guard let value else { throw Failure(description: "kvtierd sent a body that is not JSON") }
-        return value
+    }
+
+    static func connectFailure(_ error: Error, socketPath: String) -> Failure {
+        let code = (error as? IOError)?.errnoCode
+        if code == EACCES {
+            return Failure(
+                description:
+                    "permission denied on \(socketPath): the socket admits its owner and group (server.socket_mode, server.socket_group)",
+                kind: .denied)
+        }
+        let reason = code.map { String(cString: strerror($0)) } ?? "\(error)"
+        return Failure(
+            description:
+                "kvtierd is not running on \(socketPath) (\(reason)); start it with `kvtierd --socket \(socketPath)` or pass --socket",
+            kind: .notRunning)
     }
 }

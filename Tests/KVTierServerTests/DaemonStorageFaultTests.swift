@@ -4,7 +4,7 @@ import XCTest
 @testable import KVTierStore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// kvtierd when its state directory fails under it: the disk fills up, another kvtierd holds the
@@ -14,18 +14,23 @@ import Glibc
 final class DaemonStorageFaultTests: XCTestCase {
     func testDiskFull_chatsKeepAnsweringTiersShowDegradedAndWritesResumeWhenSpaceReturns() throws {
         let dir = try temporaryDirectory(self)
-        let socket = dir + "/k.sock", state = dir + "/state", log = dir + "/kvtierd.log"
+        let socket = dir + "/k.sock"
+        let state = dir + "/state"
+        let log = dir + "/kvtierd.log"
         try mountTmpfs(state, size: "3m")
         // Small HBM and DRAM, so that sessions are demoted to disk after a few chats.
         let daemon = try startDaemon(
-            socket: socket, state: state, config: "[store]\nhbm_bytes = \"16MiB\"\ndram_bytes = \"2MiB\"\ndisk_retry_seconds = 0.5\n", log: log)
+            socket: socket, state: state,
+            config: "[store]\nhbm_bytes = \"16MiB\"\ndram_bytes = \"2MiB\"\ndisk_retry_seconds = 0.5\n", log: log)
         defer { stop(daemon) }
         let question = [("user", "Name three colours of the rainbow.")]
         let reference = try reply(try chat(socket, question, session: "reference"))
 
         var degradedAfter: Int?
         for i in 0..<24 {
-            let r = try chat(socket, [("user", "Write one sentence about the number \(i), please, in plain words.")], session: "s\(i)", maxTokens: 16)
+            let r = try chat(
+                socket, [("user", "Write one sentence about the number \(i), please, in plain words.")],
+                session: "s\(i)", maxTokens: 16)
             XCTAssertEqual(r.status, 200, "chat \(i) while the disk fills: \(r.json)")
             if try health(socket)["status"] as? String == "degraded" {
                 degradedAfter = i
@@ -34,9 +39,12 @@ final class DaemonStorageFaultTests: XCTestCase {
         }
         let after = try XCTUnwrap(degradedAfter, "3 MB of tmpfs never filled")
         // Degraded: chats go on, the same question gets the same greedy reply (recomputed).
-        XCTAssertEqual(try chat(socket, [("user", "One more sentence about 100.")], session: "more", maxTokens: 8).status, 200)
-        XCTAssertEqual(try reply(try chat(socket, question, session: "again")), reference, "same greedy reply while degraded")
-        XCTAssertEqual(try reply(try chat(socket, question, session: "reference")), reference, "the first session still answers")
+        XCTAssertEqual(
+            try chat(socket, [("user", "One more sentence about 100.")], session: "more", maxTokens: 8).status, 200)
+        XCTAssertEqual(
+            try reply(try chat(socket, question, session: "again")), reference, "same greedy reply while degraded")
+        XCTAssertEqual(
+            try reply(try chat(socket, question, session: "reference")), reference, "the first session still answers")
 
         let h = try health(socket)
         let disk = try XCTUnwrap(h["disk"] as? [String: Any])
@@ -54,7 +62,9 @@ final class DaemonStorageFaultTests: XCTestCase {
         XCTAssertTrue(metrics.contains("kvtier_tier_write_errors_total{tier=\"disk\"}"), "no write error counter")
         XCTAssertTrue(daemon.isRunning, "kvtierd crashed")
         let journal = try String(contentsOfFile: log, encoding: .utf8)
-        XCTAssertEqual(journal.components(separatedBy: "disk tier degraded").count - 1, 1, "one line per change, not per write:\n\(journal)")
+        XCTAssertEqual(
+            journal.components(separatedBy: "disk tier degraded").count - 1, 1,
+            "one line per change, not per write:\n\(journal)")
         print("disk full after \(after + 2) chats")
 
         // Space returns: writes resume by themselves (retry every 0.5 s here, 5 s by default;
@@ -73,7 +83,8 @@ final class DaemonStorageFaultTests: XCTestCase {
 
     func testStateDirectoryLocked_secondDaemonServesDegradedAndTakesOverWhenTheFirstStops() throws {
         let dir = try temporaryDirectory(self)
-        let state = dir + "/state", log = dir + "/second.log"
+        let state = dir + "/state"
+        let log = dir + "/second.log"
         try FileManager.default.createDirectory(atPath: dir + "/a", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: dir + "/b", withIntermediateDirectories: true)
         let first = try startDaemon(socket: dir + "/a/k.sock", state: state)
@@ -82,7 +93,8 @@ final class DaemonStorageFaultTests: XCTestCase {
         let reference = try reply(try chat(dir + "/a/k.sock", question, session: "one"))
 
         let socket = dir + "/b/k.sock"
-        let second = try startDaemon(socket: socket, state: state, config: "[store]\ndisk_retry_seconds = 0.5\n", log: log)
+        let second = try startDaemon(
+            socket: socket, state: state, config: "[store]\ndisk_retry_seconds = 0.5\n", log: log)
         defer { stop(second) }
         XCTAssertTrue(second.isRunning)
         let disk = try XCTUnwrap(try health(socket)["disk"] as? [String: Any])
@@ -100,14 +112,16 @@ final class DaemonStorageFaultTests: XCTestCase {
         stop(first)
         let start = Date()
         while try health(socket)["status"] as? String != "ok", Date().timeIntervalSince(start) < 20 { usleep(100_000) }
-        XCTAssertEqual(try health(socket)["status"] as? String, "ok", "the second kvtierd did not take the directory over")
+        XCTAssertEqual(
+            try health(socket)["status"] as? String, "ok", "the second kvtierd did not take the directory over")
         XCTAssertEqual(try reply(try chat(socket, question, session: "three")), reference)
         XCTAssertTrue(second.isRunning)
     }
 
     func testFlippedBytesInStoredValues_chatAnswersTheSameReplyAndCountsCorruptBlocks() throws {
         let dir = try temporaryDirectory(self)
-        let socket = dir + "/k.sock", state = dir + "/state"
+        let socket = dir + "/k.sock"
+        let state = dir + "/state"
         var daemon = try startDaemon(socket: socket, state: state)
         let question = [("user", "Describe a quiet morning by the sea in two sentences.")]
         let reference = try reply(try chat(socket, question, session: "f", maxTokens: 12))
@@ -145,17 +159,22 @@ final class DaemonStorageFaultTests: XCTestCase {
         let (_, raw) = try rawRequest(socket, "GET", "/v1/tiers")
         let list = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(raw.utf8)) as? [[String: Any]])
         let disk = try XCTUnwrap(list.first { $0["tier"] as? String == "disk" })
-        XCTAssertGreaterThan(disk["checksumFailures"] as? Int ?? 0, 0, "damaged blocks are counted: \(disk)")
-        XCTAssertEqual((disk["health"] as? [String: Any])?["state"] as? String, "healthy", "damaged values do not degrade the tier")
+        XCTAssertGreaterThan(disk["checksum_failures"] as? Int ?? 0, 0, "damaged blocks are counted: \(disk)")
+        XCTAssertEqual(
+            (disk["health"] as? [String: Any])?["state"] as? String, "healthy", "damaged values do not degrade the tier"
+        )
         XCTAssertTrue(daemon.isRunning)
     }
 
     // MARK: - Helpers
 
-    private func reply(_ r: (status: Int, json: [String: Any]), file: StaticString = #filePath, line: UInt = #line) throws -> String {
+    private func reply(_ r: (status: Int, json: [String: Any]), file: StaticString = #filePath, line: UInt = #line)
+        throws -> String
+    {
         XCTAssertEqual(r.status, 200, "\(r.json)", file: file, line: line)
-        return try XCTUnwrap(((r.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String,
-                             file: file, line: line)
+        return try XCTUnwrap(
+            ((r.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String,
+            file: file, line: line)
     }
 
     private func health(_ socket: String) throws -> [String: Any] {

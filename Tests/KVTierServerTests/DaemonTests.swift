@@ -2,20 +2,22 @@ import Foundation
 import XCTest
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The real `kvtierd` binary on a temporary Unix socket and state directory, driven over HTTP.
 final class DaemonTests: XCTestCase {
     func testMultiTurnChatOverTheSocketReusesKVAndSurvivesRestart() throws {
         let dir = try temporaryDirectory(self)
-        let socket = dir + "/k.sock", state = dir + "/state"
+        let socket = dir + "/k.sock"
+        let state = dir + "/state"
         var daemon = try startDaemon(socket: socket, state: state)
 
         var history: [(String, String)] = [("user", "What is the capital of France?")]
         let r1 = try chat(socket, history, session: "t1")
         XCTAssertEqual(r1.status, 200)
-        let reply1 = try XCTUnwrap(((r1.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String)
+        let reply1 = try XCTUnwrap(
+            ((r1.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String)
         let report1 = try XCTUnwrap(r1.json["kvtier"] as? [String: Any])
         XCTAssertEqual(report1["tokens_reused"] as? Int, 0)
 
@@ -28,7 +30,9 @@ final class DaemonTests: XCTestCase {
         let usage1 = try XCTUnwrap(r1.json["usage"] as? [String: Any])
         let finish1 = (r1.json["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String
         // Every generated token was fed back unless the reply hit max_tokens (the last one was not).
-        let cached = (usage1["prompt_tokens"] as? Int ?? 0) + (usage1["completion_tokens"] as? Int ?? 0) - (finish1 == "length" ? 1 : 0)
+        let cached =
+            (usage1["prompt_tokens"] as? Int ?? 0) + (usage1["completion_tokens"] as? Int ?? 0)
+            - (finish1 == "length" ? 1 : 0)
         XCTAssertEqual(report2["tokens_reused"] as? Int, cached, "prompt and reply of turn 1 are reused")
 
         // Streaming: server-sent events, the report in the last chunk, then [DONE].
@@ -36,7 +40,8 @@ final class DaemonTests: XCTestCase {
             "messages": [["role": "user", "content": "Say hello."]], "max_tokens": 8, "temperature": 0, "stream": true,
             "session_id": "t2",
         ])
-        let (streamStatus, events) = try rawRequest(socket, "POST", "/v1/chat/completions", body: String(decoding: streamBody, as: UTF8.self))
+        let (streamStatus, events) = try rawRequest(
+            socket, "POST", "/v1/chat/completions", body: String(decoding: streamBody, as: UTF8.self))
         XCTAssertEqual(streamStatus, 200)
         XCTAssertTrue(events.contains("chat.completion.chunk"))
         XCTAssertTrue(events.contains("\"kvtier\""))
@@ -53,7 +58,8 @@ final class DaemonTests: XCTestCase {
         stop(daemon)
         daemon = try startDaemon(socket: socket, state: state)
         defer { stop(daemon) }
-        let reply2 = try XCTUnwrap(((r2.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String)
+        let reply2 = try XCTUnwrap(
+            ((r2.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String)
         history += [("assistant", reply2), ("user", "Thanks!")]
         let r3 = try chat(socket, history, session: "t1")
         XCTAssertEqual(r3.status, 200)
@@ -61,7 +67,9 @@ final class DaemonTests: XCTestCase {
         // A fresh process has nothing in HBM: the KV comes from disk, or from DRAM when the
         // scheduler's look-ahead prefetched it from disk while the turn waited.
         XCTAssertEqual(hits["hbm"] as? Int, 0)
-        XCTAssertGreaterThan((hits["disk"] as? Int ?? 0) + (hits["dram"] as? Int ?? 0), 0, "after a restart the KV comes from the lower tiers")
+        XCTAssertGreaterThan(
+            (hits["disk"] as? Int ?? 0) + (hits["dram"] as? Int ?? 0), 0,
+            "after a restart the KV comes from the lower tiers")
     }
 }
 
@@ -123,7 +131,9 @@ extension DaemonTests {
         XCTAssertEqual(try kvtierctl(["demote", "cli", "--to", "disk", "--socket", socket]).0, 0)
         let (rc3, detail) = try kvtierctl(["session", "cli", "--json", "--socket", socket])
         XCTAssertEqual(rc3, 0)
-        let layers = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(detail.utf8)) as? [String: Any])?["layers"] as? [[String: Any]])
+        let layers = try XCTUnwrap(
+            (try JSONSerialization.jsonObject(with: Data(detail.utf8)) as? [String: Any])?["layers"] as? [[String: Any]]
+        )
         XCTAssertEqual(layers.first?["disk"] as? Int, 1)
         XCTAssertNotEqual(try kvtierctl(["drop", "nope", "--socket", socket]).0, 0)
         // `hint` says which ids the daemon does not know instead of echoing them.
@@ -148,6 +158,89 @@ extension DaemonTests {
         XCTAssertEqual(reports.count, 2, text)
         XCTAssertEqual(reports.first, 0)
         XCTAssertGreaterThan(reports.last ?? 0, 0, "the second turn reuses the first")
+
+        // The session's conversation, as kvtierd decodes it from its tokens: the default system
+        // prompt, then the two exchanges.
+        let (rc, detail) = try kvtierctl(["session", "cli-chat", "--json", "--socket", socket])
+        XCTAssertEqual(rc, 0, detail)
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(detail.utf8)) as? [String: Any])
+        let messages = try XCTUnwrap(object["messages"] as? [[String: String]], detail)
+        XCTAssertEqual(messages.map { $0["role"] ?? "" }, ["system", "user", "assistant", "user", "assistant"], detail)
+        XCTAssertEqual(messages[1]["content"], "What is the capital of France?")
+        XCTAssertEqual(
+            object["cached_tokens"] as? Int, object["tokens"] as? Int, "snake case, as every endpoint: \(detail)")
+
+        // --session resumes that conversation: the next turn resends it and reuses all of it.
+        let (status2, resumed) = try kvtierctl(
+            ["chat", "--socket", socket, "--temperature", "0", "--max-tokens", "12", "--session", "cli-chat"],
+            input: "And of Italy?\n\n")
+        XCTAssertEqual(status2, 0, resumed)
+        XCTAssertTrue(resumed.contains("resumed with 5 messages"), resumed)
+        let reused = resumed.components(separatedBy: "[reused ").dropFirst().compactMap {
+            Int($0.prefix { $0.isNumber })
+        }
+        XCTAssertGreaterThan(reused.first ?? 0, 40, "the resumed history is the session's own: \(resumed)")
+    }
+
+    /// Ctrl-C while a reply streams stops that turn (kvtierd sees the connection close and
+    /// cancels it) and the chat goes on: the next line gets its answer, and the stopped turn is
+    /// not part of the history.
+    func testChatCtrlCStopsTheReplyAndKeepsTheChat() throws {
+        let dir = try temporaryDirectory(self)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(socket: socket, state: dir + "/state")
+        defer { stop(daemon) }
+        let p = Process()
+        p.executableURL = URL(
+            fileURLWithPath: try daemonBinary().replacingOccurrences(of: "/kvtierd", with: "/kvtierctl"))
+        p.arguments = ["chat", "--socket", socket, "--temperature", "0", "--max-tokens", "2000", "--session", "cc"]
+        let input = Pipe()
+        let output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        p.standardError = output
+        try p.run()
+        defer { terminate(p, grace: 5) }
+        let text = OrderedText()
+        output.fileHandleForReading.readabilityHandler = { h in
+            text.append(String(decoding: h.availableData, as: UTF8.self))
+        }
+        // A reply of about 1,500 tokens at temperature 0 (it runs to 600 at least: measured).
+        input.fileHandleForWriting.write(Data("List the numbers from 1 to 500 separated by commas.\n".utf8))
+        // Wait for the reply to start, then Ctrl-C.
+        XCTAssertTrue(text.wait(timeout: 60) { $0.contains("1, 2, 3") }, text.value)
+        kill(p.processIdentifier, SIGINT)
+        XCTAssertTrue(text.wait(timeout: 30) { $0.contains("reply stopped") }, text.value)
+        XCTAssertTrue(p.isRunning, "Ctrl-C must not end the chat")
+        input.fileHandleForWriting.write(Data("Hello!\n\n".utf8))
+        p.waitUntilExit()
+        output.fileHandleForReading.readabilityHandler = nil
+        XCTAssertEqual(p.terminationStatus, 0, text.value)
+        XCTAssertEqual(text.value.components(separatedBy: "[reused ").count - 1, 1, "one finished turn: \(text.value)")
+        // kvtierd cancelled the stopped turn rather than generating 2,000 tokens for nobody.
+        let (_, metrics) = try rawRequest(socket, "GET", "/metrics")
+        XCTAssertTrue(metrics.contains(#"kvtier_turns_total{finish_reason="cancelled"}"#), metrics)
+    }
+}
+
+/// Text a process writes, collected from a reading handler's thread.
+final class OrderedText: @unchecked Sendable {
+    // Unchecked: `text` only under `lock`.
+    private let lock = NSLock()
+    private var text = ""
+
+    var value: String { lock.withLock { text } }
+
+    func append(_ s: String) { lock.withLock { text += s } }
+
+    /// Waits until `condition` holds for the text so far.
+    func wait(timeout: Double, until condition: (String) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if condition(value) { return true }
+            usleep(20_000)
+        }
+        return condition(value)
     }
 }
 
@@ -156,7 +249,8 @@ extension DaemonTests {
         let dir = try temporaryDirectory(self)
         let config = dir + "/kvtierd.toml"
         try Data("[store]\ndram_bytes = \"plenty\"\n".utf8).write(to: URL(fileURLWithPath: config))
-        let (status, out) = try runProcess(try daemonBinary(), ["--config", config, "--socket", dir + "/k.sock", "--state-dir", dir + "/state"])
+        let (status, out) = try runProcess(
+            try daemonBinary(), ["--config", config, "--socket", dir + "/k.sock", "--state-dir", dir + "/state"])
         XCTAssertNotEqual(status, 0)
         XCTAssertTrue(out.contains("store.dram_bytes"), out)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/k.sock"))

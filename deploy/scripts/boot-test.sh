@@ -20,7 +20,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${KVTIER_BOOT_CACHE:-$HOME/.cache/kvtier-boot}
 # What the binaries link (ldd .build/release/kvtierd) besides libc, what the checks use (curl,
 # procps) and what the package's maintainer scripts use (adduser); systemd to boot.
-packages=systemd,systemd-sysv,dbus,librocksdb7.8,liblz4-1,libopenblas0-pthread,libsystemd0,adduser,procps,curl
+packages=systemd,systemd-sysv,dbus,librocksdb7.8,liblz4-1,libedit2,libopenblas0-pthread,libsystemd0,adduser,procps,curl
 base=$cache/bookworm-$(echo "$packages" | sha256sum | cut -c1-12)
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -129,6 +129,8 @@ check socket-activation "$(echo "$reply" | grep -q '"content"' && [ "$(inside sy
     "first request answered in $((t1 - t0)) ms (start, model load, one turn): $(echo "$reply" | head -c 200)"
 figure_activation=$((t1 - t0))
 pid1=$(prop MainPID)
+ctl=$(inside $bin/kvtierctl --socket $sock status 2>&1)
+check kvtierctl "$(echo "$ctl" | grep -q ': ok, 1 sessions' && echo 1 || echo 0)" "kvtierctl status: $ctl"
 
 # Type=notify: `systemctl start` returns after READY=1, so the first request right after it is
 # answered by a listening daemon (the socket would queue it anyway: /healthz must be immediate).

@@ -2,7 +2,7 @@
 # Installs the Debian packages KVTier builds against, only those that are missing.
 set -euo pipefail
 
-packages=(pkg-config librocksdb-dev liblz4-dev libopenblas-dev libsystemd-dev python3-pip curl util-linux)
+packages=(pkg-config librocksdb-dev liblz4-dev libopenblas-dev libsystemd-dev libedit-dev python3-pip curl util-linux)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -75,6 +75,13 @@ public final class ChatEngine: @unchecked Sendable {
         return tokens * 2 * model.kvLayout.layers * model.kvLayout.rowWidth * store.elementType.byteWidth
     }
 
+    /// The conversation session `id` holds, decoded from its token history (empty for an
+    /// unknown session): what a client resends to continue it.
+    public func sessionMessages(_ id: String) -> [ChatMessage] {
+        guard let tokens = stateLock.withLock({ sessions[id]?.tokens }) else { return [] }
+        return conversation.messages(from: tokens)
+    }
+
     /// Who created session `id` (nil: made in-process, or unknown session).
     public func sessionOwner(_ id: String) -> String? { stateLock.withLock { sessions[id]?.owner } }
 

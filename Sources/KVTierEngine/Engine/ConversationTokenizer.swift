@@ -35,4 +35,34 @@ struct ConversationTokenizer {
         out += [start] + text("assistant\n")
         return out
     }
+
+    /// The inverse: the messages a ChatML token history holds, in order, each role and content
+    /// decoded from between its `<|im_start|>` and `<|im_end|>` (the last may be unfinished: a
+    /// reply cut at max_tokens). The empty prompt for the next reply is left out. Empty for a
+    /// vocabulary without ChatML's tokens.
+    func messages(from tokens: [Int32]) -> [ChatMessage] {
+        let tok = model.tokenizer
+        guard let start = tok.tokenID(model.template.start), let end = tok.tokenID(model.template.end) else {
+            return []
+        }
+        var out: [ChatMessage] = []
+        var i = 0
+        while i < tokens.count {
+            guard tokens[i] == start else {
+                i += 1
+                continue
+            }
+            var j = i + 1
+            while j < tokens.count && tokens[j] != end && tokens[j] != start { j += 1 }
+            let text = tok.decode(Array(tokens[(i + 1)..<j]))
+            if let newline = text.firstIndex(of: "\n") {
+                let content = String(text[text.index(after: newline)...])
+                if j < tokens.count || !content.isEmpty {
+                    out.append(ChatMessage(role: String(text[..<newline]), content: content))
+                }
+            }
+            i = j
+        }
+        return out
+    }
 }

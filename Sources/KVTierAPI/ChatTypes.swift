@@ -1,0 +1,162 @@
+/// The chat completion bodies kvtierd sends (OpenAI's shapes plus `session_id` and the
+/// `kvtier` report), shared with kvtierctl, which reads them.
+
+/// A message of a conversation.
+public struct APIChatMessage: Codable, Sendable, Equatable {
+    public var role: String
+    public var content: String
+
+    public init(role: String, content: String) {
+        self.role = role
+        self.content = content
+    }
+}
+
+/// What kvtierctl sends to `POST /v1/chat/completions` (the daemon reads more fields and forms:
+/// docs/protocol.md).
+public struct ChatRequest: Codable, Sendable, Equatable {
+    public var messages: [APIChatMessage]
+    public var maxTokens: Int?
+    public var temperature: Float?
+    public var stream: Bool?
+    public var sessionId: String?
+
+    public init(messages: [APIChatMessage], maxTokens: Int?, temperature: Float?, stream: Bool?, sessionId: String?) {
+        self.messages = messages
+        self.maxTokens = maxTokens
+        self.temperature = temperature
+        self.stream = stream
+        self.sessionId = sessionId
+    }
+}
+
+/// Token counts of a completion.
+public struct Usage: Codable, Sendable, Equatable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    public var totalTokens: Int
+
+    public init(promptTokens: Int, completionTokens: Int) {
+        self.promptTokens = promptTokens
+        self.completionTokens = completionTokens
+        self.totalTokens = promptTokens + completionTokens
+    }
+}
+
+/// The per-turn report every completion carries under `kvtier`: where the reused KV came from
+/// and what the turn waited for.
+public struct KVTierReport: Codable, Sendable, Equatable {
+    public struct Hits: Codable, Sendable, Equatable {
+        public var hbm: Int
+        public var dram: Int
+        public var disk: Int
+
+        public init(hbm: Int, dram: Int, disk: Int) {
+            self.hbm = hbm
+            self.dram = dram
+            self.disk = disk
+        }
+    }
+
+    public var tokensReused: Int
+    public var tokensRecomputed: Int
+    public var tokensGenerated: Int
+    public var hits: Hits
+    public var ttftMs: Double
+    public var loadStallMs: Double
+    public var saveLagMs: Double
+    public var truncatedTokens: Int
+    /// Blocks the session should have had but no tier held (lost in a crash, evicted from every
+    /// tier, failed their checksum): recomputed in this turn.
+    public var blocksRecovered: Int
+
+    public init(
+        tokensReused: Int, tokensRecomputed: Int, tokensGenerated: Int, hits: Hits, ttftMs: Double, loadStallMs: Double,
+        saveLagMs: Double, truncatedTokens: Int, blocksRecovered: Int
+    ) {
+        self.tokensReused = tokensReused
+        self.tokensRecomputed = tokensRecomputed
+        self.tokensGenerated = tokensGenerated
+        self.hits = hits
+        self.ttftMs = ttftMs
+        self.loadStallMs = loadStallMs
+        self.saveLagMs = saveLagMs
+        self.truncatedTokens = truncatedTokens
+        self.blocksRecovered = blocksRecovered
+    }
+}
+
+/// The answer to a completion that was not streamed.
+public struct ChatCompletion: Codable, Sendable, Equatable {
+    public struct Choice: Codable, Sendable, Equatable {
+        public var index: Int
+        public var message: APIChatMessage
+        public var finishReason: String
+
+        public init(index: Int, message: APIChatMessage, finishReason: String) {
+            self.index = index
+            self.message = message
+            self.finishReason = finishReason
+        }
+    }
+
+    public var id: String
+    public var object = "chat.completion"
+    public var created: Int
+    public var model: String
+    public var choices: [Choice]
+    public var usage: Usage
+    public var sessionId: String
+    public var kvtier: KVTierReport
+
+    public init(
+        id: String, created: Int, model: String, choices: [Choice], usage: Usage, sessionId: String,
+        kvtier: KVTierReport
+    ) {
+        self.id = id
+        self.created = created
+        self.model = model
+        self.choices = choices
+        self.usage = usage
+        self.sessionId = sessionId
+        self.kvtier = kvtier
+    }
+}
+
+/// One server-sent event of a streamed completion (`chat.completion.chunk`); the last one
+/// carries the finish reason, usage, session id and report.
+public struct ChatCompletionChunk: Codable, Sendable, Equatable {
+    public struct Delta: Codable, Sendable, Equatable {
+        public var content: String?
+
+        public init(content: String?) { self.content = content }
+    }
+
+    public struct Choice: Codable, Sendable, Equatable {
+        public var index: Int
+        public var delta: Delta
+        public var finishReason: String?
+
+        public init(index: Int, delta: Delta, finishReason: String?) {
+            self.index = index
+            self.delta = delta
+            self.finishReason = finishReason
+        }
+    }
+
+    public var id: String
+    public var object = "chat.completion.chunk"
+    public var created: Int
+    public var model: String
+    public var choices: [Choice]
+    public var usage: Usage?
+    public var sessionId: String?
+    public var kvtier: KVTierReport?
+
+    public init(id: String, created: Int, model: String, delta: Delta, finish: String?) {
+        self.id = id
+        self.created = created
+        self.model = model
+        self.choices = [Choice(index: 0, delta: delta, finishReason: finish)]
+    }
+}
