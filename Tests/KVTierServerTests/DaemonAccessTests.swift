@@ -88,6 +88,58 @@ final class DaemonAccessTests: XCTestCase {
         XCTAssertEqual(theirs.1, 200, "another uid is not limited by root's connections")
     }
 
+    /// One user holding every connection it may have (`max_connections_per_user`, 1,024 by
+    /// default; 200 in the quick variant) leaves another user served: all of the other user's
+    /// /healthz requests answer 200, and their latency is reported before and during the hold
+    /// (docs/reliability.md).
+    func testOthersAreServedWhileOneUserHoldsItsConnectionLimit() throws {
+        let held = ReliabilityScale.pick(quick: 200, full: 1024)
+        var rl = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+        guard rl.rlim_max >= rlim_t(held + 256) else { throw XCTSkip("RLIMIT_NOFILE \(rl.rlim_max) is too low to hold \(held)") }
+        rl.rlim_cur = max(rl.rlim_cur, rlim_t(held + 256))
+        setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+        let (socket, daemon) = try daemonForOthers(
+            config: "[server]\nsocket_mode = \"0666\"\nmax_connections_per_user = \(held)\n")
+        defer { stop(daemon) }
+        /// The other user's 200 requests, one curl run: each request's status and seconds.
+        func theirs() throws -> [(status: Int, seconds: Double)] {
+            var args = ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups", "/usr/bin/curl", "-s", "--max-time", "60"]
+            args += ["--unix-socket", socket, "-w", "\nT %{http_code} %{time_total}\n"]
+            args += Array(repeating: "http://kvtier/healthz", count: 200)
+            let (_, out) = try runProcess("/usr/bin/setpriv", args)
+            return out.split(separator: "\n").filter { $0.hasPrefix("T ") }.compactMap {
+                let f = $0.split(separator: " ")
+                guard f.count == 3, let s = Int(f[1]), let t = Double(f[2]) else { return nil }
+                return (s, t)
+            }
+        }
+        func p(_ q: Double, _ xs: [Double]) -> Double {
+            let s = xs.sorted()
+            return s.isEmpty ? .nan : s[min(s.count - 1, Int(q * Double(s.count)))]
+        }
+        let before = try theirs()
+        XCTAssertEqual(before.count, 200)
+        var fds: [Int32] = []
+        defer { for fd in fds { close(fd) } }
+        for _ in 0..<held { fds.append(try connectUnix(socket)) }
+        usleep(500_000)  // accepted and counted
+        let mine = try rawRequest(socket, "GET", "/healthz")
+        XCTAssertEqual(mine.0, 429, "root is at its limit: \(mine.1)")
+        let during = try theirs()
+        XCTAssertEqual(during.count, 200)
+        XCTAssertTrue(during.allSatisfy { $0.status == 200 }, "\(during.filter { $0.status != 200 }.prefix(5))")
+        let ms = { (xs: [(status: Int, seconds: Double)]) in xs.map { $0.seconds * 1000 } }
+        print(String(
+            format: "connection limit: %d held by one uid; the other uid's /healthz p50 %.2f ms, p99 %.2f ms (before: %.2f, %.2f)",
+            held, p(0.5, ms(during)), p(0.99, ms(during)), p(0.5, ms(before)), p(0.99, ms(before))))
+        ReliabilityScale.report("connection-limit", [
+            "held": held, "others_requests": during.count, "others_ok": during.filter { $0.status == 200 }.count,
+            "others_healthz_p50_ms": p(0.5, ms(during)), "others_healthz_p99_ms": p(0.99, ms(during)),
+            "before_p50_ms": p(0.5, ms(before)), "before_p99_ms": p(0.99, ms(before)),
+        ])
+    }
+
     func testSocketModeKeepsOthersOut() throws {
         let (socket, daemon) = try daemonForOthers()
         defer { stop(daemon) }

@@ -129,7 +129,7 @@ check socket-activation "$(echo "$reply" | grep -q '"content"' && [ "$(inside sy
     "first request answered in $((t1 - t0)) ms (start, model load, one turn): $(echo "$reply" | head -c 200)"
 figure_activation=$((t1 - t0))
 pid1=$(prop MainPID)
-ctl=$(inside $bin/kvtierctl --socket $sock status 2>&1)
+ctl=$(inside $bin/kvtierctl status --socket $sock 2>&1)
 check kvtierctl "$(echo "$ctl" | grep -q ': ok, 1 sessions' && echo 1 || echo 0)" "kvtierctl status: $ctl"
 
 # Type=notify: `systemctl start` returns after READY=1, so the first request right after it is

@@ -54,6 +54,8 @@ final class RocksDatabase: @unchecked Sendable {
         // as statuses anyway; the LOG is for post-mortems.
         rocksdb_options_set_db_log_dir(options, RocksDBInfoLog.directory)
         rocksdb_options_set_info_log_level(options, 3)  // ERROR
+        // Rotated at 1 MiB, two files kept: at most a few MiB however long kvtierd runs.
+        rocksdb_options_set_max_log_file_size(options, 1 << 20)
         rocksdb_options_set_keep_log_file_num(options, 2)
 
         guard let ro = rocksdb_readoptions_create() else { throw .io(operation: "open", detail: "rocksdb_readoptions_create failed") }
