@@ -127,9 +127,14 @@ public struct ChatCompletion: Codable, Sendable, Equatable {
 /// carries the finish reason, usage, session id and report.
 public struct ChatCompletionChunk: Codable, Sendable, Equatable {
     public struct Delta: Codable, Sendable, Equatable {
+        /// "assistant" in the first chunk of a reply, absent after.
+        public var role: String?
         public var content: String?
 
-        public init(content: String?) { self.content = content }
+        public init(role: String? = nil, content: String?) {
+            self.role = role
+            self.content = content
+        }
     }
 
     public struct Choice: Codable, Sendable, Equatable {
@@ -158,5 +163,14 @@ public struct ChatCompletionChunk: Codable, Sendable, Equatable {
         self.created = created
         self.model = model
         self.choices = [Choice(index: 0, delta: delta, finishReason: finish)]
+    }
+
+    /// The chunk `stream_options.include_usage` asks for: no choices, the usage.
+    public init(id: String, created: Int, model: String, usage: Usage) {
+        self.id = id
+        self.created = created
+        self.model = model
+        self.choices = []
+        self.usage = usage
     }
 }

@@ -69,6 +69,8 @@ public final class APIService: Sendable {
     let turnSeconds = NIOLockedValueBox<Double>(2)
     /// Set by `beginShutdown`: new turns get 503.
     let stopping = NIOLockedValueBox(false)
+    /// When this daemon started (Unix seconds): the model's `created` in `/v1/models`.
+    let started = Int(Date().timeIntervalSince1970)
 
     public init(
         engine: ChatEngine, modelName: String, access: AccessPolicy = AccessPolicy(),
@@ -158,17 +160,30 @@ public final class APIService: Sendable {
                 Health(
                     status: h.isHealthy ? "ok" : "degraded", model: modelName, queueDepth: scheduler.depth,
                     running: scheduler.running, sessions: engine.sessionIDs.count, disk: DiskHealth(h)))
+        case ("GET", let path) where path.hasPrefix("/v1/models/"):
+            struct Model: Encodable {
+                let id: String
+                let object = "model"
+                let owned_by = "kvtier"
+                let created: Int
+            }
+            let id = String(path.dropFirst("/v1/models/".count)).removingPercentEncoding ?? ""
+            guard id == modelName else {
+                throw APIError(404, "model_not_found", "no model '\(id)'; this kvtierd serves '\(modelName)'")
+            }
+            return try json(200, Model(id: modelName, created: started))
         case ("GET", "/v1/models"):
             struct Model: Encodable {
                 let id: String
                 let object = "model"
                 let owned_by = "kvtier"
+                let created: Int
             }
             struct List: Encodable {
                 let object = "list"
                 let data: [Model]
             }
-            return try json(200, List(data: [Model(id: modelName)]))
+            return try json(200, List(data: [Model(id: modelName, created: started)]))
         case ("GET", "/metrics"):
             let text = metrics.exposition(
                 tiers: engine.store.stats.tiers, queueDepth: scheduler.depth, running: scheduler.running,

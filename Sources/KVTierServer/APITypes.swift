@@ -3,40 +3,6 @@ import KVTierAPI
 import KVTierEngine
 import KVTierModel
 
-/// `POST /v1/chat/completions` request (OpenAI's shape plus `session_id`).
-struct ChatCompletionRequest: Decodable {
-    struct Message: Decodable {
-        let role: String
-        let content: String
-    }
-    let model: String?
-    let messages: [Message]
-    let max_tokens: Int?
-    let temperature: Float?
-    let top_p: Float?
-    let seed: UInt64?
-    let stream: Bool?
-    let stop: StopSequences?
-    let session_id: String?
-    /// Keep generating past the model's end-of-turn token, up to max_tokens (llama-server's and
-    /// vLLM's name for it; benchmarks use it for replies of a set length).
-    let ignore_eos: Bool?
-}
-
-/// OpenAI's `stop`: a string or an array of strings.
-struct StopSequences: Decodable {
-    let values: [String]
-
-    init(from decoder: Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if let one = try? c.decode(String.self) {
-            values = [one]
-        } else {
-            values = try c.decode([String].self)
-        }
-    }
-}
-
 extension KVTierReport {
     init(_ r: TurnReport) {
         self.init(

@@ -104,6 +104,10 @@ extension APIService {
                 stream.send(Array("data: ".utf8) + Array(data) + Array("\n\n".utf8))
             }
         }
+        // The first chunk says who speaks (OpenAI's SDKs build the message from it), no text yet.
+        event(
+            ChatCompletionChunk(
+                id: id, created: created, model: modelName, delta: .init(role: "assistant", content: nil), finish: nil))
         let turn = TurnScheduler.Turn(
             session: stored, owner: r.peer.namespace, messages: messages, options: options,
             onText: { piece in
@@ -121,6 +125,9 @@ extension APIService {
                 last.sessionId = visible
                 last.kvtier = KVTierReport(report)
                 event(last)
+                if valid.includeUsage {
+                    event(ChatCompletionChunk(id: id, created: created, model: modelName, usage: usage(report)))
+                }
                 answered(r, status: 200)
             case .failure(let error):
                 failed(error)

@@ -12,6 +12,8 @@ struct ValidatedChatRequest: Sendable {
     let sampling: SamplingParameters
     let stopSequences: [String]
     let stream: Bool
+    /// `stream_options.include_usage`: a last chunk with usage and no choices.
+    let includeUsage: Bool
     /// Generation goes on past end-of-turn tokens (`ignore_eos`).
     let ignoreEndOfGeneration: Bool
     /// The session the client named (`session_id`, else the `X-Session-Id` header), if any.
@@ -23,53 +25,76 @@ struct ValidatedChatRequest: Sendable {
         do {
             req = try RequestJSON.decode(ChatCompletionRequest.self, from: body)
         } catch let e as RequestJSON.TooDeep {
-            throw APIError(400, "invalid_request_error", "the request body is not a valid chat completion request: \(e)")
+            throw APIError(
+                400, "invalid_request_error", "the request body is not a valid chat completion request: \(e)")
         } catch {
-            throw APIError(400, "invalid_request_error", "the request body is not a valid chat completion request: \(Self.describe(error))")
+            throw APIError(400, "invalid_request_error", Self.describe(error))
         }
         guard !req.messages.isEmpty, req.messages.last?.role == "user" else {
-            throw APIError(400, "invalid_request_error", "messages must be non-empty and end with a user message")
+            throw APIError(400, "invalid_request_error", "messages: must be non-empty and end with a user message")
         }
         guard req.messages.count <= limits.maxMessages else {
-            throw APIError(400, "invalid_request_error", "\(req.messages.count) messages; at most \(limits.maxMessages) are accepted (server.max_messages)")
+            throw APIError(
+                400, "invalid_request_error",
+                "messages: \(req.messages.count) messages; at most \(limits.maxMessages) are accepted (server.max_messages)"
+            )
         }
-        if let bad = req.messages.first(where: { !["system", "user", "assistant"].contains($0.role) }) {
-            throw APIError(400, "invalid_request_error", "unknown role '\(bad.role)'; use system, user or assistant")
-        }
-        let maxTokens = req.max_tokens ?? 256
+        let maxTokens = req.maxTokens ?? 256
         guard (1...limits.maxTokens).contains(maxTokens) else {
-            throw APIError(400, "invalid_request_error", "max_tokens must be between 1 and \(limits.maxTokens), got \(maxTokens)")
+            throw APIError(
+                400, "invalid_request_error",
+                "max_completion_tokens (or max_tokens) must be between 1 and \(limits.maxTokens), got \(maxTokens)")
         }
-        let stops = req.stop?.values ?? []
+        let stops = req.stop
         guard stops.count <= 4, stops.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 256 }) else {
-            throw APIError(400, "invalid_request_error", "stop takes up to 4 non-empty strings of at most 256 bytes")
+            throw APIError(400, "invalid_request_error", "stop: up to 4 non-empty strings of at most 256 bytes")
         }
         let sampling = SamplingParameters(
-            temperature: req.temperature ?? 0.7, topP: req.top_p ?? 1, seed: req.seed ?? UInt64.random(in: 0...UInt64.max))
+            temperature: req.temperature ?? 0.7, topP: req.topP ?? 1,
+            seed: req.seed ?? UInt64.random(in: 0...UInt64.max))
         do { try sampling.validate() } catch { throw APIError(400, "invalid_request_error", error.description) }
-        let explicit = req.session_id ?? sessionHeader
+        let explicit = req.sessionID ?? sessionHeader
         if let explicit {
             guard !explicit.isEmpty, explicit.utf8.count <= 256 else {
-                throw APIError(400, "invalid_request_error", "session_id must be 1 to 256 bytes")
+                throw APIError(400, "invalid_request_error", "session_id: must be 1 to 256 bytes")
             }
         }
         self.messages = req.messages.map { ChatMessage(role: $0.role, content: $0.content) }
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.stopSequences = stops
-        self.stream = req.stream == true
-        self.ignoreEndOfGeneration = req.ignore_eos == true
+        self.stream = req.stream
+        self.includeUsage = req.includeUsage
+        self.ignoreEndOfGeneration = req.ignoreEOS
         self.sessionID = explicit
     }
 
-    /// A decoding error in words a client can act on: the field and what was wrong with it.
+    /// A decoding error in words a client can act on: the field, as a JSON path
+    /// (`messages[0].content`), and what was wrong with it; never a Swift type.
     static func describe(_ error: Error) -> String {
+        func path(_ c: DecodingError.Context) -> String { ChatCompletionRequest.jsonPath(c.codingPath) }
         switch error {
-        case DecodingError.keyNotFound(let key, _): return "missing field '\(key.stringValue)'"
-        case DecodingError.typeMismatch(_, let c): return "wrong type at '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
-        case DecodingError.valueNotFound(_, let c): return "null at '\(c.codingPath.map(\.stringValue).joined(separator: "."))'"
-        case DecodingError.dataCorrupted: return "malformed JSON"
-        default: return "\(error)"
+        case let e as ChatCompletionRequest.FieldError: return e.description
+        case DecodingError.keyNotFound(let key, let c):
+            return "\(path(.init(codingPath: c.codingPath + [key], debugDescription: ""))): missing"
+        case DecodingError.typeMismatch(let type, let c): return "\(path(c)): expected \(jsonType(type))"
+        case DecodingError.valueNotFound(let type, let c): return "\(path(c)): expected \(jsonType(type)), got null"
+        case DecodingError.dataCorrupted(let c) where !c.codingPath.isEmpty: return "\(path(c)): \(c.debugDescription)"
+        case DecodingError.dataCorrupted: return "the request body is not valid JSON"
+        default: return "the request body is not a valid chat completion request"
+        }
+    }
+
+    /// The JSON name of what a Swift type decodes from.
+    private static func jsonType(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: return "a string"
+        case is Bool.Type: return "true or false"
+        case is Int.Type, is UInt64.Type: return "an integer"
+        case is Float.Type, is Double.Type: return "a number"
+        default:
+            let name = "\(type)"
+            return name.hasPrefix("Array") ? "a list" : name.hasPrefix("Dictionary") ? "an object" : "an object"
         }
     }
 }

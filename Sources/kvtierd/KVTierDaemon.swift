@@ -1,6 +1,6 @@
 import ArgumentParser
-import KVTierBuildInfo
 import Foundation
+import KVTierBuildInfo
 import KVTierEngine
 import KVTierModel
 import KVTierServer
@@ -18,7 +18,8 @@ struct KVTierDaemon: AsyncParsableCommand {
         abstract: "KVTier daemon: the engine and its tiers behind an HTTP API on a Unix socket (docs/protocol.md).",
         version: BuildInfo.description)
 
-    @Option(name: .long, help: "TOML configuration (default: $KVTIER_CONFIG, then /etc/kvtier/kvtierd.toml if present).")
+    @Option(
+        name: .long, help: "TOML configuration (default: $KVTIER_CONFIG, then /etc/kvtier/kvtierd.toml if present).")
     var config: String?
 
     @Option(name: .long, help: "GGUF model file (default: $KVTIER_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf).")
@@ -47,7 +48,9 @@ struct KVTierDaemon: AsyncParsableCommand {
         let env = ModelLocator.currentEnvironment()
         func envValue(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         var c = DaemonConfiguration()
-        let file = config ?? envValue("KVTIER_CONFIG") ?? (FileManager.default.fileExists(atPath: "/etc/kvtier/kvtierd.toml") ? "/etc/kvtier/kvtierd.toml" : nil)
+        let file =
+            config ?? envValue("KVTIER_CONFIG")
+            ?? (FileManager.default.fileExists(atPath: "/etc/kvtier/kvtierd.toml") ? "/etc/kvtier/kvtierd.toml" : nil)
         if let file {
             do { try c.apply(tomlFile: file) } catch { throw ValidationError(error.description) }
         }
@@ -59,7 +62,9 @@ struct KVTierDaemon: AsyncParsableCommand {
         if let model { c.model = model }
         if let threads { c.threads = threads }
         if let maxBatch {
-            guard (1...1024).contains(maxBatch) else { throw ValidationError("--max-batch must be 1...1024, got \(maxBatch)") }
+            guard (1...1024).contains(maxBatch) else {
+                throw ValidationError("--max-batch must be 1...1024, got \(maxBatch)")
+            }
             c.maxBatch = maxBatch
         }
         if let prefillChunkTokens {
@@ -97,7 +102,8 @@ struct KVTierDaemon: AsyncParsableCommand {
         var adminGroup: UInt32?
         if let name = c.adminGroup {
             guard let gid = AccessPolicy.groupID(named: name) else {
-                throw ValidationError("'server.admin_group': group '\(name)' does not exist; create it or change the setting")
+                throw ValidationError(
+                    "'server.admin_group': group '\(name)' does not exist; create it or change the setting")
             }
             adminGroup = gid
         }
@@ -111,22 +117,30 @@ struct KVTierDaemon: AsyncParsableCommand {
         let store: TieredStore
         do {
             store = try TieredStore(
-                configuration: c.store, model: ModelFingerprint(model: loaded), layout: loaded.kvLayout, elementType: c.kvPrecision)
+                configuration: c.store, model: ModelFingerprint(model: loaded), layout: loaded.kvLayout,
+                elementType: c.kvPrecision)
         } catch {
             throw ValidationError("\(error)")
         }
         DiskHealthLog.report(store.disk, logger: logger)
         let engine = ChatEngine(model: loaded, store: store, configuration: c.engine)
         guard !terminal else {
-            print("kvtierd: model \(path), state \(c.stateDirectory), \(engine.sessionIDs.count) stored sessions; terminal chat")
+            print(
+                "kvtierd: model \(path), state \(c.stateDirectory), \(engine.sessionIDs.count) stored sessions; terminal chat"
+            )
             TerminalChat(engine: engine).run(
-                options: GenerationOptions(maxTokens: 256, sampling: SamplingParameters(temperature: 0.7, topP: 0.9, seed: 42)))
+                options: GenerationOptions(
+                    maxTokens: 256, sampling: SamplingParameters(temperature: 0.7, topP: 0.9, seed: 42)))
             try? store.close()
             return
         }
-        let modelName = loaded.file.metadata["general.name"]?.stringValue ?? "smollm2"
+        // The model's id in the API: the GGUF's file stem, a stable token without spaces
+        // ("SmolLM2-135M-Instruct.Q4_1"), as clients put it in `model` and `GET /v1/models/{id}`.
+        let modelName = String(
+            URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent.map { $0.isWhitespace ? "-" : $0 })
         let service = APIService(
-            engine: engine, modelName: modelName, access: AccessPolicy(adminGroup: adminGroup), limits: c.limits, logger: logger)
+            engine: engine, modelName: modelName, access: AccessPolicy(adminGroup: adminGroup), limits: c.limits,
+            logger: logger)
         let server = HTTPServer(service: service, logger: logger)
         let listeners: [Listener]
         do {
@@ -142,10 +156,12 @@ struct KVTierDaemon: AsyncParsableCommand {
                 "version": "\(BuildInfo.description)",
                 "model": "\(path)", "state": "\(c.stateDirectory)", "sessions": "\(engine.sessionIDs.count)",
                 "listen": "\(listeners.map(\.description).joined(separator: ", "))",
-                "batch": "\(c.maxBatch) turns, \(c.prefillChunkTokens)-token prefill chunks", "kernels": "\(engine.kernelChoice)",
+                "batch": "\(c.maxBatch) turns, \(c.prefillChunkTokens)-token prefill chunks",
+                "kernels": "\(engine.kernelChoice)",
             ])
         let api = APIServerService(
-            service: service, server: server, listeners: listeners, engine: engine, store: store, flushOnStop: c.flushOnStop,
+            service: service, server: server, listeners: listeners, engine: engine, store: store,
+            flushOnStop: c.flushOnStop,
             logger: logger)
         let reload = ReloadService(service: service, logger: logger) { try resolvedConfiguration() }
         let group = ServiceGroup(

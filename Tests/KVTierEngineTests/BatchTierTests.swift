@@ -79,6 +79,9 @@ final class BatchTierTests: XCTestCase {
     /// never pauses for the load (a lane that joined at once would stall every step on its
     /// layers, 500 ms each). The reply samples a token every 10 ms or more, so that it is still
     /// under way, and its blocks (256 tokens) never fill, so the joining turn waits for no save.
+    /// The joining turn then generates 40 tokens, back to back: with 4 it could finish inside
+    /// one of the reply's 10 ms pauses between steps and never share a step with it (seen on
+    /// a loaded machine).
     /// The margins (a pause of 400 ms fails, the mechanism's absence pauses 500 ms and more)
     /// leave room for a loaded machine.
     func testJoiningTurnLoadsItsKVWithoutStallingTheBatch() throws {
@@ -92,9 +95,10 @@ final class BatchTierTests: XCTestCase {
         messages += [
             ChatMessage(role: "assistant", content: first.text), ChatMessage(role: "user", content: "and then?"),
         ]
+        let joining = GenerationOptions(maxTokens: 40, sampling: .greedy, stopAtEndOfGeneration: false)
 
         let (reports, during) = try replyBeside(
-            engine, other: .init(session: "joiner", owner: "b", messages: messages, options: options), replyTokens: 200,
+            engine, other: .init(session: "joiner", owner: "b", messages: messages, options: joining), replyTokens: 200,
             pace: 10_000)
         let joiner = try XCTUnwrap(reports.first { $0.session == "joiner" })
         XCTAssertGreaterThan(joiner.hitsDRAM, 32, "the history came from DRAM")

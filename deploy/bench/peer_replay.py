@@ -28,10 +28,11 @@ TTFT: the clock starts just before the request is written (after the connection 
 stops at the first SSE `data:` event whose choices[0].delta.content is non-empty
 ("ttft_from": "content"). If the whole stream has no such event (e.g. the one allowed token
 was end-of-turn, or held back as a partial stop string), it stops at the first `data:` event
-with a choices entry instead ("ttft_from": "first_choice"). Neither server sends a data event
-before its first generated token: llama-server flushes only headers when prompt processing
-starts and sends its {"role": "assistant"} delta together with the first token; kvtierd sends
-its first event from the first piece of text. The stream is always read to `data: [DONE]`.
+with a choices entry instead ("ttft_from": "first_choice"). llama-server flushes only headers
+when prompt processing starts and sends its {"role": "assistant"} delta together with the first
+token; kvtierd sends that delta (without content) as soon as the turn is queued, so for kvtierd
+"first_choice" would stop the clock early, and only "content" is a first token. The stream is
+always read to `data: [DONE]`.
 
 Output (--out, JSON; also a one-line summary on stdout):
     {"system": LABEL, "turns": [{"session", "turn", "ttft_ms", "prompt_chars", "status", ...}],
@@ -172,9 +173,11 @@ def one_request(make_conn, body, timeout):
                 return
             choices = obj.get("choices") or []
             if choices:
-                if first_choice is None:
-                    first_choice = t
                 delta = choices[0].get("delta") or {}
+                # kvtierd's opening {"role": "assistant"} delta comes before any token: not a first choice.
+                opening = delta.get("role") and not delta.get("content") and not choices[0].get("finish_reason")
+                if first_choice is None and not opening:
+                    first_choice = t
                 piece = delta.get("content")
                 if piece:
                     content_len += len(piece)

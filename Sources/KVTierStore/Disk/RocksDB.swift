@@ -54,8 +54,9 @@ final class RocksDatabase: @unchecked Sendable {
         // as statuses anyway; the LOG is for post-mortems.
         rocksdb_options_set_db_log_dir(options, RocksDBInfoLog.directory)
         rocksdb_options_set_info_log_level(options, 3)  // ERROR
-        // Rotated at 1 MiB, two files kept: at most a few MiB however long kvtierd runs.
-        rocksdb_options_set_max_log_file_size(options, 1 << 20)
+        // Rotated at each open, two files kept. No size cap (max_log_file_size): RocksDB's
+        // size-rolling logger writes its 17 KB options header into every file whatever the
+        // level, so LOGs would never be empty and could not be removed at close.
         rocksdb_options_set_keep_log_file_num(options, 2)
 
         guard let ro = rocksdb_readoptions_create() else { throw .io(operation: "open", detail: "rocksdb_readoptions_create failed") }

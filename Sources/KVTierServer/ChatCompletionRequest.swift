@@ -1,0 +1,205 @@
+import Foundation
+
+/// A `POST /v1/chat/completions` body as current OpenAI SDKs send it, plus `session_id` and
+/// `ignore_eos`. It decodes every form the API allows for what kvtierd can honour (content as a
+/// string, a list of text parts, or null on an assistant message; `max_completion_tokens` or
+/// `max_tokens`; `developer` messages), and refuses with the field's JSON path what it cannot
+/// (tools, structured output, images, `n` > 1, log probabilities), rather than answering 200 and
+/// ignoring it. Checks against the limits are `ValidatedChatRequest`'s.
+struct ChatCompletionRequest: Decodable {
+    struct Message {
+        /// "system", "user" or "assistant" ("developer" is read as "system").
+        let role: String
+        /// Text parts joined; "" for an assistant message whose content is null.
+        let content: String
+    }
+
+    let model: String?
+    let messages: [Message]
+    /// `max_completion_tokens`, else `max_tokens`.
+    let maxTokens: Int?
+    let temperature: Float?
+    let topP: Float?
+    let seed: UInt64?
+    let stream: Bool
+    /// `stream_options.include_usage`: a last chunk with `usage` and no choices.
+    let includeUsage: Bool
+    let stop: [String]
+    let sessionID: String?
+    /// Keep generating past the model's end-of-turn token, up to the token limit (llama-server's
+    /// and vLLM's name for it; benchmarks use it for replies of a set length).
+    let ignoreEOS: Bool
+
+    /// A field kvtierd cannot honour, or a value of the wrong shape: `path` in JSON terms
+    /// (`messages[0].content`).
+    struct FieldError: Error, CustomStringConvertible {
+        let path: String
+        let message: String
+        var description: String { "\(path): \(message)" }
+    }
+
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ s: String) { stringValue = s }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    /// `messages[0].content` for a coding path.
+    static func jsonPath(_ path: [CodingKey]) -> String {
+        var out = ""
+        for k in path {
+            if let i = k.intValue {
+                out += "[\(i)]"
+            } else {
+                out += out.isEmpty ? k.stringValue : "." + k.stringValue
+            }
+        }
+        return out.isEmpty ? "the body" : out
+    }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        func fail(_ key: String, _ message: String) -> FieldError { FieldError(path: key, message: message) }
+        /// True when `key` is present with a value other than null.
+        func present(_ key: String) throws -> Bool {
+            guard c.contains(Key(key)) else { return false }
+            return try !c.decodeNil(forKey: Key(key))
+        }
+
+        // What kvtierd cannot do is refused by name, never silently dropped.
+        for key in ["tools", "functions"] where try present(key) {
+            if let list = try? c.decode([AnyJSON].self, forKey: Key(key)), list.isEmpty { continue }
+            throw fail(key, "kvtierd has no tool calling; leave it out")
+        }
+        for key in ["tool_choice", "function_call"] where try present(key) {
+            if let choice = try? c.decode(String.self, forKey: Key(key)), choice == "none" { continue }
+            throw fail(key, "kvtierd has no tool calling; leave it out or send \"none\"")
+        }
+        if try present("response_format") {
+            struct Format: Decodable { let type: String }
+            let format = try c.decode(Format.self, forKey: Key("response_format"))
+            guard format.type == "text" else {
+                throw fail(
+                    "response_format.type",
+                    "'\(format.type)' is not supported: kvtierd has no structured output; only \"text\"")
+            }
+        }
+        if try present("n") {
+            let n = try c.decode(Int.self, forKey: Key("n"))
+            guard n == 1 else { throw fail("n", "only 1 choice per request is supported, got \(n)") }
+        }
+        if try present("logprobs"), try c.decode(Bool.self, forKey: Key("logprobs")) {
+            throw fail("logprobs", "log probabilities are not supported yet; leave it out or send false")
+        }
+        if try present("top_logprobs") { throw fail("top_logprobs", "log probabilities are not supported yet") }
+        for key in ["frequency_penalty", "presence_penalty"] where try present(key) {
+            let v = try c.decode(Double.self, forKey: Key(key))
+            guard v == 0 else { throw fail(key, "penalties are not supported; only 0") }
+        }
+        if try present("logit_bias") {
+            let bias = try c.decode([String: Double].self, forKey: Key("logit_bias"))
+            guard bias.isEmpty else { throw fail("logit_bias", "not supported; leave it out") }
+        }
+        if try present("modalities") {
+            let m = try c.decode([String].self, forKey: Key("modalities"))
+            guard m.allSatisfy({ $0 == "text" }) else {
+                throw fail("modalities", "this model reads and writes text only")
+            }
+        }
+        for key in ["audio", "prediction", "web_search_options"] where try present(key) {
+            throw fail(key, "not supported by kvtierd; leave it out")
+        }
+
+        model = try c.decodeIfPresent(String.self, forKey: Key("model"))
+        guard c.contains(Key("messages")) else { throw fail("messages", "missing: a chat needs at least one message") }
+        var list = try c.nestedUnkeyedContainer(forKey: Key("messages"))
+        var messages: [Message] = []
+        while !list.isAtEnd {
+            let index = list.currentIndex
+            let m = try list.nestedContainer(keyedBy: Key.self)
+            messages.append(try Self.message(m, path: "messages[\(index)]"))
+        }
+        self.messages = messages
+        maxTokens =
+            try c.decodeIfPresent(Int.self, forKey: Key("max_completion_tokens"))
+            ?? c.decodeIfPresent(Int.self, forKey: Key("max_tokens"))
+        temperature = try c.decodeIfPresent(Float.self, forKey: Key("temperature"))
+        topP = try c.decodeIfPresent(Float.self, forKey: Key("top_p"))
+        seed = try c.decodeIfPresent(UInt64.self, forKey: Key("seed"))
+        stream = try c.decodeIfPresent(Bool.self, forKey: Key("stream")) ?? false
+        struct StreamOptions: Decodable { let include_usage: Bool? }
+        includeUsage = try c.decodeIfPresent(StreamOptions.self, forKey: Key("stream_options"))?.include_usage ?? false
+        if try present("stop") {
+            if let one = try? c.decode(String.self, forKey: Key("stop")) {
+                stop = [one]
+            } else {
+                guard let many = try? c.decode([String].self, forKey: Key("stop")) else {
+                    throw fail("stop", "expected a string or a list of strings")
+                }
+                stop = many
+            }
+        } else {
+            stop = []
+        }
+        sessionID = try c.decodeIfPresent(String.self, forKey: Key("session_id"))
+        ignoreEOS = try c.decodeIfPresent(Bool.self, forKey: Key("ignore_eos")) ?? false
+    }
+
+    private static func message(_ m: KeyedDecodingContainer<Key>, path: String) throws -> Message {
+        guard m.contains(Key("role")) else { throw FieldError(path: path + ".role", message: "missing") }
+        let role = try m.decode(String.self, forKey: Key("role"))
+        let readAs: String
+        switch role {
+        case "system", "user", "assistant": readAs = role
+        case "developer": readAs = "system"
+        case "tool", "function":
+            throw FieldError(
+                path: path + ".role", message: "'\(role)' messages need tool calling, which kvtierd does not have")
+        default:
+            throw FieldError(
+                path: path + ".role", message: "unknown role '\(role)'; use system, developer, user or assistant")
+        }
+        if m.contains(Key("tool_calls")), try !m.decodeNil(forKey: Key("tool_calls")) {
+            throw FieldError(path: path + ".tool_calls", message: "kvtierd has no tool calling")
+        }
+        let contentPath = path + ".content"
+        let contentIsNull = try !m.contains(Key("content")) || m.decodeNil(forKey: Key("content"))
+        if contentIsNull {
+            guard readAs == "assistant" else {
+                throw FieldError(
+                    path: contentPath,
+                    message: "expected a string or a list of text parts (null only on assistant messages)")
+            }
+            return Message(role: readAs, content: "")
+        }
+        if let text = try? m.decode(String.self, forKey: Key("content")) { return Message(role: readAs, content: text) }
+        guard var parts = try? m.nestedUnkeyedContainer(forKey: Key("content")) else {
+            throw FieldError(path: contentPath, message: "expected a string or a list of text parts")
+        }
+        var text = ""
+        while !parts.isAtEnd {
+            let partPath = contentPath + "[\(parts.currentIndex)]"
+            guard let part = try? parts.nestedContainer(keyedBy: Key.self),
+                let type = try? part.decode(String.self, forKey: Key("type"))
+            else {
+                throw FieldError(path: partPath, message: "expected {\"type\": \"text\", \"text\": \"...\"}")
+            }
+            guard type == "text" else {
+                throw FieldError(
+                    path: partPath + ".type", message: "'\(type)' is not supported: this model reads text only")
+            }
+            guard let piece = try? part.decode(String.self, forKey: Key("text")) else {
+                throw FieldError(path: partPath + ".text", message: "expected a string")
+            }
+            text += piece
+        }
+        return Message(role: readAs, content: text)
+    }
+}
+
+/// Any JSON value, decoded only to be counted or skipped.
+private struct AnyJSON: Decodable {
+    init(from decoder: Decoder) throws {}
+}

@@ -1,0 +1,124 @@
+"""The official `openai` Python client against kvtierd over its Unix socket.
+
+usage: openai_checks.py SOCKET
+
+Prints one JSON object: check name -> {"ok": bool, "detail": str}. Exit status 0 when every
+check passed. Run by OpenAIClientTests in a venv it makes (pinned openai version there).
+"""
+import json
+import sys
+
+import openai
+
+try:  # openai 3.x uses httpx2; earlier versions httpx
+    import httpx2 as httpx
+except ImportError:
+    import httpx
+
+sock = sys.argv[1]
+client = openai.OpenAI(
+    api_key="unused",
+    base_url="http://kvtier/v1",
+    http_client=openai.DefaultHttpxClient(transport=httpx.HTTPTransport(uds=sock)),
+    max_retries=0,
+)
+results = {}
+
+
+def check(name):
+    def run(fn):
+        try:
+            ok, detail = fn()
+        except Exception as e:  # a check that raised failed, with the reason
+            ok, detail = False, f"{type(e).__name__}: {e}"
+        results[name] = {"ok": bool(ok), "detail": str(detail)[:400]}
+        return fn
+
+    return run
+
+
+def refused(fn, field):
+    """The call must fail with 400 and a message naming `field`."""
+    try:
+        fn()
+    except openai.BadRequestError as e:
+        message = e.body.get("message", "") if isinstance(e.body, dict) else str(e)
+        return field in message, message
+    return False, "accepted (200): the field was silently ignored"
+
+
+model = client.models.list().data[0].id
+
+
+@check("models")
+def _():
+    same = client.models.retrieve(model)
+    return " " not in model and same.id == model, f"id {model!r}, retrieve -> {same.id!r}"
+
+
+@check("completion with max_completion_tokens")
+def _():
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Name three colors."}],
+        max_completion_tokens=5, temperature=0)
+    n = r.usage.completion_tokens
+    return r.choices[0].message.content and n <= 5 and r.choices[0].message.role == "assistant", \
+        f"{n} tokens: {r.choices[0].message.content!r}"
+
+
+@check("stream: role first, usage last")
+def _():
+    chunks = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Say hello."}], max_completion_tokens=8,
+        temperature=0, stream=True, stream_options={"include_usage": True}))
+    first = chunks[0].choices[0].delta
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    last = chunks[-1]
+    ok = first.role == "assistant" and text and last.choices == [] and last.usage is not None
+    return ok, f"first delta {first}, text {text!r}, last usage {last.usage}"
+
+
+@check("content as text parts, developer role, null assistant content")
+def _():
+    r = client.chat.completions.create(model=model, max_completion_tokens=4, temperature=0, messages=[
+        {"role": "developer", "content": "Answer briefly."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi, "}, {"type": "text", "text": "who are you?"}]},
+        {"role": "assistant", "content": None},
+        {"role": "user", "content": "Go on."}])
+    return r.choices[0].message.content is not None, r.choices[0].message.content
+
+
+@check("session_id through extra_body reuses the history")
+def _():
+    history = [{"role": "user", "content": "What is the capital of France?"}]
+    r1 = client.chat.completions.create(model=model, messages=history, max_completion_tokens=12, temperature=0,
+                                        extra_body={"session_id": "sdk-check"})
+    history += [{"role": "assistant", "content": r1.choices[0].message.content},
+                {"role": "user", "content": "And of Spain?"}]
+    r2 = client.chat.completions.create(model=model, messages=history, max_completion_tokens=12, temperature=0,
+                                        extra_body={"session_id": "sdk-check"})
+    extra = r2.model_extra or {}
+    reused = (extra.get("kvtier") or {}).get("tokens_reused", 0)
+    return extra.get("session_id") == "sdk-check" and reused > 20, f"session {extra.get('session_id')}, reused {reused}"
+
+
+for name, field, call in [
+    ("tools refused", "tools", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}])),
+    ("response_format refused", "response_format.type", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"})),
+    ("n > 1 refused", "n:", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], n=2)),
+    ("logprobs refused", "logprobs", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], logprobs=True)),
+    ("image refused", "messages[0].content[1].type", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}])),
+    ("wrong type named in JSON terms", "messages[0].content: expected a string or a list of text parts",
+     lambda: client.chat.completions.create(model=model, messages=[{"role": "user", "content": 5}])),
+]:
+    check(name)(lambda field=field, call=call: refused(call, field))
+
+print(json.dumps(results, indent=1, sort_keys=True))
+sys.exit(0 if all(r["ok"] for r in results.values()) else 1)
