@@ -13,6 +13,10 @@ done
 if python3 -m pip --version >/dev/null 2>&1; then
     missing=("${missing[@]/python3-pip/}")
 fi
+# The OpenAI client test makes a venv: Debian's python3 needs python3-venv for that.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
 missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
