@@ -86,17 +86,53 @@ public struct KVTierReport: Codable, Sendable, Equatable {
     }
 }
 
+/// Log probabilities of a choice's tokens (`logprobs: true`), as OpenAI reports them.
+public struct ChoiceLogprobs: Codable, Sendable, Equatable {
+    public struct Top: Codable, Sendable, Equatable {
+        public var token: String
+        public var logprob: Double
+        public var bytes: [Int]
+
+        public init(token: String, logprob: Double, bytes: [Int]) {
+            self.token = token
+            self.logprob = logprob
+            self.bytes = bytes
+        }
+    }
+
+    public struct Token: Codable, Sendable, Equatable {
+        public var token: String
+        public var logprob: Double
+        public var bytes: [Int]
+        /// The `top_logprobs` most likely tokens at this position, most likely first.
+        public var topLogprobs: [Top]
+
+        public init(token: String, logprob: Double, bytes: [Int], topLogprobs: [Top]) {
+            self.token = token
+            self.logprob = logprob
+            self.bytes = bytes
+            self.topLogprobs = topLogprobs
+        }
+    }
+
+    public var content: [Token]
+
+    public init(content: [Token]) { self.content = content }
+}
+
 /// The answer to a completion that was not streamed.
 public struct ChatCompletion: Codable, Sendable, Equatable {
     public struct Choice: Codable, Sendable, Equatable {
         public var index: Int
         public var message: APIChatMessage
         public var finishReason: String
+        public var logprobs: ChoiceLogprobs?
 
-        public init(index: Int, message: APIChatMessage, finishReason: String) {
+        public init(index: Int, message: APIChatMessage, finishReason: String, logprobs: ChoiceLogprobs? = nil) {
             self.index = index
             self.message = message
             self.finishReason = finishReason
+            self.logprobs = logprobs
         }
     }
 
@@ -141,11 +177,13 @@ public struct ChatCompletionChunk: Codable, Sendable, Equatable {
         public var index: Int
         public var delta: Delta
         public var finishReason: String?
+        public var logprobs: ChoiceLogprobs?
 
-        public init(index: Int, delta: Delta, finishReason: String?) {
+        public init(index: Int, delta: Delta, finishReason: String?, logprobs: ChoiceLogprobs? = nil) {
             self.index = index
             self.delta = delta
             self.finishReason = finishReason
+            self.logprobs = logprobs
         }
     }
 

@@ -17,6 +17,11 @@ public struct GenerationOptions: Sendable {
     /// batch, which gives their KV as decoding them one by one would, and the reply ends as if
     /// the model had ended it. Sampling options and stop sequences do not apply.
     public var forcedReply: [Int32]?
+    /// Log probabilities of the generated tokens, each with this many alternatives (0...20);
+    /// nil: none. The report carries them (`TurnReport.logprobs`), and `onLogprobs` gets those
+    /// of each piece of text right before the piece goes to `onText`.
+    public var logprobs: Int?
+    public var onLogprobs: (@Sendable ([TokenLogprob]) -> Void)?
 
     public init(
         maxTokens: Int, sampling: SamplingParameters = .greedy, stopAtEndOfGeneration: Bool = true,

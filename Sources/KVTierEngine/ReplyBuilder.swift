@@ -10,6 +10,12 @@ struct ReplyBuilder {
     private let tokenizer: BPETokenizer
     private let stopAtEndOfGeneration: Bool
     private let stopSequences: [String]
+    /// Alternatives per token when log probabilities are asked for (`GenerationOptions.logprobs`).
+    private let logprobTop: Int?
+    private let onLogprobs: (@Sendable ([TokenLogprob]) -> Void)?
+    /// Log probabilities of the tokens whose text is not out yet, and of those that are.
+    private var pendingLogprobs: [TokenLogprob] = []
+    private(set) var logprobs: [TokenLogprob] = []
     /// Decoded text not yet passed to `onText` (it may be the start of a stop sequence).
     private var pending = ""
     /// True when a stop sequence ended the reply.
@@ -29,6 +35,8 @@ struct ReplyBuilder {
         self.stopAtEndOfGeneration = options.stopAtEndOfGeneration
         self.stopSequences = options.stopSequences
         self.history = prompt
+        self.logprobTop = options.logprobs.map { min(max($0, 0), 20) }
+        self.onLogprobs = options.onLogprobs
     }
 
     /// Samples the next token from `logits`. Returns it, or nil when it ends the reply.
@@ -40,6 +48,9 @@ struct ReplyBuilder {
         }
         generated.append(next)
         history.append(next)
+        if let top = logprobTop {
+            pendingLogprobs.append(TokenLogprob.measure(token: next, logits: logits, top: top, tokenizer: tokenizer))
+        }
         let piece = decoder.append(next)
         return emit(piece, onText: onText) ? nil : next
     }
@@ -49,45 +60,65 @@ struct ReplyBuilder {
         guard !endedByStopSequence else { return }
         _ = emit(decoder.flush(), onText: onText)
         if !pending.isEmpty {
-            text += pending
-            onText(pending)
+            out(pending, onText: onText)
             pending = ""
         }
+        // Tokens that made no text of their own (end of a held-back character) still count.
+        if !pendingLogprobs.isEmpty {
+            logprobs += pendingLogprobs
+            onLogprobs?(pendingLogprobs)
+            pendingLogprobs = []
+        }
+    }
+
+    /// Text out: to `text` and `onText`, the log probabilities of the tokens behind it first.
+    private mutating func out(_ piece: String, onText: (String) -> Void) {
+        if !pendingLogprobs.isEmpty {
+            logprobs += pendingLogprobs
+            onLogprobs?(pendingLogprobs)
+            pendingLogprobs = []
+        }
+        text += piece
+        onText(piece)
     }
 
     /// Adds decoded text; returns true when it completes a stop sequence (the reply ends).
     private mutating func emit(_ piece: String, onText: (String) -> Void) -> Bool {
         guard !piece.isEmpty else { return false }
         guard !stopSequences.isEmpty else {
-            text += piece
-            onText(piece)
+            out(piece, onText: onText)
             return false
         }
         pending += piece
         // A stop sequence starts inside `pending`: nothing emitted could be a part of one.
         if let cut = stopSequences.compactMap({ pending.range(of: $0)?.lowerBound }).min() {
-            let out = String(pending[..<cut])
-            if !out.isEmpty {
-                text += out
-                onText(out)
+            let kept = String(pending[..<cut])
+            // The tokens of the stop sequence are not part of the reply: keep those that made
+            // `kept` (one may straddle the cut).
+            var budget = kept.utf8.count
+            var keptLogprobs: [TokenLogprob] = []
+            for t in pendingLogprobs where budget > 0 {
+                keptLogprobs.append(t)
+                budget -= t.bytes.count
             }
+            pendingLogprobs = keptLogprobs
+            if !kept.isEmpty { out(kept, onText: onText) }
             pending = ""
+            pendingLogprobs = []
             endedByStopSequence = true
             return true
         }
         // Hold back the longest tail of `pending` that begins some stop sequence.
         var hold = 0
         for stop in stopSequences {
-            for k in stride(from: min(stop.count, pending.count), to: hold, by: -1) where pending.hasSuffix(stop.prefix(k)) {
+            for k in stride(from: min(stop.count, pending.count), to: hold, by: -1)
+            where pending.hasSuffix(stop.prefix(k)) {
                 hold = k
                 break
             }
         }
-        let out = String(pending.dropLast(hold))
-        if !out.isEmpty {
-            text += out
-            onText(out)
-        }
+        let ready = String(pending.dropLast(hold))
+        if !ready.isEmpty { out(ready, onText: onText) }
         pending = String(pending.suffix(hold))
         return false
     }

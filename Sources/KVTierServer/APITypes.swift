@@ -34,3 +34,19 @@ struct APIError: Encodable, Error {
     /// The JSON body, for the handlers that answer below the API service.
     var body: [UInt8] { (try? APIJSON.encode(self)) ?? [] }
 }
+
+extension ChoiceLogprobs {
+    /// The API's form of the engine's log probabilities (token text decoded leniently: a token
+    /// may hold part of a UTF-8 character; `bytes` has it exactly).
+    init(_ tokens: [TokenLogprob]) {
+        func text(_ b: [UInt8]) -> String { String(decoding: b, as: UTF8.self) }
+        self.init(
+            content: tokens.map { t in
+                Token(
+                    token: text(t.bytes), logprob: Double(t.logprob), bytes: t.bytes.map(Int.init),
+                    topLogprobs: t.top.map {
+                        Top(token: text($0.bytes), logprob: Double($0.logprob), bytes: $0.bytes.map(Int.init))
+                    })
+            })
+    }
+}

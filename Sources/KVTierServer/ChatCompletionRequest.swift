@@ -4,7 +4,7 @@ import Foundation
 /// `ignore_eos`. It decodes every form the API allows for what kvtierd can honour (content as a
 /// string, a list of text parts, or null on an assistant message; `max_completion_tokens` or
 /// `max_tokens`; `developer` messages), and refuses with the field's JSON path what it cannot
-/// (tools, structured output, images, `n` > 1, log probabilities), rather than answering 200 and
+/// (tools, structured output, images, `n` > 1), rather than answering 200 and
 /// ignoring it. Checks against the limits are `ValidatedChatRequest`'s.
 struct ChatCompletionRequest: Decodable {
     struct Message {
@@ -29,6 +29,9 @@ struct ChatCompletionRequest: Decodable {
     /// Keep generating past the model's end-of-turn token, up to the token limit (llama-server's
     /// and vLLM's name for it; benchmarks use it for replies of a set length).
     let ignoreEOS: Bool
+    /// `logprobs: true`: the number of alternatives per token (`top_logprobs`, 0 to 20); nil when
+    /// not asked for.
+    let logprobs: Int?
 
     /// A field kvtierd cannot honour, or a value of the wrong shape: `path` in JSON terms
     /// (`messages[0].content`).
@@ -90,10 +93,15 @@ struct ChatCompletionRequest: Decodable {
             let n = try c.decode(Int.self, forKey: Key("n"))
             guard n == 1 else { throw fail("n", "only 1 choice per request is supported, got \(n)") }
         }
-        if try present("logprobs"), try c.decode(Bool.self, forKey: Key("logprobs")) {
-            throw fail("logprobs", "log probabilities are not supported yet; leave it out or send false")
+        let wantsLogprobs = try present("logprobs") && c.decode(Bool.self, forKey: Key("logprobs"))
+        if try present("top_logprobs") {
+            let top = try c.decode(Int.self, forKey: Key("top_logprobs"))
+            guard (0...20).contains(top) else { throw fail("top_logprobs", "must be 0 to 20, got \(top)") }
+            guard wantsLogprobs else { throw fail("top_logprobs", "needs \"logprobs\": true") }
+            logprobs = top
+        } else {
+            logprobs = wantsLogprobs ? 0 : nil
         }
-        if try present("top_logprobs") { throw fail("top_logprobs", "log probabilities are not supported yet") }
         for key in ["frequency_penalty", "presence_penalty"] where try present(key) {
             let v = try c.decode(Double.self, forKey: Key(key))
             guard v == 0 else { throw fail(key, "penalties are not supported; only 0") }

@@ -3,6 +3,7 @@ import Foundation
 import KVTierAPI
 import KVTierEngine
 import KVTierModel
+import NIOConcurrencyHelpers
 
 /// `POST /v1/chat/completions`: validation (`ValidatedChatRequest`), the session it belongs to,
 /// and the turn queued on the scheduler; runs on `APIService.requests`, the turn's completion on
@@ -50,10 +51,25 @@ extension APIService {
         let visible = access.visibleID(stored, for: r.peer)
         let id = "chatcmpl-" + UUID().uuidString.lowercased()
         let created = Int(Date().timeIntervalSince1970)
-        let options = GenerationOptions(
+        var options = GenerationOptions(
             maxTokens: valid.maxTokens, sampling: valid.sampling, stopAtEndOfGeneration: !valid.ignoreEndOfGeneration,
             stopSequences: valid.stopSequences,
             isCancelled: { [isClientGone = r.isClientGone] in isClientGone() })
+        options.logprobs = valid.logprobs
+        // Streaming: the log probabilities of each piece arrive just before it (on the turn's
+        // thread) and ride in its chunk; any left at the end ride in the last chunk.
+        let piecesLogprobs = NIOLockedValueBox<[TokenLogprob]>([])
+        if valid.stream && valid.logprobs != nil {
+            options.onLogprobs = { lp in piecesLogprobs.withLockedValue { $0 += lp } }
+        }
+        let takeLogprobs: @Sendable () -> ChoiceLogprobs? = {
+            guard valid.logprobs != nil else { return nil }
+            return ChoiceLogprobs(
+                piecesLogprobs.withLockedValue { all in
+                    defer { all = [] }
+                    return all
+                })
+        }
         let modelName = self.modelName
         let metrics = self.metrics
         let turnSeconds = self.turnSeconds
@@ -83,7 +99,7 @@ extension APIService {
                         choices: [
                             .init(
                                 index: 0, message: .init(role: "assistant", content: report.text),
-                                finishReason: report.stopReason)
+                                finishReason: report.stopReason, logprobs: report.logprobs.map(ChoiceLogprobs.init))
                         ],
                         usage: usage(report), sessionId: visible, kvtier: KVTierReport(report))
                     respond((try? json(200, body)) ?? Response(status: 500, body: []))
@@ -111,9 +127,10 @@ extension APIService {
         let turn = TurnScheduler.Turn(
             session: stored, owner: r.peer.namespace, messages: messages, options: options,
             onText: { piece in
-                event(
-                    ChatCompletionChunk(
-                        id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil))
+                var chunk = ChatCompletionChunk(
+                    id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil)
+                chunk.choices[0].logprobs = takeLogprobs()
+                event(chunk)
             })
         scheduler.submit(turn) { [self] result in
             switch result {
@@ -124,6 +141,7 @@ extension APIService {
                 last.usage = usage(report)
                 last.sessionId = visible
                 last.kvtier = KVTierReport(report)
+                if let rest = takeLogprobs(), !rest.content.isEmpty { last.choices[0].logprobs = rest }
                 event(last)
                 if valid.includeUsage {
                     event(ChatCompletionChunk(id: id, created: created, model: modelName, usage: usage(report)))

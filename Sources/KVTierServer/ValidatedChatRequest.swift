@@ -16,6 +16,8 @@ struct ValidatedChatRequest: Sendable {
     let includeUsage: Bool
     /// Generation goes on past end-of-turn tokens (`ignore_eos`).
     let ignoreEndOfGeneration: Bool
+    /// `logprobs`: alternatives per token (`top_logprobs`), nil when not asked for.
+    let logprobs: Int?
     /// The session the client named (`session_id`, else the `X-Session-Id` header), if any.
     let sessionID: String?
 
@@ -67,6 +69,7 @@ struct ValidatedChatRequest: Sendable {
         self.includeUsage = req.includeUsage
         self.ignoreEndOfGeneration = req.ignoreEOS
         self.sessionID = explicit
+        self.logprobs = req.logprobs
     }
 
     /// A decoding error in words a client can act on: the field, as a JSON path

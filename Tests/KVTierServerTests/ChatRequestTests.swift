@@ -10,7 +10,8 @@ final class ChatRequestTests: XCTestCase {
     }
 
     func testTheFormsSDKsSendAreRead() throws {
-        let r = try validated(#"""
+        let r = try validated(
+            #"""
             {"model": "gpt-4o", "max_completion_tokens": 7, "max_tokens": 99, "stream": true,
              "stream_options": {"include_usage": true}, "n": 1, "logprobs": false, "user": "u1", "store": false,
              "frequency_penalty": 0, "response_format": {"type": "text"}, "tool_choice": "none", "tools": [],
@@ -26,31 +27,59 @@ final class ChatRequestTests: XCTestCase {
         XCTAssertEqual(r.messages.map(\.role), ["system", "user", "assistant", "user"])
         XCTAssertEqual(r.messages.map(\.content), ["Be brief.", "Hello, you.", "", "Again."])
         XCTAssertEqual(try validated(#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#).maxTokens, 5)
+        XCTAssertNil(r.logprobs)
+        XCTAssertEqual(try validated(#"{"messages":[{"role":"user","content":"hi"}],"logprobs":true}"#).logprobs, 0)
+        XCTAssertEqual(
+            try validated(#"{"messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":5}"#).logprobs,
+            5)
     }
 
     func testWhatCannotBeHonouredIsRefusedByName() {
         let user = #""messages":[{"role":"user","content":"hi"}]"#
         let cases: [(String, String)] = [
-            ("{\(user),\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}", "tools: kvtierd has no tool calling"),
+            (
+                "{\(user),\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}",
+                "tools: kvtierd has no tool calling"
+            ),
             ("{\(user),\"tool_choice\":\"auto\"}", "tool_choice:"),
-            ("{\(user),\"response_format\":{\"type\":\"json_schema\"}}", "response_format.type: 'json_schema' is not supported"),
+            (
+                "{\(user),\"response_format\":{\"type\":\"json_schema\"}}",
+                "response_format.type: 'json_schema' is not supported"
+            ),
             ("{\(user),\"n\":3}", "n: only 1 choice"),
-            ("{\(user),\"logprobs\":true}", "logprobs:"),
-            ("{\(user),\"top_logprobs\":2}", "top_logprobs:"),
+            ("{\(user),\"top_logprobs\":2}", "top_logprobs: needs \"logprobs\": true"),
+            ("{\(user),\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs: must be 0 to 20"),
             ("{\(user),\"presence_penalty\":0.5}", "presence_penalty: penalties are not supported"),
             ("{\(user),\"logit_bias\":{\"50256\":-100}}", "logit_bias:"),
             ("{\(user),\"audio\":{\"voice\":\"x\"}}", "audio:"),
-            (#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
-             "messages[0].content[0].type: 'image_url' is not supported"),
-            (#"{"messages":[{"role":"user","content":5}]}"#, "messages[0].content: expected a string or a list of text parts"),
-            (#"{"messages":[{"role":"user","content":null}]}"#, "messages[0].content: expected a string or a list of text parts (null only"),
-            (#"{"messages":[{"role":"user","content":[{"type":"text"}]}]}"#, "messages[0].content[0].text: expected a string"),
-            (#"{"messages":[{"role":"tool","content":"42"},{"role":"user","content":"hi"}]}"#, "messages[0].role: 'tool' messages need tool calling"),
+            (
+                #"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+                "messages[0].content[0].type: 'image_url' is not supported"
+            ),
+            (
+                #"{"messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content: expected a string or a list of text parts"
+            ),
+            (
+                #"{"messages":[{"role":"user","content":null}]}"#,
+                "messages[0].content: expected a string or a list of text parts (null only"
+            ),
+            (
+                #"{"messages":[{"role":"user","content":[{"type":"text"}]}]}"#,
+                "messages[0].content[0].text: expected a string"
+            ),
+            (
+                #"{"messages":[{"role":"tool","content":"42"},{"role":"user","content":"hi"}]}"#,
+                "messages[0].role: 'tool' messages need tool calling"
+            ),
             (#"{"messages":[{"role":"wizard","content":"hi"}]}"#, "messages[0].role: unknown role 'wizard'"),
             (#"{"messages":[{"content":"hi"}]}"#, "messages[0].role: missing"),
             (#"{"messages":"hi"}"#, "messages: expected a list"),
             (#"{"messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#, "temperature: expected a number"),
-            (#"{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":0}"#, "max_completion_tokens (or max_tokens) must be between 1"),
+            (
+                #"{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":0}"#,
+                "max_completion_tokens (or max_tokens) must be between 1"
+            ),
             (#"{"model":"x"}"#, "messages: missing"),
             ("{\"messages\":", "the request body is not valid JSON"),
         ]
@@ -58,8 +87,12 @@ final class ChatRequestTests: XCTestCase {
             XCTAssertThrowsError(try validated(body), body) { error in
                 let e = error as? APIError
                 XCTAssertEqual(e?.status, 400, body)
-                XCTAssertTrue(e?.error.message.contains(expected) == true, "\(e?.error.message ?? "\(error)") should contain \(expected)")
-                XCTAssertFalse(e?.error.message.contains("Index") == true || e?.error.message.contains("Swift") == true, "Swift terms: \(e?.error.message ?? "")")
+                XCTAssertTrue(
+                    e?.error.message.contains(expected) == true,
+                    "\(e?.error.message ?? "\(error)") should contain \(expected)")
+                XCTAssertFalse(
+                    e?.error.message.contains("Index") == true || e?.error.message.contains("Swift") == true,
+                    "Swift terms: \(e?.error.message ?? "")")
             }
         }
     }

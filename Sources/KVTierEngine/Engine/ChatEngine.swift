@@ -401,6 +401,7 @@ public final class ChatEngine: @unchecked Sendable {
         report.text = text
         report.generated = generated
         report.stopReason = stop
+        if options.logprobs != nil && !isForced { report.logprobs = reply.logprobs }
         return []
     }
 

@@ -8,6 +8,8 @@ public struct TurnReport: Sendable, Codable {
     /// Reused tokens served from each tier.
     public var hitsHBM = 0, hitsDRAM = 0, hitsDisk = 0
     public var ttftMs = 0.0
+    /// With `GenerationOptions.logprobs`: one entry per token of the reply's text, in order.
+    public var logprobs: [TokenLogprob]?
     /// Time the decoder waited for KV layers to arrive.
     public var loadStallMs = 0.0
     /// Time saving added to the turn's critical path (HBM admission and back-pressure).

@@ -102,6 +102,24 @@ def _():
     return extra.get("session_id") == "sdk-check" and reused > 20, f"session {extra.get('session_id')}, reused {reused}"
 
 
+@check("logprobs: one per token, the text's own, alternatives sorted")
+def _():
+    r = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Name a fruit."}], max_completion_tokens=8,
+        temperature=0, logprobs=True, top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    text = bytes(b for t in content for b in t.bytes).decode("utf-8", "replace")
+    greedy = all(t.top_logprobs[0].token == t.token for t in content)
+    ordered = all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob >= t.top_logprobs[2].logprob
+                  and t.logprob <= 0 for t in content)
+    stream = list(client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Name a fruit."}], max_completion_tokens=8,
+        temperature=0, logprobs=True, stream=True))
+    streamed = [t.token for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    ok = text == r.choices[0].message.content and greedy and ordered and streamed == [t.token for t in content]
+    return ok, f"{len(content)} tokens for {r.choices[0].message.content!r}; streamed {len(streamed)}"
+
+
 for name, field, call in [
     ("tools refused", "tools", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}])),
@@ -109,8 +127,8 @@ for name, field, call in [
         model=model, messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"})),
     ("n > 1 refused", "n:", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], n=2)),
-    ("logprobs refused", "logprobs", lambda: client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hi"}], logprobs=True)),
+    ("top_logprobs over 20 refused", "top_logprobs", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=21)),
     ("image refused", "messages[0].content[1].type", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": [
             {"type": "text", "text": "what is this?"},
