@@ -29,6 +29,9 @@ struct ChatCompletionRequest: Decodable {
     /// Keep generating past the model's end-of-turn token, up to the token limit (llama-server's
     /// and vLLM's name for it; benchmarks use it for replies of a set length).
     let ignoreEOS: Bool
+    /// `kvtier.next_turn_in_seconds`: when the client expects the session's next turn (a
+    /// placement hint: a far one writes the session through to disk at once).
+    let nextTurnInSeconds: Double?
     /// `logprobs: true`: the number of alternatives per token (`top_logprobs`, 0 to 20); nil when
     /// not asked for.
     let logprobs: Int?
@@ -152,6 +155,16 @@ struct ChatCompletionRequest: Decodable {
             stop = []
         }
         sessionID = try c.decodeIfPresent(String.self, forKey: Key("session_id"))
+        if try present("kvtier") {
+            struct Hints: Decodable { let next_turn_in_seconds: Double? }
+            let hints = try c.decode(Hints.self, forKey: Key("kvtier"))
+            if let t = hints.next_turn_in_seconds, !(t >= 0 && t <= 31_536_000) {
+                throw fail("kvtier.next_turn_in_seconds", "must be 0 to 31536000 (a year), got \(t)")
+            }
+            nextTurnInSeconds = hints.next_turn_in_seconds
+        } else {
+            nextTurnInSeconds = nil
+        }
         ignoreEOS = try c.decodeIfPresent(Bool.self, forKey: Key("ignore_eos")) ?? false
     }
 

@@ -89,7 +89,8 @@ extension APIService {
         }
         guard valid.stream else {
             let turn = TurnScheduler.Turn(
-                session: stored, owner: r.peer.namespace, messages: messages, options: options)
+                session: stored, owner: r.peer.namespace, messages: messages, options: options,
+                nextTurnInSeconds: valid.nextTurnInSeconds)
             scheduler.submit(turn) { [self] result in
                 switch result {
                 case .success(let report):
@@ -126,6 +127,7 @@ extension APIService {
                 id: id, created: created, model: modelName, delta: .init(role: "assistant", content: nil), finish: nil))
         let turn = TurnScheduler.Turn(
             session: stored, owner: r.peer.namespace, messages: messages, options: options,
+            nextTurnInSeconds: valid.nextTurnInSeconds,
             onText: { piece in
                 var chunk = ChatCompletionChunk(
                     id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil)

@@ -16,6 +16,8 @@ struct ValidatedChatRequest: Sendable {
     let includeUsage: Bool
     /// Generation goes on past end-of-turn tokens (`ignore_eos`).
     let ignoreEndOfGeneration: Bool
+    /// `kvtier.next_turn_in_seconds`: the placement hint for the session's KV.
+    let nextTurnInSeconds: Double?
     /// `logprobs`: alternatives per token (`top_logprobs`), nil when not asked for.
     let logprobs: Int?
     /// The session the client named (`session_id`, else the `X-Session-Id` header), if any.
@@ -70,6 +72,7 @@ struct ValidatedChatRequest: Sendable {
         self.ignoreEndOfGeneration = req.ignoreEOS
         self.sessionID = explicit
         self.logprobs = req.logprobs
+        self.nextTurnInSeconds = req.nextTurnInSeconds
     }
 
     /// A decoding error in words a client can act on: the field, as a JSON path

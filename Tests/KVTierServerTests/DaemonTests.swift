@@ -256,3 +256,35 @@ extension DaemonTests {
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/k.sock"))
     }
 }
+
+extension DaemonTests {
+    /// `"kvtier": {"next_turn_in_seconds": N}`: a session whose next turn is far off is written
+    /// through to disk right away (placement `writeThrough`); one without the hint stays in
+    /// DRAM. Each layer's blocks per tier come from `GET /v1/sessions/{id}`.
+    func testNextTurnHintWritesTheSessionThroughToDisk() throws {
+        let dir = try temporaryDirectory(self)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(socket: socket, state: dir + "/state")
+        defer { stop(daemon) }
+        func turn(_ session: String, hint: String) throws {
+            let body = #"{"messages":[{"role":"user","content":"Tell me about the sea."}],"max_tokens":8,"temperature":0,"session_id":"\#(session)"\#(hint)}"#
+            XCTAssertEqual(try rawRequest(socket, "POST", "/v1/chat/completions", body: body).0, 200)
+        }
+        func onDisk(_ session: String) throws -> Int {
+            let (_, text) = try rawRequest(socket, "GET", "/v1/sessions/" + session)
+            let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+            return (object?["layers"] as? [[String: Any]] ?? []).reduce(0) { $0 + ($1["disk"] as? Int ?? 0) }
+        }
+        try turn("far", hint: #","kvtier":{"next_turn_in_seconds":3600}"#)
+        try turn("near", hint: #","kvtier":{"next_turn_in_seconds":5}"#)
+        let deadline = Date().addingTimeInterval(10)
+        while try onDisk("far") == 0 && Date() < deadline { usleep(50_000) }
+        XCTAssertGreaterThan(try onDisk("far"), 0, "a session not needed for an hour goes to disk at once")
+        XCTAssertEqual(try onDisk("near"), 0, "a session needed soon stays in memory")
+        let (status, text) = try rawRequest(
+            socket, "POST", "/v1/chat/completions",
+            body: #"{"messages":[{"role":"user","content":"hi"}],"kvtier":{"next_turn_in_seconds":-1}}"#)
+        XCTAssertEqual(status, 400)
+        XCTAssertTrue(text.contains("kvtier.next_turn_in_seconds"), text)
+    }
+}
