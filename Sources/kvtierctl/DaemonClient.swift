@@ -56,9 +56,13 @@ struct DaemonClient: Sendable {
             head.headers.add(name: "Content-Length", value: String(body.count))
         }
         return try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(.head(head))
-            if let body { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-            try await outbound.write(.end(nil))
+            // One write and one flush for the whole request: kvtierd may answer a GET as soon as
+            // its head arrives and close the connection (`Connection: close`), and a separate
+            // later write of the end would then fail on the closed channel.
+            var parts: [HTTPClientRequestPart] = [.head(head)]
+            if let body { parts.append(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            parts.append(.end(nil))
+            try await outbound.write(contentsOf: parts)
             var status = 0
             for try await part in inbound {
                 switch part {

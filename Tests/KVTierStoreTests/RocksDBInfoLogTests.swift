@@ -45,14 +45,26 @@ final class RocksDBInfoLogTests: XCTestCase {
     }
 
     /// The name we compute is the one RocksDB writes (checked on a real database), and a clean
-    /// close with nothing logged removes it.
-    func testEmptyLogIsRemovedAtClose() throws {
+    /// close with nothing logged but RocksDB's header removes it; a LOG with an error stays.
+    func testLogWithOnlyTheHeaderIsRemovedAtClose() throws {
         let state = try scratch() + "/state.d-1"
         let tier = try DiskTier(directory: state, capacityBytes: 1 << 20)
         let log = RocksDBInfoLog.directory + "/" + RocksDBInfoLog.fileName(forDatabaseAt: state)
         XCTAssertTrue(FileManager.default.fileExists(atPath: log), "RocksDB writes \(log) while the database is open")
         try tier.close()
-        XCTAssertFalse(FileManager.default.fileExists(atPath: log), "the empty LOG is gone after close")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: log), "a LOG of header only is gone after close")
+        // A LOG that recorded something is kept for the post-mortem.
+        let other = try scratch() + "/state.d-2"
+        let kept = RocksDBInfoLog.directory + "/" + RocksDBInfoLog.fileName(forDatabaseAt: other)
+        let header = "2026/12/05-18:39:10.752173 5207 RocksDB version: 7.8.3\n"
+        try Data((header + "2026/12/05-18:40:00.000000 5207 [ERROR] [db/db_impl.cc:1] write failed\n").utf8)
+            .write(to: URL(fileURLWithPath: kept))
+        defer { unlink(kept) }
+        RocksDBInfoLog.removeIfOnlyHeader(databaseAt: other)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: kept), "a LOG with an error line stays")
+        try Data(header.utf8).write(to: URL(fileURLWithPath: kept))
+        RocksDBInfoLog.removeIfOnlyHeader(databaseAt: other)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: kept))
         XCTAssertEqual(RocksDBInfoLog.fileName(forDatabaseAt: "/var/lib/kvtier"), "var_lib_kvtier_LOG")
         XCTAssertEqual(RocksDBInfoLog.fileName(forDatabaseAt: "/a b/c.d-e_f"), "a_b_c.d-e_f_LOG")
     }

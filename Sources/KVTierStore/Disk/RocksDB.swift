@@ -54,9 +54,10 @@ final class RocksDatabase: @unchecked Sendable {
         // as statuses anyway; the LOG is for post-mortems.
         rocksdb_options_set_db_log_dir(options, RocksDBInfoLog.directory)
         rocksdb_options_set_info_log_level(options, 3)  // ERROR
-        // Rotated at each open, two files kept. No size cap (max_log_file_size): RocksDB's
-        // size-rolling logger writes its 17 KB options header into every file whatever the
-        // level, so LOGs would never be empty and could not be removed at close.
+        // Capped at 1 MiB a file and rolled over, one old file kept. The size-capped logger
+        // writes its options header (17 KB) into every file whatever the level, so a LOG is
+        // removed at close when it holds nothing else (`RocksDBInfoLog.removeIfOnlyHeader`).
+        rocksdb_options_set_max_log_file_size(options, RocksDBInfoLog.maxFileBytes)
         rocksdb_options_set_keep_log_file_num(options, 2)
 
         guard let ro = rocksdb_readoptions_create() else { throw .io(operation: "open", detail: "rocksdb_readoptions_create failed") }
@@ -100,7 +101,7 @@ final class RocksDatabase: @unchecked Sendable {
         if let db {
             rocksdb_close(db)
             self.db = nil
-            RocksDBInfoLog.removeIfEmpty(databaseAt: path)
+            RocksDBInfoLog.removeIfOnlyHeader(databaseAt: path)
         }
     }
 

@@ -7,10 +7,14 @@ import Foundation
 /// use: `$XDG_RUNTIME_DIR/kvtier-rocksdb-log`, else `${TMPDIR:-/tmp}/kvtier-rocksdb-log-<euid>`,
 /// created 0700. A path that is not a directory of this user's with no group or other access
 /// (another user got there first, or left a file or a link) is never used: a fresh directory
-/// from `mkdtemp` is taken instead. Only errors are logged, with one
-/// old file kept (no size cap: RocksDB's size-capped logger writes a 17 KB header of options
-/// into every file), and a database closed with an empty LOG leaves no file behind.
+/// from `mkdtemp` is taken instead. Only errors are logged, each file is capped
+/// (`maxFileBytes`, then RocksDB rolls it over), one old file is kept, and a database closed
+/// with a LOG that holds nothing but RocksDB's header (the options it opened with, which its
+/// size-capped logger writes into every file whatever the level) leaves no file behind.
 enum RocksDBInfoLog {
+    /// A LOG file's size before RocksDB starts the next one.
+    static let maxFileBytes = 1 << 20
+
     /// Computed once per process.
     static let directory: String = makeDirectory()
 
@@ -60,11 +64,21 @@ enum RocksDBInfoLog {
         return String(decoding: out, as: UTF8.self) + "_LOG"
     }
 
-    /// After the database at `path` was closed: removes its LOG if nothing was logged.
-    static func removeIfEmpty(databaseAt path: String) {
+    /// After the database at `path` was closed: removes its LOG if nothing was logged but the
+    /// header, that is, no line at warning level or above (RocksDB marks them `[WARN]`,
+    /// `[ERROR]`, `[FATAL]`).
+    static func removeIfOnlyHeader(databaseAt path: String) {
         let file = directory + "/" + fileName(forDatabaseAt: path)
         var st = stat()
-        guard lstat(file, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size == 0 else { return }
-        unlink(file)
+        guard lstat(file, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= maxFileBytes + (64 << 10),
+            let data = FileManager.default.contents(atPath: file)
+        else { return }
+        if !holdsEvents(data) { unlink(file) }
+    }
+
+    /// True when a LOG's text has a line at warning level or above.
+    static func holdsEvents(_ data: Data) -> Bool {
+        let text = String(decoding: data, as: UTF8.self)
+        return ["[WARN]", "[ERROR]", "[FATAL]"].contains { text.contains($0) }
     }
 }
