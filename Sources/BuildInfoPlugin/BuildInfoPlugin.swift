@@ -19,7 +19,10 @@ struct BuildInfoPlugin: BuildToolPlugin {
             .prebuildCommand(
                 displayName: "Build info: git describe",
                 executable: URL(fileURLWithPath: "/bin/sh"),
-                arguments: ["-c", script, "sh", context.package.directoryURL.path, output.appendingPathComponent("GitDescribe.swift").path],
+                arguments: [
+                    "-c", script, "sh", context.package.directoryURL.path,
+                    output.appendingPathComponent("GitDescribe.swift").path,
+                ],
                 outputFilesDirectory: output)
         ]
     }

@@ -285,7 +285,8 @@ public final class APIService: Sendable {
             }
             throw APIError(
                 403, "permission_denied",
-                "\(r.method) \(r.path) changes the daemon's state and needs root, kvtierd's user or the admin group (server.admin_group); \(who) is none of these"
+                "\(r.method) \(r.path) changes the daemon's state and needs root, kvtierd's user or the admin group "
+                    + "(server.admin_group); \(who) is none of these"
             )
         }
     }

@@ -34,7 +34,8 @@ extension APIService {
                         .rounded(.up)))
             throw APIError(
                 429, "rate_limit_exceeded",
-                "you have \(mine) turns queued or running (server.max_turns_per_user = \(limits.maxTurnsPerUser)); retry in \(retry) s",
+                "you have \(mine) turns queued or running (server.max_turns_per_user = \(limits.maxTurnsPerUser)); "
+                    + "retry in \(retry) s",
                 retryAfter: retry)
         }
 

@@ -102,7 +102,9 @@ extension XCTestCase {
 func exchange(_ socketPath: String, _ bytes: [UInt8]) throws -> (head: String, body: String) {
     let fd = try connectUnix(socketPath)
     defer { close(fd) }
-    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    // MSG_NOSIGNAL: kvtierd may refuse a connection (429, 503) and close it before the request is
+    // written; that must be an EPIPE here, not a SIGPIPE that kills the whole test process.
+    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     let s = String(decoding: readAll(fd), as: UTF8.self)
     guard let split = s.range(of: "\r\n\r\n") else { throw POSIXError(.EPROTO) }
     return (String(s[..<split.lowerBound]), String(s[split.upperBound...]))

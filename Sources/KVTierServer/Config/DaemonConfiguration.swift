@@ -74,7 +74,9 @@ public struct DaemonConfiguration: Sendable {
     mutating func set(_ key: String, _ v: TOMLConfigFile.Value) throws(Failure) {
         func bad(_ what: String) -> Failure { Failure(description: "'\(key)' \(what)") }
         func int(_ range: ClosedRange<Int>) throws(Failure) -> Int {
-            guard case .integer(let i) = v, range.contains(i) else { throw bad("must be an integer in \(range.lowerBound)...\(range.upperBound)") }
+            guard case .integer(let i) = v, range.contains(i) else {
+                throw bad("must be an integer in \(range.lowerBound)...\(range.upperBound)")
+            }
             return i
         }
         func string() throws(Failure) -> String {
@@ -93,7 +95,8 @@ public struct DaemonConfiguration: Sendable {
                 throw bad("must be a positive size: bytes, or a string like \"512MiB\" or \"4GiB\"")
             }
             guard bytes >= minimum else {
-                throw bad("must be at least \(Self.describe(minimum)), got \(bytes) bytes (a unit left out? e.g. \"512MiB\")")
+                throw bad(
+                    "must be at least \(Self.describe(minimum)), got \(bytes) bytes (a unit left out? e.g. \"512MiB\")")
             }
             return bytes
         }
@@ -110,13 +113,16 @@ public struct DaemonConfiguration: Sendable {
         switch key {
         case "server.socket": socket = try string()
         case "server.socket_mode":
-            guard case .string(let s) = v, let m = UInt16(s, radix: 8), m <= 0o777 else { throw bad("must be an octal string like \"0660\"") }
+            guard case .string(let s) = v, let m = UInt16(s, radix: 8), m <= 0o777 else {
+                throw bad("must be an octal string like \"0660\"")
+            }
             socketMode = m
         case "server.socket_group": socketGroup = try string()
         case "server.admin_group": adminGroup = try string()
         case "server.tcp_listen":
             let t = try string()
-            guard let colon = t.lastIndex(of: ":"), let port = Int(t[t.index(after: colon)...]), (1...65535).contains(port),
+            guard let colon = t.lastIndex(of: ":"), let port = Int(t[t.index(after: colon)...]),
+                (1...65535).contains(port),
                 ["127.0.0.1", "::1", "[::1]", "localhost"].contains(String(t[..<colon]))
             else { throw bad("must be a loopback address and port like \"127.0.0.1:8080\" (only loopback is allowed)") }
             let host = String(t[..<colon])
@@ -140,7 +146,9 @@ public struct DaemonConfiguration: Sendable {
             }
             logLevel = l
         case "log.format":
-            guard let f = JournalLogHandler.Format(rawValue: try string()) else { throw bad("must be \"text\" or \"json\"") }
+            guard let f = JournalLogHandler.Format(rawValue: try string()) else {
+                throw bad("must be \"text\" or \"json\"")
+            }
             logFormat = f
         case "model.path": model = try string()
         case "model.threads": threads = try int(1...256)
@@ -153,7 +161,9 @@ public struct DaemonConfiguration: Sendable {
         case "store.link_latency_us": linkLatencySeconds = try number(0...1e6) / 1e6
         case "store.disk_retry_seconds": diskRetrySeconds = try number(0...3600)
         case "store.policy":
-            guard let p = StoreConfiguration.PolicyKind(rawValue: try string()) else { throw bad("must be \"lru\" or \"hint\"") }
+            guard let p = StoreConfiguration.PolicyKind(rawValue: try string()) else {
+                throw bad("must be \"lru\" or \"hint\"")
+            }
             policy = p
         case "store.kv_precision":
             switch try string() {
@@ -175,7 +185,8 @@ public struct DaemonConfiguration: Sendable {
 
     /// "1 KiB", "16 MiB": a minimum as the error message names it.
     static func describe(_ bytes: Int) -> String {
-        bytes >= 1 << 20 && bytes % (1 << 20) == 0 ? "\(bytes >> 20) MiB" : bytes % 1024 == 0 ? "\(bytes >> 10) KiB" : "\(bytes) bytes"
+        if bytes >= 1 << 20 && bytes % (1 << 20) == 0 { return "\(bytes >> 20) MiB" }
+        return bytes % 1024 == 0 ? "\(bytes >> 10) KiB" : "\(bytes) bytes"
     }
 
     /// The store's configuration.

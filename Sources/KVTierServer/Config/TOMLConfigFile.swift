@@ -91,7 +91,8 @@ enum TOMLConfigFile {
                 guard c.isASCII else {
                     throw ParseError(
                         line: line, column: column,
-                        message: "'\(c)' outside a string or comment: keys are ASCII (quote the key if it must be otherwise)")
+                        message: "'\(c)' outside a string or comment: keys are ASCII "
+                            + "(quote the key if it must be otherwise)")
                 }
                 if lineStart && c == "[" && !inValue {
                     var k = i + 1
@@ -99,7 +100,9 @@ enum TOMLConfigFile {
                     if at(k, "[") { k += 1 }
                     while isSpace(k) { k += 1 }
                     guard startsKey(k) else {
-                        throw ParseError(line: line, column: column + (k - i), message: "a table name must start with a key character or a quote")
+                        throw ParseError(
+                            line: line, column: column + (k - i),
+                            message: "a table name must start with a key character or a quote")
                     }
                 }
                 if c != " " && c != "\t" && c != "\r" { lineStart = false }
