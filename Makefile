@@ -113,7 +113,7 @@ reliability: setup build
 		$(SWIFT) test --skip-build --disable-swift-testing --filter "$(RELIABILITY_TESTS)" 2>&1 | tee $(RELIABILITY_OUT)/tests.log'
 	python3 deploy/reliability/report.py $(RELIABILITY_OUT) | tee $(RELIABILITY_OUT)/figures.md
 
-TSAN_TESTS ?= KVTierStoreTests|ChatEngineTests|TurnScheduler|BatchingTests|BatchedChatTests/test[ACQT]|BatchTierTests|TurnCacheTests
+TSAN_TESTS ?= KVTierStoreTests|ChatEngineTests|TurnScheduler|BatchingTests|BatchedChatTests/test[ACQT]|BatchTierTests|TurnCacheTests|PrefixCacheTests
 ASAN_TESTS ?= KVTierTokenizerTests|KVTierStoreTests|KVTierModelTests|KVTierEngineTests
 
 ## sanitize: the store and engine concurrency tests under ThreadSanitizer (after checking that a

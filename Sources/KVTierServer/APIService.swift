@@ -213,7 +213,7 @@ public final class APIService: Sendable {
             let known = Set(engine.sessionIDs)
             let resolved = h.upcoming.compactMap { access.resolve($0, for: r.peer, exists: known.contains) }
             scheduler.hint(upcoming: resolved)
-            for s in resolved { engine.store.prefetch(session: s) }
+            for s in resolved { for ns in engine.storeNamespaces(of: s) { engine.store.prefetch(session: ns) } }
             let unknown = h.upcoming.filter { access.resolve($0, for: r.peer, exists: known.contains) == nil }
             return try json(
                 200, HintResponse(upcoming: resolved.map { access.visibleID($0, for: r.peer) }, unknown: unknown))
@@ -242,7 +242,7 @@ public final class APIService: Sendable {
         }
         switch (r.method, rest.count > 1 ? rest[1] : nil) {
         case ("GET", nil):
-            let placement = engine.store.placement(session: stored)
+            let placement = engine.placement(of: stored)
             let layers = placement.layers.enumerated().map { l, blocks in
                 SessionDetail.Layer(
                     layer: l, blocks: blocks.count, tokens: blocks.reduce(0) { $0 + $1.tokens.count },
@@ -269,7 +269,7 @@ public final class APIService: Sendable {
             else {
                 throw APIError(400, "invalid_request_error", "expected {\"to\": \"dram\"} or {\"to\": \"disk\"}")
             }
-            try engine.store.demote(session: stored, to: tier)
+            for ns in engine.storeNamespaces(of: stored) { try engine.store.demote(session: ns, to: tier) }
             return try json(200, Acknowledgement(demoted: id, to: tier.rawValue))
         default:
             throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")

@@ -39,16 +39,14 @@ extension APIService {
                 retryAfter: retry)
         }
 
-        // Session: an explicit id (in the caller's namespace), else the caller's session holding
-        // the longest cached prefix of these messages, else a new one.
-        let stored: String
-        if let explicit = valid.sessionID {
-            stored = access.storedID(explicit, for: r.peer)
-        } else {
-            stored =
-                engine.matchSession(messages: messages, owner: r.peer.namespace)?.session
-                ?? access.storedID("s-" + UUID().uuidString.lowercased(), for: r.peer)
-        }
+        // Session: an explicit id (in the caller's namespace), else the caller's anonymous chat
+        // this request extends, else a new anonymous one; either way a new session starts from
+        // the caller's chat sharing the longest prefix (the engine's prefix cache).
+        let stored = engine.sessionForRequest(
+            named: valid.sessionID.map { access.storedID($0, for: r.peer) }, messages: messages,
+            owner: r.peer.namespace, newID: access.storedID("s-" + UUID().uuidString.lowercased(), for: r.peer))
+        let engine = self.engine
+        let ended: @Sendable () -> Void = { engine.requestEnded(session: stored) }
         let visible = access.visibleID(stored, for: r.peer)
         let id = "chatcmpl-" + UUID().uuidString.lowercased()
         let created = Int(Date().timeIntervalSince1970)
@@ -76,10 +74,12 @@ extension APIService {
         let turnSeconds = self.turnSeconds
 
         let finished: @Sendable (TurnReport) -> Void = { report in
+            ended()
             metrics.record(report)
             turnSeconds.withLockedValue { $0 = 0.8 * $0 + 0.2 * report.totalMs / 1000 }
         }
         let failed: @Sendable (Error) -> Void = { error in
+            ended()
             switch error as? EngineError {
             case .clientGone?, .cancelledDuringPrompt?: metrics.recordCancelledBeforeReply()
             default: break

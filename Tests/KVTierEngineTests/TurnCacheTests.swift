@@ -33,13 +33,13 @@ final class TurnCacheTests: XCTestCase {
 
     private func floats(_ bytes: [UInt8]) -> [Float] { bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) } }
 
-    func testLoadedSlotsAreReadInPlaceAndFollowAReplacedPage() throws {
+    func testLoadedSlotsAreReadInPlace() throws {
         let store = try makeStore()
         var pages: [PageID] = []
         for l in 0..<2 { pages.append(try store.admit(block(layer: l, base: Float(1000 * l)))) }
-        let stored = SessionState.BlockRange(start: 0, count: 4)
+        let stored = SessionState.BlockRange(home: "s", start: 0, count: 4)
 
-        let cache = TurnCache(store: store, session: "s", layout: layout, capacity: 8)
+        let cache = TurnCache(store: store, layout: layout, capacity: 8)
         defer { cache.finish() }
         cache.startLoad(blocks: [stored], readAhead: nil)
         // Slots 0..<3 are tokens 1..<4 of the stored block; slot 3 is computed.
@@ -74,19 +74,48 @@ final class TurnCacheTests: XCTestCase {
             XCTAssertEqual(floats(cache.payload(layer: l, start: 0, count: 4)), expectKeys + expectValues)
         }
 
-        // The turn saves a new version of the block in layer 1: the store frees the old page and
-        // the next allocation takes it; the loaded run reads the new page from then on.
-        let newPage = try store.admit(block(layer: 1, base: 5000))
-        XCTAssertFalse(store.arena.isAllocated(pages[1]), "the old version's page was freed")
-        cache.stored(block: stored, layer: 1, page: newPage)
-        let reused = try store.admit(
-            KVBlock(
-                key: BlockKey(model: model, session: "other", layer: 1, start: 0, count: 4), elementType: .f32,
-                rowWidth: 4,
-                payload: [UInt8](repeating: 0xFF, count: 2 * 4 * rowBytes)))
-        XCTAssertEqual(reused.index, pages[1].index, "the freed page was handed out again")
+    }
+
+    /// A fork's turn reads blocks stored under two namespaces (its source's and its own) in one cache.
+    func testLoadsBlocksFromSeveralNamespaces() throws {
+        let store = try makeStore()
+        let theirs = block(layer: 0, base: 10)
+        let own = BlockKey(model: model, session: "fork", layer: 0, start: 4, count: 4)
+        try store.admit(theirs)
+        try store.admit(KVBlock(key: own, elementType: .f32, rowWidth: 4, payload: block(layer: 0, base: 50).payload))
+        let a = SessionState.BlockRange(home: "s", start: 0, count: 4)
+        let b = SessionState.BlockRange(home: "fork", start: 4, count: 4)
+        for l in 1..<layout.layers {
+            try store.admit(block(layer: l, base: 10))
+            try store.admit(
+                KVBlock(
+                    key: BlockKey(model: model, session: "fork", layer: l, start: 4, count: 4), elementType: .f32,
+                    rowWidth: 4, payload: block(layer: l, base: 50).payload))
+        }
+        let cache = TurnCache(store: store, layout: layout, capacity: 8)
+        defer { cache.finish() }
+        // The tightest read buffer: the store moves a layer only once the one before it was
+        // asked for. One load over both namespaces, so layer l of each comes before layer l + 1.
+        cache.startLoad(blocks: [a, b], readAhead: 0)
+        try cache.appendLoaded(block: a, offset: 0, positions: [0, 1, 2, 3])
+        try cache.appendLoaded(block: b, offset: 0, positions: [4, 5, 6, 7])
+        let done = DispatchSemaphore(value: 0)
+        // The waiting thread is the cache's only user until it signals.
+        nonisolated(unsafe) let waiting = cache
+        let layers = layout.layers
+        Thread {
+            for l in 0..<layers { waiting.waitUntilResident(layer: l) }
+            done.signal()
+        }.start()
+        guard done.wait(timeout: .now() + 20) == .success else {
+            return XCTFail("the layers of the two namespaces never all arrived (the loads wait on each other)")
+        }
+        XCTAssertEqual(cache.failedBlocks, [])
+        XCTAssertTrue(cache.readsInPlace(layer: 0, slot: 0))
+        XCTAssertTrue(cache.readsInPlace(layer: 0, slot: 7))
         XCTAssertEqual(
-            floats(cache.payload(layer: 1, start: 0, count: 3)),
-            (4..<16).map { 5000 + Float($0) } + (4..<16).map { 5100 + Float($0) })
+            floats(cache.payload(layer: 0, start: 0, count: 8)),
+            (0..<16).map { 10 + Float($0) } + (0..<16).map { 50 + Float($0) } + (0..<16).map { 110 + Float($0) }
+                + (0..<16).map { 150 + Float($0) })
     }
 }

@@ -216,18 +216,22 @@ final class DaemonAccessTests: XCTestCase {
         XCTAssertEqual(same.1, 200)
         XCTAssertEqual((same.2["kvtier"] as? [String: Any])?["tokens_reused"] as? Int, 0, "prefix matching never crosses uids")
         XCTAssertNotEqual(same.2["session_id"] as? String, "mine")
-        // The same session id names the peer's own session, not root's.
+        // The same session id names the peer's own session, not root's (which stays as it was).
+        let rootsBefore = try request(socket, "GET", "/v1/sessions/mine").json["tokens"] as? Int
         let own = try curlAs(groups: [], socket: socket, "POST", "/v1/chat/completions", body: chatBody("hello", session: "mine"))
         XCTAssertEqual(own.1, 200)
-        XCTAssertEqual((own.2["kvtier"] as? [String: Any])?["tokens_reused"] as? Int, 0)
+        XCTAssertEqual(own.2["session_id"] as? String, "mine")
+        XCTAssertEqual(try request(socket, "GET", "/v1/sessions/mine").json["tokens"] as? Int, rootsBefore)
+        XCTAssertNotNil(rootsBefore)
         XCTAssertEqual(
             try curlAs(groups: [], socket: socket, "POST", "/v1/sessions/mine/demote", body: #"{"to":"disk"}"#).1, 403,
             "moving data between tiers is an admin operation, even on one's own session")
         XCTAssertEqual(try curlAs(groups: [], socket: socket, "DELETE", "/v1/sessions/mine").1, 200, "owners drop their own sessions")
 
-        // Root's own request with the same messages does hit its session.
+        // Root's own request with the same messages, without an id, reuses its session's prefix
+        // (in a session of its own: a request without an id never modifies a named one).
         let rootAgain = try chat(socket, [("user", question)], session: nil, maxTokens: 4)
-        XCTAssertEqual(rootAgain.json["session_id"] as? String, "mine")
+        XCTAssertNotEqual(rootAgain.json["session_id"] as? String, "mine")
         XCTAssertGreaterThan((rootAgain.json["kvtier"] as? [String: Any])?["tokens_reused"] as? Int ?? 0, 0)
 
         // Admins see everyone's sessions under full ids.

@@ -21,11 +21,12 @@ final class DaemonTests: XCTestCase {
         let report1 = try XCTUnwrap(r1.json["kvtier"] as? [String: Any])
         XCTAssertEqual(report1["tokens_reused"] as? Int, 0)
 
-        // Turn 2 without a session id: the token prefix finds the session, the reply's KV included.
+        // Turn 2 without a session id: the token prefix finds the session, the reply's KV included;
+        // the turn runs in a new session sharing t1's blocks (it never modifies a named session).
         history += [("assistant", reply1), ("user", "And of Germany?")]
         let r2 = try chat(socket, history, session: nil)
         XCTAssertEqual(r2.status, 200)
-        XCTAssertEqual(r2.json["session_id"] as? String, "t1")
+        XCTAssertNotEqual(r2.json["session_id"] as? String, "t1")
         let report2 = try XCTUnwrap(r2.json["kvtier"] as? [String: Any])
         let usage1 = try XCTUnwrap(r1.json["usage"] as? [String: Any])
         let finish1 = (r1.json["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String

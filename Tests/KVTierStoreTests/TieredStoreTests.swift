@@ -107,6 +107,31 @@ final class TieredStoreTests: XCTestCase {
         h.release()
     }
 
+    /// Two sessions sharing a block load it at once (a fork and its source): both get the page
+    /// that arrived first and it stays allocated; the second copy is freed, not the first.
+    func testTwoLoadsOfOneBlockShareThePageThatArrivedFirst() throws {
+        var c = config(tempDir())
+        c.link = .init(bandwidthBytesPerSecond: 200e6, latencySeconds: 5e-3)  // both loads start before either lands
+        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let blocks = sessionBlocks("shared", blocks: 1)
+        for b in blocks { try store.admit(b) }
+        for b in blocks { _ = store.save(b.key, placement: .writeThrough) }
+        store.waitForSaves()
+        try store.demote(session: "shared", to: .dram)
+        let first = store.load(session: "shared")
+        let second = store.load(session: "shared")
+        for l in 0..<layout.layers {
+            let a = first.wait(layer: l).pages
+            let b = second.wait(layer: l).pages
+            XCTAssertEqual(a.map(\.page), b.map(\.page), "layer \(l): one page serves both loads")
+            for p in a { XCTAssertTrue(store.arena.isAllocated(p.page), "layer \(l): the page handed out first is still allocated") }
+        }
+        assertLoaded(store, first, equal: blocks)
+        first.release()
+        second.release()
+        XCTAssertEqual(store.arena.usedPages, layout.layers, "no page leaked by the second copy")
+    }
+
     /// A block whose bytes were damaged in (compressed) DRAM fails its checksum on the way up:
     /// it is reported missing for the caller to recompute, never handed out.
     func testDamagedBlocksAreReportedMissingNotReturned() throws {

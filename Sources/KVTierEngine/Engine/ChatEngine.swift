@@ -12,9 +12,18 @@ import KVTierTokenizer
 /// Threads: turns of different sessions run at once, each on its caller's thread (the
 /// scheduler's turn threads); their forward passes meet in `executor`, which runs them together
 /// as one batched step after another (continuous batching). Two turns of one session never
-/// overlap: `runTurn` and `deleteSession` hold the session in `gate`. `sessions` and
-/// `prefixIndex` are guarded by `stateLock`. Superseded blocks are removed on the `cleanup`
-/// queue, off the turn's critical path.
+/// overlap: `runTurn` and `deleteSession` hold the session in `gate`. `sessions`,
+/// `prefixIndex`, `references` and `claimed` are guarded by `stateLock`; `freeing` has its own
+/// lock (taken inside `stateLock`, never the other way round). Blocks no
+/// session references any more are removed on the `cleanup` queue, off the turn's critical path.
+///
+/// Prefix cache: blocks are immutable and shared by reference. A session forked from another
+/// (a request without a session id that does not extend a whole anonymous chat, or a new named
+/// session) references the other's blocks for their common prefix, so a shared prefix is
+/// stored once and reused by every chat of that owner. A block's key is never written while a
+/// session references it (a turn that must rewrite such a range writes it under an alternate
+/// namespace of its session, `id~turn`), and a block is removed only when its last reference
+/// goes.
 public final class ChatEngine: @unchecked Sendable {
     public let model: LlamaModel
     public let store: TieredStore
@@ -30,6 +39,12 @@ public final class ChatEngine: @unchecked Sendable {
     private var sessions: [String: SessionState] = [:]
     /// Hash-chain link -> sessions whose cached tokens contain that prefix (guarded by `stateLock`).
     private var prefixIndex: [UInt64: Set<String>] = [:]
+    /// How many sessions reference each stored block (guarded by `stateLock`).
+    private var references: [SessionState.BlockRange: Int] = [:]
+    /// Blocks whose last reference went, until `cleanup` has removed them: not written meanwhile.
+    private let freeing = FreeingBlocks()
+    /// Anonymous sessions a request without a session id is about to continue (guarded by `stateLock`).
+    private var claimed: Set<String> = []
     private let cleanup = DispatchQueue(label: "kvtier.engine.cleanup")
     private var blockTokens: Int { store.configuration.blockTokens }
     /// Tests: sees every logits vector a token is sampled from, with its session (called on the
@@ -55,11 +70,15 @@ public final class ChatEngine: @unchecked Sendable {
             {
                 sessions[s.id] = s
                 index(s)
+                for b in s.blocks { references[b, default: 0] += 1 }
             }
         }
     }
 
-    deinit { executor.stop() }
+    deinit {
+        executor.stop()
+        cleanup.sync {}  // no removal outlives the engine (nor releases the store on `cleanup`)
+    }
 
     /// Sessions the engine knows.
     public var sessionIDs: [String] { stateLock.withLock { sessions.keys.sorted() } }
@@ -93,11 +112,66 @@ public final class ChatEngine: @unchecked Sendable {
     }
 
     private func deleteSessionHeld(_ id: String) throws {
-        stateLock.withLock {
-            if let old = sessions.removeValue(forKey: id) { unindex(old) }
+        cleanup.sync {}
+        let (released, keep) = stateLock.withLock { () -> ([SessionState.BlockRange], Set<SessionState.BlockRange>) in
+            guard let old = sessions.removeValue(forKey: id) else { return ([], []) }
+            unindex(old)
+            claimed.remove(id)
+            return (release(old.blocks), Set(references.keys.filter { isOwnNamespace($0.home, of: id) }))
         }
-        try store.delete(session: id)
         try store.disk.deleteMetadata(model: store.model, name: "session/" + id)
+        // The session's own namespaces go whole (with any block a failed turn left behind),
+        // except the blocks other sessions still reference.
+        for ns in store.sessions where isOwnNamespace(ns, of: id) {
+            if keep.contains(where: { $0.home == ns }) {
+                for k in store.blockKeys(session: ns).values.joined()
+                where !keep.contains(.init(home: ns, start: k.start, count: k.count)) {
+                    try store.remove(k)
+                }
+            } else {
+                try store.delete(session: ns)
+            }
+        }
+        removeNow(released.filter { !isOwnNamespace($0.home, of: id) })
+    }
+
+    /// Whether store namespace `ns` is session `id`'s own (its id, or an alternate `id~n`).
+    private func isOwnNamespace(_ ns: String, of id: String) -> Bool {
+        ns == id || (ns.hasPrefix(id + "~") && ns.dropFirst(id.count + 1).allSatisfy(\.isNumber))
+    }
+
+    /// Drops one reference to each of `blocks`; returns those nobody references any more, now
+    /// marked `freeing` (caller holds `stateLock`).
+    private func release(_ blocks: [SessionState.BlockRange]) -> [SessionState.BlockRange] {
+        var gone: [SessionState.BlockRange] = []
+        for b in blocks {
+            let n = (references[b] ?? 1) - 1
+            if n > 0 {
+                references[b] = n
+            } else {
+                references[b] = nil
+                freeing.insert(b)
+                gone.append(b)
+            }
+        }
+        return gone
+    }
+
+    /// Removes blocks nobody references from every tier, on `cleanup`.
+    private func removeLater(_ blocks: [SessionState.BlockRange]) {
+        guard !blocks.isEmpty else { return }
+        let keys = blocks.flatMap { b in (0..<model.kvLayout.layers).map { key($0, b) } }
+        // The closure holds the store and `freeing`, not the engine, so the engine is never
+        // released on `cleanup` (its deinit waits for `cleanup`).
+        cleanup.async { [store, freeing] in
+            for k in keys { try? store.remove(k) }
+            freeing.subtract(blocks)
+        }
+    }
+
+    private func removeNow(_ blocks: [SessionState.BlockRange]) {
+        removeLater(blocks)
+        cleanup.sync {}
     }
 
     // MARK: A turn
@@ -128,6 +202,7 @@ public final class ChatEngine: @unchecked Sendable {
         store.waitForSaves()
         let started = DispatchTime.now().uptimeNanoseconds
         var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id, owner: owner)
+        state.turns += 1
         let prompt = conversation.tokens(for: messages, replies: state.replies)
         var report = TurnReport(session: id)
         report.promptTokens = prompt.count
@@ -192,8 +267,7 @@ public final class ChatEngine: @unchecked Sendable {
         onText: (String) -> Void
     ) throws -> [SessionState.BlockRange] {
         let live = state.liveIndices(upTo: prompt.count)
-        let cache = TurnCache(
-            store: store, session: state.id, layout: model.kvLayout, capacity: live.count + maxNew + 1)
+        let cache = TurnCache(store: store, layout: model.kvLayout, capacity: live.count + maxNew + 1)
         defer { cache.finish() }
         // Plan: live indices below `reuse` inside an intact stored block are loaded; the rest computed.
         func blockOf(_ i: Int) -> SessionState.BlockRange? {
@@ -239,8 +313,8 @@ public final class ChatEngine: @unchecked Sendable {
         var slotOf: [Int: Int] = [:]
         var indexOfSlot: [Int] = []
         let saver = LayerSaver(
-            engine: self, session: state.id, layers: model.kvLayout.layers, from: saveFrom, sinks: state.sinks,
-            dropEnd: state.dropEnd, blockTokens: blockTokens, placement: placement)
+            engine: self, layers: model.kvLayout.layers, from: saveFrom, sinks: state.sinks, dropEnd: state.dropEnd,
+            blockTokens: blockTokens, placement: placement, homeFor: writeGuard(for: state))
         // However the attempt ends, no admission of its blocks outlives it (the session's next
         // turn may remove or rewrite the same keys).
         defer { saver.drain() }
@@ -367,18 +441,12 @@ public final class ChatEngine: @unchecked Sendable {
         }
         saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
 
-        // New session state.
-        let superseded = state.blocks.filter { $0.end > saveFrom }
+        // New session state (the blocks it no longer references go when it is kept, in `persist`).
         let failedSaves = saver.failedKeys
         if !failedSaves.isEmpty { for k in failedSaves { try? store.remove(k) } }
         state.blocks = state.blocks.filter { $0.end <= saveFrom } + saver.written
         state.blocks.removeAll { saver.failedRangesSet.contains($0) }
         state.blocks.sort { $0.start < $1.start }
-        let removed = superseded.filter { !saver.written.contains($0) }
-        if !removed.isEmpty {
-            let keys = removed.flatMap { b in (0..<model.kvLayout.layers).map { self.key(state.id, $0, b) } }
-            cleanup.async { [store] in for k in keys { try? store.remove(k) } }
-        }
         state.tokens = history
         state.kvCount = fedCount
         // The reply's own ids serve the next turn when the client sends this text back. Not after
@@ -408,17 +476,63 @@ public final class ChatEngine: @unchecked Sendable {
     /// The session's recorded blocks that are not in any tier in every layer.
     private func missingBlocks(_ state: SessionState) -> [SessionState.BlockRange] {
         guard !state.blocks.isEmpty else { return [] }
-        let stored = store.blockKeys(session: state.id)
         var present = Set(state.blocks)
-        for layer in 0..<model.kvLayout.layers {
-            present.formIntersection(
-                (stored[layer] ?? []).map { SessionState.BlockRange(start: $0.start, count: $0.count) })
+        for home in Set(state.blocks.map(\.home)) {
+            let stored = store.blockKeys(session: home)
+            for layer in 0..<model.kvLayout.layers {
+                let here = Set(
+                    (stored[layer] ?? []).map { SessionState.BlockRange(home: home, start: $0.start, count: $0.count) })
+                present = present.filter { $0.home != home || here.contains($0) }
+            }
         }
         return state.blocks.filter { !present.contains($0) }
     }
 
-    func key(_ session: String, _ layer: Int, _ b: SessionState.BlockRange) -> BlockKey {
-        BlockKey(model: store.model, session: session, layer: layer, start: b.start, count: b.count)
+    func key(_ layer: Int, _ b: SessionState.BlockRange) -> BlockKey {
+        BlockKey(model: store.model, session: b.home, layer: layer, start: b.start, count: b.count)
+    }
+
+    /// The namespaces a turn of `state` may not write to, taken when the turn starts: every
+    /// referenced or still-freeing block in the session's own namespaces, and the ids of other
+    /// sessions. Nothing joins this set during the turn: a fork references only blocks of
+    /// persisted states, which are in it already, and the session's state changes only at its
+    /// turn's end. So the saver decides without taking `stateLock` inside a batched step.
+    private func writeGuard(for state: SessionState) -> @Sendable (Int, Int) -> String {
+        let id = state.id
+        let (taken, sessionsNamed) = stateLock.withLock {
+            (
+                Set(references.keys.filter { isOwnNamespace($0.home, of: id) }).union(freeing.all),
+                Set(sessions.keys.filter { $0.hasPrefix(id + "~") })
+            )
+        }
+        let turn = state.turns
+        return { start, count in
+            // The session's own namespace, else its alternate one for this turn, else the next free one.
+            for n in [nil] + (turn..<(turn + 64)).map(Optional.some) {
+                let ns = n.map { "\(id)~\($0)" } ?? id
+                let b = SessionState.BlockRange(home: ns, start: start, count: count)
+                if !taken.contains(b) && !sessionsNamed.contains(ns) { return ns }
+            }
+            return "\(id)~\(UInt64.random(in: 1_000_000_000...UInt64.max))"
+        }
+    }
+
+    /// Store namespaces holding a session's blocks (its own first): what prefetch, placement hints
+    /// and demotion act on.
+    public func storeNamespaces(of id: String) -> [String] {
+        let homes = stateLock.withLock { sessions[id].map { Set($0.blocks.map(\.home)) } ?? [] }
+        return [id] + homes.subtracting([id]).sorted()
+    }
+
+    /// Where each of a session's blocks is, per layer (empty for an unknown session).
+    public func placement(of id: String) -> SessionPlacement {
+        let blocks = stateLock.withLock { sessions[id]?.blocks ?? [] }
+        let layers = (0..<model.kvLayout.layers).map { layer in
+            blocks.map { b in
+                SessionPlacement.BlockPlacement(tokens: b.start..<b.end, tiers: store.tiers(of: key(layer, b)))
+            }
+        }
+        return SessionPlacement(session: id, layers: layers)
     }
 
     private func commonPrefix(_ a: [Int32], _ b: [Int32], limit: Int) -> Int {
@@ -428,11 +542,10 @@ public final class ChatEngine: @unchecked Sendable {
         return i
     }
 
+    /// Forgets the blocks that start at or after `index` (removed when the turn's state is kept,
+    /// unless another session still references them).
     private func dropBlocks(_ state: inout SessionState, from index: Int) {
-        let stale = state.blocks.filter { $0.start >= index }
         state.blocks.removeAll { $0.start >= index }
-        let keys = stale.flatMap { b in (0..<model.kvLayout.layers).map { key(state.id, $0, b) } }
-        for k in keys { try? store.remove(k) }  // now: this turn may write the same keys again
     }
 
     /// Drops the oldest history tokens (after the sinks) so that the live tokens, the new ones
@@ -459,16 +572,12 @@ public final class ChatEngine: @unchecked Sendable {
         let before = state.dropEnd
         state.dropEnd += max(0, drop)
         // Blocks wholly inside the dropped range are deleted; partly dropped blocks keep serving their kept part.
-        let gone = state.blocks.filter { $0.start >= state.sinks && $0.end <= state.dropEnd }
-        state.blocks.removeAll { gone.contains($0) }
-        let keys = gone.flatMap { b in (0..<model.kvLayout.layers).map { key(state.id, $0, b) } }
-        for k in keys { try? store.remove(k) }
+        state.blocks.removeAll { $0.start >= state.sinks && $0.end <= state.dropEnd }
         return state.dropEnd - before
     }
 
-    /// Adds a session's cached prefix to the hash-chain index (caller holds `stateLock` or is `init`).
+    /// Adds a session's history to the hash-chain index (caller holds `stateLock` or is `init`).
     private func index(_ s: SessionState) {
-        guard s.dropEnd <= s.sinks else { return }  // a truncated history no longer starts with its prefix
         for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount)), owner: s.owner) {
             prefixIndex[link, default: []].insert(s.id)
         }
@@ -481,36 +590,118 @@ public final class ChatEngine: @unchecked Sendable {
         }
     }
 
-    /// For a request without a session id: the session holding the longest cached prefix of
-    /// this chat (found through the hash chain, then checked token by token), and how many
-    /// tokens of it match; nil when no session shares a whole block. Only sessions of `owner`
-    /// are candidates: the chain starts in the owner's namespace.
-    public func matchSession(messages: [ChatMessage], owner: String? = nil) -> (session: String, tokens: Int)? {
-        stateLock.withLock {
-            let prompt = conversation.tokens(for: messages, replies: [:])
-            let links = TokenHashChain.links(prompt, owner: owner)
-            for (i, link) in links.enumerated().reversed() {
-                guard let candidates = prefixIndex[link] else { continue }
-                var best: (String, Int)?
-                for id in candidates.sorted() {
-                    guard let s = sessions[id], s.owner == owner else { continue }
-                    // Assistant replies are compared by the ids this session generated.
-                    let own = conversation.tokens(for: messages, replies: s.replies)
-                    let n = commonPrefix(own, s.tokens, limit: s.kvCount)
-                    if n >= (i + 1) * TokenHashChain.blockTokens, n > (best?.1 ?? 0) { best = (id, n) }
-                }
-                if let best { return (best.0, best.1) }
+    /// The session of `owner` whose history shares the longest prefix with this chat (found
+    /// through the hash chain, then checked token by token), and how many tokens match; nil when
+    /// none shares a whole link. Only sessions of `owner` are candidates: the chain starts in the
+    /// owner's namespace. Caller holds `stateLock`.
+    private func longestMatch(_ messages: [ChatMessage], owner: String?, excluding: String? = nil) -> (
+        session: String, tokens: Int
+    )? {
+        let prompt = conversation.tokens(for: messages, replies: [:])
+        let links = TokenHashChain.links(prompt, owner: owner)
+        for (i, link) in links.enumerated().reversed() {
+            guard let candidates = prefixIndex[link] else { continue }
+            var best: (String, Int)?
+            for id in candidates.sorted() where id != excluding {
+                guard let s = sessions[id], s.owner == owner else { continue }
+                // Assistant replies are compared by the ids this session generated.
+                let own = conversation.tokens(for: messages, replies: s.replies)
+                let n = commonPrefix(own, s.tokens, limit: s.kvCount)
+                if n >= (i + 1) * TokenHashChain.blockTokens, n > (best?.1 ?? 0) { best = (id, n) }
             }
-            return nil
+            if let best { return (best.0, best.1) }
+        }
+        return nil
+    }
+
+    /// The session of `owner` holding the longest cached prefix of this chat, and how many tokens
+    /// of it match (inspection and tests; requests go through `sessionForRequest`).
+    public func matchSession(messages: [ChatMessage], owner: String? = nil) -> (session: String, tokens: Int)? {
+        stateLock.withLock { longestMatch(messages, owner: owner) }
+    }
+
+    /// The session a request runs in, chosen before it is queued.
+    ///
+    /// - A request naming a session runs in it. A session it creates starts as a fork of the
+    ///   owner's chat sharing the longest prefix with it, so that prefix is reused, not recomputed.
+    /// - A request without a session id (`named` nil) continues the owner's anonymous chat whose
+    ///   whole history it extends, if no other request is about to continue it; otherwise it
+    ///   runs in a new anonymous session `newID`, forked from the chat sharing its longest prefix.
+    ///   So it never modifies a named session, and two anonymous chats never overwrite each other.
+    ///
+    /// Call `requestEnded(session:)` when the request's turn has finished, failed or was dropped.
+    public func sessionForRequest(
+        named: String?, messages: [ChatMessage], owner: String?, newID: @autoclosure () -> String
+    ) -> String {
+        let (id, fork) = stateLock.withLock { () -> (String, SessionState?) in
+            if let named {
+                guard sessions[named] == nil else { return (named, nil) }
+                return (named, forkLocked(named, owner: owner, anonymous: false, messages: messages))
+            }
+            if let (s, n) = longestMatch(messages, owner: owner), let state = sessions[s], state.anonymous,
+                n >= state.kvCount, !claimed.contains(s)
+            {
+                claimed.insert(s)
+                return (s, nil)
+            }
+            let id = newID()
+            claimed.insert(id)
+            if let fork = forkLocked(id, owner: owner, anonymous: true, messages: messages) { return (id, fork) }
+            sessions[id] = SessionState(id: id, owner: owner, anonymous: true)
+            return (id, nil)
+        }
+        if let fork { persistRecord(fork) }
+        return id
+    }
+
+    /// The request that `sessionForRequest` placed in `session` is over.
+    public func requestEnded(session: String) {
+        stateLock.withLock {
+            claimed.remove(session)
+            // A new anonymous session whose turn never ran is forgotten.
+            if let s = sessions[session], s.anonymous, s.tokens.isEmpty { sessions[session] = nil }
         }
     }
 
+    /// A new session `id` referencing the blocks of the owner's chat that shares the longest
+    /// prefix with `messages` (nil when none does). Registered at once, so those blocks stay
+    /// while it references them. Caller holds `stateLock`.
+    private func forkLocked(_ id: String, owner: String?, anonymous: Bool, messages: [ChatMessage]) -> SessionState? {
+        guard configuration.reuseKV, let (sourceID, n) = longestMatch(messages, owner: owner, excluding: id),
+            let source = sessions[sourceID]
+        else { return nil }
+        // After truncation only the sinks' blocks were computed from the plain prefix.
+        let truncated = source.dropEnd > source.sinks
+        let shared = truncated ? min(n, source.sinks) : n
+        let blocks = source.blocks.filter { $0.start < shared && (!truncated || $0.end <= source.sinks) }
+        guard !blocks.isEmpty else { return nil }
+        var fork = SessionState(id: id, owner: owner, anonymous: anonymous)
+        fork.tokens = Array(source.tokens.prefix(shared))
+        fork.kvCount = shared
+        fork.blocks = blocks
+        fork.replies = source.replies
+        sessions[id] = fork
+        index(fork)
+        for b in blocks { references[b, default: 0] += 1 }
+        return fork
+    }
+
+    /// Keeps a session's new state: its record first, then the blocks nobody references any
+    /// more are removed (a crash in between leaves only unreferenced blocks behind).
     private func persist(_ state: SessionState) {
-        stateLock.withLock {
-            if let old = sessions[state.id] { unindex(old) }
+        let gone = stateLock.withLock {
+            let old = sessions[state.id]
+            if let old { unindex(old) }
             sessions[state.id] = state
             index(state)
+            for b in state.blocks { references[b, default: 0] += 1 }
+            return release(old?.blocks ?? [])
         }
+        persistRecord(state)
+        removeLater(gone)
+    }
+
+    private func persistRecord(_ state: SessionState) {
         if let data = try? JSONEncoder().encode(state) {
             try? store.putMetadata(name: "session/" + state.id, value: Array(data))
         }
@@ -521,4 +712,15 @@ public final class ChatEngine: @unchecked Sendable {
         cleanup.sync {}
         store.waitForSaves()
     }
+}
+
+/// Blocks whose last reference went, until the engine's `cleanup` queue has removed them (its
+/// own lock: the queue updates it without the engine).
+private final class FreeingBlocks: @unchecked Sendable {
+    private let lock = NSLock()
+    private var blocks: Set<SessionState.BlockRange> = []  // guarded by `lock`
+
+    func insert(_ b: SessionState.BlockRange) { lock.withLock { _ = blocks.insert(b) } }
+    func subtract(_ bs: [SessionState.BlockRange]) { lock.withLock { blocks.subtract(bs) } }
+    var all: Set<SessionState.BlockRange> { lock.withLock { blocks } }
 }

@@ -9,13 +9,14 @@ import KVTierStore
 /// thread inside a step, the turn's thread at the end; never both at once) and only copies the
 /// block out of the turn's cache. Admitting it into HBM and saving it down (which may evict other
 /// sessions, or wait for the save queue's back-pressure) run on `queue`, one serial queue per
-/// turn, so a step of the running batch never waits for the store. The exception is a block that
-/// replaces one the turn reads in place: it is admitted at once on the caller's thread, so that
-/// the turn's run moves to the new page before the freed old page can be handed out again.
+/// turn, so a step of the running batch never waits for the store.
+///
+/// Each block goes under the namespace `homeFor` picks for its range when its first layer is
+/// saved (the session's own, or an alternate one when that key is still referenced: blocks are
+/// immutable), and every later layer of it follows.
 /// `queue` owns `written` and `failedRanges`; the turn reads them after `drain()`.
 final class LayerSaver: @unchecked Sendable {
     let engine: ChatEngine
-    let session: String
     let layers: Int
     let sinks: Int
     let dropEnd: Int
@@ -24,17 +25,20 @@ final class LayerSaver: @unchecked Sendable {
     private let queue = DispatchQueue(label: "kvtier.engine.saver")
     /// Per layer: history index up to which blocks were handed to the store (caller's state).
     private var savedUpTo: [Int]
+    /// The namespace for a block range (start, count), asked once per block (caller's state).
+    private let homeFor: (Int, Int) -> String
+    private var homes: [Range<Int>: String] = [:]
     /// Owned by `queue`.
     private var writtenBlocks: [SessionState.BlockRange] = []
     /// Owned by `queue`.
     private var failedRanges: Set<SessionState.BlockRange> = []
 
     init(
-        engine: ChatEngine, session: String, layers: Int, from: Int, sinks: Int, dropEnd: Int, blockTokens: Int,
-        placement: Placement
+        engine: ChatEngine, layers: Int, from: Int, sinks: Int, dropEnd: Int, blockTokens: Int,
+        placement: Placement, homeFor: @escaping (Int, Int) -> String
     ) {
         self.engine = engine
-        self.session = session
+        self.homeFor = homeFor
         self.layers = layers
         self.sinks = sinks
         self.dropEnd = dropEnd
@@ -54,36 +58,33 @@ final class LayerSaver: @unchecked Sendable {
 
     /// Keys of blocks that could not be saved in some layer (every layer's key, to remove).
     var failedKeys: [BlockKey] {
-        failedRangesSet.flatMap { b in (0..<layers).map { engine.key(session, $0, b) } }
+        failedRangesSet.flatMap { b in (0..<layers).map { engine.key($0, b) } }
     }
 
     /// The next block starting at history index `start`: blocks never cross the dropped gap.
-    private func chunk(from start: Int, end: Int) -> SessionState.BlockRange? {
+    private func chunk(from start: Int, end: Int) -> Range<Int>? {
         var s = start
         if s >= sinks && s < dropEnd { s = dropEnd }
         guard s < end else { return nil }
         var e = min(s + blockTokens, end)
         if s < sinks && dropEnd > sinks { e = min(e, sinks) }
-        return .init(start: s, count: e - s)
+        return s..<e
     }
 
     /// Saves the complete blocks of `layer` among history indices below `end` (all of them, the
     /// partial last one included, when `final`).
     func saveComplete(layer: Int, end: Int, slotOf: [Int: Int], cache: TurnCache, final: Bool) {
-        while let b = chunk(from: savedUpTo[layer], end: end) {
-            guard b.count == blockTokens || final || (b.end == sinks && dropEnd > sinks) else { break }
-            guard let slot = slotOf[b.start] else { break }
-            let key = engine.key(session, layer, b)
+        while let r = chunk(from: savedUpTo[layer], end: end) {
+            guard r.count == blockTokens || final || (r.upperBound == sinks && dropEnd > sinks) else { break }
+            guard let slot = slotOf[r.lowerBound] else { break }
+            let home = homes[r] ?? homeFor(r.lowerBound, r.count)
+            homes[r] = home
+            let b = SessionState.BlockRange(home: home, start: r.lowerBound, count: r.count)
+            let key = engine.key(layer, b)
             let block = KVBlock(
                 key: key, elementType: engine.store.elementType, rowWidth: cache.layout.rowWidth,
                 payload: cache.payload(layer: layer, start: slot, count: b.count))
-            if cache.readsInPlace(block: b, layer: layer) {
-                let page = try? engine.store.admit(block)
-                if let page { cache.stored(block: b, layer: layer, page: page) }
-                queue.async { self.record(b, layer: layer, admitted: page != nil) }
-            } else {
-                queue.async { self.record(b, layer: layer, admitted: (try? self.engine.store.admit(block)) != nil) }
-            }
+            queue.async { self.record(b, layer: layer, admitted: (try? self.engine.store.admit(block)) != nil) }
             savedUpTo[layer] = b.end
         }
     }
@@ -91,7 +92,7 @@ final class LayerSaver: @unchecked Sendable {
     /// On `queue`: saves an admitted block down, or notes the failure.
     private func record(_ b: SessionState.BlockRange, layer: Int, admitted: Bool) {
         if admitted {
-            engine.store.save(engine.key(session, layer, b), placement: placement)
+            engine.store.save(engine.key(layer, b), placement: placement)
             if layer == 0 { writtenBlocks.append(b) }
         } else {
             // Not in HBM (e.g. the arena is full of pinned pages): the block is not recorded,

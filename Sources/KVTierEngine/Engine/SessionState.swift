@@ -5,11 +5,22 @@
 /// Token indices are positions in the chat's full history; blocks are keyed by them. RoPE
 /// positions are separate: the live tokens (sinks, then everything from `dropEnd` on) sit at
 /// contiguous positions 0, 1, 2, ...
+///
+/// Blocks are immutable and may be shared: a block is stored under its `home` namespace, which
+/// is the session that wrote it (or one of that session's alternate namespaces, see
+/// `ChatEngine`), and a session forked from another one references the other's blocks for
+/// their common prefix instead of copying them. The engine counts references and removes a
+/// block only when no session references it.
 struct SessionState: Codable, Sendable {
     var id: String
     /// Who created the session (the daemon's peer uid); nil for sessions made in-process.
     /// Its hash-chain links live in this owner's namespace.
     var owner: String?
+    /// Made for a request without a session id: such a session is continued only by a request
+    /// that extends its whole history, and never by a named request.
+    var anonymous = false
+    /// Turns run so far (names the alternate namespace a turn writes a still-referenced range to).
+    var turns = 0
     /// History tokens; KV exists for indices in `live` below `kvCount`.
     var tokens: [Int32] = []
     /// Tokens at the start of `tokens` whose KV is stored.
@@ -24,9 +35,43 @@ struct SessionState: Codable, Sendable {
     var replies: [String: [Int32]] = [:]
 
     struct BlockRange: Codable, Sendable, Hashable {
+        /// The store namespace (`BlockKey.session`) the block lives under.
+        var home: String
         var start: Int
         var count: Int
         var end: Int { start + count }
+    }
+
+    init(id: String, owner: String?, anonymous: Bool = false) {
+        self.id = id
+        self.owner = owner
+        self.anonymous = anonymous
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case id, owner, anonymous, turns, tokens, kvCount, sinks, dropEnd, blocks, replies
+    }
+
+    /// A block as saved before blocks had a `home` (it then lived under its session's id).
+    private struct SavedBlock: Decodable {
+        var home: String?
+        var start: Int
+        var count: Int
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(String.self, forKey: .id)
+        owner = try c.decodeIfPresent(String.self, forKey: .owner)
+        anonymous = try c.decodeIfPresent(Bool.self, forKey: .anonymous) ?? false
+        turns = try c.decodeIfPresent(Int.self, forKey: .turns) ?? 0
+        tokens = try c.decode([Int32].self, forKey: .tokens)
+        kvCount = try c.decode(Int.self, forKey: .kvCount)
+        sinks = try c.decode(Int.self, forKey: .sinks)
+        dropEnd = try c.decode(Int.self, forKey: .dropEnd)
+        let saved = try c.decode([SavedBlock].self, forKey: .blocks)
+        blocks = saved.map { [id] in BlockRange(home: $0.home ?? id, start: $0.start, count: $0.count) }
+        replies = try c.decode([String: [Int32]].self, forKey: .replies)
     }
 
     /// Live history indices in order (what the KV window holds).

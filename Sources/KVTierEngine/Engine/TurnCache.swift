@@ -9,9 +9,11 @@ import KVTierStore
 /// never copied), and slots the decoder computes, which live in `work` until saved. As each
 /// layer of new slots is finished, `onLayerFinished` lets the engine save it.
 ///
-/// The loaded pages stay valid for the whole turn: the load handle pins the session, so no
-/// eviction or demotion frees them, and when the turn's own save replaces a loaded block
-/// (`stored(block:layer:page:)`) its run moves to the new page at once.
+/// The loaded blocks may live under several store namespaces (a session forked from another
+/// reads the other's blocks for their common prefix): one load handle over all of them. The
+/// loaded pages stay valid for the whole turn: the handle pins those namespaces, so no eviction or
+/// demotion frees them, and blocks are immutable (the engine never rewrites a key that a
+/// session references), so no save replaces them.
 ///
 /// Used by one turn at a time: its turn thread, and the batch executor's thread during the
 /// steps that thread waits for (never both at once).
@@ -37,7 +39,6 @@ final class TurnCache: KVCache {
     private var rowBytes: Int { layout.rowWidth * work.precision.bytes }
     private var handle: LoadHandle?
     private let store: TieredStore
-    private let session: String
     /// Seconds spent waiting for layers.
     private(set) var stallSeconds = 0.0
     /// Blocks that could not be loaded in some layer.
@@ -53,20 +54,19 @@ final class TurnCache: KVCache {
 
     deinit { Self.aliveLock.withLock { Self.aliveCount -= 1 } }
 
-    init(store: TieredStore, session: String, layout: KVLayout, capacity: Int) {
+    init(store: TieredStore, layout: KVLayout, capacity: Int) {
         Self.aliveLock.withLock { Self.aliveCount += 1 }
         self.store = store
-        self.session = session
         self.work = InMemoryKVCache(
             layout: layout, capacity: capacity, precision: store.elementType == .f32 ? .f32 : .f16)
         self.filledRuns = [Int](repeating: 0, count: layout.layers)
         self.pageRows = [[(keys: UnsafeRawPointer, values: UnsafeRawPointer)?]](repeating: [], count: layout.layers)
     }
 
-    /// Starts the layer-wise load of the session's stored blocks in `blocks`.
+    /// Starts the layer-wise load of the stored blocks in `blocks`, from every namespace they live under.
     func startLoad(blocks: Set<SessionState.BlockRange>, readAhead: Int?) {
-        handle = store.load(session: session, readAhead: readAhead) { key in
-            blocks.contains(.init(start: key.start, count: key.count))
+        handle = store.load(sessions: blocks.map(\.home), readAhead: readAhead) { key in
+            blocks.contains(.init(home: key.session, start: key.start, count: key.count))
         }
     }
 
@@ -97,16 +97,18 @@ final class TurnCache: KVCache {
         let t0 = DispatchTime.now().uptimeNanoseconds
         let load = handle.wait(layer: layer)
         stallSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-        let pages = Dictionary(
-            load.pages.map { (SessionState.BlockRange(start: $0.key.start, count: $0.key.count), ($0.key, $0.page)) },
-            uniquingKeysWith: { a, _ in a })
+        var pages: [SessionState.BlockRange: (BlockKey, PageID)] = [:]
+        for (key, page) in load.pages {
+            pages[.init(home: key.session, start: key.start, count: key.count)] = (key, page)
+        }
+        let sources = load.sources
         for run in runs[filledRuns[layer]...] {
             guard let (key, page) = pages[run.block] else {
                 if !failedBlocks.contains(run.block) { failedBlocks.append(run.block) }
                 pageRows[layer].append(nil)
                 continue
             }
-            if layer == 0, let tier = load.sources[key] { tokensFrom[tier, default: 0] += run.count }
+            if layer == 0, let tier = sources[key] { tokensFrom[tier, default: 0] += run.count }
             pageRows[layer].append(rows(of: run, in: page))
         }
         filledRuns[layer] = runs.count
@@ -118,14 +120,6 @@ final class TurnCache: KVCache {
         let bytes = store.contents(of: page, bytes: 2 * run.block.count * rowBytes)
         let base = UnsafeRawPointer(bytes.baseAddress!)
         return (base + run.offset * rowBytes, base + (run.block.count + run.offset) * rowBytes)
-    }
-
-    /// The turn saved a new version of `block`'s `layer` into `page` (and the store freed the
-    /// old page): loaded runs of that block read the new page from now on (same bytes there).
-    func stored(block: SessionState.BlockRange, layer: Int, page: PageID) {
-        for (i, run) in runs.enumerated() where run.block == block && i < pageRows[layer].count {
-            if pageRows[layer][i] != nil { pageRows[layer][i] = rows(of: run, in: page) }
-        }
     }
 
     /// Slots in order as runs: loaded runs in their pages, everything else in `work` (a run not
@@ -176,11 +170,6 @@ final class TurnCache: KVCache {
             }
         }
         return out
-    }
-
-    /// Whether some slots of `layer` are read in place from `block`'s page.
-    func readsInPlace(block: SessionState.BlockRange, layer: Int) -> Bool {
-        runs.indices.contains { i in runs[i].block == block && i < pageRows[layer].count && pageRows[layer][i] != nil }
     }
 
     /// Whether slot `slot` of `layer` is read in place from an HBM page (tests).

@@ -214,11 +214,16 @@ public final class TurnScheduler: @unchecked Sendable {
         var order: [String] = []
         lastWindow = fittingWindow()
         for s in lastWindow + externalHints where !order.contains(s) { order.append(s) }
-        // Running sessions are pinned in HBM by their turns; the window names the ones to come.
-        engine.store.setUpcoming(order)
+        // Running sessions are pinned in HBM by their turns; the window names the ones to come
+        // (by the store namespaces their blocks live under: a fork's prefix is another's).
+        var namespaces: [String] = []
+        for s in order {
+            for ns in engine.storeNamespaces(of: s) where !namespaces.contains(ns) { namespaces.append(ns) }
+        }
+        engine.store.setUpcoming(namespaces)
         for s in order where !prefetched.contains(s) && !runningSessions.contains(s) {
             prefetched.insert(s)
-            engine.store.prefetch(session: s)
+            for ns in engine.storeNamespaces(of: s) { engine.store.prefetch(session: ns) }
         }
     }
 

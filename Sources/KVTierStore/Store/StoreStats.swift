@@ -16,8 +16,18 @@ public struct SessionPlacement: Sendable, Equatable {
     /// For each layer, the tiers holding each of its blocks (a block may be in several).
     public var layers: [[BlockPlacement]]
 
+    public init(session: String, layers: [[BlockPlacement]]) {
+        self.session = session
+        self.layers = layers
+    }
+
     public struct BlockPlacement: Sendable, Equatable {
         public var tokens: Range<Int>
         public var tiers: [Tier]
+
+        public init(tokens: Range<Int>, tiers: [Tier]) {
+            self.tokens = tokens
+            self.tiers = tiers
+        }
     }
 }

@@ -377,13 +377,27 @@ public final class TieredStore: @unchecked Sendable {
     public func load(
         session: String, layers: Range<Int>? = nil, readAhead: Int? = nil, only include: ((BlockKey) -> Bool)? = nil
     ) -> LoadHandle {
+        load(sessions: [session], layers: layers, readAhead: readAhead, only: include)
+    }
+
+    /// The same for blocks stored under several sessions' namespaces (a session that shares
+    /// another's prefix), in one handle: one load moves every namespace's layer l before layer
+    /// l + 1, so the read buffer never waits for a layer of one namespace while another's is due.
+    public func load(
+        sessions: [String], layers: Range<Int>? = nil, readAhead: Int? = nil,
+        only include: ((BlockKey) -> Bool)? = nil
+    ) -> LoadHandle {
         let layers = layers ?? 0..<layout.layers
-        lock.withLock { pins[session, default: 0] += 1 }
-        policy.touch(session: session)
-        let handle = LoadHandle(session: session, layers: layers) { [weak self] _ in
-            self?.unpin(session)
+        let sessions = Array(Set(sessions)).sorted()
+        lock.withLock { for s in sessions { pins[s, default: 0] += 1 } }
+        for s in sessions { policy.touch(session: s) }
+        let handle = LoadHandle(session: sessions.first ?? "", layers: layers) { [weak self] _ in
+            for s in sessions { self?.unpin(s) }
         }
-        let all = blockKeys(session: session)
+        var all: [Int: [BlockKey]] = [:]
+        for s in sessions {
+            for (layer, keys) in blockKeys(session: s) { all[layer, default: []] += keys }
+        }
         let keysByLayer = include.map { f in all.mapValues { $0.filter(f) } } ?? all
         loader.async { [self] in
             for l in layers {
@@ -443,15 +457,22 @@ public final class TieredStore: @unchecked Sendable {
         let placed = newPages
         let finish: @Sendable () -> Void = { [self] in
             var r = base
-            lock.withLock {
-                for (key, page, bytes) in placed {
-                    if let old = hbm[key], old != page { arena.free([old]) }
+            let delivered = lock.withLock {
+                placed.map { key, page, bytes -> (key: BlockKey, page: PageID) in
+                    // Another load of the same block (a session sharing it) got there first:
+                    // blocks are immutable, so its page serves this load too, and the copy just
+                    // made, which nobody has seen, is freed.
+                    if let earlier = hbm[key], earlier != page {
+                        arena.free([page])
+                        return (key, earlier)
+                    }
                     hbm[key] = page
                     hbmCounters.promotions += 1
                     hbmCounters.bytesIn += bytes
+                    return (key, page)
                 }
             }
-            r.pages += placed.map { ($0.0, $0.1) }
+            r.pages += delivered
             r.pages.sort { $0.key.start < $1.key.start }
             handle.complete(r)
         }
@@ -501,6 +522,9 @@ public final class TieredStore: @unchecked Sendable {
     /// Forgets one block in every tier (the engine replaces a session's partial last block).
     public func remove(_ key: BlockKey) throws(StoreError) {
         waitForSaves()
+        // Pinned, so no eviction is reading the page while it is freed here (one under way finishes first).
+        pinWhenNotDemoting(key.session)
+        defer { unpin(key.session) }
         lock.withLock {
             if let p = hbm.removeValue(forKey: key) { arena.free([p]) }
         }
@@ -511,6 +535,8 @@ public final class TieredStore: @unchecked Sendable {
     /// Forgets a session in every tier.
     public func delete(session: String) throws(StoreError) {
         waitForSaves()
+        pinWhenNotDemoting(session)
+        defer { unpin(session) }
         lock.withLock {
             let keys = hbm.keys.filter { $0.session == session }
             for k in keys {
@@ -577,15 +603,18 @@ public final class TieredStore: @unchecked Sendable {
         let byLayer = blockKeys(session: session)
         var layers: [[SessionPlacement.BlockPlacement]] = []
         for l in 0..<layout.layers {
-            layers.append((byLayer[l] ?? []).map { key in
-                var tiers: [Tier] = []
-                if isInHBM(key) { tiers.append(.hbm) }
-                if dram.contains(key) { tiers.append(.dram) }
-                if disk.contains(key) { tiers.append(.disk) }
-                return .init(tokens: key.tokens, tiers: tiers)
-            })
+            layers.append((byLayer[l] ?? []).map { key in .init(tokens: key.tokens, tiers: tiers(of: key)) })
         }
         return SessionPlacement(session: session, layers: layers)
+    }
+
+    /// The tiers holding `key`, top to bottom (empty: nowhere).
+    public func tiers(of key: BlockKey) -> [Tier] {
+        var tiers: [Tier] = []
+        if isInHBM(key) { tiers.append(.hbm) }
+        if dram.contains(key) { tiers.append(.dram) }
+        if disk.contains(key) { tiers.append(.disk) }
+        return tiers
     }
 
     /// Sessions known to any tier.

@@ -15,6 +15,11 @@ import Glibc
 ///   daemon that recomputes the whole history from nothing;
 /// - no block read back fails its checksum.
 ///
+/// Every chat starts with the same system message, longer than a block, and half the chats send
+/// no session id (as stock OpenAI clients do): their sessions are forks that share the first
+/// chat's blocks, so kills also land while shared blocks are referenced, released and removed,
+/// and the check proves that no block a session references was deleted and none was rewritten.
+///
 /// The tiers are small (HBM 64 MiB, DRAM 48 MiB of F32 KV, blocks of 64 tokens), so sessions are
 /// demoted and written back to disk all the time and kills land in the middle of that. F32 KV
 /// makes reuse bit-exact with recomputation, so any difference is a wrong block, not rounding.
@@ -27,6 +32,12 @@ final class CrashSafetyTests: XCTestCase {
         "Say something kind.", "What colour is grass?", "Name a musical instrument.", "How many legs does a spider have?",
         "What do bees make?", "Tell me a short fact about the moon.", "What is the opposite of hot?",
     ]
+
+    /// Longer than a block (64 tokens), so every chat's first block is shared.
+    static let system =
+        "You are a patient assistant in a crash-safety drill. Answer every question in one short sentence, "
+        + "plainly, without lists, headings or code. If you do not know an answer, say so and stop. Keep to the "
+        + "facts a child would learn at school, and never mention this drill."
 
     static let config = """
         [store]
@@ -137,8 +148,8 @@ final class CrashSafetyTests: XCTestCase {
                     figures.lostDetails.append("\(c.session): status \(detail.status), \(stored) tokens stored, \(c.lastAckTokens) acknowledged")
                 }
             }
-            let messages = c.history + [("user", c.nextUserMessage)]
-            let served = try chat(socket, messages, session: c.session, maxTokens: 8)
+            let messages = [("system", Self.system)] + c.history + [("user", c.nextUserMessage)]
+            let served = try chat(socket, messages, session: c.anonymous ? nil : c.session, maxTokens: 8)
             let recomputed = try chat(refSocket, messages, session: "ref-\(cycle)-\(i)", maxTokens: 8)
             _ = try request(refSocket, "DELETE", "/v1/sessions/ref-\(cycle)-\(i)")
             XCTAssertEqual(served.status, 200, "\(served.json)")
@@ -156,7 +167,9 @@ final class CrashSafetyTests: XCTestCase {
                 figures.mismatchDetails.append("\(c.session) turn \(c.acked + 1): served \(a.debugDescription), recomputed \(b.debugDescription)")
             }
             let usage = served.json["usage"] as? [String: Any] ?? [:]
-            chats.acknowledge(i, reply: a, tokens: (usage["prompt_tokens"] as? Int ?? 0) + (usage["completion_tokens"] as? Int ?? 0))
+            chats.acknowledge(
+                i, reply: a, tokens: (usage["prompt_tokens"] as? Int ?? 0) + (usage["completion_tokens"] as? Int ?? 0),
+                session: served.json["session_id"] as? String)
         }
         let metrics = try rawRequest(socket, "GET", "/metrics").1
         figures.corruptBlocks += Int(metricValue(metrics, "kvtier_tier_checksum_failures_total"))
@@ -187,7 +200,10 @@ struct CrashFigures {
 /// The chats' client-side state, shared by the driver threads and the test (guarded by `lock`).
 final class CrashChats: @unchecked Sendable {
     struct Chat {
+        /// The session (for a chat without session ids, the one its last acknowledged turn ran in).
         var session: String
+        /// Sends no session id.
+        var anonymous = false
         var generation = 0
         var history: [(String, String)] = []
         var acked = 0
@@ -215,7 +231,11 @@ final class CrashChats: @unchecked Sendable {
     init(count: Int, maxTurns: Int) {
         self.count = count
         self.maxTurns = maxTurns
-        chats = (0..<count).map { Chat(session: "crash-\($0)-0", nextUserMessage: CrashSafetyTests.prompts[$0 % CrashSafetyTests.prompts.count]) }
+        chats = (0..<count).map {
+            Chat(
+                session: "crash-\($0)-0", anonymous: $0 % 2 == 1,
+                nextUserMessage: CrashSafetyTests.prompts[$0 % CrashSafetyTests.prompts.count])
+        }
         inFlight = Array(repeating: nil, count: count)
     }
 
@@ -234,9 +254,10 @@ final class CrashChats: @unchecked Sendable {
     }
 
     /// Records an acknowledged turn; a chat that reached `maxTurns` starts a new session.
-    func acknowledge(_ i: Int, reply: String, tokens: Int) {
+    func acknowledge(_ i: Int, reply: String, tokens: Int, session: String?) {
         lock.withLock {
             var c = chats[i]
+            if c.anonymous, let session { c.session = session }
             c.history += [("user", c.nextUserMessage), ("assistant", reply)]
             c.acked += 1
             c.lastAckTokens = tokens
@@ -262,11 +283,13 @@ final class CrashChats: @unchecked Sendable {
                 return (chats[i], stopped)
             }
             if done { return }
-            let turn = streamChat(socket, messages: chat.history + [("user", chat.nextUserMessage)], session: chat.session,
+            let messages = [("system", CrashSafetyTests.system)] + chat.history + [("user", chat.nextUserMessage)]
+            let turn = streamChat(socket, messages: messages, session: chat.anonymous ? nil : chat.session,
                                   maxTokens: 24, onFirstChunk: { self.lock.withLock { self.inFlight[i] = .decoding } })
             lock.withLock { inFlight[i] = nil }
             if turn.completed && turn.error == nil {
-                acknowledge(i, reply: turn.content, tokens: turn.promptTokens + turn.completionTokens)
+                acknowledge(
+                    i, reply: turn.content, tokens: turn.promptTokens + turn.completionTokens, session: turn.sessionID)
             } else {
                 usleep(50_000)  // refused (429), or the daemon is gone
             }

@@ -101,10 +101,16 @@ final class IsolationTests: XCTestCase {
         let a3 = try chat(socket, aliceNext, session: "alice", maxTokens: 8)
         let a3ref = try chat(dir + "/r/r.sock", aliceNext, session: "alice-ref", maxTokens: 8)
         XCTAssertEqual(replyText(a3.json), replyText(a3ref.json))
-        // Without session ids, Bob's history continues Bob (the longest stored prefix), not Alice.
+        // Without a session id, Bob's history reuses Bob's blocks (the longest stored prefix), not
+        // Alice's, in a session of its own (a request without an id never modifies a named one).
         let bobNext = bobHistory + [("assistant", replyText(b2.json) ?? ""), ("user", "Why?")]
         let b3 = try chat(socket, bobNext, session: nil, maxTokens: 8)
-        XCTAssertEqual(b3.json["session_id"] as? String, "bob")
+        XCTAssertNotEqual(b3.json["session_id"] as? String, "bob")
+        let usage2 = try XCTUnwrap(b2.json["usage"] as? [String: Any])
+        XCTAssertGreaterThanOrEqual(
+            (b3.json["kvtier"] as? [String: Any])?["tokens_reused"] as? Int ?? 0,
+            (usage2["prompt_tokens"] as? Int ?? 0) + (usage2["completion_tokens"] as? Int ?? 0) - 1,
+            "all of Bob's history was reused")
         let b3ref = try chat(dir + "/r/r.sock", bobNext, session: "bob-ref-3", maxTokens: 8)
         XCTAssertEqual(replyText(b3.json), replyText(b3ref.json))
     }

@@ -55,19 +55,22 @@ struct StreamedTurn {
     var promptTokens = 0
     var completionTokens = 0
     var report: [String: Any] = [:]
+    /// The session the turn ran in (the final chunk's `session_id`).
+    var sessionID: String?
     var error: String?
 }
 
 /// Sends a streaming chat completion on a new connection and reads the server-sent events as
 /// they arrive; `onEvent` is told when the first content chunk arrives. Returns what arrived
 /// before the server finished or the connection broke.
-func streamChat(_ socketPath: String, messages: [(String, String)], session: String, maxTokens: Int,
+func streamChat(_ socketPath: String, messages: [(String, String)], session: String?, maxTokens: Int,
                 onFirstChunk: () -> Void = {}) -> StreamedTurn {
     var turn = StreamedTurn()
-    let body: [String: Any] = [
+    var body: [String: Any] = [
         "messages": messages.map { ["role": $0.0, "content": $0.1] }, "max_tokens": maxTokens, "temperature": 0,
-        "stream": true, "session_id": session,
+        "stream": true,
     ]
+    if let session { body["session_id"] = session }
     guard let payload = try? JSONSerialization.data(withJSONObject: body) else { return turn }
     let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: kvtier\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: \(payload.count)\r\n\r\n"
     let fd: Int32
@@ -131,6 +134,7 @@ func streamChat(_ socketPath: String, messages: [(String, String)], session: Str
                     turn.promptTokens = usage["prompt_tokens"] as? Int ?? 0
                     turn.completionTokens = usage["completion_tokens"] as? Int ?? 0
                     turn.report = object["kvtier"] as? [String: Any] ?? [:]
+                    turn.sessionID = object["session_id"] as? String
                 }
             }
         }

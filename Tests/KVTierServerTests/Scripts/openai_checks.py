@@ -102,6 +102,32 @@ def _():
     return extra.get("session_id") == "sdk-check" and reused > 20, f"session {extra.get('session_id')}, reused {reused}"
 
 
+@check("three chats without session_id, interleaved: each reuses its whole history")
+def _():
+    system = {"role": "system", "content": "You are a concise assistant for a team of engineers. Answer in one "
+              "short sentence, and say so when you do not know."}
+    chats = [[system, {"role": "user", "content": q}] for q in
+             ["What is a cache?", "What is a queue?", "What is a daemon?"]]
+    seen, details, ok = [None] * 3, [], True
+    for turn in range(3):
+        for c, history in enumerate(chats):
+            r = client.chat.completions.create(model=model, messages=history, max_completion_tokens=8,
+                                                temperature=0)
+            extra = r.model_extra or {}
+            reused = (extra.get("kvtier") or {}).get("tokens_reused", 0)
+            if turn > 0:
+                # Everything the server computed for this chat before: its prompt and its reply
+                # (the reply's last token was sampled, never fed).
+                whole = seen[c][1] + seen[c][2] - 1
+                ok = ok and extra.get("session_id") == seen[c][0] and reused >= whole
+                details.append(f"{c}.{turn + 1}: {reused}/{r.usage.prompt_tokens} (history {whole})")
+            seen[c] = (extra.get("session_id"), r.usage.prompt_tokens, r.usage.completion_tokens)
+            history += [{"role": "assistant", "content": r.choices[0].message.content},
+                        {"role": "user", "content": f"Say more, part {turn + 2}."}]
+    ok = ok and len({s[0] for s in seen}) == 3
+    return ok, "; ".join(details)
+
+
 @check("logprobs: one per token, the text's own, alternatives sorted")
 def _():
     r = client.chat.completions.create(

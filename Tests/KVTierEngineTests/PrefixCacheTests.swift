@@ -1,0 +1,243 @@
+import Foundation
+import XCTest
+
+@testable import KVTierEngine
+@testable import KVTierModel
+@testable import KVTierStore
+@testable import KVTierTestSupport
+
+/// The prefix cache: requests without a session id keep their own chats, every chat reuses the
+/// longest prefix any chat of its owner computed, shared blocks are stored once and stay
+/// immutable while referenced, and a block goes only with its last reference.
+final class PrefixCacheTests: XCTestCase {
+    private func tempDir() -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-prefix-\(UUID().uuidString)").path
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
+        return d
+    }
+
+    private func makeEngine(_ model: LlamaModel, dir: String, reuse: Bool = true) throws -> ChatEngine {
+        var c = StoreConfiguration(stateDirectory: dir)
+        c.blockTokens = 16
+        c.hbmCapacityBytes = 16 << 20
+        c.dramCapacityBytes = 16 << 20
+        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        let store = try TieredStore(
+            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f32)
+        var e = EngineConfiguration()
+        e.threads = 2
+        e.reuseKV = reuse
+        return ChatEngine(model: model, store: store, configuration: e)
+    }
+
+    private let greedy = GenerationOptions(maxTokens: 6, sampling: .greedy, stopAtEndOfGeneration: false)
+    private let system = ChatMessage(
+        role: "system",
+        content: "You are a careful assistant for a team of engineers. Answer briefly, cite the manual where you can, "
+            + "and say so when you do not know. Never invent command names or flags.")
+
+    /// A request as the daemon runs it: the session chosen for it, then its turn.
+    private func request(
+        _ engine: ChatEngine, named: String? = nil, _ messages: [ChatMessage], owner: String = "1000"
+    ) throws -> (session: String, report: TurnReport) {
+        let id = engine.sessionForRequest(
+            named: named, messages: messages, owner: owner, newID: "1000:s-\(UUID().uuidString.prefix(8))")
+        defer { engine.requestEnded(session: id) }
+        let r = try engine.runTurn(session: id, owner: owner, messages: messages, options: greedy)
+        return (id, r)
+    }
+
+    /// What full recomputation of a turn gives: the first token's logits and the greedy reply,
+    /// from the prompt ids the engine built for it (the engine's own ids for its earlier replies).
+    private func reference(_ model: LlamaModel, _ engine: ChatEngine, _ session: String, _ r: TurnReport) throws -> (
+        [Int32], [Float]
+    ) {
+        let prompt = Array(try XCTUnwrap(engine.stateForTesting(session)).tokens.prefix(r.promptTokens))
+        let t = model.makeTransformer(threads: 2)
+        let cache = InMemoryKVCache(layout: model.kvLayout, capacity: prompt.count + 8, precision: .f32)
+        var logits: [Float] = []
+        try t.forward(tokens: prompt, positions: (0..<prompt.count).map { Int32($0) }, cache: cache, logits: .last) {
+            _, l in logits = Array(l)
+        }
+        let first = logits
+        var reply: [Int32] = []
+        while reply.count < r.generated.count {
+            let next = Int32(logits.indices.max { logits[$0] < logits[$1] }!)
+            reply.append(next)
+            try t.forward(
+                tokens: [next], positions: [Int32(prompt.count + reply.count - 1)], cache: cache, logits: .last
+            ) { _, l in logits = Array(l) }
+        }
+        return (reply, first)
+    }
+
+    private func maxDiff(_ a: [Float], _ b: [Float]) -> Float {
+        XCTAssertEqual(a.count, b.count)
+        return zip(a, b).map { abs($0 - $1) }.max() ?? .infinity
+    }
+
+    /// Three chats without session ids, interleaved turn by turn, each sending back the
+    /// server's replies: every chat keeps its own session, turns 2 and 3 reuse the chat's whole
+    /// history, turn 1 of the later chats reuses the shared system prompt from the first one's
+    /// blocks (stored once), and every reply equals the one computed with nothing reused.
+    func testInterleavedChatsWithoutSessionIDsEachKeepTheirWholeHistory() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let questions = ["how do I restart the daemon", "where are the logs kept", "what does the flush command do"]
+        var chats = questions.map { [system, ChatMessage(role: "user", content: $0)] }
+        var ids: [String?] = [nil, nil, nil]
+        var firstReports: [TurnReport] = []
+        var lastHistory = [0, 0, 0]
+        for turn in 0..<3 {
+            for c in 0..<3 {
+                let (id, r) = try request(engine, chats[c])
+                if let known = ids[c] {
+                    XCTAssertEqual(id, known, "chat \(c), turn \(turn + 1): continues its own session")
+                    XCTAssertEqual(r.tokensReused, lastHistory[c], "chat \(c), turn \(turn + 1): its whole history")
+                } else {
+                    ids[c] = id
+                    firstReports.append(r)
+                }
+                XCTAssertEqual(
+                    r.generated, try reference(model, engine, id, r).0,
+                    "chat \(c), turn \(turn + 1): the reply recomputation gives")
+                lastHistory[c] = r.promptTokens + r.generated.count - 1
+                chats[c] += [
+                    ChatMessage(role: "assistant", content: r.text),
+                    ChatMessage(role: "user", content: "and then, step \(turn + 2)?"),
+                ]
+            }
+        }
+        XCTAssertEqual(Set(ids.compactMap { $0 }).count, 3, "three chats, three sessions")
+        // The later chats' first turns loaded the system prompt's blocks computed by the first.
+        XCTAssertEqual(firstReports[0].tokensReused, 0)
+        for c in 1..<3 {
+            XCTAssertGreaterThanOrEqual(firstReports[c].tokensReused, 32, "chat \(c) reused the shared prefix")
+        }
+        // Stored once: the first full block of chats 1 and 2 is chat 0's.
+        let homes = try (0..<3).map { c in try XCTUnwrap(engine.stateForTesting(ids[c]!)?.blocks.first?.home) }
+        XCTAssertEqual(homes, [ids[0]!, ids[0]!, ids[0]!])
+        XCTAssertEqual(engine.storeNamespaces(of: ids[1]!), [ids[1]!, ids[0]!])
+    }
+
+    /// A request without a session id never modifies a named session: neither one that is a
+    /// prefix of its history nor one that extends it whole. The named chat then goes on reusing
+    /// its whole history.
+    func testARequestWithoutSessionIDNeverModifiesANamedSession() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let first = [system, ChatMessage(role: "user", content: "tell me about the tiers")]
+        let (named, r1) = try request(engine, named: "1000:work", first)
+        XCTAssertEqual(named, "1000:work")
+        let before = try XCTUnwrap(engine.stateForTesting(named))
+
+        // Without an id: a whole continuation of the named chat, then its first message alone.
+        let next =
+            first + [
+                ChatMessage(role: "assistant", content: r1.text),
+                ChatMessage(role: "user", content: "and the disk tier?"),
+            ]
+        let (b, rb) = try request(engine, next)
+        let (a, ra) = try request(engine, first)
+        XCTAssertNotEqual(a, named)
+        XCTAssertNotEqual(b, named)
+        XCTAssertNotEqual(a, b, "the continuation does not overwrite the other anonymous chat either")
+        XCTAssertGreaterThan(ra.tokensReused, 0, "the anonymous chat reused the named chat's prefix")
+        XCTAssertEqual(rb.tokensReused, rb.promptTokens - rb.tokensRecomputed)
+        XCTAssertEqual(rb.tokensReused, r1.promptTokens + r1.generated.count - 1, "the whole named history, shared")
+        let after = try XCTUnwrap(engine.stateForTesting(named))
+        XCTAssertEqual(after.tokens, before.tokens)
+        XCTAssertEqual(after.blocks, before.blocks)
+
+        let (again, r2) = try request(engine, named: "1000:work", next)
+        XCTAssertEqual(again, named)
+        XCTAssertEqual(r2.tokensReused, r1.promptTokens + r1.generated.count - 1)
+        XCTAssertEqual(r2.generated, try reference(model, engine, named, r2).0)
+    }
+
+    /// A shared block is immutable: when the chat that wrote it rewrites that range (its history
+    /// was edited), the rewrite goes under another key, and the fork still reads what it shared.
+    /// Its next turn's logits equal recomputation's (F32 KV, within the 1e-4 the engine tests allow).
+    func testAForkKeepsItsPrefixWhenTheSourceRewritesIt() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let words = (0..<60).map { "w\($0)" }.joined(separator: " ")
+        let source = [ChatMessage(role: "user", content: words + " end")]
+        _ = try request(engine, named: "1000:src", source)
+        // The fork shares the first 50 words; the source's edit keeps only the first 40.
+        let forked = [ChatMessage(role: "user", content: (0..<50).map { "w\($0)" }.joined(separator: " ") + " fork")]
+        let (fork, rf) = try request(engine, named: "1000:fork", forked)
+        XCTAssertGreaterThan(rf.tokensReused, 48)
+        let shared = try XCTUnwrap(engine.stateForTesting(fork)?.blocks.filter { $0.home == "1000:src" })
+        XCTAssertFalse(shared.isEmpty)
+
+        let edited = [
+            ChatMessage(
+                role: "user",
+                content: (0..<40).map { "w\($0)" }.joined(separator: " ") + " x" + String(repeating: " y", count: 19)
+                    + " end")
+        ]
+        _ = try request(engine, named: "1000:src", edited)
+        engine.quiesce()
+        let srcBlocks = try XCTUnwrap(engine.stateForTesting("1000:src")?.blocks)
+        XCTAssertTrue(srcBlocks.contains { $0.home != "1000:src" }, "a rewritten range went under an alternate key")
+        for b in shared {
+            XCTAssertFalse(engine.store.tiers(of: engine.key(0, b)).isEmpty, "the shared block is still stored")
+        }
+
+        var seen: [Float]?
+        engine.logitsObserver = { _, l in if seen == nil { seen = l } }
+        let next =
+            forked + [ChatMessage(role: "assistant", content: rf.text), ChatMessage(role: "user", content: "go on")]
+        let (same, r2) = try request(engine, named: "1000:fork", next)
+        engine.logitsObserver = nil
+        XCTAssertEqual(same, fork)
+        XCTAssertEqual(r2.blocksRecovered, 0)
+        XCTAssertEqual(r2.tokensReused, rf.promptTokens + rf.generated.count - 1)
+        let (reply, logits) = try reference(model, engine, same, r2)
+        XCTAssertEqual(r2.generated, reply)
+        XCTAssertLessThan(maxDiff(try XCTUnwrap(seen), logits), 1e-4, "reused KV gives what recomputation gives")
+    }
+
+    /// A block goes with its last reference: deleting the chat that wrote it keeps it for the
+    /// fork (also across a restart); deleting the fork then leaves nothing stored.
+    func testSharedBlocksGoWithTheirLastReferenceAcrossARestart() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let dir = tempDir()
+        let first = [system, ChatMessage(role: "user", content: "what is a tier")]
+        var next: [ChatMessage] = []
+        var forkID = ""
+        var expected = 0
+        do {
+            let engine = try makeEngine(model, dir: dir)
+            _ = try request(engine, named: "1000:a", first)
+            let (fork, rf) = try request(engine, [system, ChatMessage(role: "user", content: "what is a page")])
+            XCTAssertGreaterThan(rf.tokensReused, 0)
+            forkID = fork
+            next =
+                [system, ChatMessage(role: "user", content: "what is a page")] + [
+                    ChatMessage(role: "assistant", content: rf.text),
+                    ChatMessage(role: "user", content: "and a block?"),
+                ]
+            expected = rf.promptTokens + rf.generated.count - 1
+            engine.quiesce()
+            try engine.store.close()
+        }
+        let engine = try makeEngine(model, dir: dir)
+        XCTAssertEqual(Set(engine.sessionIDs), ["1000:a", forkID])
+        try engine.deleteSession("1000:a")
+        engine.quiesce()
+        XCTAssertFalse(
+            try XCTUnwrap(engine.stateForTesting(forkID)?.blocks.filter { $0.home == "1000:a" }).isEmpty,
+            "the fork still references the deleted chat's blocks")
+        let (same, r2) = try request(engine, next)
+        XCTAssertEqual(same, forkID)
+        XCTAssertEqual(r2.blocksRecovered, 0, "nothing the fork references was deleted with its source")
+        XCTAssertEqual(r2.tokensReused, expected)
+        XCTAssertEqual(r2.generated, try reference(model, engine, same, r2).0)
+
+        try engine.deleteSession(forkID)
+        engine.quiesce()
+        XCTAssertEqual(engine.store.sessions, [], "no block outlives its last reference")
+    }
+}
