@@ -7,6 +7,9 @@ struct KVTierBench: ParsableCommand {
         commandName: "kvtier-bench",
         abstract: "KVTier benchmarks; each subcommand prints a table, or one JSON object with --json.",
         version: BuildInfo.description,
-        subcommands: [DecoderBench.self, StoreBench.self, TruncationBench.self, ReplayBench.self, ServeBench.self]
+        subcommands: [
+            DecoderBench.self, StoreBench.self, TruncationBench.self, ReplayBench.self, ServeBench.self,
+            SharedPrefixBench.self,
+        ]
     )
 }

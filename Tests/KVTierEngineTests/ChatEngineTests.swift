@@ -139,13 +139,14 @@ extension ChatEngineTests {
         var messages = [ChatMessage(role: "user", content: "a fairly long first message so that there are several blocks of sixteen")]
         let r1 = try checkedTurn(engine, "m", messages, replies: [:])
         messages += [ChatMessage(role: "assistant", content: r1.text), ChatMessage(role: "user", content: "and more")]
-        // Lose block [16, 32) of layer 1 in every tier.
-        try engine.store.remove(BlockKey(model: engine.store.model, session: "m", layer: 1, start: 16, count: 16))
+        // Lose the second block of layer 1 in every tier.
+        let lost = try XCTUnwrap(engine.stateForTesting("m")?.blocks.dropFirst().first)
+        try engine.store.remove(engine.key(1, lost))
         let r2 = try checkedTurn(engine, "m", messages, replies: [r1.text: r1.generated])
         XCTAssertEqual(r2.blocksRecovered, 1)
         let prompt = ConversationTokenizer(model: model).tokens(for: messages, replies: [r1.text: r1.generated])
         let cached = r1.promptTokens + r1.generated.count - 1
-        XCTAssertEqual(r2.tokensRecomputed, 16 + (prompt.count - cached), "exactly the lost block and the new tokens")
+        XCTAssertEqual(r2.tokensRecomputed, lost.count + (prompt.count - cached), "exactly the lost block and the new tokens")
     }
 
     func testCorruptBlockIsRecomputedNotUsed() throws {

@@ -114,9 +114,18 @@ final class PrefixCacheTests: XCTestCase {
         for c in 1..<3 {
             XCTAssertGreaterThanOrEqual(firstReports[c].tokensReused, 32, "chat \(c) reused the shared prefix")
         }
-        // Stored once: the first full block of chats 1 and 2 is chat 0's.
-        let homes = try (0..<3).map { c in try XCTUnwrap(engine.stateForTesting(ids[c]!)?.blocks.first?.home) }
-        XCTAssertEqual(homes, [ids[0]!, ids[0]!, ids[0]!])
+        // Stored once: the system message's blocks (which end where it ends) of chats 1 and 2
+        // are chat 0's, the rest their own.
+        for c in 0..<3 {
+            let state = try XCTUnwrap(engine.stateForTesting(ids[c]!))
+            let end =
+                try XCTUnwrap(model.tokenizer.tokenID("<|im_end|>").flatMap { state.tokens.firstIndex(of: $0) }) + 2
+            let system = state.blocks.filter { $0.end <= end }
+            XCTAssertGreaterThanOrEqual(system.count, 2, "chat \(c)")
+            XCTAssertEqual(system.last?.end, end, "chat \(c): a block ends with the system message")
+            XCTAssertEqual(Set(system.map(\.home)), [ids[0]!], "chat \(c): the system message is chat 0's blocks")
+            XCTAssertTrue(state.blocks.filter { $0.end > end }.allSatisfy { $0.home == ids[c]! }, "chat \(c)")
+        }
         XCTAssertEqual(engine.storeNamespaces(of: ids[1]!), [ids[1]!, ids[0]!])
     }
 

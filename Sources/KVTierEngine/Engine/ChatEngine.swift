@@ -231,6 +231,15 @@ public final class ChatEngine: @unchecked Sendable {
         // Truncation: keep the live window plus the new tokens and the reply within C.
         let hasSystem = messages.first?.role == "system" || model.template.defaultSystemMessage != nil
         let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew, hasSystemMessage: hasSystem)
+        // Blocks end where the system message does (through its "<|im_end|>\n"), so every chat
+        // with the same system prompt shares its blocks whole (a block across the end would hold
+        // each chat's own first tokens too).
+        let systemEnd =
+            hasSystem
+            ? model.tokenizer.tokenID("<|im_end|>").flatMap { prompt.firstIndex(of: $0) }.map {
+                min($0 + 2, prompt.count)
+            }
+            : nil
         report.truncatedTokens = truncated
 
         // Blocks evicted from every tier (a full disk, an HBM-only store) are recomputed from the
@@ -241,8 +250,8 @@ public final class ChatEngine: @unchecked Sendable {
         for _ in 0..<3 {
             store.waitForSaves()
             let attempt = try runForward(
-                state: &state, prompt: prompt, reuse: reuse, failed: failed, options: options, maxNew: maxNew,
-                placement: placement, report: &report, started: started, onText: onText)
+                state: &state, prompt: prompt, reuse: reuse, failed: failed, systemEnd: systemEnd, options: options,
+                maxNew: maxNew, placement: placement, report: &report, started: started, onText: onText)
             if attempt.isEmpty {
                 completed = true
                 break
@@ -262,7 +271,7 @@ public final class ChatEngine: @unchecked Sendable {
     /// One attempt at the turn. Returns the blocks that failed to load (the caller retries with
     /// them recomputed), or [] when the turn completed.
     private func runForward(
-        state: inout SessionState, prompt: [Int32], reuse: Int, failed: [SessionState.BlockRange],
+        state: inout SessionState, prompt: [Int32], reuse: Int, failed: [SessionState.BlockRange], systemEnd: Int?,
         options: GenerationOptions, maxNew: Int, placement: Placement, report: inout TurnReport, started: UInt64,
         onText: (String) -> Void
     ) throws -> [SessionState.BlockRange] {
@@ -304,9 +313,12 @@ public final class ChatEngine: @unchecked Sendable {
             segments.compactMap { seg -> Int? in
                 if case .compute(let idx) = seg { return idx.first } else { return nil }
             }.min() ?? prompt.count
+        // A partial block is rewritten merged with the new tokens; one that ends with the system
+        // message is complete.
         let saveFrom =
-            state.blocks.first(where: { $0.start <= firstComputed && firstComputed <= $0.end && $0.count < blockTokens }
-            )?.start
+            state.blocks.first(where: {
+                $0.start <= firstComputed && firstComputed <= $0.end && $0.count < blockTokens && $0.end != systemEnd
+            })?.start
             ?? state.blocks.first(where: { $0.start <= firstComputed && firstComputed < $0.end })?.start
             ?? firstComputed
         // History index of each slot (slots follow history order) and its inverse.
@@ -314,7 +326,7 @@ public final class ChatEngine: @unchecked Sendable {
         var indexOfSlot: [Int] = []
         let saver = LayerSaver(
             engine: self, layers: model.kvLayout.layers, from: saveFrom, sinks: state.sinks, dropEnd: state.dropEnd,
-            blockTokens: blockTokens, placement: placement, homeFor: writeGuard(for: state))
+            systemEnd: systemEnd, blockTokens: blockTokens, placement: placement, homeFor: writeGuard(for: state))
         // However the attempt ends, no admission of its blocks outlives it (the session's next
         // turn may remove or rewrite the same keys).
         defer { saver.drain() }

@@ -20,6 +20,8 @@ final class LayerSaver: @unchecked Sendable {
     let layers: Int
     let sinks: Int
     let dropEnd: Int
+    /// Where the system message ends: blocks end there too (nil: no system message).
+    let systemEnd: Int?
     let blockTokens: Int
     let placement: Placement
     private let queue = DispatchQueue(label: "kvtier.engine.saver")
@@ -34,7 +36,7 @@ final class LayerSaver: @unchecked Sendable {
     private var failedRanges: Set<SessionState.BlockRange> = []
 
     init(
-        engine: ChatEngine, layers: Int, from: Int, sinks: Int, dropEnd: Int, blockTokens: Int,
+        engine: ChatEngine, layers: Int, from: Int, sinks: Int, dropEnd: Int, systemEnd: Int?, blockTokens: Int,
         placement: Placement, homeFor: @escaping (Int, Int) -> String
     ) {
         self.engine = engine
@@ -42,6 +44,7 @@ final class LayerSaver: @unchecked Sendable {
         self.layers = layers
         self.sinks = sinks
         self.dropEnd = dropEnd
+        self.systemEnd = systemEnd
         self.blockTokens = blockTokens
         self.placement = placement
         savedUpTo = [Int](repeating: from, count: layers)
@@ -68,6 +71,7 @@ final class LayerSaver: @unchecked Sendable {
         guard s < end else { return nil }
         var e = min(s + blockTokens, end)
         if s < sinks && dropEnd > sinks { e = min(e, sinks) }
+        if let systemEnd, s < systemEnd { e = min(e, systemEnd) }
         return s..<e
     }
 
@@ -75,7 +79,10 @@ final class LayerSaver: @unchecked Sendable {
     /// partial last one included, when `final`).
     func saveComplete(layer: Int, end: Int, slotOf: [Int: Int], cache: TurnCache, final: Bool) {
         while let r = chunk(from: savedUpTo[layer], end: end) {
-            guard r.count == blockTokens || final || (r.upperBound == sinks && dropEnd > sinks) else { break }
+            guard
+                r.count == blockTokens || final || (r.upperBound == sinks && dropEnd > sinks)
+                    || r.upperBound == systemEnd
+            else { break }
             guard let slot = slotOf[r.lowerBound] else { break }
             let home = homes[r] ?? homeFor(r.lowerBound, r.count)
             homes[r] = home

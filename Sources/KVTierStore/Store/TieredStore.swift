@@ -144,6 +144,23 @@ public final class TieredStore: @unchecked Sendable {
         }
     }
 
+    /// Frees the HBM pages of `session`'s blocks that match, once no eviction is demoting the
+    /// session (an eviction copies pages down before freeing them: it must never read a page
+    /// freed here). Does not pin the session, so evictions of it may start right after.
+    private func freeWhenNotDemoting(_ session: String, _ matches: (BlockKey) -> Bool) {
+        while true {
+            let freed: Bool = lock.withLock {
+                guard !demoting.contains(session) else { return false }
+                for k in hbm.keys where k.session == session && matches(k) {
+                    if let p = hbm.removeValue(forKey: k) { arena.free([p]) }
+                }
+                return true
+            }
+            if freed { return }
+            usleep(100)
+        }
+    }
+
     private func unpin(_ session: String) {
         lock.withLock { pins[session, default: 1] -= 1 }
     }
@@ -522,12 +539,7 @@ public final class TieredStore: @unchecked Sendable {
     /// Forgets one block in every tier (the engine replaces a session's partial last block).
     public func remove(_ key: BlockKey) throws(StoreError) {
         waitForSaves()
-        // Pinned, so no eviction is reading the page while it is freed here (one under way finishes first).
-        pinWhenNotDemoting(key.session)
-        defer { unpin(key.session) }
-        lock.withLock {
-            if let p = hbm.removeValue(forKey: key) { arena.free([p]) }
-        }
+        freeWhenNotDemoting(key.session) { $0 == key }
         _ = dram.remove(key)
         do { _ = try disk.delete(key) } catch { throw .disk(error) }
     }
@@ -535,14 +547,7 @@ public final class TieredStore: @unchecked Sendable {
     /// Forgets a session in every tier.
     public func delete(session: String) throws(StoreError) {
         waitForSaves()
-        pinWhenNotDemoting(session)
-        defer { unpin(session) }
-        lock.withLock {
-            let keys = hbm.keys.filter { $0.session == session }
-            for k in keys {
-                if let p = hbm.removeValue(forKey: k) { arena.free([p]) }
-            }
-        }
+        freeWhenNotDemoting(session) { $0.session == session }
         _ = dram.removeAll(session: session)
         do { _ = try disk.deleteSession(model: model, session: session) } catch { throw .disk(error) }
         policy.forget(session: session)

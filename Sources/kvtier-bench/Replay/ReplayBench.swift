@@ -4,8 +4,9 @@ import Foundation
 import KVTierEngine
 import KVTierModel
 import KVTierStore
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `kvtier-bench replay`: real ShareGPT chats replayed against recompute, an HBM-only cache,
@@ -31,32 +32,41 @@ struct ReplayBench: ParsableCommand {
     @Option(help: "DRAM tier size (bytes, or like 1GiB).") var dram: SizeArgument?
     @Option(help: "Disk tier size (bytes, or like 20GiB).") var disk = SizeArgument(bytes: 20 << 30)
     @Option(help: "Tokens per block.") var blockTokens = 64
-    @Option(help: "Policies, comma-separated (recompute, hbm-only, tiered-lru, kvtier, kvtier-no-overlap, kvtier-sync-save).")
+    @Option(
+        help:
+            "Policies, comma-separated (recompute, hbm-only, tiered-lru, kvtier, kvtier-no-overlap, kvtier-sync-save).")
     var policies = ReplayPolicy.all.map(\.name).joined(separator: ",")
     @Option(help: "DRAM capacities for the tiered-lru vs kvtier hit-rate sweep, comma-separated sizes (\"\" for none).")
     var sweep: String?
     @Option(help: "Output directory for JSON, CSV, Markdown and plots.") var out: String?
     @Option(help: "Also write the trace for deploy/bench/peer_replay.py here.") var exportTrace: String?
     @Option(help: "Compute threads.") var threads = 2
-    @Flag(help: """
-        Generate each reply (greedy, at most the recorded reply's length) instead of feeding the recorded \
-        one; the next turn sends the generated text back. Histories then depend on the model's output, \
-        so policies are no longer replayed on an identical trace.
-        """)
+    @Flag(
+        help: """
+            Generate each reply (greedy, at most the recorded reply's length) instead of feeding the recorded \
+            one; the next turn sends the generated text back. Histories then depend on the model's output, \
+            so policies are no longer replayed on an identical trace.
+            """)
     var generate = false
+    @Flag(help: "Send no session ids: the prefix cache finds each turn's chat (as for a stock OpenAI client).")
+    var anonymous = false
     @Flag(help: "Print one JSON object on stdout (no progress, no table).") var json = false
     @Flag(help: "Do not render the PNG plots.") var noPlots = false
 
     struct Sizes {
-        var sessions: Int, maxTurns: Int, messageTokens: Int, rate: Double, think: Double, hbm: Int, dram: Int, sweep: [Int]
+        var sessions: Int, maxTurns: Int, messageTokens: Int, rate: Double, think: Double, hbm: Int, dram: Int,
+            sweep: [Int]
     }
 
     /// Preset sizes. A session's KV is up to maxTurns x 2 x messageTokens tokens at 23,040 B per
     /// token (F16): HBM holds the running session and little more, DRAM a fraction of the
     /// sessions in flight, disk all of them.
     private var sizes: Sizes {
-        var z = quick
-            ? Sizes(sessions: 8, maxTurns: 3, messageTokens: 128, rate: 0.5, think: 8, hbm: 32 << 20, dram: 40 << 20, sweep: [24 << 20, 96 << 20])
+        var z =
+            quick
+            ? Sizes(
+                sessions: 8, maxTurns: 3, messageTokens: 128, rate: 0.5, think: 8, hbm: 32 << 20, dram: 40 << 20,
+                sweep: [24 << 20, 96 << 20])
             : Sizes(
                 sessions: 200, maxTurns: 6, messageTokens: 256, rate: 0.25, think: 30, hbm: 160 << 20, dram: 1 << 30,
                 sweep: [256 << 20, 512 << 20, 2 << 30])
@@ -74,7 +84,8 @@ struct ReplayBench: ParsableCommand {
         let started = Date()
         let chosen = try policies.split(separator: ",").map { name -> ReplayPolicy in
             guard let p = ReplayPolicy.named(String(name).trimmingCharacters(in: .whitespaces)) else {
-                throw ValidationError("unknown policy '\(name)'; known: \(ReplayPolicy.all.map(\.name).joined(separator: ", "))")
+                throw ValidationError(
+                    "unknown policy '\(name)'; known: \(ReplayPolicy.all.map(\.name).joined(separator: ", "))")
             }
             return p
         }
@@ -85,9 +96,13 @@ struct ReplayBench: ParsableCommand {
         do { m = try LlamaModel(path: path) } catch { throw ValidationError("\(error)") }
         let workload = try ReplayWorkload(
             data: data, model: m,
-            parameters: .init(sessions: z.sessions, seed: seed, messageTokens: z.messageTokens, maxTurns: z.maxTurns, arrivalRate: z.rate, thinkMeanSeconds: z.think),
+            parameters: .init(
+                sessions: z.sessions, seed: seed, messageTokens: z.messageTokens, maxTurns: z.maxTurns,
+                arrivalRate: z.rate, thinkMeanSeconds: z.think),
             log: log)
-        log("\(workload.conversations.count) sessions, \(workload.turnCount) turns; conversations: \(workload.conversations.map(\.id).joined(separator: ","))")
+        log(
+            "\(workload.conversations.count) sessions, \(workload.turnCount) turns; conversations: \(workload.conversations.map(\.id).joined(separator: ","))"
+        )
         if let exportTrace { try writeTrace(workload, to: exportTrace) }
 
         var store = StoreConfiguration(stateDirectory: "")
@@ -98,12 +113,15 @@ struct ReplayBench: ParsableCommand {
 
         let dir = out ?? "run/bench/replay-\(quick ? "quick" : "standard")"
         let workloadSummary = ReplaySummary.Workload(
-            sessions: workload.conversations.count, turns: workload.turnCount, arrival_rate_per_s: z.rate, think_mean_s: z.think,
-            message_tokens: z.messageTokens, max_turns: z.maxTurns, hbm_bytes: z.hbm, dram_bytes: z.dram, block_tokens: blockTokens,
-            replies: generate ? "generated" : "teacher-forced")
+            sessions: workload.conversations.count, turns: workload.turnCount, arrival_rate_per_s: z.rate,
+            think_mean_s: z.think,
+            message_tokens: z.messageTokens, max_turns: z.maxTurns, hbm_bytes: z.hbm, dram_bytes: z.dram,
+            block_tokens: blockTokens,
+            replies: generate ? "generated" : "teacher-forced", session_ids: anonymous ? "none" : "named")
         func summary(_ policies: [ReplaySummary.Policy], _ sweep: [ReplaySummary.SweepPoint]) -> ReplaySummary {
             ReplaySummary(
-                preset: quick ? "quick" : "standard", seed: seed, conversations: workload.conversations.map(\.id), workload: workloadSummary,
+                preset: quick ? "quick" : "standard", seed: seed, conversations: workload.conversations.map(\.id),
+                workload: workloadSummary,
                 policies: policies, sweep: sweep, seconds: Date().timeIntervalSince(started))
         }
         var results: [ReplaySummary.Policy] = []
@@ -119,16 +137,23 @@ struct ReplayBench: ParsableCommand {
                 guard let p = ReplayPolicy.named(name) else { continue }
                 var s = store
                 s.dramCapacityBytes = bytes
-                let (turns, stats) = try runPolicy(p, store: s, workload: workload, model: m, label: "\(name) @ DRAM \(bytes >> 20) MiB")
+                let (turns, stats) = try runPolicy(
+                    p, store: s, workload: workload, model: m, label: "\(name) @ DRAM \(bytes >> 20) MiB")
                 let row = ReplaySummary.Policy(policy: p.name, store: s, turns: turns, stats: stats)
-                sweepRows.append(.init(policy: name, dram_bytes: bytes, hit_rate: row.hit_rate, hit_rate_by_tier: row.hit_rate_by_tier))
+                sweepRows.append(
+                    .init(
+                        policy: name, dram_bytes: bytes, hit_rate: row.hit_rate, hit_rate_by_tier: row.hit_rate_by_tier)
+                )
                 if !json { log("sweep: " + row.line) }
                 try summary(results, sweepRows).write(to: dir)
             }
         }
         // The main runs of the two swept policies are the sweep's point at the preset's DRAM size.
         for row in results where ReplayPolicy.swept.contains(row.policy) && !sweepSizes.contains(z.dram) {
-            sweepRows.append(.init(policy: row.policy, dram_bytes: z.dram, hit_rate: row.hit_rate, hit_rate_by_tier: row.hit_rate_by_tier))
+            sweepRows.append(
+                .init(
+                    policy: row.policy, dram_bytes: z.dram, hit_rate: row.hit_rate,
+                    hit_rate_by_tier: row.hit_rate_by_tier))
         }
         sweepRows.sort { ($0.dram_bytes, $0.policy) < ($1.dram_bytes, $1.policy) }
         let summary = summary(results, sweepRows)
@@ -142,21 +167,24 @@ struct ReplayBench: ParsableCommand {
         }
     }
 
-    private func runPolicy(_ p: ReplayPolicy, store: StoreConfiguration, workload: ReplayWorkload, model: LlamaModel, label: String) throws
+    private func runPolicy(
+        _ p: ReplayPolicy, store: StoreConfiguration, workload: ReplayWorkload, model: LlamaModel, label: String
+    ) throws
         -> ([ReplayRun.TurnRecord], StoreStats)
     {
         let showProgress = !json && isatty(STDERR_FILENO) != 0
         let t0 = Date()
         let total = workload.turnCount
-        let result = try ReplayRun(policy: p, store: store, threads: threads, generate: generate).run(workload, model: model) { done, sessionsDone in
-            guard showProgress else { return }
-            let elapsed = Date().timeIntervalSince(t0)
-            let remaining = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
-            let line = String(
-                format: "\r%@: %d/%d sessions, %d/%d turns, %.0f s elapsed, ~%.0f s left   ",
-                label, sessionsDone, workload.conversations.count, done, total, elapsed, remaining)
-            FileHandle.standardError.write(Data(line.utf8))
-        }
+        let result = try ReplayRun(policy: p, store: store, threads: threads, generate: generate, anonymous: anonymous)
+            .run(workload, model: model) { done, sessionsDone in
+                guard showProgress else { return }
+                let elapsed = Date().timeIntervalSince(t0)
+                let remaining = done > 0 ? elapsed / Double(done) * Double(total - done) : 0
+                let line = String(
+                    format: "\r%@: %d/%d sessions, %d/%d turns, %.0f s elapsed, ~%.0f s left   ",
+                    label, sessionsDone, workload.conversations.count, done, total, elapsed, remaining)
+                FileHandle.standardError.write(Data(line.utf8))
+            }
         if showProgress { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
         return result
     }
@@ -183,7 +211,9 @@ struct ReplayBench: ParsableCommand {
         var text = String(decoding: try enc.encode(Trace(conversations: w.conversations, order: [])), as: UTF8.self)
         let orderJSON = "[" + order.map { "[\"\($0.1)\",\($0.2)]" }.joined(separator: ",") + "]"
         text = text.replacingOccurrences(of: "\"order\":[]", with: "\"order\":" + orderJSON)
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: (path as NSString).deletingLastPathComponent.isEmpty
+                ? "." : (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try Data(text.utf8).write(to: URL(fileURLWithPath: path))
         log("trace written to \(path)")
     }
@@ -201,7 +231,9 @@ struct ReplayBench: ParsableCommand {
         do {
             try p.run()
             p.waitUntilExit()
-            if p.terminationStatus != 0 { log("plots: \(script) failed; `python3 -m pip install matplotlib`, then run it by hand") }
+            if p.terminationStatus != 0 {
+                log("plots: \(script) failed; `python3 -m pip install matplotlib`, then run it by hand")
+            }
         } catch {
             log("plots: cannot run python3: \(error)")
         }

@@ -42,10 +42,17 @@ struct ReplayRun {
     /// Generate each reply (greedy, at most the recorded reply's length) instead of feeding the
     /// recorded one; the next turn sends the generated text back as the assistant message.
     var generate = false
+    /// Send no session ids: each turn runs in the session the engine's prefix cache picks for it
+    /// (as the daemon does for a stock OpenAI client).
+    var anonymous = false
 
     /// Runs the trace; `progress(turnsDone, sessionsDone)` after each turn.
-    func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int, Int) -> Void) throws -> (turns: [TurnRecord], stats: StoreStats) {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-replay-\(UUID().uuidString.prefix(8))").path
+    func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int, Int) -> Void) throws -> (
+        turns: [TurnRecord], stats: StoreStats
+    ) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "kvtier-replay-\(UUID().uuidString.prefix(8))"
+        ).path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var c = store
         c.stateDirectory = dir
@@ -58,7 +65,8 @@ struct ReplayRun {
             throw ReplayError("cannot open a store for \(policy.name): \(error)")
         }
         defer { try? tiered.close(flushingDRAM: false) }
-        let engine = ChatEngine(model: model, store: tiered, configuration: policy.engineConfiguration(threads: threads))
+        let engine = ChatEngine(
+            model: model, store: tiered, configuration: policy.engineConfiguration(threads: threads))
         // The replay models CachedAttention's serving loop, one turn at a time in virtual time.
         let scheduler = TurnScheduler(engine: engine, lookAhead: policy.lookAhead, maxRunning: 1)
 
@@ -69,11 +77,14 @@ struct ReplayRun {
             let endedAt: UInt64
         }
         let finished = FinishedQueue<Finished>()
-        var due: [(time: Double, conversation: Int, turn: Int)] = workload.conversations.enumerated().map { ($0.element.arrivalSeconds, $0.offset, 0) }
+        var due: [(time: Double, conversation: Int, turn: Int)] = workload.conversations.enumerated().map {
+            ($0.element.arrivalSeconds, $0.offset, 0)
+        }
         due.sort { $0.time < $1.time }
         var submittedAt: [String: UInt64] = [:]
         var arrivalOf: [String: Double] = [:]
-        var clock = 0.0, lastEnd = 0.0
+        var clock = 0.0
+        var lastEnd = 0.0
         var lastEndReal = DispatchTime.now().uptimeNanoseconds
         var inFlight = 0
         var records: [TurnRecord] = []
@@ -99,12 +110,18 @@ struct ReplayRun {
                     options.forcedReply = conv.turns[next.turn].reply
                     messages = workload.messages(conv, upTo: next.turn)
                 }
+                let session = engine.sessionForRequest(
+                    named: anonymous ? nil : conv.session, messages: messages, owner: nil,
+                    newID: "\(conv.session)-\(next.turn)")
                 let turn = TurnScheduler.Turn(
-                    session: conv.session, messages: messages, options: options,
+                    session: session, messages: messages, options: options,
                     nextTurnInSeconds: policy.placementHints ? conv.turns[next.turn].thinkSeconds : nil)
                 let (ci, ti) = (next.conversation, next.turn)
                 scheduler.submit(turn) { result in
-                    finished.push(Finished(conversation: ci, turn: ti, result: result, endedAt: DispatchTime.now().uptimeNanoseconds))
+                    engine.requestEnded(session: session)
+                    finished.push(
+                        Finished(
+                            conversation: ci, turn: ti, result: result, endedAt: DispatchTime.now().uptimeNanoseconds))
                 }
                 inFlight += 1
             }
@@ -113,7 +130,9 @@ struct ReplayRun {
             let report: TurnReport
             switch f.result {
             case .success(let r): report = r
-            case .failure(let e): throw ReplayError("\(policy.name): turn \(f.turn) of \(workload.conversations[f.conversation].session) failed: \(e)")
+            case .failure(let e):
+                throw ReplayError(
+                    "\(policy.name): turn \(f.turn) of \(workload.conversations[f.conversation].session) failed: \(e)")
             }
             // Real wall time from when the turn could start (its submission, or the end of the
             // turn before it) to its end.
@@ -125,12 +144,14 @@ struct ReplayRun {
             let start = max(lastEnd, arrival)
             lastEnd = start + wall
             clock = max(clock, lastEnd)
-            records.append(TurnRecord(
-                session: conv.session, turn: f.turn, arrival_s: arrival, start_s: start, ttft_ms: report.ttftMs,
-                queue_ms: (start - arrival) * 1000, total_ms: wall * 1000, prompt_tokens: report.promptTokens,
-                reusable: f.turn == 0 ? 0 : min(previousContext[f.conversation] ?? 0, report.promptTokens),
-                reused: report.tokensReused, recomputed: report.tokensRecomputed, hits_hbm: report.hitsHBM,
-                hits_dram: report.hitsDRAM, hits_disk: report.hitsDisk, stall_ms: report.loadStallMs, save_lag_ms: report.saveLagMs))
+            records.append(
+                TurnRecord(
+                    session: conv.session, turn: f.turn, arrival_s: arrival, start_s: start, ttft_ms: report.ttftMs,
+                    queue_ms: (start - arrival) * 1000, total_ms: wall * 1000, prompt_tokens: report.promptTokens,
+                    reusable: f.turn == 0 ? 0 : min(previousContext[f.conversation] ?? 0, report.promptTokens),
+                    reused: report.tokensReused, recomputed: report.tokensRecomputed, hits_hbm: report.hitsHBM,
+                    hits_dram: report.hitsDRAM, hits_disk: report.hitsDisk, stall_ms: report.loadStallMs,
+                    save_lag_ms: report.saveLagMs))
             previousContext[f.conversation] = report.promptTokens + report.tokensGenerated
             if generate { generatedReplies[f.conversation, default: []].append(report.text) }
             if f.turn + 1 < conv.turns.count {

@@ -18,6 +18,8 @@ struct ReplaySummary: Encodable {
         let block_tokens: Int
         /// "teacher-forced" (the recorded replies, the same trace for every policy) or "generated".
         let replies: String
+        /// "named" (each chat sends its session id) or "none" (the prefix cache finds the chat).
+        let session_ids: String
     }
 
     struct Percentiles: Encodable {
