@@ -120,7 +120,7 @@ public final class APIService: Sendable {
                 respond(response)
             }
             do {
-                if r.method == "POST", r.path == "/v1/chat/completions" {
+                if r.method == "POST", r.path == "/v1/chat/completions" || r.path == "/v1/completions" {
                     try chatCompletion(r, stream: stream, respond: counted)
                 } else {
                     counted(try route(r))
@@ -219,7 +219,8 @@ public final class APIService: Sendable {
                 200, HintResponse(upcoming: resolved.map { access.visibleID($0, for: r.peer) }, unknown: unknown))
         case (_, let path) where path.hasPrefix("/v1/sessions/"):
             return try sessionEndpoint(r)
-        case (_, "/healthz"), (_, "/v1/models"), (_, "/metrics"), (_, "/v1/chat/completions"), (_, "/v1/tiers"),
+        case (_, "/healthz"), (_, "/v1/models"), (_, "/metrics"), (_, "/v1/chat/completions"), (_, "/v1/completions"),
+            (_, "/v1/tiers"),
             (_, "/v1/sessions"), (_, "/v1/flush"), (_, "/v1/hints"):
             throw APIError(405, "invalid_request_error", "method \(r.method) is not allowed on \(r.path)")
         default:

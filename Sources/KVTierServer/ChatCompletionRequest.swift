@@ -44,7 +44,7 @@ struct ChatCompletionRequest: Decodable {
         var description: String { "\(path): \(message)" }
     }
 
-    private struct Key: CodingKey {
+    struct Key: CodingKey {
         var stringValue: String
         var intValue: Int? { nil }
         init(_ s: String) { stringValue = s }
@@ -105,14 +105,6 @@ struct ChatCompletionRequest: Decodable {
         } else {
             logprobs = wantsLogprobs ? 0 : nil
         }
-        for key in ["frequency_penalty", "presence_penalty"] where try present(key) {
-            let v = try c.decode(Double.self, forKey: Key(key))
-            guard v == 0 else { throw fail(key, "penalties are not supported; only 0") }
-        }
-        if try present("logit_bias") {
-            let bias = try c.decode([String: Double].self, forKey: Key("logit_bias"))
-            guard bias.isEmpty else { throw fail("logit_bias", "not supported; leave it out") }
-        }
         if try present("modalities") {
             let m = try c.decode([String].self, forKey: Key("modalities"))
             guard m.allSatisfy({ $0 == "text" }) else {
@@ -133,39 +125,79 @@ struct ChatCompletionRequest: Decodable {
             messages.append(try Self.message(m, path: "messages[\(index)]"))
         }
         self.messages = messages
-        maxTokens =
+        let common = try Self.common(c, defaultMaxTokens: nil)
+        maxTokens = common.maxTokens
+        temperature = common.temperature
+        topP = common.topP
+        seed = common.seed
+        stream = common.stream
+        includeUsage = common.includeUsage
+        stop = common.stop
+        sessionID = common.sessionID
+        nextTurnInSeconds = common.nextTurnInSeconds
+        ignoreEOS = common.ignoreEOS
+    }
+
+    /// The fields `/v1/chat/completions` and `/v1/completions` share, with their checks.
+    struct Common {
+        var maxTokens: Int?
+        var temperature: Float?
+        var topP: Float?
+        var seed: UInt64?
+        var stream: Bool
+        var includeUsage: Bool
+        var stop: [String]
+        var sessionID: String?
+        var nextTurnInSeconds: Double?
+        var ignoreEOS: Bool
+    }
+
+    static func common(_ c: KeyedDecodingContainer<Key>, defaultMaxTokens: Int?) throws -> Common {
+        func fail(_ key: String, _ message: String) -> FieldError { FieldError(path: key, message: message) }
+        func present(_ key: String) throws -> Bool {
+            guard c.contains(Key(key)) else { return false }
+            return try !c.decodeNil(forKey: Key(key))
+        }
+        for key in ["frequency_penalty", "presence_penalty"] where try present(key) {
+            let v = try c.decode(Double.self, forKey: Key(key))
+            guard v == 0 else { throw fail(key, "penalties are not supported; only 0") }
+        }
+        if try present("logit_bias") {
+            let bias = try c.decode([String: Double].self, forKey: Key("logit_bias"))
+            guard bias.isEmpty else { throw fail("logit_bias", "not supported; leave it out") }
+        }
+        var out = Common(stream: false, includeUsage: false, stop: [], ignoreEOS: false)
+        out.maxTokens =
             try c.decodeIfPresent(Int.self, forKey: Key("max_completion_tokens"))
-            ?? c.decodeIfPresent(Int.self, forKey: Key("max_tokens"))
-        temperature = try c.decodeIfPresent(Float.self, forKey: Key("temperature"))
-        topP = try c.decodeIfPresent(Float.self, forKey: Key("top_p"))
-        seed = try c.decodeIfPresent(UInt64.self, forKey: Key("seed"))
-        stream = try c.decodeIfPresent(Bool.self, forKey: Key("stream")) ?? false
+            ?? c.decodeIfPresent(Int.self, forKey: Key("max_tokens")) ?? defaultMaxTokens
+        out.temperature = try c.decodeIfPresent(Float.self, forKey: Key("temperature"))
+        out.topP = try c.decodeIfPresent(Float.self, forKey: Key("top_p"))
+        out.seed = try c.decodeIfPresent(UInt64.self, forKey: Key("seed"))
+        out.stream = try c.decodeIfPresent(Bool.self, forKey: Key("stream")) ?? false
         struct StreamOptions: Decodable { let include_usage: Bool? }
-        includeUsage = try c.decodeIfPresent(StreamOptions.self, forKey: Key("stream_options"))?.include_usage ?? false
+        out.includeUsage =
+            try c.decodeIfPresent(StreamOptions.self, forKey: Key("stream_options"))?.include_usage ?? false
         if try present("stop") {
             if let one = try? c.decode(String.self, forKey: Key("stop")) {
-                stop = [one]
+                out.stop = [one]
             } else {
                 guard let many = try? c.decode([String].self, forKey: Key("stop")) else {
                     throw fail("stop", "expected a string or a list of strings")
                 }
-                stop = many
+                out.stop = many
             }
-        } else {
-            stop = []
         }
-        sessionID = try c.decodeIfPresent(String.self, forKey: Key("session_id"))
+        out.sessionID = try c.decodeIfPresent(String.self, forKey: Key("session_id"))
         if try present("kvtier") {
             struct Hints: Decodable { let next_turn_in_seconds: Double? }
             let hints = try c.decode(Hints.self, forKey: Key("kvtier"))
             if let t = hints.next_turn_in_seconds, !(t >= 0 && t <= 31_536_000) {
                 throw fail("kvtier.next_turn_in_seconds", "must be 0 to 31536000 (a year), got \(t)")
             }
-            nextTurnInSeconds = hints.next_turn_in_seconds
-        } else {
-            nextTurnInSeconds = nil
+            out.nextTurnInSeconds = hints.next_turn_in_seconds
         }
-        ignoreEOS = try c.decodeIfPresent(Bool.self, forKey: Key("ignore_eos")) ?? false
+        out.ignoreEOS = try c.decodeIfPresent(Bool.self, forKey: Key("ignore_eos")) ?? false
+        return out
     }
 
     private static func message(_ m: KeyedDecodingContainer<Key>, path: String) throws -> Message {

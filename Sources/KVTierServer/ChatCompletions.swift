@@ -5,13 +5,18 @@ import KVTierEngine
 import KVTierModel
 import NIOConcurrencyHelpers
 
-/// `POST /v1/chat/completions`: validation (`ValidatedChatRequest`), the session it belongs to,
-/// and the turn queued on the scheduler; runs on `APIService.requests`, the turn's completion on
-/// the turn's thread.
+/// `POST /v1/chat/completions` and `POST /v1/completions` (a text completion: the prompt
+/// continued without the chat template, answered as `text_completion` objects): validation
+/// (`ValidatedChatRequest`), the session it belongs to, and the turn queued on the scheduler;
+/// runs on `APIService.requests`, the turn's completion on the turn's thread.
 extension APIService {
     func chatCompletion(_ r: Request, stream: StreamSink, respond: @escaping @Sendable (Response) -> Void) throws {
         let limits = self.limits.withLockedValue { $0 }
-        let valid = try ValidatedChatRequest(body: r.body, sessionHeader: r.headers["x-session-id"], limits: limits)
+        let valid =
+            r.path == "/v1/completions"
+            ? try ValidatedChatRequest(
+                textCompletionBody: r.body, sessionHeader: r.headers["x-session-id"], limits: limits)
+            : try ValidatedChatRequest(body: r.body, sessionHeader: r.headers["x-session-id"], limits: limits)
         let messages = valid.messages
         if stopping.withLockedValue({ $0 }) {
             throw APIError(503, "unavailable", "kvtierd is shutting down; retry after it restarts", retryAfter: 5)
@@ -48,7 +53,8 @@ extension APIService {
         let engine = self.engine
         let ended: @Sendable () -> Void = { engine.requestEnded(session: stored) }
         let visible = access.visibleID(stored, for: r.peer)
-        let id = "chatcmpl-" + UUID().uuidString.lowercased()
+        let text = valid.isTextCompletion
+        let id = (text ? "cmpl-" : "chatcmpl-") + UUID().uuidString.lowercased()
         let created = Int(Date().timeIntervalSince1970)
         var options = GenerationOptions(
             maxTokens: valid.maxTokens, sampling: valid.sampling, stopAtEndOfGeneration: !valid.ignoreEndOfGeneration,
@@ -96,15 +102,28 @@ extension APIService {
                 switch result {
                 case .success(let report):
                     finished(report)
-                    let body = ChatCompletion(
-                        id: id, created: created, model: modelName,
-                        choices: [
-                            .init(
-                                index: 0, message: .init(role: "assistant", content: report.text),
-                                finishReason: report.stopReason, logprobs: report.logprobs.map(ChoiceLogprobs.init))
-                        ],
-                        usage: usage(report), sessionId: visible, kvtier: KVTierReport(report))
-                    respond((try? json(200, body)) ?? Response(status: 500, body: []))
+                    let response: Response?
+                    if text {
+                        response = try? json(
+                            200,
+                            TextCompletion(
+                                id: id, created: created, model: modelName,
+                                choices: [.init(text: report.text, finishReason: report.stopReason)],
+                                usage: usage(report), sessionId: visible, kvtier: KVTierReport(report)))
+                    } else {
+                        response = try? json(
+                            200,
+                            ChatCompletion(
+                                id: id, created: created, model: modelName,
+                                choices: [
+                                    .init(
+                                        index: 0, message: .init(role: "assistant", content: report.text),
+                                        finishReason: report.stopReason,
+                                        logprobs: report.logprobs.map(ChoiceLogprobs.init))
+                                ],
+                                usage: usage(report), sessionId: visible, kvtier: KVTierReport(report)))
+                    }
+                    respond(response ?? Response(status: 500, body: []))
                 case .failure(let error):
                     failed(error)
                     respond(errorResponse(error))
@@ -122,14 +141,25 @@ extension APIService {
                 stream.send(Array("data: ".utf8) + Array(data) + Array("\n\n".utf8))
             }
         }
-        // The first chunk says who speaks (OpenAI's SDKs build the message from it), no text yet.
-        event(
-            ChatCompletionChunk(
-                id: id, created: created, model: modelName, delta: .init(role: "assistant", content: nil), finish: nil))
+        // The first chunk of a chat says who speaks (OpenAI's SDKs build the message from it), no text yet.
+        if !text {
+            event(
+                ChatCompletionChunk(
+                    id: id, created: created, model: modelName, delta: .init(role: "assistant", content: nil),
+                    finish: nil))
+        }
         let turn = TurnScheduler.Turn(
             session: stored, owner: r.peer.namespace, messages: messages, options: options,
             nextTurnInSeconds: valid.nextTurnInSeconds,
             onText: { piece in
+                if text {
+                    event(
+                        TextCompletion(
+                            id: id, created: created, model: modelName, choices: [.init(text: piece, finishReason: nil)]
+                        )
+                    )
+                    return
+                }
                 var chunk = ChatCompletionChunk(
                     id: id, created: created, model: modelName, delta: .init(content: piece), finish: nil)
                 chunk.choices[0].logprobs = takeLogprobs()
@@ -137,6 +167,17 @@ extension APIService {
             })
         scheduler.submit(turn) { [self] result in
             switch result {
+            case .success(let report) where text:
+                finished(report)
+                event(
+                    TextCompletion(
+                        id: id, created: created, model: modelName,
+                        choices: [.init(text: "", finishReason: report.stopReason)], usage: usage(report),
+                        sessionId: visible, kvtier: KVTierReport(report)))
+                if valid.includeUsage {
+                    event(TextCompletion(id: id, created: created, model: modelName, choices: [], usage: usage(report)))
+                }
+                answered(r, status: 200)
             case .success(let report):
                 finished(report)
                 var last = ChatCompletionChunk(

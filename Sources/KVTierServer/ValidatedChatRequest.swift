@@ -1,4 +1,5 @@
 import Foundation
+import KVTierEngine
 import KVTierModel
 
 /// A `POST /v1/chat/completions` body that decoded and passed every check against the limits:
@@ -23,17 +24,13 @@ struct ValidatedChatRequest: Sendable {
     /// The session the client named (`session_id`, else the `X-Session-Id` header), if any.
     let sessionID: String?
 
-    /// Decodes and checks `body`; `sessionHeader` is the request's `X-Session-Id`.
+    /// `/v1/completions`: the prompt is continued as plain text (no chat template), and the
+    /// answer is a `text_completion`.
+    let isTextCompletion: Bool
+
+    /// Decodes and checks a chat completion `body`; `sessionHeader` is the request's `X-Session-Id`.
     init(body: [UInt8], sessionHeader: String?, limits: ServerLimits) throws(APIError) {
-        let req: ChatCompletionRequest
-        do {
-            req = try RequestJSON.decode(ChatCompletionRequest.self, from: body)
-        } catch let e as RequestJSON.TooDeep {
-            throw APIError(
-                400, "invalid_request_error", "the request body is not a valid chat completion request: \(e)")
-        } catch {
-            throw APIError(400, "invalid_request_error", Self.describe(error))
-        }
+        let req: ChatCompletionRequest = try Self.decode(body, as: "chat completion")
         guard !req.messages.isEmpty, req.messages.last?.role == "user" else {
             throw APIError(400, "invalid_request_error", "messages: must be non-empty and end with a user message")
         }
@@ -43,36 +40,69 @@ struct ValidatedChatRequest: Sendable {
                 "messages: \(req.messages.count) messages; at most \(limits.maxMessages) are accepted (server.max_messages)"
             )
         }
-        let maxTokens = req.maxTokens ?? 256
+        let common = ChatCompletionRequest.Common(
+            maxTokens: req.maxTokens, temperature: req.temperature, topP: req.topP, seed: req.seed, stream: req.stream,
+            includeUsage: req.includeUsage, stop: req.stop, sessionID: req.sessionID,
+            nextTurnInSeconds: req.nextTurnInSeconds, ignoreEOS: req.ignoreEOS)
+        try self.init(
+            messages: req.messages.map { ChatMessage(role: $0.role, content: $0.content) }, common: common,
+            logprobs: req.logprobs, isTextCompletion: false, sessionHeader: sessionHeader, limits: limits)
+    }
+
+    /// Decodes and checks a `/v1/completions` `body`.
+    init(textCompletionBody body: [UInt8], sessionHeader: String?, limits: ServerLimits) throws(APIError) {
+        let req: TextCompletionRequest = try Self.decode(body, as: "text completion")
+        try self.init(
+            messages: [.completionPrompt(req.prompt)], common: req.common, logprobs: nil, isTextCompletion: true,
+            sessionHeader: sessionHeader, limits: limits)
+    }
+
+    private static func decode<T: Decodable>(_ body: [UInt8], as what: String) throws(APIError) -> T {
+        do {
+            return try RequestJSON.decode(T.self, from: body)
+        } catch let e as RequestJSON.TooDeep {
+            throw APIError(400, "invalid_request_error", "the request body is not a valid \(what) request: \(e)")
+        } catch {
+            throw APIError(400, "invalid_request_error", Self.describe(error))
+        }
+    }
+
+    /// The checks both endpoints share, against the limits.
+    private init(
+        messages: [ChatMessage], common: ChatCompletionRequest.Common, logprobs: Int?, isTextCompletion: Bool,
+        sessionHeader: String?, limits: ServerLimits
+    ) throws(APIError) {
+        let maxTokens = common.maxTokens ?? 256
         guard (1...limits.maxTokens).contains(maxTokens) else {
             throw APIError(
                 400, "invalid_request_error",
                 "max_completion_tokens (or max_tokens) must be between 1 and \(limits.maxTokens), got \(maxTokens)")
         }
-        let stops = req.stop
+        let stops = common.stop
         guard stops.count <= 4, stops.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 256 }) else {
             throw APIError(400, "invalid_request_error", "stop: up to 4 non-empty strings of at most 256 bytes")
         }
         let sampling = SamplingParameters(
-            temperature: req.temperature ?? 0.7, topP: req.topP ?? 1,
-            seed: req.seed ?? UInt64.random(in: 0...UInt64.max))
+            temperature: common.temperature ?? 0.7, topP: common.topP ?? 1,
+            seed: common.seed ?? UInt64.random(in: 0...UInt64.max))
         do { try sampling.validate() } catch { throw APIError(400, "invalid_request_error", error.description) }
-        let explicit = req.sessionID ?? sessionHeader
+        let explicit = common.sessionID ?? sessionHeader
         if let explicit {
             guard !explicit.isEmpty, explicit.utf8.count <= 256 else {
                 throw APIError(400, "invalid_request_error", "session_id: must be 1 to 256 bytes")
             }
         }
-        self.messages = req.messages.map { ChatMessage(role: $0.role, content: $0.content) }
+        self.messages = messages
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.stopSequences = stops
-        self.stream = req.stream
-        self.includeUsage = req.includeUsage
-        self.ignoreEndOfGeneration = req.ignoreEOS
+        self.stream = common.stream
+        self.includeUsage = common.includeUsage
+        self.ignoreEndOfGeneration = common.ignoreEOS
         self.sessionID = explicit
-        self.logprobs = req.logprobs
-        self.nextTurnInSeconds = req.nextTurnInSeconds
+        self.logprobs = logprobs
+        self.nextTurnInSeconds = common.nextTurnInSeconds
+        self.isTextCompletion = isTextCompletion
     }
 
     /// A decoding error in words a client can act on: the field, as a JSON path

@@ -253,7 +253,10 @@ extension ChatEngineTests {
             c.blockTokens = 16
             let page = 2 * 16 * model.kvLayout.rowWidth * 2
             let perSession = 8 * page * model.kvLayout.layers  // ~128 tokens of KV
-            c.hbmCapacityBytes = 40 * page
+            // HBM is not what this test measures: room for a turn's load while the previous
+            // turn's pages are still pinned by their saves (each session's system prompt is a
+            // block of its own, a page per layer more than the tokens need).
+            c.hbmCapacityBytes = 56 * page
             c.dramCapacityBytes = 3 * perSession
             c.policy = policy
             c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)

@@ -16,10 +16,12 @@ final class PrefixCacheTests: XCTestCase {
         return d
     }
 
-    private func makeEngine(_ model: LlamaModel, dir: String, reuse: Bool = true) throws -> ChatEngine {
+    private func makeEngine(_ model: LlamaModel, dir: String, reuse: Bool = true, hbmBytes: Int = 16 << 20) throws
+        -> ChatEngine
+    {
         var c = StoreConfiguration(stateDirectory: dir)
         c.blockTokens = 16
-        c.hbmCapacityBytes = 16 << 20
+        c.hbmCapacityBytes = hbmBytes
         c.dramCapacityBytes = 16 << 20
         c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
         let store = try TieredStore(
@@ -248,5 +250,26 @@ final class PrefixCacheTests: XCTestCase {
         try engine.deleteSession(forkID)
         engine.quiesce()
         XCTAssertEqual(engine.store.sessions, [], "no block outlives its last reference")
+    }
+
+    /// A fork pins only the blocks it reads: with HBM too small for all of the source's blocks
+    /// plus the fork's own, the source's other blocks are evicted and every block the fork
+    /// computes is stored (pinning the source's whole namespace made them fail admission).
+    func testAForkPinsOnlyTheBlocksItReads() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let page = 2 * 16 * model.kvLayout.rowWidth * 4
+        // Room for 30 blocks per layer: the source's 27 (11 of them the system prompt), then the
+        // shared 11 and the fork's own 11.
+        let engine = try makeEngine(model, dir: tempDir(), hbmBytes: 30 * model.kvLayout.layers * page)
+        let long = (0..<80).map { "w\($0)" }.joined(separator: " ")
+        _ = try request(engine, named: "1000:src", [system, ChatMessage(role: "user", content: long)])
+        let other = (0..<40).map { "v\($0)" }.joined(separator: " ")
+        let (fork, rf) = try request(engine, named: "1000:fork", [system, ChatMessage(role: "user", content: other)])
+        engine.quiesce()
+        XCTAssertGreaterThan(rf.tokensReused, 0, "the fork read the shared system prompt")
+        let state = try XCTUnwrap(engine.stateForTesting(fork))
+        XCTAssertTrue(state.blocks.contains { $0.home == "1000:src" })
+        XCTAssertEqual(
+            state.blocks.reduce(0) { $0 + $1.count }, state.kvCount, "every block the fork computed was stored")
     }
 }

@@ -96,4 +96,43 @@ final class ChatRequestTests: XCTestCase {
             }
         }
     }
+
+    private func textCompletion(_ json: String) throws(APIError) -> ValidatedChatRequest {
+        try ValidatedChatRequest(textCompletionBody: Array(json.utf8), sessionHeader: nil, limits: ServerLimits())
+    }
+
+    /// `/v1/completions`: the prompt is one plain-text message (no template), max_tokens
+    /// defaults to 16, and what cannot be honoured is refused by name.
+    func testTextCompletionRequests() throws {
+        let r = try textCompletion(#"{"model":"m","prompt":"Once upon","stop":"\n","stream":true,"n":1,"best_of":1}"#)
+        XCTAssertTrue(r.isTextCompletion)
+        XCTAssertEqual(r.maxTokens, 16)
+        XCTAssertEqual(r.messages.count, 1)
+        XCTAssertEqual(r.messages[0].content, "Once upon")
+        XCTAssertNotEqual(r.messages[0].role, "user", "not a chat message: no template around it")
+        XCTAssertEqual(r.stopSequences, ["\n"])
+        XCTAssertEqual(try textCompletion(#"{"prompt":["one"],"max_tokens":3}"#).maxTokens, 3)
+        let cases: [(String, String)] = [
+            (#"{"prompt":"a","n":2}"#, "n:"),
+            (#"{"prompt":"a","best_of":3}"#, "best_of:"),
+            (#"{"prompt":"a","echo":true}"#, "echo:"),
+            (#"{"prompt":"a","suffix":"z"}"#, "suffix:"),
+            (#"{"prompt":"a","logprobs":2}"#, "logprobs:"),
+            (#"{"prompt":[1,2,3]}"#, "prompt:"),
+            (#"{"prompt":["a","b"]}"#, "prompt:"),
+            (#"{"prompt":""}"#, "prompt:"),
+            (#"{"max_tokens":3}"#, "prompt:"),
+            (#"{"prompt":"a","presence_penalty":1}"#, "presence_penalty:"),
+            (#"{"prompt":"a","max_tokens":0}"#, "max_tokens"),
+        ]
+        for (body, field) in cases {
+            XCTAssertThrowsError(try textCompletion(body), body) { error in
+                let message = (error as? APIError)?.error.message ?? "\(error)"
+                XCTAssertTrue(message.contains(field), "\(body): \(message)")
+            }
+        }
+        // A chat message can never claim the completion prompt's role.
+        XCTAssertThrowsError(
+            try validated(#"{"messages":[{"role":"kvtier.completion-prompt","content":"x"}]}"#))
+    }
 }

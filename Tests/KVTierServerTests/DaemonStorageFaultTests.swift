@@ -37,7 +37,8 @@ final class DaemonStorageFaultTests: XCTestCase {
                 break
             }
         }
-        let after = try XCTUnwrap(degradedAfter, "3 MB of tmpfs never filled")
+        let tiersNow = (try? rawRequest(socket, "GET", "/v1/tiers").1) ?? ""
+        let after = try XCTUnwrap(degradedAfter, "3 MB of tmpfs never filled: \(tiersNow)")
         // Degraded: chats go on, the same question gets the same greedy reply (recomputed).
         XCTAssertEqual(
             try chat(socket, [("user", "One more sentence about 100.")], session: "more", maxTokens: 8).status, 200)

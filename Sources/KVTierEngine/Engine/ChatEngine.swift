@@ -229,7 +229,9 @@ public final class ChatEngine: @unchecked Sendable {
         state.tokens = Array(prompt)
 
         // Truncation: keep the live window plus the new tokens and the reply within C.
-        let hasSystem = messages.first?.role == "system" || model.template.defaultSystemMessage != nil
+        let hasSystem =
+            ChatMessage.completionPromptText(messages) == nil
+            && (messages.first?.role == "system" || model.template.defaultSystemMessage != nil)
         let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew, hasSystemMessage: hasSystem)
         // Blocks end where the system message does (through its "<|im_end|>\n"), so every chat
         // with the same system prompt shares its blocks whole (a block across the end would hold

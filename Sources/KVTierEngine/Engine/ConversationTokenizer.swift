@@ -14,6 +14,11 @@ struct ConversationTokenizer {
     func tokens(for messages: [ChatMessage], replies: [String: [Int32]]) -> [Int32] {
         let t = model.template
         let tok = model.tokenizer
+        if let text = ChatMessage.completionPromptText(messages) {
+            // A text completion: the prompt as it is, after the BOS token if the model wants one.
+            return (tok.addsBOS ? tok.bosID.map { [$0] } ?? [] : [])
+                + tok.encode(text, addSpecial: false, parseSpecial: false)
+        }
         guard let start = tok.tokenID(t.start), let end = tok.tokenID(t.end) else {
             // Not a ChatML vocabulary: tokenize the rendered text as a whole.
             return tok.encode(t.render(messages), addSpecial: true, parseSpecial: true)
@@ -64,5 +69,23 @@ struct ConversationTokenizer {
             i = j
         }
         return out
+    }
+}
+
+extension ChatMessage {
+    /// The role that marks a text completion's prompt (`/v1/completions`): continued as plain
+    /// text, without the chat template. Never a role a client can send (the API accepts system,
+    /// developer, user and assistant only).
+    static let completionPromptRole = "kvtier.completion-prompt"
+
+    /// A text completion's prompt, as the one message of a turn.
+    public static func completionPrompt(_ text: String) -> ChatMessage {
+        ChatMessage(role: completionPromptRole, content: text)
+    }
+
+    /// The prompt text when `messages` is a text completion's.
+    static func completionPromptText(_ messages: [ChatMessage]) -> String? {
+        guard messages.count == 1, messages[0].role == completionPromptRole else { return nil }
+        return messages[0].content
     }
 }

@@ -29,6 +29,9 @@ public final class TieredStore: @unchecked Sendable {
     private let lock = NSLock()
     private var hbm: [BlockKey: PageID] = [:]
     private var pins: [String: Int] = [:]
+    /// Blocks a load handle holds (their pages stay while it does); other blocks of the same
+    /// session may be evicted meanwhile (a session sharing another's prefix pins just that).
+    private var keyPins: [BlockKey: Int] = [:]
     /// Sessions being demoted out of HBM by some thread; another eviction leaves them alone, so no
     /// page is read by one demotion after another has freed it (guarded by `lock`).
     private var demoting: Set<String> = []
@@ -161,6 +164,15 @@ public final class TieredStore: @unchecked Sendable {
         }
     }
 
+    private func unpin(keys: [BlockKey]) {
+        lock.withLock {
+            for k in keys {
+                let n = keyPins[k, default: 1] - 1
+                keyPins[k] = n > 0 ? n : nil
+            }
+        }
+    }
+
     private func unpin(_ session: String) {
         lock.withLock { pins[session, default: 1] -= 1 }
     }
@@ -194,11 +206,12 @@ public final class TieredStore: @unchecked Sendable {
     /// Frees at least `pages` HBM pages from unpinned sessions chosen by the policy.
     private func evictHBM(pages: Int, sparing: String) throws(StoreError) {
         let candidates: [String] = lock.withLock {
-            Set(hbm.keys.map(\.session)).filter { pins[$0, default: 0] == 0 && $0 != sparing && !demoting.contains($0) }.sorted()
+            Set(hbm.keys.filter { keyPins[$0] == nil }.map(\.session))
+                .filter { pins[$0, default: 0] == 0 && $0 != sparing && !demoting.contains($0) }.sorted()
         }
         let pageBytes = arena.pageStride
         let victims = policy.victims(among: candidates, bytesNeeded: pages * pageBytes) { s in
-            self.lock.withLock { self.hbm.keys.filter { $0.session == s }.count } * pageBytes
+            self.lock.withLock { self.hbm.keys.filter { $0.session == s && self.keyPins[$0] == nil }.count } * pageBytes
         }
         for v in victims {
             try demoteFromHBM(session: v)
@@ -210,7 +223,7 @@ public final class TieredStore: @unchecked Sendable {
     private func demoteFromHBM(session: String) throws(StoreError) {
         let resident: [(BlockKey, PageID)] = lock.withLock {
             guard pins[session, default: 0] == 0, !demoting.contains(session) else { return [] }
-            let pages = hbm.filter { $0.key.session == session }.map { ($0.key, $0.value) }
+            let pages = hbm.filter { $0.key.session == session && keyPins[$0.key] == nil }.map { ($0.key, $0.value) }
             if !pages.isEmpty { demoting.insert(session) }
             return pages
         }
@@ -225,7 +238,7 @@ public final class TieredStore: @unchecked Sendable {
             }
             lock.withLock {
                 // A save or load may have pinned the session since the pages were listed.
-                if hbm[key] == page && pins[session, default: 0] == 0 {
+                if hbm[key] == page && pins[session, default: 0] == 0 && keyPins[key] == nil {
                     hbm[key] = nil
                     arena.free([page])
                     hbmCounters.evictions += 1
@@ -406,16 +419,19 @@ public final class TieredStore: @unchecked Sendable {
     ) -> LoadHandle {
         let layers = layers ?? 0..<layout.layers
         let sessions = Array(Set(sessions)).sorted()
-        lock.withLock { for s in sessions { pins[s, default: 0] += 1 } }
-        for s in sessions { policy.touch(session: s) }
-        let handle = LoadHandle(session: sessions.first ?? "", layers: layers) { [weak self] _ in
-            for s in sessions { self?.unpin(s) }
-        }
         var all: [Int: [BlockKey]] = [:]
         for s in sessions {
-            for (layer, keys) in blockKeys(session: s) { all[layer, default: []] += keys }
+            for (layer, keys) in blockKeys(session: s) where layers.contains(layer) { all[layer, default: []] += keys }
         }
         let keysByLayer = include.map { f in all.mapValues { $0.filter(f) } } ?? all
+        // The blocks to load are pinned from now until the handle is released (their pages, once
+        // in HBM, are not evicted); the rest of those sessions' pages may be.
+        let pinned = keysByLayer.values.flatMap { $0 }
+        lock.withLock { for k in pinned { keyPins[k, default: 0] += 1 } }
+        for s in sessions { policy.touch(session: s) }
+        let handle = LoadHandle(session: sessions.first ?? "", layers: layers) { [weak self] _ in
+            self?.unpin(keys: pinned)
+        }
         loader.async { [self] in
             for l in layers {
                 if let depth = readAhead { handle.waitForRoom(layer: l, depth: max(0, depth)) }

@@ -128,6 +128,22 @@ def _():
     return ok, "; ".join(details)
 
 
+@check("legacy completions: text, stream, and the prefix reused")
+def _():
+    # Longer than two 16-token links of the prefix index, so the next request finds it.
+    prompt = ("A painter mixes colours all day long in a small studio by the sea, and she knows "
+              "that the three primary colours are red, blue and")
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=6, temperature=0)
+    text = r.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=model, prompt=prompt, max_tokens=6, temperature=0, stream=True) if c.choices)
+    again = client.completions.create(model=model, prompt=prompt + text + " Also", max_tokens=4, temperature=0)
+    reused = ((again.model_extra or {}).get("kvtier") or {}).get("tokens_reused", 0)
+    ok = (r.object == "text_completion" and text and streamed == text and r.usage.completion_tokens <= 6
+          and reused >= r.usage.prompt_tokens)
+    return ok, f"{text!r}, streamed {streamed!r}, next prompt reused {reused} (first prompt {r.usage.prompt_tokens})"
+
+
 @check("logprobs: one per token, the text's own, alternatives sorted")
 def _():
     r = client.chat.completions.create(
@@ -151,6 +167,7 @@ for name, field, call in [
         model=model, messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}])),
     ("response_format refused", "response_format.type", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"})),
+    ("legacy echo refused", "echo", lambda: client.completions.create(model=model, prompt="hi", echo=True)),
     ("n > 1 refused", "n:", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], n=2)),
     ("top_logprobs over 20 refused", "top_logprobs", lambda: client.chat.completions.create(
