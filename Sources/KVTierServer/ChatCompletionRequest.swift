@@ -16,22 +16,8 @@ struct ChatCompletionRequest: Decodable {
 
     let model: String?
     let messages: [Message]
-    /// `max_completion_tokens`, else `max_tokens`.
-    let maxTokens: Int?
-    let temperature: Float?
-    let topP: Float?
-    let seed: UInt64?
-    let stream: Bool
-    /// `stream_options.include_usage`: a last chunk with `usage` and no choices.
-    let includeUsage: Bool
-    let stop: [String]
-    let sessionID: String?
-    /// Keep generating past the model's end-of-turn token, up to the token limit (llama-server's
-    /// and vLLM's name for it; benchmarks use it for replies of a set length).
-    let ignoreEOS: Bool
-    /// `kvtier.next_turn_in_seconds`: when the client expects the session's next turn (a
-    /// placement hint: a far one writes the session through to disk at once).
-    let nextTurnInSeconds: Double?
+    /// The fields shared with `/v1/completions`.
+    let common: Common
     /// `logprobs: true`: the number of alternatives per token (`top_logprobs`, 0 to 20); nil when
     /// not asked for.
     let logprobs: Int?
@@ -125,30 +111,26 @@ struct ChatCompletionRequest: Decodable {
             messages.append(try Self.message(m, path: "messages[\(index)]"))
         }
         self.messages = messages
-        let common = try Self.common(c, defaultMaxTokens: nil)
-        maxTokens = common.maxTokens
-        temperature = common.temperature
-        topP = common.topP
-        seed = common.seed
-        stream = common.stream
-        includeUsage = common.includeUsage
-        stop = common.stop
-        sessionID = common.sessionID
-        nextTurnInSeconds = common.nextTurnInSeconds
-        ignoreEOS = common.ignoreEOS
+        common = try Self.common(c, defaultMaxTokens: nil)
     }
 
     /// The fields `/v1/chat/completions` and `/v1/completions` share, with their checks.
     struct Common {
+        /// `max_completion_tokens`, else `max_tokens`.
         var maxTokens: Int?
         var temperature: Float?
         var topP: Float?
         var seed: UInt64?
         var stream: Bool
+        /// `stream_options.include_usage`: a last chunk with `usage` and no choices.
         var includeUsage: Bool
         var stop: [String]
         var sessionID: String?
+        /// `kvtier.next_turn_in_seconds`: when the client expects the session's next turn (a
+        /// placement hint: a far one writes the session through to disk at once).
         var nextTurnInSeconds: Double?
+        /// Keep generating past the model's end-of-turn token, up to the token limit (llama-server's
+        /// and vLLM's name for it; benchmarks use it for replies of a set length).
         var ignoreEOS: Bool
     }
 

@@ -40,12 +40,8 @@ struct ValidatedChatRequest: Sendable {
                 "messages: \(req.messages.count) messages; at most \(limits.maxMessages) are accepted (server.max_messages)"
             )
         }
-        let common = ChatCompletionRequest.Common(
-            maxTokens: req.maxTokens, temperature: req.temperature, topP: req.topP, seed: req.seed, stream: req.stream,
-            includeUsage: req.includeUsage, stop: req.stop, sessionID: req.sessionID,
-            nextTurnInSeconds: req.nextTurnInSeconds, ignoreEOS: req.ignoreEOS)
         try self.init(
-            messages: req.messages.map { ChatMessage(role: $0.role, content: $0.content) }, common: common,
+            messages: req.messages.map { ChatMessage(role: $0.role, content: $0.content) }, common: req.common,
             logprobs: req.logprobs, isTextCompletion: false, sessionHeader: sessionHeader, limits: limits)
     }
 
