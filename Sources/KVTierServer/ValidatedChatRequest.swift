@@ -37,7 +37,8 @@ struct ValidatedChatRequest: Sendable {
         guard req.messages.count <= limits.maxMessages else {
             throw APIError(
                 400, "invalid_request_error",
-                "messages: \(req.messages.count) messages; at most \(limits.maxMessages) are accepted (server.max_messages)"
+                "messages: \(req.messages.count) messages; at most \(limits.maxMessages) are accepted "
+                    + "(server.max_messages)"
             )
         }
         try self.init(

@@ -35,7 +35,9 @@ final class RocksDatabase: @unchecked Sendable {
     /// compaction moves only small keys and pointers instead of rewriting megabyte values.
     init(path: String) throws(DiskTierError) {
         self.path = path
-        guard let options = rocksdb_options_create() else { throw .io(operation: "open", detail: "rocksdb_options_create failed") }
+        guard let options = rocksdb_options_create() else {
+            throw .io(operation: "open", detail: "rocksdb_options_create failed")
+        }
         defer { rocksdb_options_destroy(options) }
         rocksdb_options_set_create_if_missing(options, 1)
         rocksdb_options_set_compression(options, Int32(rocksdb_no_compression))
@@ -60,7 +62,9 @@ final class RocksDatabase: @unchecked Sendable {
         rocksdb_options_set_max_log_file_size(options, RocksDBInfoLog.maxFileBytes)
         rocksdb_options_set_keep_log_file_num(options, 2)
 
-        guard let ro = rocksdb_readoptions_create() else { throw .io(operation: "open", detail: "rocksdb_readoptions_create failed") }
+        guard let ro = rocksdb_readoptions_create() else {
+            throw .io(operation: "open", detail: "rocksdb_readoptions_create failed")
+        }
         rocksdb_readoptions_set_verify_checksums(ro, 1)
         guard let wa = rocksdb_writeoptions_create() else {
             rocksdb_readoptions_destroy(ro)
@@ -83,7 +87,9 @@ final class RocksDatabase: @unchecked Sendable {
             if let handle { rocksdb_close(handle) }
             throw Self.classify(message, operation: "open", path: path)
         }
-        guard let handle else { throw .io(operation: "open", detail: "rocksdb_open returned no handle and no error for \(path)") }
+        guard let handle else {
+            throw .io(operation: "open", detail: "rocksdb_open returned no handle and no error for \(path)")
+        }
         db = handle
     }
 
@@ -111,9 +117,10 @@ final class RocksDatabase: @unchecked Sendable {
         var err: UnsafeMutablePointer<CChar>?
         key.withUnsafeBytes { k in
             value.withUnsafeBytes { v in
-                rocksdb_put(db, sync ? syncWrite : asyncWrite,
-                            k.baseAddress?.assumingMemoryBound(to: CChar.self), k.count,
-                            v.baseAddress?.assumingMemoryBound(to: CChar.self), v.count, &err)
+                rocksdb_put(
+                    db, sync ? syncWrite : asyncWrite,
+                    k.baseAddress?.assumingMemoryBound(to: CChar.self), k.count,
+                    v.baseAddress?.assumingMemoryBound(to: CChar.self), v.count, &err)
             }
         }
         if let message = Self.take(&err) { throw Self.classify(message, operation: "put", path: path) }
@@ -142,7 +149,8 @@ final class RocksDatabase: @unchecked Sendable {
         let db = try handle()
         var err: UnsafeMutablePointer<CChar>?
         key.withUnsafeBytes { k in
-            rocksdb_delete(db, sync ? syncWrite : asyncWrite, k.baseAddress?.assumingMemoryBound(to: CChar.self), k.count, &err)
+            rocksdb_delete(
+                db, sync ? syncWrite : asyncWrite, k.baseAddress?.assumingMemoryBound(to: CChar.self), k.count, &err)
         }
         if let message = Self.take(&err) { throw Self.classify(message, operation: "delete", path: path) }
     }
@@ -151,15 +159,18 @@ final class RocksDatabase: @unchecked Sendable {
     func write(_ operations: [BatchOperation], sync: Bool) throws(DiskTierError) {
         let db = try handle()
         guard !operations.isEmpty else { return }
-        guard let batch = rocksdb_writebatch_create() else { throw .io(operation: "write", detail: "rocksdb_writebatch_create failed") }
+        guard let batch = rocksdb_writebatch_create() else {
+            throw .io(operation: "write", detail: "rocksdb_writebatch_create failed")
+        }
         defer { rocksdb_writebatch_destroy(batch) }
         for op in operations {
             switch op {
             case .put(let key, let value):
                 key.withUnsafeBytes { k in
                     value.withUnsafeBytes { v in
-                        rocksdb_writebatch_put(batch, k.baseAddress?.assumingMemoryBound(to: CChar.self), k.count,
-                                               v.baseAddress?.assumingMemoryBound(to: CChar.self), v.count)
+                        rocksdb_writebatch_put(
+                            batch, k.baseAddress?.assumingMemoryBound(to: CChar.self), k.count,
+                            v.baseAddress?.assumingMemoryBound(to: CChar.self), v.count)
                     }
                 }
             case .delete(let key):
@@ -205,7 +216,9 @@ final class RocksDatabase: @unchecked Sendable {
     /// Writes the memtables to SST (and blob) files; tests use it to have files to damage.
     func flushMemtables() throws(DiskTierError) {
         let db = try handle()
-        guard let options = rocksdb_flushoptions_create() else { throw .io(operation: "flush", detail: "rocksdb_flushoptions_create failed") }
+        guard let options = rocksdb_flushoptions_create() else {
+            throw .io(operation: "flush", detail: "rocksdb_flushoptions_create failed")
+        }
         defer { rocksdb_flushoptions_destroy(options) }
         rocksdb_flushoptions_set_wait(options, 1)
         var err: UnsafeMutablePointer<CChar>?
@@ -258,11 +271,13 @@ final class RocksDatabase: @unchecked Sendable {
         // One of RocksDB's own files is gone (a deleted SST, blob file or MANIFEST): damage, not
         // a permission problem.
         if m.contains("no such file or directory")
-            && (m.contains(".sst") || m.contains(".blob") || m.contains("manifest") || m.contains("/current")) {
+            && (m.contains(".sst") || m.contains(".blob") || m.contains("manifest") || m.contains("/current"))
+        {
             return .damaged(directory: path, detail: message)
         }
         if m.contains("read-only file system") || m.contains("permission denied") || m.contains("not a directory")
-            || m.contains("no such file or directory") && operation == "open" {
+            || m.contains("no such file or directory") && operation == "open"
+        {
             return .directoryNotWritable(directory: path, detail: message)
         }
         return .io(operation: operation, detail: message)

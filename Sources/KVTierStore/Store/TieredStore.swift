@@ -62,7 +62,8 @@ public final class TieredStore: @unchecked Sendable {
             throw .arena(error)
         }
         copyEngine = CopyEngine(configuration: configuration.link)
-        dram = DRAMTier(configuration: .init(capacityBytes: configuration.dramCapacityBytes, compress: configuration.compressDRAM))
+        dram = DRAMTier(
+            configuration: .init(capacityBytes: configuration.dramCapacityBytes, compress: configuration.compressDRAM))
         do {
             disk = try DiskTier(
                 directory: configuration.stateDirectory, capacityBytes: configuration.diskCapacityBytes,
@@ -191,9 +192,13 @@ public final class TieredStore: @unchecked Sendable {
             throw .blockShape(block.key, "element type or row width differs from the store's")
         }
         guard block.key.count > 0, block.key.count <= configuration.blockTokens, block.isWellFormed else {
-            throw .blockShape(block.key, "token count \(block.key.count) must be 1...\(configuration.blockTokens) and match the payload")
+            throw .blockShape(
+                block.key,
+                "token count \(block.key.count) must be 1...\(configuration.blockTokens) and match the payload")
         }
-        guard block.key.layer >= 0, block.key.layer < layout.layers else { throw .blockShape(block.key, "no such layer") }
+        guard block.key.layer >= 0, block.key.layer < layout.layers else {
+            throw .blockShape(block.key, "no such layer")
+        }
     }
 
     private func allocatePage(for session: String) throws(StoreError) -> PageID {
@@ -383,9 +388,10 @@ public final class TieredStore: @unchecked Sendable {
             } catch .full {
                 guard attempt < 3 else { break }
                 let candidates = disk.sessions(model: model).filter { $0 != block.key.session }
-                let sizes = Dictionary(uniqueKeysWithValues: candidates.map { s in
-                    (s, disk.keys(model: model, session: s).reduce(0) { $0 + (disk.storedBytes(of: $1) ?? 0) })
-                })
+                let sizes = Dictionary(
+                    uniqueKeysWithValues: candidates.map { s in
+                        (s, disk.keys(model: model, session: s).reduce(0) { $0 + (disk.storedBytes(of: $1) ?? 0) })
+                    })
                 let victims = policy.victims(among: candidates, bytesNeeded: block.payload.count) { sizes[$0] ?? 0 }
                 if victims.isEmpty { break }
                 for v in victims {
@@ -395,7 +401,10 @@ public final class TieredStore: @unchecked Sendable {
                 throw .disk(error)
             }
         }
-        throw .disk(.full(requestedBytes: block.payload.count, storedBytes: disk.stats.storedBytes, capacityBytes: disk.capacityBytes))
+        throw .disk(
+            .full(
+                requestedBytes: block.payload.count, storedBytes: disk.stats.storedBytes,
+                capacityBytes: disk.capacityBytes))
     }
 
     // MARK: Load (disk -> DRAM -> HBM), layer by layer
@@ -471,7 +480,7 @@ public final class TieredStore: @unchecked Sendable {
             // A block stored under another KV layout (the state directory was written with
             // another `kv_precision`) is a miss, never copied into a page of this layout.
             guard let block, block.elementType == elementType, block.rowWidth == layout.rowWidth,
-                  block.payload.count == blockPayloadBytes(key)
+                block.payload.count == blockPayloadBytes(key)
             else {
                 result.missing.append(key)
                 lock.withLock { hbmCounters.misses += 1 }
@@ -583,7 +592,9 @@ public final class TieredStore: @unchecked Sendable {
     /// Stores a small record (the engine's session state) in the disk tier with the same
     /// durability as blocks: acknowledged when RocksDB has it, synced by the next group commit.
     public func putMetadata(name: String, value: [UInt8]) throws(StoreError) {
-        do { try disk.putMetadata(model: model, name: name, value: value, sync: configuration.syncEveryDiskWrite) } catch {
+        do {
+            try disk.putMetadata(model: model, name: name, value: value, sync: configuration.syncEveryDiskWrite)
+        } catch {
             throw .disk(error)
         }
         if !configuration.syncEveryDiskWrite { lock.withLock { unsyncedWrites += 1 } }
@@ -617,7 +628,9 @@ public final class TieredStore: @unchecked Sendable {
         var h = lock.withLock { hbmCounters }
         h.usedBytes = arena.usedBytes
         h.blocks = arena.usedPages
-        return StoreStats(hbm: h, dram: dram.stats, disk: disk.stats.tierStats, link: copyEngine.counters, savesInFlight: inFlight.value)
+        return StoreStats(
+            hbm: h, dram: dram.stats, disk: disk.stats.tierStats, link: copyEngine.counters,
+            savesInFlight: inFlight.value)
     }
 
     public func placement(session: String) -> SessionPlacement {

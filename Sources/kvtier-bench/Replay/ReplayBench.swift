@@ -101,7 +101,8 @@ struct ReplayBench: ParsableCommand {
                 arrivalRate: z.rate, thinkMeanSeconds: z.think),
             log: log)
         log(
-            "\(workload.conversations.count) sessions, \(workload.turnCount) turns; conversations: \(workload.conversations.map(\.id).joined(separator: ","))"
+            "\(workload.conversations.count) sessions, \(workload.turnCount) turns; conversations: "
+                + "\(workload.conversations.map(\.id).joined(separator: ","))"
         )
         if let exportTrace { try writeTrace(workload, to: exportTrace) }
 

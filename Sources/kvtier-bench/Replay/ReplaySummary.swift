@@ -26,7 +26,9 @@ struct ReplaySummary: Encodable {
         let p50: Double, p90: Double, p99: Double, mean: Double
         init(_ values: [Double]) {
             let s = values.sorted()
-            func q(_ x: Double) -> Double { s.isEmpty ? 0 : s[min(s.count - 1, Int((x * Double(s.count - 1)).rounded()))] }
+            func q(_ x: Double) -> Double {
+                s.isEmpty ? 0 : s[min(s.count - 1, Int((x * Double(s.count - 1)).rounded()))]
+            }
             p50 = q(0.5)
             p90 = q(0.9)
             p99 = q(0.99)
@@ -76,7 +78,8 @@ struct ReplaySummary: Encodable {
             prefill_tokens_computed = turns.reduce(0) { $0 + $1.recomputed }
             prefill_tokens_reused = turns.reduce(0) { $0 + $1.reused }
             let ttftSeconds = turns.reduce(0) { $0 + $1.ttft_ms } / 1000
-            prefill_throughput_tokens_per_s = ttftSeconds > 0 ? Double(turns.reduce(0) { $0 + $1.prompt_tokens }) / ttftSeconds : 0
+            prefill_throughput_tokens_per_s =
+                ttftSeconds > 0 ? Double(turns.reduce(0) { $0 + $1.prompt_tokens }) / ttftSeconds : 0
             let reusable = Double(max(1, later.reduce(0) { $0 + $1.reusable }))
             reuse_rate = Double(later.reduce(0) { $0 + $1.reused }) / reusable
             hit_rate = Double(later.reduce(0) { $0 + $1.hits_hbm + $1.hits_dram }) / reusable
@@ -90,15 +93,21 @@ struct ReplaySummary: Encodable {
             load_stall_fraction_of_ttft = laterTTFT > 0 ? later.reduce(0) { $0 + $1.stall_ms } / laterTTFT : 0
             save_lag_ms_mean = turns.isEmpty ? 0 : turns.reduce(0) { $0 + $1.save_lag_ms } / Double(turns.count)
             compute_seconds = turns.reduce(0) { $0 + $1.total_ms } / 1000
-            bytes_moved = Dictionary(uniqueKeysWithValues: stats.tiers.map { ($0.tier, Moved(bytes_in: $0.bytesIn, bytes_out: $0.bytesOut)) })
+            bytes_moved = Dictionary(
+                uniqueKeysWithValues: stats.tiers.map { ($0.tier, Moved(bytes_in: $0.bytesIn, bytes_out: $0.bytesOut)) }
+            )
             self.turns = turns
         }
 
         var line: String {
             String(
-                format: "%@: TTFT p50 %.1f ms (turns 2+ %.1f ms, p99 %.1f), memory hit rate %.1f%% (hbm %.1f, dram %.1f; disk %.1f), prefill %.0f tok/s, stall %.1f%% of TTFT, %.1f s compute",
-                policy, ttft_ms.p50, ttft_ms_turn2plus.p50, ttft_ms_turn2plus.p99, 100 * hit_rate, 100 * (hit_rate_by_tier["hbm"] ?? 0),
-                100 * (hit_rate_by_tier["dram"] ?? 0), 100 * (hit_rate_by_tier["disk"] ?? 0), prefill_throughput_tokens_per_s,
+                format:
+                    "%@: TTFT p50 %.1f ms (turns 2+ %.1f ms, p99 %.1f), memory hit rate %.1f%% "
+                    + "(hbm %.1f, dram %.1f; disk %.1f), prefill %.0f tok/s, stall %.1f%% of TTFT, %.1f s compute",
+                policy, ttft_ms.p50, ttft_ms_turn2plus.p50, ttft_ms_turn2plus.p99, 100 * hit_rate,
+                100 * (hit_rate_by_tier["hbm"] ?? 0),
+                100 * (hit_rate_by_tier["dram"] ?? 0), 100 * (hit_rate_by_tier["disk"] ?? 0),
+                prefill_throughput_tokens_per_s,
                 100 * load_stall_fraction_of_ttft, compute_seconds)
         }
     }
@@ -127,35 +136,56 @@ struct ReplaySummary: Encodable {
     /// The summary table, with each policy's TTFT and throughput relative to recompute.
     var markdown: String {
         let base = policies.first { $0.policy == "recompute" }
-        var s = "| policy | TTFT p50 (ms) | TTFT p50, turns 2+ | p90, turns 2+ | p99, turns 2+ | vs recompute (p50, 2+) | prefill tok/s | vs recompute | memory hit rate | hbm / dram / disk | reused | stall / TTFT | save lag (ms) | compute (s) |\n"
+        var s =
+            "| policy | TTFT p50 (ms) | TTFT p50, turns 2+ | p90, turns 2+ | p99, turns 2+ | vs recompute "
+            + "(p50, 2+) | prefill tok/s | vs recompute | memory hit rate | hbm / dram / disk | reused | "
+            + "stall / TTFT | save lag (ms) | compute (s) |\n"
         s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|\n"
         for p in policies {
-            let rel = base.map { String(format: "%.1f%%", 100 * p.ttft_ms_turn2plus.p50 / max($0.ttft_ms_turn2plus.p50, 1e-9)) } ?? "-"
-            let thr = base.map { String(format: "%.2f×", p.prefill_throughput_tokens_per_s / max($0.prefill_throughput_tokens_per_s, 1e-9)) } ?? "-"
+            let rel =
+                base.map {
+                    String(format: "%.1f%%", 100 * p.ttft_ms_turn2plus.p50 / max($0.ttft_ms_turn2plus.p50, 1e-9))
+                } ?? "-"
+            let thr =
+                base.map {
+                    String(
+                        format: "%.2f×",
+                        p.prefill_throughput_tokens_per_s / max($0.prefill_throughput_tokens_per_s, 1e-9))
+                } ?? "-"
             s += String(
-                format: "| %@ | %.1f | %.1f | %.1f | %.1f | %@ | %.0f | %@ | %.1f%% | %.1f / %.1f / %.1f | %.1f%% | %.1f%% | %.1f | %.1f |\n",
+                format:
+                    "| %@ | %.1f | %.1f | %.1f | %.1f | %@ | %.0f | %@ | %.1f%% | %.1f / %.1f / %.1f | %.1f%% |"
+                    + " %.1f%% | %.1f | %.1f |\n",
                 p.policy, p.ttft_ms.p50, p.ttft_ms_turn2plus.p50, p.ttft_ms_turn2plus.p90, p.ttft_ms_turn2plus.p99, rel,
                 p.prefill_throughput_tokens_per_s, thr, 100 * p.hit_rate, 100 * (p.hit_rate_by_tier["hbm"] ?? 0),
-                100 * (p.hit_rate_by_tier["dram"] ?? 0), 100 * (p.hit_rate_by_tier["disk"] ?? 0), 100 * p.reuse_rate, 100 * p.load_stall_fraction_of_ttft,
+                100 * (p.hit_rate_by_tier["dram"] ?? 0), 100 * (p.hit_rate_by_tier["disk"] ?? 0), 100 * p.reuse_rate,
+                100 * p.load_stall_fraction_of_ttft,
                 p.save_lag_ms_mean, p.compute_seconds)
         }
         if !sweep.isEmpty {
             s += "\n| DRAM (MiB) | policy | memory hit rate | hbm / dram / disk |\n|---:|---|---:|---|\n"
             for r in sweep {
                 s += String(
-                    format: "| %d | %@ | %.1f%% | %.1f / %.1f / %.1f |\n", r.dram_bytes >> 20, r.policy, 100 * r.hit_rate,
-                    100 * (r.hit_rate_by_tier["hbm"] ?? 0), 100 * (r.hit_rate_by_tier["dram"] ?? 0), 100 * (r.hit_rate_by_tier["disk"] ?? 0))
+                    format: "| %d | %@ | %.1f%% | %.1f / %.1f / %.1f |\n", r.dram_bytes >> 20, r.policy,
+                    100 * r.hit_rate,
+                    100 * (r.hit_rate_by_tier["hbm"] ?? 0), 100 * (r.hit_rate_by_tier["dram"] ?? 0),
+                    100 * (r.hit_rate_by_tier["disk"] ?? 0))
             }
         }
         return s
     }
 
     var csv: String {
-        var s = "policy,session,turn,arrival_s,start_s,ttft_ms,queue_ms,total_ms,prompt_tokens,reusable,reused,recomputed,hits_hbm,hits_dram,hits_disk,stall_ms,save_lag_ms\n"
+        var s =
+            "policy,session,turn,arrival_s,start_s,ttft_ms,queue_ms,total_ms,prompt_tokens,reusable,reused,"
+            + "recomputed,hits_hbm,hits_dram,hits_disk,stall_ms,save_lag_ms\n"
         for p in policies {
             for t in p.turns {
-                s += "\(p.policy),\(t.session),\(t.turn),\(t.arrival_s),\(t.start_s),\(t.ttft_ms),\(t.queue_ms),\(t.total_ms),\(t.prompt_tokens),"
-                    + "\(t.reusable),\(t.reused),\(t.recomputed),\(t.hits_hbm),\(t.hits_dram),\(t.hits_disk),\(t.stall_ms),\(t.save_lag_ms)\n"
+                s +=
+                    "\(p.policy),\(t.session),\(t.turn),\(t.arrival_s),\(t.start_s),\(t.ttft_ms),\(t.queue_ms),"
+                    + "\(t.total_ms),\(t.prompt_tokens),"
+                    + "\(t.reusable),\(t.reused),\(t.recomputed),\(t.hits_hbm),\(t.hits_dram),\(t.hits_disk),"
+                    + "\(t.stall_ms),\(t.save_lag_ms)\n"
             }
         }
         return s
