@@ -115,34 +115,33 @@ AVX2 float kvt_dot_qf_avx2(int type, const void *w, const float *x, const float 
     return out;
 }
 
-// AVX-512: one block is two 16-lane halves (weights 0..15 and 16..31), expanded with
-// vpmovzxbd/vpmovsxbd. vpermps reads only the low 4 bits of each index, so a nibble becomes
-// its float by a lookup in a 16-entry table (0..15, or -8..7 for Q4_0) without masking or
-// converting; Q4_1's high nibbles are shifted and converted instead, which spreads the work
-// over the shuffle and the convert units.
-AVX512 INLINE void block_avx512(int type, const uint8_t *p, __m512 x0, __m512 x1, const float *xs, __m512 *acc, __m128 *accm) {
+// AVX-512: a block is dequantized into two 16-lane halves (weights 0..15 and 16..31), each
+// weight its value as kvt_dequantize_row gives it (d * q + m for Q4_1, d * (q - 8) for Q4_0,
+// d * q for Q8_0), and both halves are multiplied into one accumulator: two fused
+// multiply-adds per block and activation vector, the dequantization shared by every vector
+// that uses the block (the previous kernels formed d * sum(q_j x_j) per block and vector: three
+// operations per block and vector, measured 1.4-1.7x slower at 16 vectors). A Q4 block is dequantized by a lookup: the 16
+// possible values (d * i + m, or d * (i - 8)) are computed once per block, and vpermps, which
+// reads only the low 4 bits of each index, picks each nibble's value without masking or
+// converting. Q4_1 and Q8_0 never read the per-block activation sums.
+AVX512 INLINE void dequant_block_avx512(int type, const uint8_t *p, __m512 *lo, __m512 *hi) {
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m512 lo, hi, d;
     if (type == KVT_TYPE_Q8_0) {
-        lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2))));
-        hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18))));
-        d = _mm512_broadcastss_ps(load_h1(p));
+        __m512 d = _mm512_broadcastss_ps(load_h1(p));
+        *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)))));
+        *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18)))));
     } else if (type == KVT_TYPE_Q4_0) {
-        const __m512 table = _mm512_sub_ps(iota, _mm512_set1_ps(8.0f));
+        __m512 table = _mm512_mul_ps(_mm512_broadcastss_ps(load_h1(p)), _mm512_sub_ps(iota, _mm512_set1_ps(8.0f)));
         __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)));
-        lo = _mm512_permutexvar_ps(q, table);
-        hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
-        d = _mm512_broadcastss_ps(load_h1(p));
+        *lo = _mm512_permutexvar_ps(q, table);
+        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
     } else {  // Q4_1
-        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)));
-        lo = _mm512_permutexvar_ps(q, iota);
-        hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
         __m128 dm = load_h2(p);
-        d = _mm512_broadcastss_ps(dm);
-        *accm = _mm_fmadd_ss(_mm_movehdup_ps(dm), _mm_load_ss(xs), *accm);
+        __m512 table = _mm512_fmadd_ps(_mm512_broadcastss_ps(dm), iota, _mm512_broadcastss_ps(_mm_movehdup_ps(dm)));
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)));
+        *lo = _mm512_permutexvar_ps(q, table);
+        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
     }
-    __m512 t = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
-    *acc = _mm512_fmadd_ps(d, t, *acc);
 }
 
 // The sum of a row's 16 lanes, in the order the four-row reduction below uses.
@@ -165,154 +164,97 @@ AVX512 static inline __m128 reduce4_avx512(__m512 a, __m512 b, __m512 c, __m512 
     return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), v));
 }
 
-// One row's blocks into four accumulators (block b into a[b % 4]) so that the FMA latency
-// chains overlap; returns them summed as (a0 + a1) + (a2 + a3).
-AVX512 INLINE __m512 row_avx512(int type, const uint8_t *p, const float *x, const float *xs, int nb, __m128 *accm) {
+// WR weight rows (p, rowBytes apart) against R activation vectors (x, ldx apart), WR and R
+// constants after inlining. Every (row, vector) pair takes exactly the same operations in the
+// same order whatever WR and R are: block by block, acc = fma(hi, x[16..31], fma(lo, x[0..15],
+// acc)) into one accumulator, then reduced as reduce1_avx512 does. So a result does not depend
+// on which other rows or vectors were computed with it (a lone decode, a batched step and a
+// prompt chunk give the same bits); WR and R only decide how many independent FMA chains are
+// in flight and how many vectors use each dequantized block. out[i * ldo + k] is row k against
+// vector i.
+AVX512 INLINE void tile_avx512(int type, int WR, int R, const uint8_t *p, size_t rowBytes, const float *x, size_t ldx,
+                               int nb, float *out, size_t ldo) {
     const int bs = type == KVT_TYPE_Q4_1 ? 20 : type == KVT_TYPE_Q4_0 ? 18 : 34;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
-    int b = 0;
-    for (; b + 4 <= nb; b += 4, p += 4 * bs, x += 128) {
-        block_avx512(type, p, _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), xs + b, &a0, &m0);
-        block_avx512(type, p + bs, _mm512_loadu_ps(x + 32), _mm512_loadu_ps(x + 48), xs + b + 1, &a1, &m1);
-        block_avx512(type, p + 2 * bs, _mm512_loadu_ps(x + 64), _mm512_loadu_ps(x + 80), xs + b + 2, &a2, &m2);
-        block_avx512(type, p + 3 * bs, _mm512_loadu_ps(x + 96), _mm512_loadu_ps(x + 112), xs + b + 3, &a3, &m3);
-    }
-    for (; b < nb; b++, p += bs, x += 32) block_avx512(type, p, _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), xs + b, &a0, &m0);
-    *accm = _mm_add_ss(_mm_add_ss(m0, m1), _mm_add_ss(m2, m3));
-    return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-}
-
-// Rows one after the other (one stream for the prefetchers); the horizontal sums of four rows
-// are done together, each exactly as a lone row's would be.
-AVX512 INLINE void rows_avx512(int type, const uint8_t *p, size_t rowBytes, int rows, const float *x, const float *xs,
-                               int nb, float *out) {
-    int r = 0;
-    for (; r + 4 <= rows; r += 4, p += 4 * rowBytes) {
-        __m128 m0, m1, m2, m3;
-        __m512 a0 = row_avx512(type, p, x, xs, nb, &m0);
-        __m512 a1 = row_avx512(type, p + rowBytes, x, xs, nb, &m1);
-        __m512 a2 = row_avx512(type, p + 2 * rowBytes, x, xs, nb, &m2);
-        __m512 a3 = row_avx512(type, p + 3 * rowBytes, x, xs, nb, &m3);
-        __m128 s = reduce4_avx512(a0, a1, a2, a3);
-        if (type == KVT_TYPE_Q4_1) s = _mm_add_ps(s, _mm_movelh_ps(_mm_unpacklo_ps(m0, m1), _mm_unpacklo_ps(m2, m3)));
-        _mm_storeu_ps(out + r, s);
-    }
-    for (; r < rows; r++, p += rowBytes) {
-        __m128 m;
-        float s = reduce1_avx512(row_avx512(type, p, x, xs, nb, &m));
-        if (type == KVT_TYPE_Q4_1) s += _mm_cvtss_f32(m);
-        out[r] = s;
-    }
-}
-
-// Several activation vectors against the same rows (a batched decode step). A block is decoded
-// once (its integers as floats, d, and Q4_1's m) and used for up to four activations; for each
-// activation the operations are exactly those of row_avx512 and rows_avx512 (the same fused
-// multiply-adds into the same four accumulators, block b into a[b % 4] and the tail into a[0],
-// the same reductions), so each result is bit-identical to a lone kvt_matvec of that activation.
-// Q4_1's m terms are kept per activation in the four lanes of one vector (lane k for blocks
-// b % 4 == k): a lane-wise fused multiply-add is the scalar one, lane by lane.
-AVX512 INLINE void decode_block_avx512(int type, const uint8_t *p, __m512 *lo, __m512 *hi, __m512 *d, float *m) {
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    if (type == KVT_TYPE_Q8_0) {
-        *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2))));
-        *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18))));
-        *d = _mm512_broadcastss_ps(load_h1(p));
-    } else if (type == KVT_TYPE_Q4_0) {
-        const __m512 table = _mm512_sub_ps(iota, _mm512_set1_ps(8.0f));
-        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)));
-        *lo = _mm512_permutexvar_ps(q, table);
-        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
-        *d = _mm512_broadcastss_ps(load_h1(p));
-    } else {  // Q4_1
-        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)));
-        *lo = _mm512_permutexvar_ps(q, iota);
-        *hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
-        __m128 dm = load_h2(p);
-        *d = _mm512_broadcastss_ps(dm);
-        *m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-    }
-}
-
-// R (1..4, a constant after inlining) activations x[i * ldx] against one row at p.
-AVX512 INLINE void row_multi_avx512(int type, int R, const uint8_t *p, const float *x, size_t ldx, const float *xs, size_t ldxs,
-                                    int nb, float *out, size_t ldo) {
-    const int bs = type == KVT_TYPE_Q4_1 ? 20 : type == KVT_TYPE_Q4_0 ? 18 : 34;
-    __m512 acc[4][4];
-    __m128 accm[4];
-    for (int i = 0; i < R; i++) {
-        for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
-        accm[i] = _mm_setzero_ps();
-    }
-    int b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        float mv[4];
-        for (int k = 0; k < 4; k++) {
-            __m512 lo, hi, d;
-            decode_block_avx512(type, p + (b + k) * bs, &lo, &hi, &d, &mv[k]);
-            for (int i = 0; i < R; i++) {
-                const float *xi = x + i * ldx + (b + k) * 32;
-                __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xi + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xi)));
-                acc[i][k] = _mm512_fmadd_ps(d, t, acc[i][k]);
-            }
-        }
-        if (type == KVT_TYPE_Q4_1) {
-            __m128 m4 = _mm_loadu_ps(mv);
-            for (int i = 0; i < R; i++) accm[i] = _mm_fmadd_ps(m4, _mm_loadu_ps(xs + i * ldxs + b), accm[i]);
-        }
-    }
-    for (; b < nb; b++) {
-        __m512 lo, hi, d;
-        float m1 = 0;
-        decode_block_avx512(type, p + b * bs, &lo, &hi, &d, &m1);
+    __m512 acc[8][16];
+    for (int k = 0; k < WR; k++)
+        for (int i = 0; i < R; i++) acc[k][i] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        __m512 lo[8], hi[8];
+        for (int k = 0; k < WR; k++) dequant_block_avx512(type, p + (size_t)k * rowBytes + (size_t)b * bs, &lo[k], &hi[k]);
         for (int i = 0; i < R; i++) {
             const float *xi = x + i * ldx + b * 32;
-            __m512 t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xi + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(xi)));
-            acc[i][0] = _mm512_fmadd_ps(d, t, acc[i][0]);
-            // _mm_fmadd_ss takes lanes 1..3 from its first operand: keep accm's.
-            if (type == KVT_TYPE_Q4_1)
-                accm[i] = _mm_move_ss(accm[i], _mm_fmadd_ss(_mm_set_ss(m1), _mm_load_ss(xs + i * ldxs + b), accm[i]));
+            __m512 x0 = _mm512_loadu_ps(xi), x1 = _mm512_loadu_ps(xi + 16);
+            for (int k = 0; k < WR; k++) acc[k][i] = _mm512_fmadd_ps(hi[k], x1, _mm512_fmadd_ps(lo[k], x0, acc[k][i]));
         }
     }
     for (int i = 0; i < R; i++) {
-        float s = reduce1_avx512(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]), _mm512_add_ps(acc[i][2], acc[i][3])));
-        if (type == KVT_TYPE_Q4_1) {
-            float l[4];
-            _mm_storeu_ps(l, accm[i]);
-            s += (l[0] + l[1]) + (l[2] + l[3]);
+        int k = 0;
+        for (; k + 4 <= WR; k += 4) {
+            float s[4];
+            _mm_storeu_ps(s, reduce4_avx512(acc[k][i], acc[k + 1][i], acc[k + 2][i], acc[k + 3][i]));
+            for (int j = 0; j < 4; j++) out[i * ldo + k + j] = s[j];
         }
-        out[i * ldo] = s;
+        for (; k < WR; k++) out[i * ldo + k] = reduce1_avx512(acc[k][i]);
     }
 }
 
-// Rows in tiles of 16 (in L1 while every activation uses them), activations four at a time.
+// One activation vector: eight rows at a time (eight FMA chains), then the rest one by one.
+AVX512 INLINE void rows_avx512(int type, const uint8_t *p, size_t rowBytes, int rows, const float *x, int nb,
+                               float *out) {
+    int r = 0;
+    for (; r + 8 <= rows; r += 8) tile_avx512(type, 8, 1, p + (size_t)r * rowBytes, rowBytes, x, 0, nb, out + r, 0);
+    for (; r < rows; r++) tile_avx512(type, 1, 1, p + (size_t)r * rowBytes, rowBytes, x, 0, nb, out + r, 0);
+}
+
+// Several activation vectors (a batched decode step or a prompt chunk): rows in tiles of 16
+// (in L1 while every vector uses them), two rows' blocks dequantized at a time and used by
+// eight vectors (sixteen FMA chains, with the two rows' dequantized halves and one vector's
+// activations in registers: 22 of the 32). The last 1..7 vectors take four or two at a time
+// against two or four rows, and a last one goes through the one-vector path. Measured against
+// other shapes (rows x vectors 2x4, 3x6, 4x4, 2x10, 2x12, 1x16) on the FFN, attention and
+// vocabulary matrices of SmolLM2, 2x8 was fastest at 16 and 32 vectors.
 AVX512 INLINE void rows_multi_avx512(int type, const uint8_t *p, size_t rowBytes, int rows, const float *x, size_t ldx,
-                                     const float *xs, size_t ldxs, int m, int nb, float *out, size_t ldo) {
+                                     int m, int nb, float *out, size_t ldo) {
     for (int t0 = 0; t0 < rows; t0 += 16) {
         int t1 = t0 + 16 < rows ? t0 + 16 : rows;
-        int i = 0;
-        for (; i + 4 <= m; i += 4)
-            for (int r = t0; r < t1; r++)
-                row_multi_avx512(type, 4, p + (size_t)r * rowBytes, x + i * ldx, ldx, xs + i * ldxs, ldxs, nb, out + i * ldo + r, ldo);
-        int left = m - i;
-        for (int r = t0; r < t1 && left > 0; r++) {
-            const uint8_t *row = p + (size_t)r * rowBytes;
-            if (left == 3) row_multi_avx512(type, 3, row, x + i * ldx, ldx, xs + i * ldxs, ldxs, nb, out + i * ldo + r, ldo);
-            else if (left == 2) row_multi_avx512(type, 2, row, x + i * ldx, ldx, xs + i * ldxs, ldxs, nb, out + i * ldo + r, ldo);
-            else row_multi_avx512(type, 1, row, x + i * ldx, ldx, xs + i * ldxs, ldxs, nb, out + i * ldo + r, ldo);
+        const uint8_t *tile = p + (size_t)t0 * rowBytes;
+        int n = t1 - t0, i = 0;
+        for (; i + 8 <= m; i += 8) {
+            int r = 0;
+            for (; r + 2 <= n; r += 2)
+                tile_avx512(type, 2, 8, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+            for (; r < n; r++)
+                tile_avx512(type, 1, 8, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
         }
+        while (i + 4 <= m) {
+            int r = 0;
+            for (; r + 2 <= n; r += 2)
+                tile_avx512(type, 2, 4, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+            for (; r < n; r++)
+                tile_avx512(type, 1, 4, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+            i += 4;
+        }
+        while (i + 2 <= m) {
+            int r = 0;
+            for (; r + 4 <= n; r += 4)
+                tile_avx512(type, 4, 2, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+            for (; r < n; r++)
+                tile_avx512(type, 1, 2, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+            i += 2;
+        }
+        for (; i < m; i++) rows_avx512(type, tile, rowBytes, n, x + i * ldx, nb, out + i * ldo + t0);
     }
 }
 
 AVX512 void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x, size_t ldx,
                                       const float *xsum, size_t ldxsum, int m, float *out, size_t ldo) {
+    (void)xsum, (void)ldxsum;  // the AVX-512 kernels dequantize Q4_1's offsets into the weights
     const uint8_t *base = (const uint8_t *)w + (size_t)r0 * rowBytes;
     int nb = n / 32, rows = r1 - r0;
     switch (type) {
-    case KVT_TYPE_Q4_1: rows_multi_avx512(KVT_TYPE_Q4_1, base, rowBytes, rows, x, ldx, xsum, ldxsum, m, nb, out, ldo); return;
-    case KVT_TYPE_Q4_0: rows_multi_avx512(KVT_TYPE_Q4_0, base, rowBytes, rows, x, ldx, xsum, ldxsum, m, nb, out, ldo); return;
-    case KVT_TYPE_Q8_0: rows_multi_avx512(KVT_TYPE_Q8_0, base, rowBytes, rows, x, ldx, xsum, ldxsum, m, nb, out, ldo); return;
+    case KVT_TYPE_Q4_1: rows_multi_avx512(KVT_TYPE_Q4_1, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
+    case KVT_TYPE_Q4_0: rows_multi_avx512(KVT_TYPE_Q4_0, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
+    case KVT_TYPE_Q8_0: rows_multi_avx512(KVT_TYPE_Q8_0, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
     default:
         for (int i = 0; i < m; i++)
             for (int r = 0; r < rows; r++) out[i * ldo + r] = 0.0f;
@@ -322,12 +264,13 @@ AVX512 void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, 
 
 AVX512 void kvt_matvec_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
                                  const float *x, const float *xsum, float *out) {
+    (void)xsum;  // the AVX-512 kernels dequantize Q4_1's offsets into the weights
     const uint8_t *base = (const uint8_t *)w + (size_t)r0 * rowBytes;
     int nb = n / 32, rows = r1 - r0;
     switch (type) {
-    case KVT_TYPE_Q4_1: rows_avx512(KVT_TYPE_Q4_1, base, rowBytes, rows, x, xsum, nb, out); return;
-    case KVT_TYPE_Q4_0: rows_avx512(KVT_TYPE_Q4_0, base, rowBytes, rows, x, xsum, nb, out); return;
-    case KVT_TYPE_Q8_0: rows_avx512(KVT_TYPE_Q8_0, base, rowBytes, rows, x, xsum, nb, out); return;
+    case KVT_TYPE_Q4_1: rows_avx512(KVT_TYPE_Q4_1, base, rowBytes, rows, x, nb, out); return;
+    case KVT_TYPE_Q4_0: rows_avx512(KVT_TYPE_Q4_0, base, rowBytes, rows, x, nb, out); return;
+    case KVT_TYPE_Q8_0: rows_avx512(KVT_TYPE_Q8_0, base, rowBytes, rows, x, nb, out); return;
     default:
         for (int r = 0; r < rows; r++) out[r] = 0.0f;
         return;

@@ -18,12 +18,26 @@ final class RealModelLogitsTests: XCTestCase {
         let logits_samples: Samples
     }
 
+    /// Prompts with at least `gemmThreshold` tokens take dequantize-and-sgemm in the linear layers.
     func testTeacherForcedLogitsMatchTheFloatReference() throws {
+        try checkAgainstReference(linearGemmThreshold: nil, path: "sgemm")
+    }
+
+    /// Every linear layer on the quantized matrix-vector kernels, as kvtierd runs where
+    /// `calibrateLinearGemmThreshold` finds them faster at every size (the Xeon of
+    /// docs/benchmarks.md): the kernel of batched decoding and prompt chunks, checked against
+    /// the float reference over the same 2,000 positions.
+    func testTeacherForcedLogitsOnTheMatrixVectorKernelsMatchTheFloatReference() throws {
+        try checkAgainstReference(linearGemmThreshold: Int.max, path: "matrix-vector")
+    }
+
+    private func checkAgainstReference(linearGemmThreshold: Int?, path: String) throws {
         let model = try RealModel.load()
         let ref = try RealModel.golden("reference-logits.json", as: ReferenceLogits.self)
         let n = ref.ids.count
         XCTAssertEqual(n, 2000)
         let t = model.makeTransformer(threads: 2)
+        t.linearGemmThreshold = linearGemmThreshold
         let cache = InMemoryKVCache(layout: model.kvLayout, capacity: n)
         var agree = 0
         var nll = 0.0
@@ -44,7 +58,7 @@ final class RealModelLogitsTests: XCTestCase {
         }
         let agreement = Double(agree) / Double(n)
         let meanNLL = nll / Double(n - 1)
-        print("teacher forcing: top-1 agreement \(agree)/\(n) = \(agreement); max |logit diff| at sampled positions \(maxDiff); mean NLL \(meanNLL) vs reference \(ref.mean_next_token_nll)")
+        print("teacher forcing (\(path)): top-1 agreement \(agree)/\(n) = \(agreement); max |logit diff| at sampled positions \(maxDiff); mean NLL \(meanNLL) vs reference \(ref.mean_next_token_nll)")
         XCTAssertGreaterThanOrEqual(agreement, 0.99)
         XCTAssertLessThan(maxDiff, 0.5, "logits drift from the float reference")
         XCTAssertEqual(meanNLL, ref.mean_next_token_nll, accuracy: 0.01)

@@ -44,8 +44,9 @@ void kvt_block_sums(const float *x, float *xsum, int n);
 
 /// Dot product of one weight row (n/32 blocks of Q4_0, Q4_1 or Q8_0) with F32 activations x.
 /// Each weight counts as its dequantized value (as kvt_dequantize_row gives it) times x[j],
-/// summed in F32: per block d * sum(q_j x_j), plus m * xsum[b] for Q4_1. xsum is
-/// kvt_block_sums(x) (only Q4_1 reads it). Other types give 0.
+/// summed in F32. The AVX-512 path multiplies the dequantized weights themselves; the AVX2 and
+/// portable paths form per block d * sum(q_j x_j), plus m * xsum[b] for Q4_1 (the same value up
+/// to rounding). xsum is kvt_block_sums(x) (only those paths' Q4_1 reads it). Other types give 0.
 float kvt_dot_qf(int type, const void *w, const float *x, const float *xsum, int n);
 
 /// out[r - r0] = dot(row r of W, x) for r in [r0, r1). W has rows of rowBytes bytes, n elements
