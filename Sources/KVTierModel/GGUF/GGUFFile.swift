@@ -128,6 +128,17 @@ public final class GGUFFile: Sendable {
     /// The whole mapped file.
     public var bytes: UnsafeRawBufferPointer { mapping.bytes }
 
+    /// Drops the resident pages of a tensor's bytes (see `MappedFile.dropResidentPages`).
+    public func dropResidentPages(of tensor: GGUFTensor) {
+        mapping.dropResidentPages(tensor.fileOffset..<tensor.fileOffset + tensor.byteCount)
+    }
+
+    /// Drops the resident pages of all tensor data, for after a pass that read every byte (the
+    /// model fingerprint) while the weights the kernels use live in repacked copies.
+    public func dropResidentTensorPages() {
+        mapping.dropResidentPages(dataOffset..<mapping.bytes.count)
+    }
+
     // MARK: Typed metadata access
 
     public func string(_ key: String) throws(GGUFError) -> String {

@@ -39,6 +39,20 @@ public final class MappedFile: @unchecked Sendable {
         self.bytes = UnsafeRawBufferPointer(start: base, count: size)
     }
 
+    /// Lets the kernel drop the resident pages of `range` (a part of `bytes`): nothing changes
+    /// for readers, a later read faults the page back in from the file. For bytes that were
+    /// copied elsewhere (repacked weights), so they stop counting in the process's memory.
+    public func dropResidentPages(_ range: Range<Int>) {
+        guard let base = bytes.baseAddress, range.lowerBound >= 0, range.upperBound <= bytes.count else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = UInt(bitPattern: base + range.lowerBound)
+        let end = UInt(bitPattern: base + range.upperBound)
+        let first = (start + UInt(page) - 1) / UInt(page) * UInt(page)
+        let last = end / UInt(page) * UInt(page)
+        guard last > first, let p = UnsafeMutableRawPointer(bitPattern: first) else { return }
+        _ = madvise(p, Int(last - first), MADV_DONTNEED)
+    }
+
     deinit {
         if let base = bytes.baseAddress {
             munmap(UnsafeMutableRawPointer(mutating: base), bytes.count)

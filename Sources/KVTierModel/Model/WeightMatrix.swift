@@ -1,16 +1,24 @@
 import CKVTierKernels
 
-/// A weight matrix inside the mapped GGUF: `rows` rows of `cols` elements of `type`.
-/// Row r holds the weights of output r (GGUF dims are [cols, rows]).
+/// A weight matrix of the model: `rows` rows of `cols` elements of `type`. Row r holds the
+/// weights of output r (GGUF dims are [cols, rows]). The kernels read it where it lies in the
+/// mapped GGUF, or, for quantized types where the kernels prefer another layout at this CPU's
+/// level, from a copy repacked once at load (then the mapped pages are dropped).
 public struct WeightMatrix: @unchecked Sendable {
     // @unchecked: `base` points into the immutable model mapping, which the owning
-    // LlamaWeights keeps alive; nothing ever writes through it.
+    // LlamaWeights keeps alive, or into `repacked`, which this value keeps alive and nothing
+    // writes after its init.
     public let name: String
+    /// The tensor's type in the GGUF.
     public let type: GGMLType
     public let rows: Int
     public let cols: Int
+    /// Bytes per row in the layout the kernels read (`kernelType`).
     public let rowBytes: Int
+    /// The kernels' type id for the bytes at `base`: `type`, or its repacked layout.
+    let kernelType: Int32
     let base: UnsafeRawPointer
+    private let repacked: RepackedBlocks?
 
     init(file: GGUFFile, name: String, rows: Int, cols: Int) throws(GGUFError) {
         guard let t = file.tensor(name) else { throw GGUFError.missingTensor(name) }
@@ -22,8 +30,18 @@ public struct WeightMatrix: @unchecked Sendable {
         self.type = t.type
         self.rows = rows
         self.cols = cols
-        self.rowBytes = t.rowBytes
-        self.base = base
+        if cols % 32 == 0, let packed = RepackedBlocks(type: t.type, source: base, blocks: rows * cols / 32) {
+            self.repacked = packed
+            self.base = packed.pointer
+            self.rowBytes = cols / 32 * packed.blockBytes
+            self.kernelType = packed.kernelType
+            file.dropResidentPages(of: t)
+        } else {
+            self.repacked = nil
+            self.base = base
+            self.rowBytes = t.rowBytes
+            self.kernelType = Int32(t.type.rawValue)
+        }
     }
 
     var isQuantized: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 }
@@ -33,7 +51,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Dequantizes rows [r0, r1) into `dst` (row-major, `cols` floats per row).
     func dequantize(rows r0: Int, _ r1: Int, into dst: UnsafeMutablePointer<Float>) {
         for r in r0..<r1 {
-            kvt_dequantize_row(Int32(type.rawValue), row(r), dst + (r - r0) * cols, Int32(cols))
+            kvt_dequantize_row(kernelType, row(r), dst + (r - r0) * cols, Int32(cols))
         }
     }
 }
