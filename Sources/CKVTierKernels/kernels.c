@@ -316,7 +316,7 @@ BODY void softmax_causal_body(float *s, int n, int T, int firstVisible, float sc
 }
 INSTANTIATE(softmax_causal, (float *s, int n, int T, int firstVisible, float scale), (s, n, T, firstVisible, scale))
 
-BODY void attend_runs_body(const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld,
+BODY void attend_runs_one_body(const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld,
                            const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
                            const float *sinTable, float *scores, float *out) {
     int half = headDim / 2;
@@ -357,10 +357,32 @@ BODY void attend_runs_body(const float *q, const kvt_kv_run *runs, size_t offset
         }
     }
 }
-INSTANTIATE(attend_runs,
+INSTANTIATE(attend_runs_one,
             (const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld, const int32_t *pos,
              int T, int headDim, float scale, const float *cosTable, const float *sinTable, float *scores, float *out),
             (q, runs, offset, elemBytes, ld, pos, T, headDim, scale, cosTable, sinTable, scores, out))
+
+void kvt_attend_runs_group(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset, int elemBytes,
+                           size_t ld, const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
+                           const float *sinTable, float *scores, float *out, size_t ldo) {
+#if defined(KVT_X86)
+    if (LEVEL() >= KVT_CPU_AVX512 && headDim % 16 == 0 && headDim <= 256 && nq <= 16) {
+        kvt_attend_group_avx512(q, ldq, nq, runs, offset, elemBytes, ld, pos, T, headDim, scale, cosTable, sinTable,
+                                scores, out, ldo);
+        return;
+    }
+#endif
+    for (int j = 0; j < nq; j++)
+        kvt_attend_runs_one(q + (size_t)j * ldq, runs, offset, elemBytes, ld, pos, T, headDim, scale, cosTable,
+                            sinTable, scores + (size_t)j * T, out + (size_t)j * ldo);
+}
+
+void kvt_attend_runs(const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld,
+                     const int32_t *pos, int T, int headDim, float scale, const float *cosTable, const float *sinTable,
+                     float *scores, float *out) {
+    kvt_attend_runs_group(q, 0, 1, runs, offset, elemBytes, ld, pos, T, headDim, scale, cosTable, sinTable, scores,
+                          out, 0);
+}
 
 BODY void swiglu_body(const float *g, const float *u, float *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];

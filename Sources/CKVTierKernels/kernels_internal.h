@@ -11,6 +11,9 @@ float kvt_dot_f_portable(int type, const void *w, const float *x, int n);
 void kvt_dequantize_row_portable(int type, const void *src, float *dst, int n);
 void kvt_f16_to_f32_portable(const uint16_t *src, float *dst, size_t n);
 void kvt_f32_to_f16_portable(const float *src, uint16_t *dst, size_t n);
+void kvt_attend_runs_one(const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld,
+                         const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
+                         const float *sinTable, float *scores, float *out);
 
 #if defined(__x86_64__)
 #define KVT_X86 1
@@ -27,5 +30,8 @@ void kvt_dequantize_row_avx2(int type, const void *src, float *dst, int n);
 void kvt_f16_to_f32_avx2(const uint16_t *src, float *dst, size_t n);
 void kvt_f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n);
 float kvt_dot_f32_avx2(const float *a, const float *b, int n);
+void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset, int elemBytes,
+                             size_t ld, const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
+                             const float *sinTable, float *scores, float *out, size_t ldo);
 #endif
 #endif

@@ -318,6 +318,79 @@ AVX512 float kvt_dot_qf_avx512(int type, const void *w, const float *x, const fl
     return out;
 }
 
+// ---------------------------------------------------------------------------------------
+// Decode attention for the query heads of one KV head. Per cached key, 16 lanes at a time: the
+// F16 (or F32) key is rotated by its position once, k' = c2 * k + s2 * swap(k), with c2 and s2
+// the position's cos and sin each repeated for a pair's two lanes (s2 negated in even lanes)
+// and swap exchanging each pair's lanes; then every query's dot product with k' accumulates in
+// its own 16-lane vector and is reduced. The softmax is the portable one per head; the values
+// are converted once per row and accumulated into every head's output.
+AVX512 static void load_row16(const uint8_t *p, int elemBytes, int c, __m512 *v) {
+    *v = elemBytes == 2 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32 * c)))
+                        : _mm512_loadu_ps((const float *)p + 16 * c);
+}
+
+AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset,
+                                    int elemBytes, size_t ld, const int32_t *pos, int T, int headDim, float scale,
+                                    const float *cosTable, const float *sinTable, float *scores, float *out,
+                                    size_t ldo) {
+    const __m512i swap = _mm512_setr_epi32(1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m512 sign = _mm512_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1);
+    int nv = headDim / 16, half = headDim / 2;
+    size_t rowBytes = ld * (size_t)elemBytes;
+    float mx[16];
+    for (int j = 0; j < nq; j++) mx[j] = -INFINITY;
+    for (int t = 0, r = 0; t < T; r++) {
+        const uint8_t *k = (const uint8_t *)runs[r].k + offset * (size_t)elemBytes;
+        int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
+        for (; t < end; t++, k += rowBytes) {
+            const float *cs = cosTable + (size_t)pos[t] * half, *sn = sinTable + (size_t)pos[t] * half;
+            __m512 acc[16];
+            for (int j = 0; j < nq; j++) acc[j] = _mm512_setzero_ps();
+            for (int c = 0; c < nv; c++) {
+                __m512 kv;
+                load_row16(k, elemBytes, c, &kv);
+                __m512 c2 = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(cs + 8 * c)));
+                __m512 s2 = _mm512_mul_ps(sign, _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(sn + 8 * c))));
+                __m512 rot = _mm512_fmadd_ps(c2, kv, _mm512_mul_ps(s2, _mm512_permutexvar_ps(swap, kv)));
+                for (int j = 0; j < nq; j++) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * ldq + 16 * c), rot, acc[j]);
+            }
+            for (int j = 0; j < nq; j++) {
+                float a = _mm512_reduce_add_ps(acc[j]) * scale;
+                scores[(size_t)j * T + t] = a;
+                mx[j] = a > mx[j] ? a : mx[j];
+            }
+        }
+    }
+    float inv[16];
+    for (int j = 0; j < nq; j++) {
+        float *sj = scores + (size_t)j * T, sum = 0.0f;
+        for (int t = 0; t < T; t++) {
+            sj[t] = expf(sj[t] - mx[j]);
+            sum += sj[t];
+        }
+        inv[j] = 1.0f / sum;
+    }
+    __m512 o[16][16];
+    for (int j = 0; j < nq; j++)
+        for (int c = 0; c < nv; c++) o[j][c] = _mm512_setzero_ps();
+    for (int t = 0, r = 0; t < T; r++) {
+        const uint8_t *v = (const uint8_t *)runs[r].v + offset * (size_t)elemBytes;
+        int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
+        for (; t < end; t++, v += rowBytes) {
+            for (int c = 0; c < nv; c++) {
+                __m512 vv;
+                load_row16(v, elemBytes, c, &vv);
+                for (int j = 0; j < nq; j++)
+                    o[j][c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(size_t)j * T + t] * inv[j]), vv, o[j][c]);
+            }
+        }
+    }
+    for (int j = 0; j < nq; j++)
+        for (int c = 0; c < nv; c++) _mm512_storeu_ps(out + (size_t)j * ldo + 16 * c, o[j][c]);
+}
+
 AVX2 float kvt_dot_f32_avx2(const float *a, const float *b, int n) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int i = 0;

@@ -267,3 +267,65 @@ extension KernelTests {
         }
     }
 }
+
+extension KernelTests {
+    /// The grouped decode attention (the query heads of one KV head in one call) gives each head
+    /// bit for bit what a lone call gives it, at every level, for head sizes on and off the
+    /// AVX-512 kernel's 16-lane shape, both cache element types, and cuts of the slots into runs;
+    /// and F32 results are softmax(q . rope(k)) . v in doubles.
+    func testGroupedAttentionGivesEachHeadItsLoneResult() {
+        var rng = TestRNG(seed: 9)
+        for d in [64, 48, 40] {
+            let kvHeads = 2, ld = kvHeads * d, slots = 45, group = 3
+            let rope = RopeTable(capacity: 64, headDim: d, base: 10000)
+            let qs = (0..<(group * d)).map { _ in rng.nextFloat() - 0.5 }
+            let positions = (0..<slots).map { Int32($0 + 2) }
+            let keys = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
+            let values = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
+            for elemBytes in [2, 4] {
+                let k = elemBytes == 4 ? keys.withUnsafeBytes { Array($0) } : keys.map { Float16($0) }.withUnsafeBytes { Array($0) }
+                let v = elemBytes == 4 ? values.withUnsafeBytes { Array($0) } : values.map { Float16($0) }.withUnsafeBytes { Array($0) }
+                let cut = 20
+                let pages = [
+                    (Array(k[0..<(cut * ld * elemBytes)]), Array(v[0..<(cut * ld * elemBytes)]), cut),
+                    (Array(k[(cut * ld * elemBytes)...]), Array(v[(cut * ld * elemBytes)...]), slots - cut),
+                ]
+                for level in levels {
+                    _ = kvt_set_cpu_level(level)
+                    for visible in [1, 21, slots] {
+                        for nq in 1...group {
+                            var out = [Float](repeating: .nan, count: nq * d)
+                            var scores = [Float](repeating: 0, count: nq * visible)
+                            pages[0].0.withUnsafeBytes { k0 in
+                                pages[0].1.withUnsafeBytes { v0 in
+                                    pages[1].0.withUnsafeBytes { k1 in
+                                        pages[1].1.withUnsafeBytes { v1 in
+                                            let runs = [
+                                                kvt_kv_run(k: k0.baseAddress, v: v0.baseAddress, count: Int64(cut)),
+                                                kvt_kv_run(k: k1.baseAddress, v: v1.baseAddress, count: Int64(slots - cut)),
+                                            ]
+                                            kvt_attend_runs_group(
+                                                qs, d, Int32(nq), runs, d, Int32(elemBytes), ld, positions, Int32(visible),
+                                                Int32(d), 1 / Float(d).squareRoot(), rope.cos, rope.sin, &scores, &out, d)
+                                        }
+                                    }
+                                }
+                            }
+                            for j in 0..<nq {
+                                let q = Array(qs[(j * d)..<((j + 1) * d)])
+                                let lone = attend(q, pages, d, elemBytes, ld, positions, visible, d, rope)
+                                XCTAssertEqual(
+                                    Array(out[(j * d)..<((j + 1) * d)]).map(\.bitPattern), lone.map(\.bitPattern),
+                                    "d \(d) e\(elemBytes) level \(level) visible \(visible) nq \(nq) head \(j)")
+                                if elemBytes == 4 {
+                                    let expect = plainAttention(q, keys, values, d, ld, positions, visible, d, rope)
+                                    for (a, b) in zip(out[(j * d)..<((j + 1) * d)], expect) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -123,6 +123,16 @@ void kvt_attend_runs(const float *q, const kvt_kv_run *runs, size_t offset, int 
                      const int32_t *pos, int T, int headDim, float scale,
                      const float *cosTable, const float *sinTable, float *scores, float *out);
 
+/// kvt_attend_runs for the nq query heads that share one KV head (grouped-query attention): query
+/// j at q + j * ldq, its scores at scores + j * T (scratch of nq * T floats), its output at
+/// out + j * ldo. Each head's result is bit for bit what kvt_attend_runs gives it alone, at the
+/// same level; each cached row is read and converted once for all nq heads. At the AVX-512
+/// level (headDim a multiple of 16, at most 256; nq at most 16) each key is rotated once, in
+/// 16-lane vectors, and dotted with every query; elsewhere the heads run one after the other.
+void kvt_attend_runs_group(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset, int elemBytes,
+                           size_t ld, const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
+                           const float *sinTable, float *scores, float *out, size_t ldo);
+
 /// Row-wise softmax of an n x T score matrix with causal masking: row j may see columns
 /// [0, firstVisible + j], the rest are set to 0. Scores are multiplied by `scale` first.
 void kvt_softmax_causal(float *s, int n, int T, int firstVisible, float scale);

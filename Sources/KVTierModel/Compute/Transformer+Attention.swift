@@ -15,8 +15,9 @@ extension Transformer {
 
     /// Attention of several sequences' few queries each (decoding), one query at a time per head
     /// as `attention` does for fewer than `gemmThreshold` queries, in one fork-join: the (sequence,
-    /// head) pairs are shared out by their cost (queries times visible slots). The same kernel
-    /// call per (query, head) as a lone sequence gets, so the results are identical.
+    /// head) pairs are shared out by their cost (queries times visible slots), and a worker's
+    /// heads that share a KV head go through one grouped call. The kernel gives each head the
+    /// same bits whichever heads it is grouped with, so the results are a lone sequence's.
     func attentionRows(_ jobs: [AttentionJob]) {
         guard !jobs.isEmpty else { return }
         let c = config
@@ -48,20 +49,25 @@ extension Transformer {
                     let first = prefix.partitionPoint(lo)
                     let last = t == workers - 1 ? items : prefix.partitionPoint(hi)
                     guard last > first else { return }
-                    let scores = scratch[t].scores.reserve(maxTotal)
-                    for item in first..<last {
+                    let scores = scratch[t].scores.reserve(maxTotal * group)
+                    // The worker's items in runs of query heads that share a KV head: one kernel
+                    // call per run reads each cached row once for all of them.
+                    var item = first
+                    while item < last {
                         let job = jobs[item / heads]
                         let h = item % heads
                         let kvh = h / group
+                        let nq = min(last - item, (kvh + 1) * group - h)
                         let eb = Int32(job.view.precision.bytes)
                         runs[item / heads].withUnsafeBufferPointer { r in
                             for i in 0..<job.n {
-                                kvt_attend_runs(
-                                    job.q + i * qw + h * d, r.baseAddress, kvh * d, eb, kvw, job.view.positions,
-                                    Int32(job.slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
-                                    job.out + i * qw + h * d)
+                                kvt_attend_runs_group(
+                                    job.q + i * qw + h * d, d, Int32(nq), r.baseAddress, kvh * d, eb, kvw,
+                                    job.view.positions, Int32(job.slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
+                                    job.out + i * qw + h * d, d)
                             }
                         }
+                        item += nq
                     }
                 }
             }
@@ -93,15 +99,19 @@ extension Transformer {
                     let (h0, h1) = Parallel.share(heads, t, workers)
                     let s = scratch[t]
                     if n < self.gemmThreshold {
-                        let scores = s.scores.reserve(total)
+                        let scores = s.scores.reserve(total * group)
                         runs.withUnsafeBufferPointer { r in
-                            for h in h0..<h1 {
+                            var h = h0
+                            while h < h1 {
                                 let kvh = h / group
+                                let nq = min(h1 - h, (kvh + 1) * group - h)
                                 for i in 0..<n {
-                                    kvt_attend_runs(
-                                        q + i * qw + h * d, r.baseAddress, kvh * d, Int32(eb), kvw, view.positions,
-                                        Int32(slot0 + i + 1), Int32(d), scale, cosT, sinT, scores, out + i * qw + h * d)
+                                    kvt_attend_runs_group(
+                                        q + i * qw + h * d, d, Int32(nq), r.baseAddress, kvh * d, Int32(eb), kvw,
+                                        view.positions, Int32(slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
+                                        out + i * qw + h * d, d)
                                 }
+                                h += nq
                             }
                         }
                         return
