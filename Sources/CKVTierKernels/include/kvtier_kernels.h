@@ -140,6 +140,15 @@ void kvt_softmax_causal(float *s, int n, int T, int firstVisible, float scale);
 /// y = silu(g) * u, elementwise.
 void kvt_swiglu(const float *g, const float *u, float *y, size_t n);
 
+/// Runs `iterations` rounds of 12 independent fused multiply-add chains at the widest level the
+/// kernels use (a probe of the cores' floating-point peak); sets the FLOPs of one round and
+/// returns a value that depends on every chain (so the work cannot be skipped).
+float kvt_probe_fma(long iterations, int *flopsPerIteration);
+
+/// Reads `bytes` bytes at data with independent vector adds (a probe of the memory read
+/// bandwidth one thread gets); returns their sum so the reads cannot be skipped.
+uint64_t kvt_probe_read(const void *data, size_t bytes);
+
 /// CRC-32C (Castagnoli) of n bytes; SSE4.2 when available.
 uint32_t kvt_crc32c(const void *data, size_t n);
 
