@@ -45,7 +45,7 @@ let package = Package(
         // GGUF reader, chat template, transformer, sampler.
         .target(name: "KVTierModel", dependencies: ["KVTierTokenizer", "CKVTierKernels", "COpenBLAS"]),
         // Tiered KV store (HBM arena, DRAM, RocksDB disk).
-        .target(name: "KVTierStore", dependencies: ["KVTierModel", "CLZ4", "CRocksDB"]),
+        .target(name: "KVTierStore", dependencies: ["CKVTierKernels", "CLZ4", "CRocksDB"]),
         // Sessions, scheduler, generation on top of model and store.
         .target(name: "KVTierEngine", dependencies: ["KVTierModel", "KVTierStore"]),
         // HTTP/1.1 over a Unix domain socket in front of the engine.
@@ -101,7 +101,7 @@ let package = Package(
         .testTarget(
             name: "KVTierEngineTests",
             dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierTestSupport"]),
-        .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore"]),
+        .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel"]),
         .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"], exclude: ["Scripts"]),
     ],
     swiftLanguageModes: [.v6]

@@ -6,7 +6,7 @@ import XCTest
 
 final class TieredStoreTests: XCTestCase {
     let model = ModelFingerprint(value: 0xABCD)
-    let layout = KVLayout(layers: 3, kvHeads: 3, headDim: 64)
+    let shape = KVShape(layers: 3, rowWidth: 3 * 64)
 
     private func tempDir() -> String {
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-store-\(UUID().uuidString)").path
@@ -27,7 +27,7 @@ final class TieredStoreTests: XCTestCase {
     /// Deterministic F16-looking payload for a key; `smooth` makes it compressible like real KV.
     private func block(_ session: String, layer: Int, start: Int, count: Int = 16, smooth: Bool = false) -> KVBlock {
         let key = BlockKey(model: model, session: session, layer: layer, start: start, count: count)
-        var bytes = [UInt8](repeating: 0, count: 2 * count * layout.rowWidth * 2)
+        var bytes = [UInt8](repeating: 0, count: 2 * count * shape.rowWidth * 2)
         var h = UInt64(truncatingIfNeeded: session.hashValue) &+ UInt64(layer * 1000 + start)
         for i in stride(from: 0, to: bytes.count, by: 2) {
             h = h &* 6_364_136_223_846_793_005 &+ 1
@@ -35,11 +35,11 @@ final class TieredStoreTests: XCTestCase {
             bytes[i] = UInt8(v.bitPattern & 0xff)
             bytes[i + 1] = UInt8(v.bitPattern >> 8)
         }
-        return KVBlock(key: key, elementType: .f16, rowWidth: layout.rowWidth, payload: bytes)
+        return KVBlock(key: key, elementType: .f16, rowWidth: shape.rowWidth, payload: bytes)
     }
 
     private func sessionBlocks(_ s: String, blocks: Int = 2, smooth: Bool = false) -> [KVBlock] {
-        (0..<layout.layers).flatMap { l in (0..<blocks).map { block(s, layer: l, start: $0 * 16, smooth: smooth) } }
+        (0..<shape.layers).flatMap { l in (0..<blocks).map { block(s, layer: l, start: $0 * 16, smooth: smooth) } }
     }
 
     private func assertLoaded(_ store: TieredStore, _ handle: LoadHandle, equal blocks: [KVBlock], file: StaticString = #filePath, line: UInt = #line) {
@@ -55,7 +55,7 @@ final class TieredStoreTests: XCTestCase {
     }
 
     func testRoundTripThroughEveryTierAndPath() throws {
-        let store = try TieredStore(configuration: config(tempDir()), model: model, layout: layout)
+        let store = try TieredStore(configuration: config(tempDir()), model: model, shape: shape)
         let blocks = sessionBlocks("a")
         for b in blocks { try store.admit(b) }
         // HBM -> DRAM (keep in DRAM)
@@ -91,7 +91,7 @@ final class TieredStoreTests: XCTestCase {
     func testLayersArriveInOrderAndWhole() throws {
         var c = config(tempDir())
         c.link = .init(bandwidthBytesPerSecond: 200e6, latencySeconds: 1e-4)  // slow link: layers trickle in
-        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let store = try TieredStore(configuration: c, model: model, shape: shape)
         let blocks = sessionBlocks("slow", blocks: 4)
         for b in blocks { try store.admit(b) }
         for b in blocks { _ = store.save(b.key, placement: .writeThrough) }
@@ -112,7 +112,7 @@ final class TieredStoreTests: XCTestCase {
     func testTwoLoadsOfOneBlockShareThePageThatArrivedFirst() throws {
         var c = config(tempDir())
         c.link = .init(bandwidthBytesPerSecond: 200e6, latencySeconds: 5e-3)  // both loads start before either lands
-        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let store = try TieredStore(configuration: c, model: model, shape: shape)
         let blocks = sessionBlocks("shared", blocks: 1)
         for b in blocks { try store.admit(b) }
         for b in blocks { _ = store.save(b.key, placement: .writeThrough) }
@@ -120,7 +120,7 @@ final class TieredStoreTests: XCTestCase {
         try store.demote(session: "shared", to: .dram)
         let first = store.load(session: "shared")
         let second = store.load(session: "shared")
-        for l in 0..<layout.layers {
+        for l in 0..<shape.layers {
             let a = first.wait(layer: l).pages
             let b = second.wait(layer: l).pages
             XCTAssertEqual(a.map(\.page), b.map(\.page), "layer \(l): one page serves both loads")
@@ -129,7 +129,7 @@ final class TieredStoreTests: XCTestCase {
         assertLoaded(store, first, equal: blocks)
         first.release()
         second.release()
-        XCTAssertEqual(store.arena.usedPages, layout.layers, "no page leaked by the second copy")
+        XCTAssertEqual(store.arena.usedPages, shape.layers, "no page leaked by the second copy")
     }
 
     /// A block whose bytes were damaged in (compressed) DRAM fails its checksum on the way up:
@@ -137,7 +137,7 @@ final class TieredStoreTests: XCTestCase {
     func testDamagedBlocksAreReportedMissingNotReturned() throws {
         var c = config(tempDir())
         c.compressDRAM = true
-        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let store = try TieredStore(configuration: c, model: model, shape: shape)
         let blocks = sessionBlocks("m", smooth: true)
         for b in blocks { try store.admit(b) }
         for b in blocks { XCTAssertEqual(store.save(b.key).wait(), .inDRAM) }
@@ -154,19 +154,19 @@ final class TieredStoreTests: XCTestCase {
         // Blocks of another model are refused at the door.
         let foreignKey = BlockKey(model: ModelFingerprint(value: 1), session: "x", layer: 0, start: 0, count: 16)
         XCTAssertThrowsError(
-            try store.admit(KVBlock(key: foreignKey, elementType: .f16, rowWidth: layout.rowWidth, payload: blocks[0].payload)))
+            try store.admit(KVBlock(key: foreignKey, elementType: .f16, rowWidth: shape.rowWidth, payload: blocks[0].payload)))
     }
 
     func testRestartFindsTheDiskTier() throws {
         let dir = tempDir()
         let blocks = sessionBlocks("persist")
         do {
-            let store = try TieredStore(configuration: config(dir), model: model, layout: layout)
+            let store = try TieredStore(configuration: config(dir), model: model, shape: shape)
             for b in blocks { try store.admit(b) }
             for b in blocks { _ = store.save(b.key).wait() }
             try store.close()
         }
-        let reopened = try TieredStore(configuration: config(dir), model: model, layout: layout)
+        let reopened = try TieredStore(configuration: config(dir), model: model, shape: shape)
         XCTAssertEqual(reopened.sessions, ["persist"])
         let h = reopened.load(session: "persist")
         assertLoaded(reopened, h, equal: blocks)
@@ -174,7 +174,7 @@ final class TieredStoreTests: XCTestCase {
         h.release()
         // Another model's store sees nothing.
         try reopened.close()
-        let foreign = try TieredStore(configuration: config(dir), model: ModelFingerprint(value: 7), layout: layout)
+        let foreign = try TieredStore(configuration: config(dir), model: ModelFingerprint(value: 7), shape: shape)
         XCTAssertTrue(foreign.blockKeys(session: "persist").isEmpty)
     }
 
@@ -184,12 +184,12 @@ final class TieredStoreTests: XCTestCase {
         let dir = tempDir()
         let blocks = sessionBlocks("narrow")
         do {
-            let store = try TieredStore(configuration: config(dir), model: model, layout: layout)
+            let store = try TieredStore(configuration: config(dir), model: model, shape: shape)
             for b in blocks { try store.admit(b) }
             for b in blocks { _ = store.save(b.key).wait() }
             try store.close()
         }
-        let wide = try TieredStore(configuration: config(dir), model: model, layout: layout, elementType: .f32)
+        let wide = try TieredStore(configuration: config(dir), model: model, shape: shape, elementType: .f32)
         let h = wide.load(session: "narrow")
         for l in h.layers {
             let load = h.wait(layer: l)
@@ -206,10 +206,10 @@ final class TieredStoreTests: XCTestCase {
     func testHintDrivenEvictionSparesTheUpcomingSession() throws {
         for kind in [StoreConfiguration.PolicyKind.lru, .hintDriven] {
             var c = config(tempDir())
-            let perSession = 6 * 2 * 16 * layout.rowWidth * 2
+            let perSession = 6 * 2 * 16 * shape.rowWidth * 2
             c.dramCapacityBytes = 3 * perSession
             c.policy = kind
-            let store = try TieredStore(configuration: c, model: model, layout: layout)
+            let store = try TieredStore(configuration: c, model: model, shape: shape)
             for s in ["A", "B", "C"] {
                 for b in sessionBlocks(s) {
                     try store.admit(b)
@@ -237,12 +237,12 @@ final class TieredStoreTests: XCTestCase {
     /// returns intact data.
     func testCapacityNeverExceededUnderConcurrentClients() throws {
         var c = config(tempDir())
-        let pageBytes = 2 * 16 * layout.rowWidth * 2
+        let pageBytes = 2 * 16 * shape.rowWidth * 2
         c.hbmCapacityBytes = 20 * pageBytes
         c.dramCapacityBytes = 14 * pageBytes
         c.diskCapacityBytes = 64 << 20
         c.maxSavesInFlight = 4
-        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let store = try TieredStore(configuration: c, model: model, shape: shape)
         let limits = c
         let failures = Counter()
         let wrongData = Counter()
@@ -297,7 +297,7 @@ final class TieredStoreTests: XCTestCase {
         var c = config(dir)
         c.dramCapacityBytes = 100 << 10  // one session of 3 layers x 2 blocks x 12 KiB
         c.diskRecovery = DiskTierRecovery(degradeOnOpenFailure: true, quarantineDamaged: true, retryIntervalSeconds: 0.1)
-        let store = try TieredStore(configuration: c, model: model, layout: layout)
+        let store = try TieredStore(configuration: c, model: model, shape: shape)
         XCTAssertEqual(store.stats.disk.health?.state, .degraded)
         var tickets: [SaveTicket] = []
         for s in ["a", "b", "c"] {

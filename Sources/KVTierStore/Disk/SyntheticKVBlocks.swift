@@ -1,5 +1,3 @@
-import KVTierModel
-
 /// Deterministic synthetic KV blocks for tests, debug tools and benchmarks: block `index` is
 /// always the same bytes (its generator is seeded with `index`), so a process that reopens a disk
 /// tier can regenerate what another process wrote and compare byte for byte.
@@ -22,7 +20,7 @@ public enum SyntheticKVBlocks {
     /// Block `index`: layer `index % 30`, tokens starting at `(index / 30) * 512`, and `tokens`
     /// tokens (by default 1...300, drawn from the seed).
     public static func block(index: Int, tokens: Int? = nil, elementType: KVElementType = .f16) -> KVBlock {
-        var rng = SplitMix64(seed: UInt64(truncatingIfNeeded: index) &+ 0x9e37_79b9)
+        var rng = BlockGenerator(seed: UInt64(truncatingIfNeeded: index) &+ 0x9e37_79b9)
         let count = tokens ?? 1 + Int(rng.next() % 300)
         let key = BlockKey(model: model, session: session, layer: index % layers, start: (index / layers) * 512, count: count)
         return KVBlock(key: key, elementType: elementType, rowWidth: rowWidth,
@@ -30,7 +28,7 @@ public enum SyntheticKVBlocks {
     }
 
     /// `2 * tokens * rowWidth` little-endian elements (keys then values) from `rng`.
-    public static func payload(tokens: Int, rowWidth: Int, elementType: KVElementType, rng: inout SplitMix64) -> [UInt8] {
+    public static func payload(tokens: Int, rowWidth: Int, elementType: KVElementType, rng: inout some RandomNumberGenerator) -> [UInt8] {
         let elements = 2 * tokens * rowWidth
         var out = [UInt8](repeating: 0, count: elements * elementType.byteWidth)
         var o = 0
@@ -55,5 +53,20 @@ public enum SyntheticKVBlocks {
             }
         }
         return out
+    }
+}
+
+/// xorshift64* (Vigna): the seeded generator behind `SyntheticKVBlocks.block(index:)`, so that a
+/// block's bytes depend only on its index.
+struct BlockGenerator: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed == 0 ? 0x9e37_79b9_7f4a_7c15 : seed }
+
+    mutating func next() -> UInt64 {
+        state ^= state >> 12
+        state ^= state << 25
+        state ^= state >> 27
+        return state &* 0x2545_f491_4f6c_dd1d
     }
 }

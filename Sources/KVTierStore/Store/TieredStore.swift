@@ -1,6 +1,5 @@
 import Dispatch
 import Foundation
-import KVTierModel
 
 /// CachedAttention's AttentionStore: blocks of KV in simulated HBM, host DRAM and RocksDB on
 /// disk, moved up layer by layer for a session about to run and moved down without stalling
@@ -18,7 +17,7 @@ import KVTierModel
 public final class TieredStore: @unchecked Sendable {
     public let configuration: StoreConfiguration
     public let model: ModelFingerprint
-    public let layout: KVLayout
+    public let shape: KVShape
     public let elementType: KVElementType
     public let arena: HBMArena
     public let copyEngine: CopyEngine
@@ -46,16 +45,16 @@ public final class TieredStore: @unchecked Sendable {
     private var flushTimer: DispatchSourceTimer?
 
     /// Bytes of one block's payload (keys and values) at full block size.
-    public var blockBytes: Int { 2 * configuration.blockTokens * layout.rowWidth * elementType.byteWidth }
+    public var blockBytes: Int { 2 * configuration.blockTokens * shape.rowWidth * elementType.byteWidth }
 
     public init(
-        configuration: StoreConfiguration, model: ModelFingerprint, layout: KVLayout, elementType: KVElementType = .f16
+        configuration: StoreConfiguration, model: ModelFingerprint, shape: KVShape, elementType: KVElementType = .f16
     ) throws(StoreError) {
         self.configuration = configuration
         self.model = model
-        self.layout = layout
+        self.shape = shape
         self.elementType = elementType
-        let pageBytes = 2 * configuration.blockTokens * layout.rowWidth * elementType.byteWidth
+        let pageBytes = 2 * configuration.blockTokens * shape.rowWidth * elementType.byteWidth
         do {
             arena = try HBMArena(capacityBytes: configuration.hbmCapacityBytes, pageBytes: pageBytes, prefault: false)
         } catch {
@@ -188,7 +187,7 @@ public final class TieredStore: @unchecked Sendable {
 
     private func checkShape(_ block: KVBlock) throws(StoreError) {
         guard block.key.model == model else { throw .blockShape(block.key, "it was computed by another model") }
-        guard block.elementType == elementType, block.rowWidth == layout.rowWidth else {
+        guard block.elementType == elementType, block.rowWidth == shape.rowWidth else {
             throw .blockShape(block.key, "element type or row width differs from the store's")
         }
         guard block.key.count > 0, block.key.count <= configuration.blockTokens, block.isWellFormed else {
@@ -196,7 +195,7 @@ public final class TieredStore: @unchecked Sendable {
                 block.key,
                 "token count \(block.key.count) must be 1...\(configuration.blockTokens) and match the payload")
         }
-        guard block.key.layer >= 0, block.key.layer < layout.layers else {
+        guard block.key.layer >= 0, block.key.layer < shape.layers else {
             throw .blockShape(block.key, "no such layer")
         }
     }
@@ -254,7 +253,7 @@ public final class TieredStore: @unchecked Sendable {
         }
     }
 
-    private func blockPayloadBytes(_ key: BlockKey) -> Int { 2 * key.count * layout.rowWidth * elementType.byteWidth }
+    private func blockPayloadBytes(_ key: BlockKey) -> Int { 2 * key.count * shape.rowWidth * elementType.byteWidth }
 
     private func readBlock(key: BlockKey, page: PageID) -> KVBlock {
         let n = blockPayloadBytes(key)
@@ -262,7 +261,7 @@ public final class TieredStore: @unchecked Sendable {
         bytes.withUnsafeMutableBytes { dst in
             copyEngine.copySync(from: arena.pointer(page), to: dst.baseAddress!, bytes: n)
         }
-        return KVBlock(key: key, elementType: elementType, rowWidth: layout.rowWidth, payload: bytes)
+        return KVBlock(key: key, elementType: elementType, rowWidth: shape.rowWidth, payload: bytes)
     }
 
     // MARK: Save (HBM -> DRAM -> disk)
@@ -305,7 +304,7 @@ public final class TieredStore: @unchecked Sendable {
                     inFlight.add(-1)
                     saveSlots.signal()
                 }
-                let block = KVBlock(key: key, elementType: elementType, rowWidth: layout.rowWidth, payload: payload)
+                let block = KVBlock(key: key, elementType: elementType, rowWidth: shape.rowWidth, payload: payload)
                 lock.withLock {
                     hbmCounters.demotions += 1
                     hbmCounters.bytesOut += n
@@ -426,7 +425,7 @@ public final class TieredStore: @unchecked Sendable {
         sessions: [String], layers: Range<Int>? = nil, readAhead: Int? = nil,
         only include: ((BlockKey) -> Bool)? = nil
     ) -> LoadHandle {
-        let layers = layers ?? 0..<layout.layers
+        let layers = layers ?? 0..<shape.layers
         let sessions = Array(Set(sessions)).sorted()
         var all: [Int: [BlockKey]] = [:]
         for s in sessions {
@@ -479,7 +478,7 @@ public final class TieredStore: @unchecked Sendable {
             }
             // A block stored under another KV layout (the state directory was written with
             // another `kv_precision`) is a miss, never copied into a page of this layout.
-            guard let block, block.elementType == elementType, block.rowWidth == layout.rowWidth,
+            guard let block, block.elementType == elementType, block.rowWidth == shape.rowWidth,
                 block.payload.count == blockPayloadBytes(key)
             else {
                 result.missing.append(key)
@@ -636,7 +635,7 @@ public final class TieredStore: @unchecked Sendable {
     public func placement(session: String) -> SessionPlacement {
         let byLayer = blockKeys(session: session)
         var layers: [[SessionPlacement.BlockPlacement]] = []
-        for l in 0..<layout.layers {
+        for l in 0..<shape.layers {
             layers.append((byLayer[l] ?? []).map { key in .init(tokens: key.tokens, tiers: tiers(of: key)) })
         }
         return SessionPlacement(session: session, layers: layers)
