@@ -48,6 +48,8 @@ let package = Package(
         .target(name: "KVTierStore", dependencies: ["CKVTierKernels", "CLZ4", "CRocksDB"]),
         // Sessions, scheduler, generation on top of model and store.
         .target(name: "KVTierEngine", dependencies: ["KVTierModel", "KVTierStore"]),
+        // The ShareGPT replay harness: workloads, policies, the run and its summary (kvtier-bench replay).
+        .target(name: "KVTierReplay", dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore"]),
         // HTTP/1.1 over a Unix domain socket in front of the engine.
         .target(
             name: "KVTierServer",
@@ -86,7 +88,7 @@ let package = Package(
         .executableTarget(
             name: "kvtier-bench",
             dependencies: [
-                "KVTierEngine", "KVTierStore", "KVTierBuildInfo",
+                "KVTierEngine", "KVTierStore", "KVTierReplay", "KVTierBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -96,11 +98,11 @@ let package = Package(
         .target(name: "KVTierTestSupport", dependencies: ["KVTierModel"], path: "Tests/KVTierTestSupport"),
         .testTarget(
             name: "KVTierModelTests",
-            dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore", "kvtier-bench", "KVTierTestSupport"],
+            dependencies: ["KVTierModel", "KVTierEngine", "KVTierStore", "KVTierTestSupport"],
             exclude: ["Golden", "Reference"]),
         .testTarget(
             name: "KVTierEngineTests",
-            dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierTestSupport"]),
+            dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierTestSupport"]),
         .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel"]),
         .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"], exclude: ["Scripts"]),
     ],

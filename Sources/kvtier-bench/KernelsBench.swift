@@ -6,7 +6,8 @@ import KVTierModel
 /// core, on the model's own matrices (issue 19; docs/benchmarks.md).
 struct KernelsBench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "kernels", abstract: "Each compute kernel's GFLOP/s and GB/s against the machine's measured peaks.")
+        commandName: "kernels", abstract: "Each compute kernel's GFLOP/s and GB/s against the machine's measured peaks."
+    )
 
     @Option(name: .long, help: "GGUF model file (default: $KVTIER_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf).")
     var model: String?

@@ -129,7 +129,8 @@ struct KVTierDaemon: AsyncParsableCommand {
         let engine = ChatEngine(model: loaded, store: store, configuration: c.engine)
         guard !terminal else {
             print(
-                "kvtierd: model \(path), state \(c.stateDirectory), \(engine.sessionIDs.count) stored sessions; terminal chat"
+                "kvtierd: model \(path), state \(c.stateDirectory), \(engine.sessionIDs.count) stored sessions; "
+                    + "terminal chat"
             )
             TerminalChat(engine: engine).run(
                 options: GenerationOptions(

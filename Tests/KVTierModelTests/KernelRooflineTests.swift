@@ -13,8 +13,10 @@ final class KernelRooflineTests: XCTestCase {
         let roofline = KernelRoofline(seconds: 0.001)
         let figures = roofline.peaks(threads: 2, readBytes: 8 << 20) + roofline.kernels(model: model)
         let names = figures.map(\.name)
-        for prefix in ["peak: FMA", "peak: memory read, 1 thread", "peak: memory read, 2 threads", "matvec, 1 vector",
-                       "matvec_rows, 16 vectors", "attention, decode", "dequantize", "sgemm"] {
+        for prefix in [
+            "peak: FMA", "peak: memory read, 1 thread", "peak: memory read, 2 threads", "matvec, 1 vector",
+            "matvec_rows, 16 vectors", "attention, decode", "dequantize", "sgemm",
+        ] {
             XCTAssertTrue(names.contains { $0.hasPrefix(prefix) }, "\(prefix) in \(names)")
         }
         for f in figures {

@@ -1,5 +1,5 @@
-import Foundation
 import CKVTierKernels
+import Foundation
 import XCTest
 
 @testable import KVTierModel
@@ -17,7 +17,9 @@ final class KernelTests: XCTestCase {
 
     func testHalfConversionIsExactAtEveryLevel() {
         var rng = TestRNG(seed: 1)
-        var xs: [Float] = [0, -0, 1, -1, 65504, -65504, 65520, 1e-8, 6e-8, 5.96e-8, 2.98e-8, 6.1e-5, .infinity, -.infinity]
+        var xs: [Float] = [
+            0, -0, 1, -1, 65504, -65504, 65520, 1e-8, 6e-8, 5.96e-8, 2.98e-8, 6.1e-5, .infinity, -.infinity,
+        ]
         xs += (0..<5000).map { _ in (rng.nextFloat() - 0.5) * Float(1 << (rng.next() % 20)) }
         for level in levels {
             _ = kvt_set_cpu_level(level)
@@ -54,7 +56,9 @@ final class KernelTests: XCTestCase {
                     var sums = [Float](repeating: 0, count: m * n / 32)
                     x.withUnsafeBufferPointer { xp in
                         sums.withUnsafeMutableBufferPointer { sp in
-                            for i in 0..<m { kvt_block_sums(xp.baseAddress! + i * n, sp.baseAddress! + i * n / 32, Int32(n)) }
+                            for i in 0..<m {
+                                kvt_block_sums(xp.baseAddress! + i * n, sp.baseAddress! + i * n / 32, Int32(n))
+                            }
                         }
                     }
                     for level in levels {
@@ -73,14 +77,18 @@ final class KernelTests: XCTestCase {
                             }
                         }
                         many.withUnsafeMutableBufferPointer { op in
-                            kvt_matvec_rows(Int32(type), w, rowBytes, 3, Int32(rows), Int32(n), x, n, sums, n / 32, Int32(m), op.baseAddress! + 3, rows)
+                            kvt_matvec_rows(
+                                Int32(type), w, rowBytes, 3, Int32(rows), Int32(n), x, n, sums, n / 32, Int32(m),
+                                op.baseAddress! + 3, rows)
                         }
                         let differing = (0..<m).flatMap { i in (3..<rows).map { i * rows + $0 } }.filter {
                             many[$0].bitPattern != one[$0].bitPattern
                         }
                         XCTAssertEqual(
                             differing.count, 0,
-                            "type \(type) n \(n) m \(m) level \(level): first at \(differing.first ?? 0): \(differing.first.map { many[$0] } ?? 0) vs \(differing.first.map { one[$0] } ?? 0)")
+                            "type \(type) n \(n) m \(m) level \(level): first at \(differing.first ?? 0): "
+                                + "\(differing.first.map { many[$0] } ?? 0) vs \(differing.first.map { one[$0] } ?? 0)"
+                        )
                     }
                 }
             }
@@ -92,28 +100,40 @@ final class KernelTests: XCTestCase {
     /// types; and it is the softmax-weighted sum of plain arithmetic.
     func testAttentionOverRunsIsBitIdenticalToOneContiguousRun() {
         var rng = TestRNG(seed: 7)
-        let d = 64, kvHeads = 2, ld = kvHeads * d, slots = 77
+        let d = 64
+        let kvHeads = 2
+        let ld = kvHeads * d
+        let slots = 77
         let rope = RopeTable(capacity: 128, headDim: d, base: 10000)
         let q = (0..<d).map { _ in rng.nextFloat() - 0.5 }
         let positions = (0..<slots).map { Int32($0 + 3) }
         let keys = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
         let values = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
         for elemBytes in [2, 4] {
-            let k = elemBytes == 4 ? keys.withUnsafeBytes { Array($0) } : keys.map { Float16($0) }.withUnsafeBytes { Array($0) }
-            let v = elemBytes == 4 ? values.withUnsafeBytes { Array($0) } : values.map { Float16($0) }.withUnsafeBytes { Array($0) }
+            let k =
+                elemBytes == 4
+                ? keys.withUnsafeBytes { Array($0) } : keys.map { Float16($0) }.withUnsafeBytes { Array($0) }
+            let v =
+                elemBytes == 4
+                ? values.withUnsafeBytes { Array($0) } : values.map { Float16($0) }.withUnsafeBytes { Array($0) }
             for level in levels {
                 _ = kvt_set_cpu_level(level)
                 for cuts in [[], [1], [16, 32, 48, 64], [5, 6, 40, 76]] {
                     let bounds = [0] + cuts + [slots]
                     // Every run in its own buffer, as pages are.
                     let pages = zip(bounds, bounds.dropFirst()).map { lo, hi in
-                        (Array(k[(lo * ld * elemBytes)..<(hi * ld * elemBytes)]), Array(v[(lo * ld * elemBytes)..<(hi * ld * elemBytes)]), hi - lo)
+                        (
+                            Array(k[(lo * ld * elemBytes)..<(hi * ld * elemBytes)]),
+                            Array(v[(lo * ld * elemBytes)..<(hi * ld * elemBytes)]), hi - lo
+                        )
                     }
                     for head in 0..<kvHeads {
                         for visible in [1, 17, slots] {
                             let whole = attend(q, [(k, v, slots)], head * d, elemBytes, ld, positions, visible, d, rope)
                             let paged = attend(q, pages, head * d, elemBytes, ld, positions, visible, d, rope)
-                            XCTAssertEqual(whole.map(\.bitPattern), paged.map(\.bitPattern), "level \(level) e\(elemBytes) cuts \(cuts)")
+                            XCTAssertEqual(
+                                whole.map(\.bitPattern), paged.map(\.bitPattern),
+                                "level \(level) e\(elemBytes) cuts \(cuts)")
                             if elemBytes == 4 && cuts.isEmpty && head == 1 && visible == slots {
                                 let expect = plainAttention(q, keys, values, head * d, ld, positions, visible, d, rope)
                                 for (a, b) in zip(whole, expect) { XCTAssertEqual(a, b, accuracy: 1e-5) }
@@ -160,15 +180,20 @@ final class KernelTests: XCTestCase {
         for t in 0..<visible {
             var dot = 0.0
             for i in 0..<(d / 2) {
-                let c = Double(rope.cos[Int(pos[t]) * d / 2 + i]), s = Double(rope.sin[Int(pos[t]) * d / 2 + i])
-                let k0 = Double(k[t * ld + offset + 2 * i]), k1 = Double(k[t * ld + offset + 2 * i + 1])
+                let c = Double(rope.cos[Int(pos[t]) * d / 2 + i])
+                let s = Double(rope.sin[Int(pos[t]) * d / 2 + i])
+                let k0 = Double(k[t * ld + offset + 2 * i])
+                let k1 = Double(k[t * ld + offset + 2 * i + 1])
                 dot += Double(q[2 * i]) * (k0 * c - k1 * s) + Double(q[2 * i + 1]) * (k0 * s + k1 * c)
             }
             scores.append(dot / Double(d).squareRoot())
         }
         let mx = scores.max()!
-        let e = scores.map { Foundation.exp($0 - mx) }, sum = e.reduce(0, +)
-        return (0..<d).map { i in Float((0..<visible).reduce(0.0) { $0 + e[$1] / sum * Double(v[$1 * ld + offset + i]) }) }
+        let e = scores.map { Foundation.exp($0 - mx) }
+        let sum = e.reduce(0, +)
+        return (0..<d).map { i in
+            Float((0..<visible).reduce(0.0) { $0 + e[$1] / sum * Double(v[$1 * ld + offset + i]) })
+        }
     }
 
     func testDequantizeMatchesTheWriterAtEveryLevel() {
@@ -181,7 +206,9 @@ final class KernelTests: XCTestCase {
                 _ = kvt_set_cpu_level(level)
                 var out = [Float](repeating: .nan, count: values.count)
                 kvt_dequantize_row(Int32(type), bytes, &out, Int32(values.count))
-                for i in values.indices { XCTAssertEqual(out[i], expected[i], accuracy: 1e-6, "type \(type) level \(level) i \(i)") }
+                for i in values.indices {
+                    XCTAssertEqual(out[i], expected[i], accuracy: 1e-6, "type \(type) level \(level) i \(i)")
+                }
             }
         }
     }
@@ -207,11 +234,15 @@ final class KernelTests: XCTestCase {
                         var sums = [Float](repeating: .nan, count: n / 32)
                         kvt_block_sums(x, &sums, Int32(n))
                         let got = kvt_dot_qf(Int32(type), w, x, sums, Int32(n))
-                        XCTAssertEqual(Double(got), exact, accuracy: 1e-5 * scale, "type \(type) n \(n) offset \(offset) level \(level)")
+                        XCTAssertEqual(
+                            Double(got), exact, accuracy: 1e-5 * scale,
+                            "type \(type) n \(n) offset \(offset) level \(level)")
                         results.append(got)
                     }
                     for r in results {
-                        XCTAssertEqual(Double(r), Double(results[0]), accuracy: 1e-5 * scale, "levels disagree: type \(type) n \(n)")
+                        XCTAssertEqual(
+                            Double(r), Double(results[0]), accuracy: 1e-5 * scale,
+                            "levels disagree: type \(type) n \(n)")
                     }
                 }
             }
@@ -240,7 +271,8 @@ extension KernelTests {
     /// level), and float-typed matrices match Double arithmetic.
     func testMatvecRowsAreTheDotProducts() {
         var rng = TestRNG(seed: 4)
-        let n = 192, rows = 7
+        let n = 192
+        let rows = 7
         let x = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 3 }
         var sums = [Float](repeating: 0, count: n / 32)
         for type: UInt32 in [0, 1, 2, 3, 8] {
@@ -257,9 +289,12 @@ extension KernelTests {
                     let row = Array(wd[(r * n)..<(r * n + n)])
                     let exact = zip(row, x).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
                     let scale = zip(row, x).reduce(0.0) { $0 + abs(Double($1.0) * Double($1.1)) }
-                    XCTAssertEqual(Double(out[r - 2]), exact, accuracy: 1e-5 * scale, "type \(type) level \(level) row \(r)")
+                    XCTAssertEqual(
+                        Double(out[r - 2]), exact, accuracy: 1e-5 * scale, "type \(type) level \(level) row \(r)")
                     if type == 2 || type == 3 || type == 8 {
-                        let dot = w.withUnsafeBytes { kvt_dot_qf(Int32(type), $0.baseAddress! + r * rowBytes, x, sums, Int32(n)) }
+                        let dot = w.withUnsafeBytes {
+                            kvt_dot_qf(Int32(type), $0.baseAddress! + r * rowBytes, x, sums, Int32(n))
+                        }
                         XCTAssertEqual(out[r - 2], dot, "type \(type) level \(level) row \(r)")
                     }
                 }
@@ -276,15 +311,22 @@ extension KernelTests {
     func testGroupedAttentionGivesEachHeadItsLoneResult() {
         var rng = TestRNG(seed: 9)
         for d in [64, 48, 40] {
-            let kvHeads = 2, ld = kvHeads * d, slots = 45, group = 3
+            let kvHeads = 2
+            let ld = kvHeads * d
+            let slots = 45
+            let group = 3
             let rope = RopeTable(capacity: 64, headDim: d, base: 10000)
             let qs = (0..<(group * d)).map { _ in rng.nextFloat() - 0.5 }
             let positions = (0..<slots).map { Int32($0 + 2) }
             let keys = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
             let values = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
             for elemBytes in [2, 4] {
-                let k = elemBytes == 4 ? keys.withUnsafeBytes { Array($0) } : keys.map { Float16($0) }.withUnsafeBytes { Array($0) }
-                let v = elemBytes == 4 ? values.withUnsafeBytes { Array($0) } : values.map { Float16($0) }.withUnsafeBytes { Array($0) }
+                let k =
+                    elemBytes == 4
+                    ? keys.withUnsafeBytes { Array($0) } : keys.map { Float16($0) }.withUnsafeBytes { Array($0) }
+                let v =
+                    elemBytes == 4
+                    ? values.withUnsafeBytes { Array($0) } : values.map { Float16($0) }.withUnsafeBytes { Array($0) }
                 let cut = 20
                 let pages = [
                     (Array(k[0..<(cut * ld * elemBytes)]), Array(v[0..<(cut * ld * elemBytes)]), cut),
@@ -302,11 +344,14 @@ extension KernelTests {
                                         pages[1].1.withUnsafeBytes { v1 in
                                             let runs = [
                                                 kvt_kv_run(k: k0.baseAddress, v: v0.baseAddress, count: Int64(cut)),
-                                                kvt_kv_run(k: k1.baseAddress, v: v1.baseAddress, count: Int64(slots - cut)),
+                                                kvt_kv_run(
+                                                    k: k1.baseAddress, v: v1.baseAddress, count: Int64(slots - cut)),
                                             ]
                                             kvt_attend_runs_group(
-                                                qs, d, Int32(nq), runs, d, Int32(elemBytes), ld, positions, Int32(visible),
-                                                Int32(d), 1 / Float(d).squareRoot(), rope.cos, rope.sin, &scores, &out, d)
+                                                qs, d, Int32(nq), runs, d, Int32(elemBytes), ld, positions,
+                                                Int32(visible),
+                                                Int32(d), 1 / Float(d).squareRoot(), rope.cos, rope.sin, &scores, &out,
+                                                d)
                                         }
                                     }
                                 }
@@ -319,7 +364,9 @@ extension KernelTests {
                                     "d \(d) e\(elemBytes) level \(level) visible \(visible) nq \(nq) head \(j)")
                                 if elemBytes == 4 {
                                     let expect = plainAttention(q, keys, values, d, ld, positions, visible, d, rope)
-                                    for (a, b) in zip(out[(j * d)..<((j + 1) * d)], expect) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+                                    for (a, b) in zip(out[(j * d)..<((j + 1) * d)], expect) {
+                                        XCTAssertEqual(a, b, accuracy: 1e-5)
+                                    }
                                 }
                             }
                         }

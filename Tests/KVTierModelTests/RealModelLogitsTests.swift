@@ -58,7 +58,11 @@ final class RealModelLogitsTests: XCTestCase {
         }
         let agreement = Double(agree) / Double(n)
         let meanNLL = nll / Double(n - 1)
-        print("teacher forcing (\(path)): top-1 agreement \(agree)/\(n) = \(agreement); max |logit diff| at sampled positions \(maxDiff); mean NLL \(meanNLL) vs reference \(ref.mean_next_token_nll)")
+        print(
+            "teacher forcing (\(path)): top-1 agreement \(agree)/\(n) = \(agreement); "
+                + "max |logit diff| at sampled positions \(maxDiff); "
+                + "mean NLL \(meanNLL) vs reference \(ref.mean_next_token_nll)"
+        )
         XCTAssertGreaterThanOrEqual(agreement, 0.99)
         XCTAssertLessThan(maxDiff, 0.5, "logits drift from the float reference")
         XCTAssertEqual(meanNLL, ref.mean_next_token_nll, accuracy: 0.01)

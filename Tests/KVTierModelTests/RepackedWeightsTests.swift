@@ -14,7 +14,9 @@ final class RepackedWeightsTests: XCTestCase {
     private var levels: [Int32] { (0...kvt_cpu_level_detected()).map { $0 } }
 
     private func repack(_ raw: [UInt8], type: UInt32, blocks: Int) -> (bytes: [UInt8], type: Int32) {
-        let packed = Int32(type) == KVT_TYPE_Q4_0 ? KVT_TYPE_Q4_0_R : Int32(type) == KVT_TYPE_Q4_1 ? KVT_TYPE_Q4_1_R : KVT_TYPE_Q8_0_R
+        let packed =
+            Int32(type) == KVT_TYPE_Q4_0
+            ? KVT_TYPE_Q4_0_R : Int32(type) == KVT_TYPE_Q4_1 ? KVT_TYPE_Q4_1_R : KVT_TYPE_Q8_0_R
         var out = [UInt8](repeating: 0, count: blocks * kvt_block_bytes(Int32(packed)))
         let got = kvt_repack_blocks(Int32(type), raw, &out, blocks)
         XCTAssertEqual(got, Int32(packed))
@@ -24,8 +26,11 @@ final class RepackedWeightsTests: XCTestCase {
     func testPreferredTypeIsRepackedOnlyAtTheAVX512Level() {
         for level in levels {
             _ = kvt_set_cpu_level(level)
-            for (raw, packed) in [(KVT_TYPE_Q4_0, KVT_TYPE_Q4_0_R), (KVT_TYPE_Q4_1, KVT_TYPE_Q4_1_R), (KVT_TYPE_Q8_0, KVT_TYPE_Q8_0_R)] {
-                XCTAssertEqual(kvt_preferred_type(Int32(raw)), Int32(level == KVT_CPU_AVX512 ? packed : raw), "level \(level)")
+            for (raw, packed) in [
+                (KVT_TYPE_Q4_0, KVT_TYPE_Q4_0_R), (KVT_TYPE_Q4_1, KVT_TYPE_Q4_1_R), (KVT_TYPE_Q8_0, KVT_TYPE_Q8_0_R),
+            ] {
+                XCTAssertEqual(
+                    kvt_preferred_type(Int32(raw)), Int32(level == KVT_CPU_AVX512 ? packed : raw), "level \(level)")
             }
             XCTAssertEqual(kvt_preferred_type(Int32(KVT_TYPE_F16)), Int32(KVT_TYPE_F16))
         }
@@ -64,19 +69,32 @@ final class RepackedWeightsTests: XCTestCase {
                     for r in [0, 17, rows - 1] {
                         var a = [Float](repeating: .nan, count: n)
                         var b = [Float](repeating: .nan, count: n)
-                        raw.withUnsafeBytes { kvt_dequantize_row(Int32(type), $0.baseAddress! + r * rawRowBytes, &a, Int32(n)) }
-                        packed.withUnsafeBytes { kvt_dequantize_row(packedType, $0.baseAddress! + r * packedRowBytes, &b, Int32(n)) }
-                        XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern), "dequantize type \(type) n \(n) level \(level) row \(r)")
+                        raw.withUnsafeBytes {
+                            kvt_dequantize_row(Int32(type), $0.baseAddress! + r * rawRowBytes, &a, Int32(n))
+                        }
+                        packed.withUnsafeBytes {
+                            kvt_dequantize_row(packedType, $0.baseAddress! + r * packedRowBytes, &b, Int32(n))
+                        }
+                        XCTAssertEqual(
+                            a.map(\.bitPattern), b.map(\.bitPattern),
+                            "dequantize type \(type) n \(n) level \(level) row \(r)")
                     }
                     var rawOut = [Float](repeating: .nan, count: m * rows)
                     var packedOut = [Float](repeating: .nan, count: m * rows)
                     var lone = [Float](repeating: .nan, count: rows)
-                    kvt_matvec_rows(Int32(type), raw, rawRowBytes, 0, Int32(rows), Int32(n), x, n, sums, n / 32, Int32(m), &rawOut, rows)
-                    kvt_matvec_rows(packedType, packed, packedRowBytes, 0, Int32(rows), Int32(n), x, n, sums, n / 32, Int32(m), &packedOut, rows)
+                    kvt_matvec_rows(
+                        Int32(type), raw, rawRowBytes, 0, Int32(rows), Int32(n), x, n, sums, n / 32, Int32(m), &rawOut,
+                        rows)
+                    kvt_matvec_rows(
+                        packedType, packed, packedRowBytes, 0, Int32(rows), Int32(n), x, n, sums, n / 32, Int32(m),
+                        &packedOut, rows)
                     kvt_matvec(packedType, packed, packedRowBytes, 0, Int32(rows), Int32(n), x, sums, &lone)
-                    XCTAssertEqual(Array(packedOut[0..<rows]).map(\.bitPattern), lone.map(\.bitPattern), "type \(type) n \(n) level \(level): batch vs lone")
+                    XCTAssertEqual(
+                        Array(packedOut[0..<rows]).map(\.bitPattern), lone.map(\.bitPattern),
+                        "type \(type) n \(n) level \(level): batch vs lone")
                     if level != KVT_CPU_AVX2 {
-                        XCTAssertEqual(rawOut.map(\.bitPattern), packedOut.map(\.bitPattern), "type \(type) n \(n) level \(level)")
+                        XCTAssertEqual(
+                            rawOut.map(\.bitPattern), packedOut.map(\.bitPattern), "type \(type) n \(n) level \(level)")
                     }
                     for i in 0..<m {
                         for r in 0..<rows {
@@ -84,7 +102,9 @@ final class RepackedWeightsTests: XCTestCase {
                             let xi = x[(i * n)..<(i * n + n)]
                             let exact = zip(row, xi).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
                             let scale = zip(row, xi).reduce(0.0) { $0 + abs(Double($1.0) * Double($1.1)) }
-                            XCTAssertEqual(Double(packedOut[i * rows + r]), exact, accuracy: 1e-5 * scale, "type \(type) level \(level)")
+                            XCTAssertEqual(
+                                Double(packedOut[i * rows + r]), exact, accuracy: 1e-5 * scale,
+                                "type \(type) level \(level)")
                         }
                     }
                 }
@@ -102,7 +122,9 @@ final class RepackedWeightsTests: XCTestCase {
             let model = try LlamaModel(path: path)
             let up = model.weights.layers[0].up
             XCTAssertEqual(up.type, .q4_1)
-            XCTAssertEqual(up.kernelType, level == KVT_CPU_AVX512 ? Int32(KVT_TYPE_Q4_1_R) : Int32(KVT_TYPE_Q4_1), "level \(level)")
+            XCTAssertEqual(
+                up.kernelType, level == KVT_CPU_AVX512 ? Int32(KVT_TYPE_Q4_1_R) : Int32(KVT_TYPE_Q4_1), "level \(level)"
+            )
             XCTAssertEqual(up.rowBytes, up.cols / 32 * kvt_block_bytes(up.kernelType))
         }
     }

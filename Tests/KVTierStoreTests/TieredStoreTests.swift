@@ -42,14 +42,19 @@ final class TieredStoreTests: XCTestCase {
         (0..<shape.layers).flatMap { l in (0..<blocks).map { block(s, layer: l, start: $0 * 16, smooth: smooth) } }
     }
 
-    private func assertLoaded(_ store: TieredStore, _ handle: LoadHandle, equal blocks: [KVBlock], file: StaticString = #filePath, line: UInt = #line) {
+    private func assertLoaded(
+        _ store: TieredStore, _ handle: LoadHandle, equal blocks: [KVBlock], file: StaticString = #filePath,
+        line: UInt = #line
+    ) {
         for l in handle.layers {
             let load = handle.wait(layer: l)
             XCTAssertTrue(load.missing.isEmpty, "layer \(l) missing \(load.missing)", file: file, line: line)
             let expected = blocks.filter { $0.key.layer == l }.sorted { $0.key.start < $1.key.start }
             XCTAssertEqual(load.pages.map(\.key), expected.map(\.key), file: file, line: line)
             for (p, b) in zip(load.pages, expected) {
-                XCTAssertTrue(Array(store.contents(of: p.page, bytes: b.payload.count)) == b.payload, "layer \(l) block \(b.key) differs", file: file, line: line)
+                XCTAssertTrue(
+                    Array(store.contents(of: p.page, bytes: b.payload.count)) == b.payload,
+                    "layer \(l) block \(b.key) differs", file: file, line: line)
             }
         }
     }
@@ -124,7 +129,10 @@ final class TieredStoreTests: XCTestCase {
             let a = first.wait(layer: l).pages
             let b = second.wait(layer: l).pages
             XCTAssertEqual(a.map(\.page), b.map(\.page), "layer \(l): one page serves both loads")
-            for p in a { XCTAssertTrue(store.arena.isAllocated(p.page), "layer \(l): the page handed out first is still allocated") }
+            for p in a {
+                XCTAssertTrue(
+                    store.arena.isAllocated(p.page), "layer \(l): the page handed out first is still allocated")
+            }
         }
         assertLoaded(store, first, equal: blocks)
         first.release()
@@ -154,7 +162,8 @@ final class TieredStoreTests: XCTestCase {
         // Blocks of another model are refused at the door.
         let foreignKey = BlockKey(model: ModelFingerprint(value: 1), session: "x", layer: 0, start: 0, count: 16)
         XCTAssertThrowsError(
-            try store.admit(KVBlock(key: foreignKey, elementType: .f16, rowWidth: shape.rowWidth, payload: blocks[0].payload)))
+            try store.admit(
+                KVBlock(key: foreignKey, elementType: .f16, rowWidth: shape.rowWidth, payload: blocks[0].payload)))
     }
 
     func testRestartFindsTheDiskTier() throws {
@@ -270,7 +279,9 @@ final class TieredStoreTests: XCTestCase {
                     let load = h.wait(layer: l)
                     for p in load.pages {
                         guard let expected = blocks.first(where: { $0.key == p.key }) else { continue }
-                        if Array(store.contents(of: p.page, bytes: expected.payload.count)) != expected.payload { wrongData.add(1) }
+                        if Array(store.contents(of: p.page, bytes: expected.payload.count)) != expected.payload {
+                            wrongData.add(1)
+                        }
                     }
                 }
                 h.release()
@@ -296,7 +307,8 @@ final class TieredStoreTests: XCTestCase {
         try holder.put(stale, sync: false)
         var c = config(dir)
         c.dramCapacityBytes = 100 << 10  // one session of 3 layers x 2 blocks x 12 KiB
-        c.diskRecovery = DiskTierRecovery(degradeOnOpenFailure: true, quarantineDamaged: true, retryIntervalSeconds: 0.1)
+        c.diskRecovery = DiskTierRecovery(
+            degradeOnOpenFailure: true, quarantineDamaged: true, retryIntervalSeconds: 0.1)
         let store = try TieredStore(configuration: c, model: model, shape: shape)
         XCTAssertEqual(store.stats.disk.health?.state, .degraded)
         var tickets: [SaveTicket] = []

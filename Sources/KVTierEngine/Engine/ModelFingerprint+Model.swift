@@ -7,7 +7,10 @@ extension ModelFingerprint {
         var h = Hasher64()
         h.combine(bytes: Array("llama".utf8))
         let c = model.config
-        for v in [c.layerCount, c.embeddingLength, c.feedForwardLength, c.headCount, c.kvHeadCount, c.headDim, c.vocabularySize] {
+        for v in [
+            c.layerCount, c.embeddingLength, c.feedForwardLength, c.headCount, c.kvHeadCount, c.headDim,
+            c.vocabularySize,
+        ] {
             h.combine(UInt64(v))
         }
         h.combine(UInt64(c.ropeFreqBase.bitPattern))
@@ -31,6 +34,7 @@ extension TieredStore {
     public convenience init(
         configuration: StoreConfiguration, model: ModelFingerprint, layout: KVLayout, elementType: KVElementType = .f16
     ) throws(StoreError) {
-        try self.init(configuration: configuration, model: model, shape: KVShape(layout: layout), elementType: elementType)
+        try self.init(
+            configuration: configuration, model: model, shape: KVShape(layout: layout), elementType: elementType)
     }
 }

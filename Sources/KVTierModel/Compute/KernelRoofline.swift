@@ -94,7 +94,9 @@ public struct KernelRoofline: Sendable {
 
         func matvec(_ m: WeightMatrix, vectors: Int) {
             if vectors == 1 {
-                kvt_matvec(m.kernelType, m.base, m.rowBytes, 0, Int32(m.rows), Int32(m.cols), x.pointer, sums.pointer, y.pointer)
+                kvt_matvec(
+                    m.kernelType, m.base, m.rowBytes, 0, Int32(m.rows), Int32(m.cols), x.pointer, sums.pointer,
+                    y.pointer)
             } else {
                 kvt_matvec_rows(
                     m.kernelType, m.base, m.rowBytes, 0, Int32(m.rows), Int32(m.cols), x.pointer, m.cols, sums.pointer,
@@ -117,7 +119,10 @@ public struct KernelRoofline: Sendable {
             note: "\(ups.count) x \(up.rows * up.rowBytes / 1024) KiB: more than L2 holds")
         linear(
             "matvec, 1 vector, \(w.output.name) (\(w.output.cols)->\(w.output.rows))", [w.output], vectors: 1,
-            note: "\(w.output.type) as kernel type \(w.output.kernelType); \((w.output.rows * w.output.rowBytes) >> 20) MiB")
+            note:
+                "\(w.output.type) as kernel type \(w.output.kernelType); "
+                + "\((w.output.rows * w.output.rowBytes) >> 20) MiB"
+        )
         for vectors in [8, 16] {
             linear(
                 "matvec_rows, \(vectors) vectors, \(up.name)", [up], vectors: vectors,

@@ -41,7 +41,9 @@ public final class GGUFFile: Sendable {
         for i in 0..<kvCount {
             let keyOffset = r.offset
             let key = try r.readString("metadata key #\(i)")
-            guard !key.isEmpty else { throw GGUFError.invalidValue(offset: keyOffset, what: "metadata key #\(i) is empty") }
+            guard !key.isEmpty else {
+                throw GGUFError.invalidValue(offset: keyOffset, what: "metadata key #\(i) is empty")
+            }
             guard metadata[key] == nil else { throw GGUFError.duplicateKey(key) }
             let type = try r.read(UInt32.self, "type of '\(key)'")
             metadata[key] = try r.readValue(type: type, "metadata '\(key)'")
@@ -59,17 +61,26 @@ public final class GGUFFile: Sendable {
         }
         self.alignment = alignment
 
-        struct RawInfo { let name: String; let type: GGMLType; let dims: [Int]; let relOffset: Int; let bytes: Int }
+        struct RawInfo {
+            let name: String
+            let type: GGMLType
+            let dims: [Int]
+            let relOffset: Int
+            let bytes: Int
+        }
         var infos: [RawInfo] = []
         infos.reserveCapacity(tensorCount)
         var index: [String: Int] = [:]
         for i in 0..<tensorCount {
             let at = r.offset
             let name = try r.readString("tensor #\(i) name")
-            guard index[name] == nil else { throw GGUFError.invalidValue(offset: at, what: "tensor '\(name)' appears twice") }
+            guard index[name] == nil else {
+                throw GGUFError.invalidValue(offset: at, what: "tensor '\(name)' appears twice")
+            }
             let nDims = try r.read(UInt32.self, "tensor '\(name)' dimension count")
             guard (1...4).contains(nDims) else {
-                throw GGUFError.invalidValue(offset: at, what: "tensor '\(name)' has \(nDims) dimensions (1...4 allowed)")
+                throw GGUFError.invalidValue(
+                    offset: at, what: "tensor '\(name)' has \(nDims) dimensions (1...4 allowed)")
             }
             var dims: [Int] = []
             var elements = 1
@@ -91,14 +102,22 @@ public final class GGUFFile: Sendable {
             }
             guard let rowBytes = type.rowBytes(dims[0]) else {
                 throw GGUFError.invalidValue(
-                    offset: at, what: "tensor '\(name)' row of \(dims[0]) is not a multiple of \(type)'s block of \(type.blockElements)")
+                    offset: at,
+                    what:
+                        "tensor '\(name)' row of \(dims[0]) is not a multiple of "
+                        + "\(type)'s block of \(type.blockElements)"
+                )
             }
             let relOffset = try r.read(UInt64.self, "tensor '\(name)' offset")
             guard relOffset < UInt64(bytes.count), Int(relOffset) % alignment == 0 else {
-                throw GGUFError.invalidValue(offset: at, what: "tensor '\(name)' data offset \(relOffset) is out of range or unaligned")
+                throw GGUFError.invalidValue(
+                    offset: at, what: "tensor '\(name)' data offset \(relOffset) is out of range or unaligned")
             }
             index[name] = infos.count
-            infos.append(RawInfo(name: name, type: type, dims: dims, relOffset: Int(relOffset), bytes: rowBytes * (elements / dims[0])))
+            infos.append(
+                RawInfo(
+                    name: name, type: type, dims: dims, relOffset: Int(relOffset),
+                    bytes: rowBytes * (elements / dims[0])))
         }
 
         let dataOffset = (r.offset + alignment - 1) / alignment * alignment
@@ -108,9 +127,11 @@ public final class GGUFFile: Sendable {
         for info in infos {
             let start = dataOffset + info.relOffset
             guard start <= bytes.count, info.bytes <= bytes.count - start else {
-                throw GGUFError.tensorOutOfBounds(tensor: info.name, offset: start, size: info.bytes, fileSize: bytes.count)
+                throw GGUFError.tensorOutOfBounds(
+                    tensor: info.name, offset: start, size: info.bytes, fileSize: bytes.count)
             }
-            tensors.append(GGUFTensor(name: info.name, type: info.type, dims: info.dims, fileOffset: start, byteCount: info.bytes))
+            tensors.append(
+                GGUFTensor(name: info.name, type: info.type, dims: info.dims, fileOffset: start, byteCount: info.bytes))
         }
         self.tensors = tensors
         self.tensorIndex = index

@@ -62,7 +62,9 @@ struct NormWeight: Sendable {
 
     init(file: GGUFFile, name: String, count: Int) throws(GGUFError) {
         guard let t = file.tensor(name) else { throw GGUFError.missingTensor(name) }
-        guard t.elementCount == count else { throw GGUFError.badTensorShape(tensor: name, expected: [count], found: t.dims) }
+        guard t.elementCount == count else {
+            throw GGUFError.badTensorShape(tensor: name, expected: [count], found: t.dims)
+        }
         var v = [Float](repeating: 0, count: count)
         let data = file.data(of: t)
         v.withUnsafeMutableBufferPointer { out in

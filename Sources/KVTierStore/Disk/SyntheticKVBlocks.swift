@@ -22,13 +22,17 @@ public enum SyntheticKVBlocks {
     public static func block(index: Int, tokens: Int? = nil, elementType: KVElementType = .f16) -> KVBlock {
         var rng = BlockGenerator(seed: UInt64(truncatingIfNeeded: index) &+ 0x9e37_79b9)
         let count = tokens ?? 1 + Int(rng.next() % 300)
-        let key = BlockKey(model: model, session: session, layer: index % layers, start: (index / layers) * 512, count: count)
-        return KVBlock(key: key, elementType: elementType, rowWidth: rowWidth,
-                       payload: payload(tokens: count, rowWidth: rowWidth, elementType: elementType, rng: &rng))
+        let key = BlockKey(
+            model: model, session: session, layer: index % layers, start: (index / layers) * 512, count: count)
+        return KVBlock(
+            key: key, elementType: elementType, rowWidth: rowWidth,
+            payload: payload(tokens: count, rowWidth: rowWidth, elementType: elementType, rng: &rng))
     }
 
     /// `2 * tokens * rowWidth` little-endian elements (keys then values) from `rng`.
-    public static func payload(tokens: Int, rowWidth: Int, elementType: KVElementType, rng: inout some RandomNumberGenerator) -> [UInt8] {
+    public static func payload(
+        tokens: Int, rowWidth: Int, elementType: KVElementType, rng: inout some RandomNumberGenerator
+    ) -> [UInt8] {
         let elements = 2 * tokens * rowWidth
         var out = [UInt8](repeating: 0, count: elements * elementType.byteWidth)
         var o = 0
@@ -47,7 +51,8 @@ public enum SyntheticKVBlocks {
             case .f32:
                 // The same numbers widened: exponent rebased from 15 to 127, mantissa shifted up,
                 // with 13 more random low bits.
-                let bits = UInt32(truncatingIfNeeded: sign << 31 | (exponent + 112) << 23 | mantissa << 13 | (r >> 16) & 0x1fff)
+                let bits = UInt32(
+                    truncatingIfNeeded: sign << 31 | (exponent + 112) << 23 | mantissa << 13 | (r >> 16) & 0x1fff)
                 for b in 0..<4 { out[o + b] = UInt8(truncatingIfNeeded: bits >> (8 * UInt32(b))) }
                 o += 4
             }

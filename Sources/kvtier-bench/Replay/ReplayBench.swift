@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import KVTierEngine
 import KVTierModel
+import KVTierReplay
 import KVTierStore
 
 #if canImport(Glibc)

@@ -5,26 +5,43 @@ import KVTierStore
 /// prefill tokens computed and reused, prompt-prefill throughput, hit rates overall and per tier,
 /// load stall and save lag, compute seconds and bytes moved per tier; the DRAM sweep; the
 /// per-turn records. Written as JSON, CSV (one row per turn) and a Markdown table.
-struct ReplaySummary: Encodable {
-    struct Workload: Encodable {
-        let sessions: Int
-        let turns: Int
-        let arrival_rate_per_s: Double
-        let think_mean_s: Double
-        let message_tokens: Int
-        let max_turns: Int
-        let hbm_bytes: Int
-        let dram_bytes: Int
-        let block_tokens: Int
+public struct ReplaySummary: Encodable {
+    public struct Workload: Encodable {
+        public let sessions: Int
+        public let turns: Int
+        public let arrival_rate_per_s: Double
+        public let think_mean_s: Double
+        public let message_tokens: Int
+        public let max_turns: Int
+        public let hbm_bytes: Int
+        public let dram_bytes: Int
+        public let block_tokens: Int
         /// "teacher-forced" (the recorded replies, the same trace for every policy) or "generated".
-        let replies: String
+        public let replies: String
         /// "named" (each chat sends its session id) or "none" (the prefix cache finds the chat).
-        let session_ids: String
+        public let session_ids: String
+
+        public init(
+            sessions: Int, turns: Int, arrival_rate_per_s: Double, think_mean_s: Double, message_tokens: Int,
+            max_turns: Int, hbm_bytes: Int, dram_bytes: Int, block_tokens: Int, replies: String, session_ids: String
+        ) {
+            self.sessions = sessions
+            self.turns = turns
+            self.arrival_rate_per_s = arrival_rate_per_s
+            self.think_mean_s = think_mean_s
+            self.message_tokens = message_tokens
+            self.max_turns = max_turns
+            self.hbm_bytes = hbm_bytes
+            self.dram_bytes = dram_bytes
+            self.block_tokens = block_tokens
+            self.replies = replies
+            self.session_ids = session_ids
+        }
     }
 
-    struct Percentiles: Encodable {
-        let p50: Double, p90: Double, p99: Double, mean: Double
-        init(_ values: [Double]) {
+    public struct Percentiles: Encodable {
+        public let p50: Double, p90: Double, p99: Double, mean: Double
+        public init(_ values: [Double]) {
             let s = values.sorted()
             func q(_ x: Double) -> Double {
                 s.isEmpty ? 0 : s[min(s.count - 1, Int((x * Double(s.count - 1)).rounded()))]
@@ -36,37 +53,37 @@ struct ReplaySummary: Encodable {
         }
     }
 
-    struct Moved: Encodable { let bytes_in: Int, bytes_out: Int }
+    public struct Moved: Encodable { let bytes_in: Int, bytes_out: Int }
 
-    struct Policy: Encodable {
-        let policy: String
-        let hbm_bytes: Int, dram_bytes: Int, disk_bytes: Int
-        let ttft_ms: Percentiles
-        let ttft_ms_turn2plus: Percentiles
+    public struct Policy: Encodable {
+        public let policy: String
+        public let hbm_bytes: Int, dram_bytes: Int, disk_bytes: Int
+        public let ttft_ms: Percentiles
+        public let ttft_ms_turn2plus: Percentiles
         /// TTFT including the wait in the queue, turns 2+.
-        let ttft_with_queue_ms_turn2plus: Percentiles
-        let prefill_tokens_computed: Int
-        let prefill_tokens_reused: Int
+        public let ttft_with_queue_ms_turn2plus: Percentiles
+        public let prefill_tokens_computed: Int
+        public let prefill_tokens_reused: Int
         /// Prompt tokens served per second of time to first token (all turns).
-        let prefill_throughput_tokens_per_s: Double
+        public let prefill_throughput_tokens_per_s: Double
         /// Share of the reusable tokens of turns 2+ (what the previous turn left in the session)
         /// that were in memory, HBM or DRAM, when their turn ran: a disk hit waits on the disk
         /// in the turn's critical path (CachedAttention's point against LRU: it cannot prefetch).
-        let hit_rate: Double
+        public let hit_rate: Double
         /// Share of the reusable tokens served from each tier (hbm + dram = hit_rate).
-        let hit_rate_by_tier: [String: Double]
+        public let hit_rate_by_tier: [String: Double]
         /// Share of the reusable tokens reused at all, from any tier including disk.
-        let reuse_rate: Double
-        let load_stall_ms_mean: Double
+        public let reuse_rate: Double
+        public let load_stall_ms_mean: Double
         /// Load stall as a share of TTFT, turns 2+.
-        let load_stall_fraction_of_ttft: Double
-        let save_lag_ms_mean: Double
+        public let load_stall_fraction_of_ttft: Double
+        public let save_lag_ms_mean: Double
         /// Wall seconds of all turns (the GPU-time stand-in).
-        let compute_seconds: Double
-        let bytes_moved: [String: Moved]
-        let turns: [ReplayRun.TurnRecord]
+        public let compute_seconds: Double
+        public let bytes_moved: [String: Moved]
+        public let turns: [ReplayRun.TurnRecord]
 
-        init(policy: String, store: StoreConfiguration, turns: [ReplayRun.TurnRecord], stats: StoreStats) {
+        public init(policy: String, store: StoreConfiguration, turns: [ReplayRun.TurnRecord], stats: StoreStats) {
             self.policy = policy
             hbm_bytes = store.hbmCapacityBytes
             dram_bytes = store.dramCapacityBytes
@@ -99,7 +116,7 @@ struct ReplaySummary: Encodable {
             self.turns = turns
         }
 
-        var line: String {
+        public var line: String {
             String(
                 format:
                     "%@: TTFT p50 %.1f ms (turns 2+ %.1f ms, p99 %.1f), memory hit rate %.1f%% "
@@ -112,29 +129,49 @@ struct ReplaySummary: Encodable {
         }
     }
 
-    struct SweepPoint: Encodable {
-        let policy: String
-        let dram_bytes: Int
-        let hit_rate: Double
-        let hit_rate_by_tier: [String: Double]
+    public struct SweepPoint: Encodable {
+        public let policy: String
+        public let dram_bytes: Int
+        public let hit_rate: Double
+        public let hit_rate_by_tier: [String: Double]
+
+        public init(policy: String, dram_bytes: Int, hit_rate: Double, hit_rate_by_tier: [String: Double]) {
+            self.policy = policy
+            self.dram_bytes = dram_bytes
+            self.hit_rate = hit_rate
+            self.hit_rate_by_tier = hit_rate_by_tier
+        }
     }
 
-    let preset: String
-    let seed: UInt64
-    let conversations: [String]
-    let workload: Workload
-    let policies: [Policy]
-    let sweep: [SweepPoint]
-    let seconds: Double
+    public let preset: String
+    public let seed: UInt64
+    public let conversations: [String]
+    public let workload: Workload
+    public let policies: [Policy]
+    public let sweep: [SweepPoint]
+    public let seconds: Double
 
-    func jsonData() throws -> Data {
+    public init(
+        preset: String, seed: UInt64, conversations: [String], workload: Workload, policies: [Policy],
+        sweep: [SweepPoint], seconds: Double
+    ) {
+        self.preset = preset
+        self.seed = seed
+        self.conversations = conversations
+        self.workload = workload
+        self.policies = policies
+        self.sweep = sweep
+        self.seconds = seconds
+    }
+
+    public func jsonData() throws -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
         return try enc.encode(self)
     }
 
     /// The summary table, with each policy's TTFT and throughput relative to recompute.
-    var markdown: String {
+    public var markdown: String {
         let base = policies.first { $0.policy == "recompute" }
         var s =
             "| policy | TTFT p50 (ms) | TTFT p50, turns 2+ | p90, turns 2+ | p99, turns 2+ | vs recompute "
@@ -175,7 +212,7 @@ struct ReplaySummary: Encodable {
         return s
     }
 
-    var csv: String {
+    public var csv: String {
         var s =
             "policy,session,turn,arrival_s,start_s,ttft_ms,queue_ms,total_ms,prompt_tokens,reusable,reused,"
             + "recomputed,hits_hbm,hits_dram,hits_disk,stall_ms,save_lag_ms\n"
@@ -191,7 +228,7 @@ struct ReplaySummary: Encodable {
         return s
     }
 
-    func write(to dir: String) throws {
+    public func write(to dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try jsonData().write(to: URL(fileURLWithPath: dir + "/replay.json"))
         try Data(csv.utf8).write(to: URL(fileURLWithPath: dir + "/replay.csv"))

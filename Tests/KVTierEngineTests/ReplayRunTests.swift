@@ -3,8 +3,8 @@ import XCTest
 
 @testable import KVTierEngine
 @testable import KVTierModel
+@testable import KVTierReplay
 @testable import KVTierStore
-@testable import kvtier_bench
 @testable import KVTierTestSupport
 
 /// The replay harness on a tiny model: every policy replays the same trace in arrival order,
@@ -18,15 +18,19 @@ final class ReplayRunTests: XCTestCase {
             return .init(user: user, reply: ids, replyText: tok.decode(ids), thinkSeconds: think)
         }
         let workload = ReplayWorkload(conversations: [
-            .init(id: "a", session: "r0001", arrivalSeconds: 0, turns: [
-                turn("hello there, a first question", "a recorded reply with a few words", think: 2),
-                turn("a second question", "another recorded reply", think: 2),
-                turn("a third one", "the last reply", think: 0),
-            ]),
-            .init(id: "b", session: "r0002", arrivalSeconds: 0.5, turns: [
-                turn("another chat begins here", "its first reply", think: 1),
-                turn("and goes on", "its second reply", think: 0),
-            ]),
+            .init(
+                id: "a", session: "r0001", arrivalSeconds: 0,
+                turns: [
+                    turn("hello there, a first question", "a recorded reply with a few words", think: 2),
+                    turn("a second question", "another recorded reply", think: 2),
+                    turn("a third one", "the last reply", think: 0),
+                ]),
+            .init(
+                id: "b", session: "r0002", arrivalSeconds: 0.5,
+                turns: [
+                    turn("another chat begins here", "its first reply", think: 1),
+                    turn("and goes on", "its second reply", think: 0),
+                ]),
         ])
         var store = StoreConfiguration(stateDirectory: "")
         store.blockTokens = 16
@@ -44,21 +48,28 @@ final class ReplayRunTests: XCTestCase {
             XCTAssertEqual(progress.map { $0[0] }, Array(1...5), policy.name)
             XCTAssertEqual(progress.last?[1], 2, policy.name)
             for (n, p) in progress.enumerated() {
-                let lastTurns = turns.prefix(n + 1).filter { t in t.turn + 1 == workload.conversations.first { $0.session == t.session }!.turns.count }
+                let lastTurns = turns.prefix(n + 1).filter { t in
+                    t.turn + 1 == workload.conversations.first { $0.session == t.session }!.turns.count
+                }
                 XCTAssertEqual(p[1], lastTurns.count, "\(policy.name): sessions done after \(n + 1) turns")
             }
             for session in ["r0001", "r0002"] {
                 let mine = turns.filter { $0.session == session }
-                XCTAssertEqual(mine.map(\.turn), Array(0..<mine.count), "\(policy.name): a session's turns run in order")
+                XCTAssertEqual(
+                    mine.map(\.turn), Array(0..<mine.count), "\(policy.name): a session's turns run in order")
                 for (a, b) in zip(mine, mine.dropFirst()) {
                     let think = workload.conversations.first { $0.session == session }!.turns[a.turn].thinkSeconds
-                    XCTAssertEqual(b.arrival_s, a.start_s + a.total_ms / 1000 + think, accuracy: 1e-6, "next turn due a think time after the reply")
+                    XCTAssertEqual(
+                        b.arrival_s, a.start_s + a.total_ms / 1000 + think, accuracy: 1e-6,
+                        "next turn due a think time after the reply")
                     XCTAssertGreaterThanOrEqual(b.start_s, b.arrival_s)
                 }
             }
             // One turn at a time: starts never overlap the previous turn.
             let byStart = turns.sorted { $0.start_s < $1.start_s }
-            for (a, b) in zip(byStart, byStart.dropFirst()) { XCTAssertGreaterThanOrEqual(b.start_s + 1e-9, a.start_s + a.total_ms / 1000) }
+            for (a, b) in zip(byStart, byStart.dropFirst()) {
+                XCTAssertGreaterThanOrEqual(b.start_s + 1e-9, a.start_s + a.total_ms / 1000)
+            }
             summaries[policy.name] = ReplaySummary.Policy(policy: policy.name, store: store, turns: turns, stats: stats)
         }
         XCTAssertEqual(summaries["recompute"]?.prefill_tokens_reused, 0)
@@ -68,7 +79,8 @@ final class ReplayRunTests: XCTestCase {
             XCTAssertEqual(summaries[name]?.hit_rate ?? 0, 1, accuracy: 1e-9, name)
             XCTAssertEqual(summaries[name]?.reuse_rate ?? 0, 1, accuracy: 1e-9, name)
         }
-        XCTAssertGreaterThan(summaries["recompute"]!.prefill_tokens_computed, summaries["kvtier"]!.prefill_tokens_computed)
+        XCTAssertGreaterThan(
+            summaries["recompute"]!.prefill_tokens_computed, summaries["kvtier"]!.prefill_tokens_computed)
     }
 
     /// `--generate`: replies are generated, not the recorded ones, and the next turn sends the
@@ -81,11 +93,13 @@ final class ReplayRunTests: XCTestCase {
             return .init(user: user, reply: ids, replyText: tok.decode(ids), thinkSeconds: 1)
         }
         let workload = ReplayWorkload(conversations: [
-            .init(id: "a", session: "r0001", arrivalSeconds: 0, turns: [
-                turn("hello there, a first question", "a recorded reply with a few more words than that"),
-                turn("a second question", "another recorded reply, also of some length"),
-                turn("a third one", "the last reply"),
-            ])
+            .init(
+                id: "a", session: "r0001", arrivalSeconds: 0,
+                turns: [
+                    turn("hello there, a first question", "a recorded reply with a few more words than that"),
+                    turn("a second question", "another recorded reply, also of some length"),
+                    turn("a third one", "the last reply"),
+                ])
         ])
         var store = StoreConfiguration(stateDirectory: "")
         store.blockTokens = 16
@@ -93,8 +107,11 @@ final class ReplayRunTests: XCTestCase {
         store.dramCapacityBytes = 8 << 20
         store.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
         let kvtier = try XCTUnwrap(ReplayPolicy.named("kvtier"))
-        let forced = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }.turns
-        let generated = try ReplayRun(policy: kvtier, store: store, threads: 2, generate: true).run(workload, model: model) { _, _ in }.turns
+        let forced = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }
+            .turns
+        let generated = try ReplayRun(policy: kvtier, store: store, threads: 2, generate: true).run(
+            workload, model: model
+        ) { _, _ in }.turns
         XCTAssertEqual(generated.count, 3)
         // The tiny model's greedy replies are not the recorded ones, so the later prompts differ.
         XCTAssertNotEqual(generated.map(\.prompt_tokens), forced.map(\.prompt_tokens))

@@ -3,36 +3,39 @@ import KVTierStore
 
 /// One way of serving the replayed trace: the baselines CachedAttention compares against, the
 /// full system, and its ablations.
-struct ReplayPolicy: Sendable {
-    let name: String
+public struct ReplayPolicy: Sendable {
+    public let name: String
     /// Reuse KV across turns at all.
-    var reuseKV = true
+    public var reuseKV = true
     /// Keep KV below HBM (false: an HBM-only prefix cache).
-    var lowerTiers = true
+    public var lowerTiers = true
     /// Waiting turns whose sessions are prefetched and spared by eviction (0: no look-ahead).
-    var lookAhead = 0
-    var eviction = StoreConfiguration.PolicyKind.lru
-    var layerwiseLoading = true
-    var asyncSaving = true
+    public var lookAhead = 0
+    public var eviction = StoreConfiguration.PolicyKind.lru
+    public var layerwiseLoading = true
+    public var asyncSaving = true
     /// Tell the engine when each session's next turn is due (write-through placement for long
     /// think times): scheduler-aware, so only the kvtier variants get it.
-    var placementHints = false
+    public var placementHints = false
 
-    static let all: [ReplayPolicy] = [
+    public static let all: [ReplayPolicy] = [
         ReplayPolicy(name: "recompute", reuseKV: false),
         ReplayPolicy(name: "hbm-only", lowerTiers: false),
         ReplayPolicy(name: "tiered-lru"),
         ReplayPolicy(name: "kvtier", lookAhead: 4, eviction: .hintDriven, placementHints: true),
-        ReplayPolicy(name: "kvtier-no-overlap", lookAhead: 4, eviction: .hintDriven, layerwiseLoading: false, placementHints: true),
-        ReplayPolicy(name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false, placementHints: true),
+        ReplayPolicy(
+            name: "kvtier-no-overlap", lookAhead: 4, eviction: .hintDriven, layerwiseLoading: false,
+            placementHints: true),
+        ReplayPolicy(
+            name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false, placementHints: true),
     ]
 
-    static func named(_ name: String) -> ReplayPolicy? { all.first { $0.name == name } }
+    public static func named(_ name: String) -> ReplayPolicy? { all.first { $0.name == name } }
 
     /// The policies of the DRAM-capacity sweep.
-    static let swept = ["tiered-lru", "kvtier"]
+    public static let swept = ["tiered-lru", "kvtier"]
 
-    func engineConfiguration(threads: Int) -> EngineConfiguration {
+    public func engineConfiguration(threads: Int) -> EngineConfiguration {
         var e = EngineConfiguration()
         e.threads = threads
         e.lookAhead = lookAhead

@@ -12,42 +12,52 @@ import KVTierStore
 /// spares the sessions in its look-ahead window, as in the server); when one finishes, the
 /// clock moves to its end, the session's next turn is due a think time later, and arrivals up
 /// to the clock are queued. Idle gaps are skipped, so prefetch gets no free time in them.
-struct ReplayRun {
-    struct TurnRecord: Codable {
-        var session: String
-        var turn: Int
-        var arrival_s: Double
-        var start_s: Double
+public struct ReplayRun {
+    public struct TurnRecord: Codable {
+        public var session: String
+        public var turn: Int
+        public var arrival_s: Double
+        public var start_s: Double
         /// Time to first token of the turn itself: loading, prefill and the first token.
-        var ttft_ms: Double
+        public var ttft_ms: Double
         /// Time waiting in the queue before the turn started.
-        var queue_ms: Double
+        public var queue_ms: Double
         /// Wall time of the whole turn (waiting for earlier saves, prefill, the reply, saving).
-        var total_ms: Double
-        var prompt_tokens: Int
+        public var total_ms: Double
+        public var prompt_tokens: Int
         /// Tokens of this prompt that the previous turn left in the session (what a perfect cache holds).
-        var reusable: Int
-        var reused: Int
-        var recomputed: Int
-        var hits_hbm: Int
-        var hits_dram: Int
-        var hits_disk: Int
-        var stall_ms: Double
-        var save_lag_ms: Double
+        public var reusable: Int
+        public var reused: Int
+        public var recomputed: Int
+        public var hits_hbm: Int
+        public var hits_dram: Int
+        public var hits_disk: Int
+        public var stall_ms: Double
+        public var save_lag_ms: Double
     }
 
-    let policy: ReplayPolicy
-    let store: StoreConfiguration
-    let threads: Int
+    public let policy: ReplayPolicy
+    public let store: StoreConfiguration
+    public let threads: Int
     /// Generate each reply (greedy, at most the recorded reply's length) instead of feeding the
     /// recorded one; the next turn sends the generated text back as the assistant message.
-    var generate = false
+    public var generate = false
     /// Send no session ids: each turn runs in the session the engine's prefix cache picks for it
     /// (as the daemon does for a stock OpenAI client).
-    var anonymous = false
+    public var anonymous = false
+
+    public init(
+        policy: ReplayPolicy, store: StoreConfiguration, threads: Int, generate: Bool = false, anonymous: Bool = false
+    ) {
+        self.policy = policy
+        self.store = store
+        self.threads = threads
+        self.generate = generate
+        self.anonymous = anonymous
+    }
 
     /// Runs the trace; `progress(turnsDone, sessionsDone)` after each turn.
-    func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int, Int) -> Void) throws -> (
+    public func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int, Int) -> Void) throws -> (
         turns: [TurnRecord], stats: StoreStats
     ) {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent(
@@ -71,10 +81,10 @@ struct ReplayRun {
         let scheduler = TurnScheduler(engine: engine, lookAhead: policy.lookAhead, maxRunning: 1)
 
         struct Finished {
-            let conversation: Int
-            let turn: Int
-            let result: Result<TurnReport, Error>
-            let endedAt: UInt64
+            public let conversation: Int
+            public let turn: Int
+            public let result: Result<TurnReport, Error>
+            public let endedAt: UInt64
         }
         let finished = FinishedQueue<Finished>()
         var due: [(time: Double, conversation: Int, turn: Int)] = workload.conversations.enumerated().map {
@@ -174,14 +184,14 @@ final class FinishedQueue<T: Sendable>: @unchecked Sendable {
     private let condition = NSCondition()
     private var items: [T] = []
 
-    func push(_ item: T) {
+    public func push(_ item: T) {
         condition.lock()
         items.append(item)
         condition.signal()
         condition.unlock()
     }
 
-    func pop() -> T {
+    public func pop() -> T {
         condition.lock()
         defer { condition.unlock() }
         while items.isEmpty { condition.wait() }
