@@ -73,6 +73,8 @@ public final class TurnScheduler: @unchecked Sendable {
     private var prefetched: Set<String> = []
     /// The sessions of the last look-ahead window, next first.
     private var lastWindow: [String] = []
+    /// Each session's observed think times: the placement hint when a turn carries none.
+    private var thinkTimes = ThinkTimeEstimator()
     /// Entered for every submitted turn, left when its completion has run.
     private let outstanding = DispatchGroup()
 
@@ -87,6 +89,7 @@ public final class TurnScheduler: @unchecked Sendable {
     public func submit(_ turn: Turn, completion: @escaping @Sendable (Result<TurnReport, Error>) -> Void) {
         outstanding.enter()
         let start: [Job] = lock.withLock {
+            thinkTimes.arrived(turn.session, at: DispatchTime.now().uptimeNanoseconds)
             let job = Job(turn: turn, completion: completion)
             if queues[job.ownerKey] == nil { ring.append(job.ownerKey) }
             queues[job.ownerKey, default: []].append(job)
@@ -242,9 +245,10 @@ public final class TurnScheduler: @unchecked Sendable {
         if turn.options.isCancelled?() == true {
             result = .failure(EngineError.clientGone(session: turn.session))
         } else {
+            // The client's hint, else what this session's own history says.
+            let expected = turn.nextTurnInSeconds ?? lock.withLock { thinkTimes.estimate(turn.session) }
             let placement: Placement =
-                (turn.nextTurnInSeconds ?? 0) > engine.configuration.writeThroughAfterSeconds
-                ? .writeThrough : .keepInDRAM
+                (expected ?? 0) > engine.configuration.writeThroughAfterSeconds ? .writeThrough : .keepInDRAM
             result = Result {
                 try engine.runTurn(
                     session: turn.session, owner: turn.owner, messages: turn.messages, options: turn.options,
@@ -253,6 +257,7 @@ public final class TurnScheduler: @unchecked Sendable {
             }
         }
         let next: [Job] = lock.withLock {
+            thinkTimes.ended(turn.session, at: DispatchTime.now().uptimeNanoseconds)
             runningSessions.remove(turn.session)
             runningPerOwner[job.ownerKey, default: 1] -= 1
             if runningPerOwner[job.ownerKey] == 0 { runningPerOwner[job.ownerKey] = nil }
