@@ -323,8 +323,27 @@ AVX512 float kvt_dot_qf_avx512(int type, const void *w, const float *x, const fl
 // F16 (or F32) key is rotated by its position once, k' = c2 * k + s2 * swap(k), with c2 and s2
 // the position's cos and sin each repeated for a pair's two lanes (s2 negated in even lanes)
 // and swap exchanging each pair's lanes; then every query's dot product with k' accumulates in
-// its own 16-lane vector and is reduced. The softmax is the portable one per head; the values
-// are converted once per row and accumulated into every head's output.
+// its own 16-lane vector and is reduced. The softmax takes 16 scores at a time (a polynomial
+// e^x); the values are converted once per row and accumulated into every head's output.
+// e^x for x <= 0 on 16 lanes (scores minus their maximum): x = k ln2 + r with |r| <= ln2/2,
+// e^r by Cephes' degree-7 polynomial (relative error about 1e-7, as expf's few ulp), times 2^k
+// by vscalefps, which also takes the underflow of very negative x to 0 as expf does.
+AVX512 static inline __m512 exp_nonpositive_avx512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-103.0f));  // e^-103 is below the smallest subnormal
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, k);
+}
+
 AVX512 static void load_row16(const uint8_t *p, int elemBytes, int c, __m512 *v) {
     *v = elemBytes == 2 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32 * c)))
                         : _mm512_loadu_ps((const float *)p + 16 * c);
@@ -365,12 +384,21 @@ AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kv
     }
     float inv[16];
     for (int j = 0; j < nq; j++) {
-        float *sj = scores + (size_t)j * T, sum = 0.0f;
-        for (int t = 0; t < T; t++) {
-            sj[t] = expf(sj[t] - mx[j]);
-            sum += sj[t];
+        float *sj = scores + (size_t)j * T;
+        __m512 m = _mm512_set1_ps(mx[j]), sum = _mm512_setzero_ps();
+        int t = 0;
+        for (; t + 16 <= T; t += 16) {
+            __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_loadu_ps(sj + t), m));
+            _mm512_storeu_ps(sj + t, e);
+            sum = _mm512_add_ps(sum, e);
         }
-        inv[j] = 1.0f / sum;
+        if (t < T) {
+            __mmask16 tail = (__mmask16)((1u << (T - t)) - 1);
+            __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, sj + t), m));
+            _mm512_mask_storeu_ps(sj + t, tail, e);
+            sum = _mm512_mask_add_ps(sum, tail, sum, e);
+        }
+        inv[j] = 1.0f / _mm512_reduce_add_ps(sum);
     }
     __m512 o[16][16];
     for (int j = 0; j < nq; j++)
