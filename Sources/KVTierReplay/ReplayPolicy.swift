@@ -14,20 +14,30 @@ public struct ReplayPolicy: Sendable {
     public var eviction = StoreConfiguration.PolicyKind.lru
     public var layerwiseLoading = true
     public var asyncSaving = true
-    /// Tell the engine when each session's next turn is due (write-through placement for long
-    /// think times): scheduler-aware, so only the kvtier variants get it.
-    public var placementHints = false
+    /// Where the placement hint (write-through for long think times) comes from.
+    public enum Hints: Sendable {
+        /// None: every session stays in DRAM until eviction.
+        case none
+        /// The scheduler's estimate from each session's past think times, as kvtierd makes it
+        /// for a request without `next_turn_in_seconds`.
+        case estimated
+        /// The trace's real next think time: an oracle no server has, an upper bound.
+        case oracle
+    }
+    /// Scheduler-aware, so only the kvtier variants get hints.
+    public var placementHints = Hints.none
 
     public static let all: [ReplayPolicy] = [
         ReplayPolicy(name: "recompute", reuseKV: false),
         ReplayPolicy(name: "hbm-only", lowerTiers: false),
         ReplayPolicy(name: "tiered-lru"),
-        ReplayPolicy(name: "kvtier", lookAhead: 4, eviction: .hintDriven, placementHints: true),
+        ReplayPolicy(name: "kvtier", lookAhead: 4, eviction: .hintDriven, placementHints: .estimated),
+        ReplayPolicy(name: "kvtier-oracle", lookAhead: 4, eviction: .hintDriven, placementHints: .oracle),
         ReplayPolicy(
             name: "kvtier-no-overlap", lookAhead: 4, eviction: .hintDriven, layerwiseLoading: false,
-            placementHints: true),
+            placementHints: .estimated),
         ReplayPolicy(
-            name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false, placementHints: true),
+            name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false, placementHints: .estimated),
     ]
 
     public static func named(_ name: String) -> ReplayPolicy? { all.first { $0.name == name } }

@@ -78,7 +78,8 @@ public struct ReplayRun {
         let engine = ChatEngine(
             model: model, store: tiered, configuration: policy.engineConfiguration(threads: threads))
         // The replay models CachedAttention's serving loop, one turn at a time in virtual time.
-        let scheduler = TurnScheduler(engine: engine, lookAhead: policy.lookAhead, maxRunning: 1)
+        let scheduler = TurnScheduler(
+            engine: engine, lookAhead: policy.lookAhead, maxRunning: 1, measuresThinkTimes: false)
 
         struct Finished {
             public let conversation: Int
@@ -123,9 +124,13 @@ public struct ReplayRun {
                 let session = engine.sessionForRequest(
                     named: anonymous ? nil : conv.session, messages: messages, owner: nil,
                     newID: "\(conv.session)-\(next.turn)")
+                // The gap before this turn is what a server sees when the request arrives.
+                if policy.placementHints == .estimated, next.turn > 0 {
+                    scheduler.observeThinkTime(session: session, seconds: conv.turns[next.turn - 1].thinkSeconds)
+                }
                 let turn = TurnScheduler.Turn(
                     session: session, messages: messages, options: options,
-                    nextTurnInSeconds: policy.placementHints ? conv.turns[next.turn].thinkSeconds : nil)
+                    nextTurnInSeconds: policy.placementHints == .oracle ? conv.turns[next.turn].thinkSeconds : nil)
                 let (ci, ti) = (next.conversation, next.turn)
                 scheduler.submit(turn) { result in
                     engine.requestEnded(session: session)

@@ -26,6 +26,10 @@ final class ThinkTimeTests: XCTestCase {
         }
         XCTAssertEqual(e.estimate("a"), 4, "median of the last three gaps (2, 100, 4), not of all four")
         XCTAssertNil(e.estimate("b"), "sessions do not share estimates")
+        e.observe("b", gap: 7)  // measured elsewhere (a replay in virtual time)
+        XCTAssertEqual(e.estimate("b"), 7)
+        e.observe("b", gap: -1)
+        XCTAssertEqual(e.estimate("b"), 7, "a negative gap is no gap")
     }
 
     func testTheSessionsThatEndedLongestAgoAreForgottenPastTheCapacity() {

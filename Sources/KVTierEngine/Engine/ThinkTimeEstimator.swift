@@ -27,6 +27,18 @@ struct ThinkTimeEstimator {
         gaps[session] = g
     }
 
+    /// A gap measured elsewhere (a replay in virtual time): as if a reply of `session` had ended
+    /// `seconds` before a request of it arrived.
+    mutating func observe(_ session: String, gap seconds: Double) {
+        guard seconds >= 0, seconds.isFinite else { return }
+        var g = gaps[session, default: []]
+        g.append(seconds)
+        if g.count > window { g.removeFirst(g.count - window) }
+        gaps[session] = g
+        if lastEnd[session] == nil { lastEnd[session] = (0, false) }
+        if lastEnd.count > capacity { forgetOldest() }
+    }
+
     /// A turn of `session` ended at `now`.
     mutating func ended(_ session: String, at now: UInt64) {
         lastEnd[session] = (now, true)

@@ -78,9 +78,14 @@ public final class TurnScheduler: @unchecked Sendable {
     /// Entered for every submitted turn, left when its completion has run.
     private let outstanding = DispatchGroup()
 
+    /// Whether think times are measured on the wall clock (a replay in virtual time feeds them
+    /// with `observeThinkTime` instead).
+    private let measuresThinkTimes: Bool
+
     /// `maxRunning` defaults to the engine's `maxBatch`; 1 runs one turn at a time.
-    public init(engine: ChatEngine, lookAhead: Int? = nil, maxRunning: Int? = nil) {
+    public init(engine: ChatEngine, lookAhead: Int? = nil, maxRunning: Int? = nil, measuresThinkTimes: Bool = true) {
         self.engine = engine
+        self.measuresThinkTimes = measuresThinkTimes
         self.lookAhead = max(0, lookAhead ?? engine.configuration.lookAhead)
         self.maxRunning = max(1, maxRunning ?? engine.configuration.maxBatch)
     }
@@ -89,7 +94,7 @@ public final class TurnScheduler: @unchecked Sendable {
     public func submit(_ turn: Turn, completion: @escaping @Sendable (Result<TurnReport, Error>) -> Void) {
         outstanding.enter()
         let start: [Job] = lock.withLock {
-            thinkTimes.arrived(turn.session, at: DispatchTime.now().uptimeNanoseconds)
+            if measuresThinkTimes { thinkTimes.arrived(turn.session, at: DispatchTime.now().uptimeNanoseconds) }
             let job = Job(turn: turn, completion: completion)
             if queues[job.ownerKey] == nil { ring.append(job.ownerKey) }
             queues[job.ownerKey, default: []].append(job)
@@ -98,6 +103,12 @@ public final class TurnScheduler: @unchecked Sendable {
             return started
         }
         for job in start { launch(job) }
+    }
+
+    /// Records a think time of `session` measured by the caller (the replay, in its virtual
+    /// time): it counts in the session's estimate as a measured one would.
+    public func observeThinkTime(session: String, seconds: Double) {
+        lock.withLock { thinkTimes.observe(session, gap: seconds) }
     }
 
     /// Tells the engine which sessions an outside scheduler will run next (in order).
@@ -257,7 +268,7 @@ public final class TurnScheduler: @unchecked Sendable {
             }
         }
         let next: [Job] = lock.withLock {
-            thinkTimes.ended(turn.session, at: DispatchTime.now().uptimeNanoseconds)
+            if measuresThinkTimes { thinkTimes.ended(turn.session, at: DispatchTime.now().uptimeNanoseconds) }
             runningSessions.remove(turn.session)
             runningPerOwner[job.ownerKey, default: 1] -= 1
             if runningPerOwner[job.ownerKey] == 0 { runningPerOwner[job.ownerKey] = nil }
