@@ -37,7 +37,8 @@ public struct ReplayPolicy: Sendable {
             name: "kvtier-no-overlap", lookAhead: 4, eviction: .hintDriven, layerwiseLoading: false,
             placementHints: .estimated),
         ReplayPolicy(
-            name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false, placementHints: .estimated),
+            name: "kvtier-sync-save", lookAhead: 4, eviction: .hintDriven, asyncSaving: false,
+            placementHints: .estimated),
     ]
 
     public static func named(_ name: String) -> ReplayPolicy? { all.first { $0.name == name } }

@@ -48,7 +48,8 @@ final class ThinkTimeTests: XCTestCase {
     /// that answers at once stays in memory. Without the estimate, both would stay in memory.
     func testAnObservedLongThinkTimeWritesTheSessionThrough() throws {
         let model = try LlamaModel(path: TinyModel().write())
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-think-\(UUID().uuidString)").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-think-\(UUID().uuidString)")
+            .path
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var c = StoreConfiguration(stateDirectory: dir)
         c.blockTokens = 16
@@ -65,7 +66,8 @@ final class ThinkTimeTests: XCTestCase {
         let reports = ReportBox()
         var chats: [String: [ChatMessage]] = [:]
         func turn(_ s: String, _ k: Int) {
-            chats[s, default: []].append(ChatMessage(role: "user", content: "message \(k) from \(s), long enough for a block"))
+            chats[s, default: []].append(
+                ChatMessage(role: "user", content: "message \(k) from \(s), long enough for a block"))
             scheduler.submit(TurnScheduler.Turn(session: s, messages: chats[s]!, options: options)) { result in
                 if case .success(let r) = result { reports.append(r) }
             }
