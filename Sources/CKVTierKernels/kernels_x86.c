@@ -448,59 +448,48 @@ AVX2 float kvt_dot_f_avx2(int type, const void *w, const float *x, int n) {
     return kvt_dot_f_portable(type, w, x, n);
 }
 
+static inline float load_f32(const uint8_t *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+// One Q4_1 block's 16 nibble bytes at q into 32 floats d * q + m.
+AVX2 INLINE void q4_1_block_avx2(const uint8_t *q, float df, float mf, float *o) {
+    __m256 d = _mm256_set1_ps(df), m = _mm256_set1_ps(mf);
+    __m128i raw = _mm_loadu_si128((const __m128i *)q);
+    __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
+    _mm256_storeu_ps(o, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), m));
+    _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), m));
+    _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), m));
+    _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), m));
+}
+
+// One Q8_0 block's 32 signed bytes at q into 32 floats d * q.
+AVX2 INLINE void q8_0_block_avx2(const uint8_t *q, float df, float *o) {
+    __m256 d = _mm256_set1_ps(df);
+    for (int k = 0; k < 4; k++) {
+        __m128i v = _mm_loadl_epi64((const __m128i *)(q + 8 * k));
+        _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))));
+    }
+}
+
 AVX2 void kvt_dequantize_row_avx2(int type, const void *src, float *dst, int n) {
     const uint8_t *p = (const uint8_t *)src;
     switch (type) {
     case KVT_TYPE_Q4_1:
-        for (int b = 0; b < n / 32; b++, p += 20) {
-            __m256 d = _mm256_set1_ps(_cvtsh_ss(load_u16(p))), m = _mm256_set1_ps(_cvtsh_ss(load_u16(p + 2)));
-            __m128i raw = _mm_loadu_si128((const __m128i *)(p + 4));
-            __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
-            __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
-            float *o = dst + b * 32;
-            _mm256_storeu_ps(o, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), m));
-            _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), m));
-            _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), m));
-            _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), m));
-        }
+        for (int b = 0; b < n / 32; b++, p += 20)
+            q4_1_block_avx2(p + 4, _cvtsh_ss(load_u16(p)), _cvtsh_ss(load_u16(p + 2)), dst + b * 32);
         return;
     case KVT_TYPE_Q8_0:
-        for (int b = 0; b < n / 32; b++, p += 34) {
-            __m256 d = _mm256_set1_ps(_cvtsh_ss(load_u16(p)));
-            float *o = dst + b * 32;
-            for (int k = 0; k < 4; k++) {
-                __m128i q = _mm_loadl_epi64((const __m128i *)(p + 2 + 8 * k));
-                _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
-            }
-        }
+        for (int b = 0; b < n / 32; b++, p += 34) q8_0_block_avx2(p + 2, _cvtsh_ss(load_u16(p)), dst + b * 32);
         return;
     case KVT_TYPE_Q4_1_R:
-        for (int b = 0; b < n / 32; b++, p += 24) {
-            float df, mf;
-            memcpy(&df, p, 4);
-            memcpy(&mf, p + 4, 4);
-            __m256 d = _mm256_set1_ps(df), m = _mm256_set1_ps(mf);
-            __m128i raw = _mm_loadu_si128((const __m128i *)(p + 8));
-            __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
-            __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
-            float *o = dst + b * 32;
-            _mm256_storeu_ps(o, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), m));
-            _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), m));
-            _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), m));
-            _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), m));
-        }
+        for (int b = 0; b < n / 32; b++, p += 24) q4_1_block_avx2(p + 8, load_f32(p), load_f32(p + 4), dst + b * 32);
         return;
     case KVT_TYPE_Q8_0_R:
-        for (int b = 0; b < n / 32; b++, p += 36) {
-            float df;
-            memcpy(&df, p, 4);
-            __m256 d = _mm256_set1_ps(df);
-            float *o = dst + b * 32;
-            for (int k = 0; k < 4; k++) {
-                __m128i q = _mm_loadl_epi64((const __m128i *)(p + 4 + 8 * k));
-                _mm256_storeu_ps(o + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
-            }
-        }
+        for (int b = 0; b < n / 32; b++, p += 36) q8_0_block_avx2(p + 4, load_f32(p), dst + b * 32);
         return;
     case KVT_TYPE_F16:
         kvt_f16_to_f32_avx2((const uint16_t *)src, dst, (size_t)n);

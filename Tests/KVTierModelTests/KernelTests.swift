@@ -110,23 +110,14 @@ final class KernelTests: XCTestCase {
         let keys = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
         let values = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
         for elemBytes in [2, 4] {
-            let k =
-                elemBytes == 4
-                ? keys.withUnsafeBytes { Array($0) } : keys.map { Float16($0) }.withUnsafeBytes { Array($0) }
-            let v =
-                elemBytes == 4
-                ? values.withUnsafeBytes { Array($0) } : values.map { Float16($0) }.withUnsafeBytes { Array($0) }
+            let k = cacheBytes(keys, elemBytes)
+            let v = cacheBytes(values, elemBytes)
             for level in levels {
                 _ = kvt_set_cpu_level(level)
                 for cuts in [[], [1], [16, 32, 48, 64], [5, 6, 40, 76]] {
                     let bounds = [0] + cuts + [slots]
                     // Every run in its own buffer, as pages are.
-                    let pages = zip(bounds, bounds.dropFirst()).map { lo, hi in
-                        (
-                            Array(k[(lo * ld * elemBytes)..<(hi * ld * elemBytes)]),
-                            Array(v[(lo * ld * elemBytes)..<(hi * ld * elemBytes)]), hi - lo
-                        )
-                    }
+                    let pages = paged(k, v, bounds, rowBytes: ld * elemBytes)
                     for head in 0..<kvHeads {
                         for visible in [1, 17, slots] {
                             let whole = attend(q, [(k, v, slots)], head * d, elemBytes, ld, positions, visible, d, rope)
@@ -151,16 +142,19 @@ final class KernelTests: XCTestCase {
     ) -> [Float] {
         var out = [Float](repeating: 0, count: d)
         var scores = [Float](repeating: 0, count: visible)
-        // The pages' bytes stay put while the kernel reads them (arrays of the caller, not copied).
+        withRuns(pages) { runs in
+            kvt_attend_runs(
+                q, runs, offset, Int32(elemBytes), ld, pos, Int32(visible), Int32(d), 1 / Float(d).squareRoot(),
+                rope.cos, rope.sin, &scores, &out)
+        }
+        return out
+    }
+
+    /// Calls `body` with runs over the pages' bytes, which stay put (arrays of the caller, not
+    /// copied) while the kernel reads them.
+    private func withRuns(_ pages: [([UInt8], [UInt8], Int)], _ body: ([kvt_kv_run]) -> Void) {
         func nest(_ i: Int, _ runs: [kvt_kv_run]) {
-            guard i < pages.count else {
-                runs.withUnsafeBufferPointer { r in
-                    kvt_attend_runs(
-                        q, r.baseAddress, offset, Int32(elemBytes), ld, pos, Int32(visible), Int32(d),
-                        1 / Float(d).squareRoot(), rope.cos, rope.sin, &scores, &out)
-                }
-                return
-            }
+            guard i < pages.count else { return body(runs) }
             pages[i].0.withUnsafeBytes { kb in
                 pages[i].1.withUnsafeBytes { vb in
                     nest(i + 1, runs + [kvt_kv_run(k: kb.baseAddress, v: vb.baseAddress, count: Int64(pages[i].2))])
@@ -168,7 +162,18 @@ final class KernelTests: XCTestCase {
             }
         }
         nest(0, [])
-        return out
+    }
+
+    /// Cached elements as the cache stores them: F32, or F16 when `elemBytes` is 2.
+    private func cacheBytes(_ xs: [Float], _ elemBytes: Int) -> [UInt8] {
+        elemBytes == 4 ? xs.withUnsafeBytes { Array($0) } : xs.map { Float16($0) }.withUnsafeBytes { Array($0) }
+    }
+
+    /// The slots cut at `bounds` into pages, each in its own buffer.
+    private func paged(_ k: [UInt8], _ v: [UInt8], _ bounds: [Int], rowBytes: Int) -> [([UInt8], [UInt8], Int)] {
+        zip(bounds, bounds.dropFirst()).map { lo, hi in
+            (Array(k[(lo * rowBytes)..<(hi * rowBytes)]), Array(v[(lo * rowBytes)..<(hi * rowBytes)]), hi - lo)
+        }
     }
 
     /// Softmax(q . rope(k) / sqrt(d)) . v in doubles.
@@ -321,40 +326,19 @@ extension KernelTests {
             let keys = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
             let values = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
             for elemBytes in [2, 4] {
-                let k =
-                    elemBytes == 4
-                    ? keys.withUnsafeBytes { Array($0) } : keys.map { Float16($0) }.withUnsafeBytes { Array($0) }
-                let v =
-                    elemBytes == 4
-                    ? values.withUnsafeBytes { Array($0) } : values.map { Float16($0) }.withUnsafeBytes { Array($0) }
-                let cut = 20
-                let pages = [
-                    (Array(k[0..<(cut * ld * elemBytes)]), Array(v[0..<(cut * ld * elemBytes)]), cut),
-                    (Array(k[(cut * ld * elemBytes)...]), Array(v[(cut * ld * elemBytes)...]), slots - cut),
-                ]
+                let k = cacheBytes(keys, elemBytes)
+                let v = cacheBytes(values, elemBytes)
+                let pages = paged(k, v, [0, 20, slots], rowBytes: ld * elemBytes)
                 for level in levels {
                     _ = kvt_set_cpu_level(level)
                     for visible in [1, 21, slots] {
                         for nq in 1...group {
                             var out = [Float](repeating: .nan, count: nq * d)
                             var scores = [Float](repeating: 0, count: nq * visible)
-                            pages[0].0.withUnsafeBytes { k0 in
-                                pages[0].1.withUnsafeBytes { v0 in
-                                    pages[1].0.withUnsafeBytes { k1 in
-                                        pages[1].1.withUnsafeBytes { v1 in
-                                            let runs = [
-                                                kvt_kv_run(k: k0.baseAddress, v: v0.baseAddress, count: Int64(cut)),
-                                                kvt_kv_run(
-                                                    k: k1.baseAddress, v: v1.baseAddress, count: Int64(slots - cut)),
-                                            ]
-                                            kvt_attend_runs_group(
-                                                qs, d, Int32(nq), runs, d, Int32(elemBytes), ld, positions,
-                                                Int32(visible),
-                                                Int32(d), 1 / Float(d).squareRoot(), rope.cos, rope.sin, &scores, &out,
-                                                d)
-                                        }
-                                    }
-                                }
+                            withRuns(pages) { runs in
+                                kvt_attend_runs_group(
+                                    qs, d, Int32(nq), runs, d, Int32(elemBytes), ld, positions, Int32(visible),
+                                    Int32(d), 1 / Float(d).squareRoot(), rope.cos, rope.sin, &scores, &out, d)
                             }
                             for j in 0..<nq {
                                 let q = Array(qs[(j * d)..<((j + 1) * d)])
