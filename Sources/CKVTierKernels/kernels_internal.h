@@ -3,7 +3,16 @@
 #define KVTIER_KERNELS_INTERNAL_H
 #include "include/kvtier_kernels.h"
 
+#include <string.h>
+
 float kvt_half_to_float(uint16_t h);
+
+/// The f32 at p (any alignment): the scales of the repacked weight blocks.
+static inline float kvt_load_f32(const void *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return v;
+}
 uint16_t kvt_float_to_half(float f);
 
 float kvt_dot_qf_portable(int type, const void *w, const float *x, const float *xsum, int n);

@@ -75,12 +75,6 @@ static inline uint16_t load_u16(const uint8_t *p) {
     return v;
 }
 
-static inline float load_f32(const uint8_t *p) {
-    float v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
 float kvt_dot_qf_portable(int type, const void *w, const float *x, const float *xsum, int n) {
     const uint8_t *p = (const uint8_t *)w;
     int nb = n / 32;
@@ -89,7 +83,7 @@ float kvt_dot_qf_portable(int type, const void *w, const float *x, const float *
     // The repacked types compute exactly as their raw ones (the same values, in the same order).
     case KVT_TYPE_Q4_1_R:
         for (int b = 0; b < nb; b++, p += 24, x += 32) {
-            float d = load_f32(p), m = load_f32(p + 4);
+            float d = kvt_load_f32(p), m = kvt_load_f32(p + 4);
             const uint8_t *qs = p + 8;
             float s = 0.0f;
             for (int j = 0; j < 16; j++) s += (float)(qs[j] & 0x0f) * x[j] + (float)(qs[j] >> 4) * x[j + 16];
@@ -98,7 +92,7 @@ float kvt_dot_qf_portable(int type, const void *w, const float *x, const float *
         break;
     case KVT_TYPE_Q4_0_R:
         for (int b = 0; b < nb; b++, p += 20, x += 32) {
-            float d = load_f32(p);
+            float d = kvt_load_f32(p);
             const uint8_t *qs = p + 4;
             float s = 0.0f;
             for (int j = 0; j < 16; j++) {
@@ -109,7 +103,7 @@ float kvt_dot_qf_portable(int type, const void *w, const float *x, const float *
         break;
     case KVT_TYPE_Q8_0_R:
         for (int b = 0; b < nb; b++, p += 36, x += 32) {
-            float d = load_f32(p);
+            float d = kvt_load_f32(p);
             const int8_t *qs = (const int8_t *)(p + 4);
             float s = 0.0f;
             for (int j = 0; j < 32; j++) s += (float)qs[j] * x[j];
@@ -189,7 +183,7 @@ void kvt_dequantize_row_portable(int type, const void *src, float *dst, int n) {
         break;
     case KVT_TYPE_Q4_1_R:
         for (int b = 0; b < n / 32; b++, p += 24) {
-            float d = load_f32(p), m = load_f32(p + 4);
+            float d = kvt_load_f32(p), m = kvt_load_f32(p + 4);
             for (int j = 0; j < 16; j++) {
                 dst[b * 32 + j] = d * (float)(p[8 + j] & 0x0f) + m;
                 dst[b * 32 + j + 16] = d * (float)(p[8 + j] >> 4) + m;
@@ -198,7 +192,7 @@ void kvt_dequantize_row_portable(int type, const void *src, float *dst, int n) {
         break;
     case KVT_TYPE_Q4_0_R:
         for (int b = 0; b < n / 32; b++, p += 20) {
-            float d = load_f32(p);
+            float d = kvt_load_f32(p);
             for (int j = 0; j < 16; j++) {
                 dst[b * 32 + j] = d * (float)((p[4 + j] & 0x0f) - 8);
                 dst[b * 32 + j + 16] = d * (float)((p[4 + j] >> 4) - 8);
@@ -207,7 +201,7 @@ void kvt_dequantize_row_portable(int type, const void *src, float *dst, int n) {
         break;
     case KVT_TYPE_Q8_0_R:
         for (int b = 0; b < n / 32; b++, p += 36) {
-            float d = load_f32(p);
+            float d = kvt_load_f32(p);
             for (int j = 0; j < 32; j++) dst[b * 32 + j] = d * (float)(int8_t)p[4 + j];
         }
         break;

@@ -21,22 +21,25 @@ struct ThinkTimeEstimator {
     mutating func arrived(_ session: String, at now: UInt64) {
         guard let last = lastEnd[session], last.open, now >= last.at else { return }
         lastEnd[session] = (last.at, false)
-        var g = gaps[session, default: []]
-        g.append(Double(now - last.at) / 1e9)
-        if g.count > window { g.removeFirst(g.count - window) }
-        gaps[session] = g
+        record(session, gap: Double(now - last.at) / 1e9)
     }
 
     /// A gap measured elsewhere (a replay in virtual time): as if a reply of `session` had ended
     /// `seconds` before a request of it arrived.
     mutating func observe(_ session: String, gap seconds: Double) {
         guard seconds >= 0, seconds.isFinite else { return }
+        record(session, gap: seconds)
+        // An entry with no reply end, so the session counts (first, as the oldest) when the
+        // capacity is reached and its gaps are forgotten with it.
+        if lastEnd[session] == nil { lastEnd[session] = (0, false) }
+        if lastEnd.count > capacity { forgetOldest() }
+    }
+
+    private mutating func record(_ session: String, gap seconds: Double) {
         var g = gaps[session, default: []]
         g.append(seconds)
         if g.count > window { g.removeFirst(g.count - window) }
         gaps[session] = g
-        if lastEnd[session] == nil { lastEnd[session] = (0, false) }
-        if lastEnd.count > capacity { forgetOldest() }
     }
 
     /// A turn of `session` ended at `now`.

@@ -1,6 +1,9 @@
 import KVTierModel
 import KVTierStore
 
+// What the store needs to know of the loaded model, made here so that KVTierStore does not
+// depend on KVTierModel: the model's fingerprint, the KV shape, and a store for a KV layout.
+
 extension ModelFingerprint {
     /// Fingerprint of a loaded model: hashes the architecture, the config and all tensor data.
     public init(model: LlamaModel) {
