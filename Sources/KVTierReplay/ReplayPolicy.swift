@@ -15,7 +15,7 @@ public struct ReplayPolicy: Sendable {
     public var layerwiseLoading = true
     public var asyncSaving = true
     /// Where the placement hint (write-through for long think times) comes from.
-    public enum Hints: Sendable {
+    public enum Hints: Sendable, Equatable {
         /// None: every session stays in DRAM until eviction.
         case none
         /// The scheduler's estimate from each session's past think times, as kvtierd makes it

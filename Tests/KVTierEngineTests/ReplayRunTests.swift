@@ -123,4 +123,38 @@ final class ReplayRunTests: XCTestCase {
         }
         for t in forced where t.turn > 0 { XCTAssertEqual(t.reused, t.reusable, "turn \(t.turn)") }
     }
+
+    /// The kvtier policy's placement hints come from the scheduler's estimate, fed with the
+    /// think times the replay has already shown (in its virtual time): a chat whose user took
+    /// 100 s before its second turn (past `writeThroughAfterSeconds`, 60 s) is written through
+    /// to disk from then on. Without hints nothing reaches disk here (DRAM holds everything).
+    func testTheKvtierPolicyEstimatesThinkTimesForItsPlacementHints() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let tok = model.tokenizer
+        func turn(_ user: String, _ reply: String) -> ReplayWorkload.Turn {
+            let ids = Array(tok.encode(reply, addSpecial: false, parseSpecial: false).prefix(12))
+            return .init(user: user, reply: ids, replyText: tok.decode(ids), thinkSeconds: 100)
+        }
+        let workload = ReplayWorkload(conversations: [
+            .init(
+                id: "a", session: "r0001", arrivalSeconds: 0,
+                turns: [
+                    turn("hello there, a first question", "a recorded reply with a few more words than that"),
+                    turn("a second question", "another recorded reply, also of some length"),
+                    turn("a third one", "the last reply"),
+                ])
+        ])
+        var store = StoreConfiguration(stateDirectory: "")
+        store.blockTokens = 16
+        store.hbmCapacityBytes = 8 << 20
+        store.dramCapacityBytes = 8 << 20
+        store.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        var kvtier = try XCTUnwrap(ReplayPolicy.named("kvtier"))
+        XCTAssertEqual(kvtier.placementHints, .estimated)
+        let estimated = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }
+        kvtier.placementHints = .none
+        let none = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }
+        XCTAssertGreaterThan(estimated.stats.disk.bytesIn, 0, "the chat seen thinking for 100 s goes to disk")
+        XCTAssertEqual(none.stats.disk.bytesIn, 0)
+    }
 }
