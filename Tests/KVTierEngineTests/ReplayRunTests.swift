@@ -87,25 +87,8 @@ final class ReplayRunTests: XCTestCase {
     /// generated text back, whose KV (the reply's own ids) is reused.
     func testGeneratedRepliesAreSentBackAndReused() throws {
         let model = try LlamaModel(path: TinyModel(context: 512).write())
-        let tok = model.tokenizer
-        func turn(_ user: String, _ reply: String) -> ReplayWorkload.Turn {
-            let ids = Array(tok.encode(reply, addSpecial: false, parseSpecial: false).prefix(12))
-            return .init(user: user, reply: ids, replyText: tok.decode(ids), thinkSeconds: 1)
-        }
-        let workload = ReplayWorkload(conversations: [
-            .init(
-                id: "a", session: "r0001", arrivalSeconds: 0,
-                turns: [
-                    turn("hello there, a first question", "a recorded reply with a few more words than that"),
-                    turn("a second question", "another recorded reply, also of some length"),
-                    turn("a third one", "the last reply"),
-                ])
-        ])
-        var store = StoreConfiguration(stateDirectory: "")
-        store.blockTokens = 16
-        store.hbmCapacityBytes = 8 << 20
-        store.dramCapacityBytes = 8 << 20
-        store.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        let workload = threeTurnChat(model, thinkSeconds: 1)
+        let store = smallStore()
         let kvtier = try XCTUnwrap(ReplayPolicy.named("kvtier"))
         let forced = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }
             .turns
@@ -130,12 +113,25 @@ final class ReplayRunTests: XCTestCase {
     /// to disk from then on. Without hints nothing reaches disk here (DRAM holds everything).
     func testTheKvtierPolicyEstimatesThinkTimesForItsPlacementHints() throws {
         let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let workload = threeTurnChat(model, thinkSeconds: 100)
+        let store = smallStore()
+        var kvtier = try XCTUnwrap(ReplayPolicy.named("kvtier"))
+        XCTAssertEqual(kvtier.placementHints, .estimated)
+        let estimated = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }
+        kvtier.placementHints = .none
+        let none = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }
+        XCTAssertGreaterThan(estimated.stats.disk.bytesIn, 0, "the chat seen thinking for 100 s goes to disk")
+        XCTAssertEqual(none.stats.disk.bytesIn, 0)
+    }
+
+    /// One chat of three turns with replies of up to 12 tokens, each followed by `thinkSeconds`.
+    private func threeTurnChat(_ model: LlamaModel, thinkSeconds: Double) -> ReplayWorkload {
         let tok = model.tokenizer
         func turn(_ user: String, _ reply: String) -> ReplayWorkload.Turn {
             let ids = Array(tok.encode(reply, addSpecial: false, parseSpecial: false).prefix(12))
-            return .init(user: user, reply: ids, replyText: tok.decode(ids), thinkSeconds: 100)
+            return .init(user: user, reply: ids, replyText: tok.decode(ids), thinkSeconds: thinkSeconds)
         }
-        let workload = ReplayWorkload(conversations: [
+        return ReplayWorkload(conversations: [
             .init(
                 id: "a", session: "r0001", arrivalSeconds: 0,
                 turns: [
@@ -144,17 +140,15 @@ final class ReplayRunTests: XCTestCase {
                     turn("a third one", "the last reply"),
                 ])
         ])
+    }
+
+    /// 16-token blocks, 8 MiB of HBM and of DRAM, an instant link.
+    private func smallStore() -> StoreConfiguration {
         var store = StoreConfiguration(stateDirectory: "")
         store.blockTokens = 16
         store.hbmCapacityBytes = 8 << 20
         store.dramCapacityBytes = 8 << 20
         store.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
-        var kvtier = try XCTUnwrap(ReplayPolicy.named("kvtier"))
-        XCTAssertEqual(kvtier.placementHints, .estimated)
-        let estimated = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }
-        kvtier.placementHints = .none
-        let none = try ReplayRun(policy: kvtier, store: store, threads: 2).run(workload, model: model) { _, _ in }
-        XCTAssertGreaterThan(estimated.stats.disk.bytesIn, 0, "the chat seen thinking for 100 s goes to disk")
-        XCTAssertEqual(none.stats.disk.bytesIn, 0)
+        return store
     }
 }
