@@ -44,8 +44,10 @@ let package = Package(
         .target(name: "KVTierTokenizer"),
         // GGUF reader, chat template, transformer, sampler.
         .target(name: "KVTierModel", dependencies: ["KVTierTokenizer", "CKVTierKernels", "COpenBLAS"]),
-        // Tiered KV store (HBM arena, DRAM, RocksDB disk).
-        .target(name: "KVTierStore", dependencies: ["CKVTierKernels", "CLZ4", "CRocksDB"]),
+        // A Redis Cluster client of our own (RESP over TCP, slot routing, redirections).
+        .target(name: "KVTierRedis"),
+        // Tiered KV store (HBM arena, DRAM, RocksDB disk, the remote tier on a Redis Cluster).
+        .target(name: "KVTierStore", dependencies: ["CKVTierKernels", "CLZ4", "CRocksDB", "KVTierRedis"]),
         // Sessions, scheduler, generation on top of model and store.
         .target(name: "KVTierEngine", dependencies: ["KVTierModel", "KVTierStore"]),
         // The ShareGPT replay harness: workloads, policies, the run and its summary (kvtier-bench replay).
@@ -103,7 +105,8 @@ let package = Package(
         .testTarget(
             name: "KVTierEngineTests",
             dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierTestSupport"]),
-        .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel"]),
+        .testTarget(name: "KVTierRedisTests", dependencies: ["KVTierRedis", "KVTierTestSupport"]),
+        .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel", "KVTierRedis"]),
         .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"], exclude: ["Scripts"]),
     ],
     swiftLanguageModes: [.v6]

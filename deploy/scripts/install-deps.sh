@@ -2,7 +2,8 @@
 # Installs the Debian packages KVTier builds against, only those that are missing.
 set -euo pipefail
 
-packages=(pkg-config librocksdb-dev liblz4-dev libopenblas-dev libsystemd-dev libedit-dev python3-pip curl util-linux)
+packages=(pkg-config librocksdb-dev liblz4-dev libopenblas-dev libsystemd-dev libedit-dev python3-pip curl util-linux
+    redis-server redis-tools)
 missing=()
 for p in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
