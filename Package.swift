@@ -106,7 +106,8 @@ let package = Package(
             name: "KVTierEngineTests",
             dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierTestSupport"]),
         .testTarget(name: "KVTierRedisTests", dependencies: ["KVTierRedis", "KVTierTestSupport"]),
-        .testTarget(name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel", "KVTierRedis"]),
+        .testTarget(
+            name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel", "KVTierRedis", "KVTierTestSupport"]),
         .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"], exclude: ["Scripts"]),
     ],
     swiftLanguageModes: [.v6]

@@ -73,6 +73,10 @@ public final class ChatEngine: @unchecked Sendable {
                 for b in s.blocks { references[b, default: 0] += 1 }
             }
         }
+        // With a remote tier, blocks this node no longer has (or never had) may be in the cluster.
+        if store.remote != nil {
+            store.adoptRemote(sessions.values.flatMap { remoteKeys($0) })
+        }
     }
 
     deinit {
@@ -119,7 +123,7 @@ public final class ChatEngine: @unchecked Sendable {
             claimed.remove(id)
             return (release(old.blocks), Set(references.keys.filter { isOwnNamespace($0.home, of: id) }))
         }
-        try store.disk.deleteMetadata(model: store.model, name: "session/" + id)
+        try store.deleteMetadata(name: "session/" + id)
         // The session's own namespaces go whole (with any block a failed turn left behind),
         // except the blocks other sessions still reference.
         for ns in store.sessions where isOwnNamespace(ns, of: id) {
@@ -197,6 +201,7 @@ public final class ChatEngine: @unchecked Sendable {
         guard options.maxTokens >= 1 else {
             throw DecoderError.badInput("max_tokens must be at least 1, got \(options.maxTokens)")
         }
+        adoptFromRemote(id)  // a chat another node served (no-op without a remote tier)
         // Earlier turns' saves and removals finish first, so no block key is written twice at once.
         cleanup.sync {}
         store.waitForSaves()
@@ -647,6 +652,7 @@ public final class ChatEngine: @unchecked Sendable {
     public func sessionForRequest(
         named: String?, messages: [ChatMessage], owner: String?, newID: @autoclosure () -> String
     ) -> String {
+        if let named { adoptFromRemote(named) }
         let (id, fork) = stateLock.withLock { () -> (String, SessionState?) in
             if let named {
                 guard sessions[named] == nil else { return (named, nil) }
@@ -698,6 +704,31 @@ public final class ChatEngine: @unchecked Sendable {
         index(fork)
         for b in blocks { references[b, default: 0] += 1 }
         return fork
+    }
+
+    /// Resumes a session this node does not know from the record another node published in the
+    /// remote tier; its blocks then load from the cluster like from any lower tier (and a block
+    /// the cluster no longer has is recomputed).
+    private func adoptFromRemote(_ id: String) {
+        guard store.remote != nil, stateLock.withLock({ sessions[id] == nil }),
+            let bytes = store.remote?.metadata(model: store.model, name: "session/" + id),
+            let state = try? JSONDecoder().decode(SessionState.self, from: Data(bytes)), state.id == id
+        else { return }
+        let adopted = stateLock.withLock { () -> Bool in
+            guard sessions[id] == nil else { return false }
+            sessions[id] = state
+            index(state)
+            for b in state.blocks { references[b, default: 0] += 1 }
+            return true
+        }
+        guard adopted else { return }
+        store.adoptRemote(remoteKeys(state))
+        persistRecord(state)
+    }
+
+    /// Every block key a session's record names, in every layer.
+    private func remoteKeys(_ state: SessionState) -> [BlockKey] {
+        state.blocks.flatMap { b in (0..<model.kvLayout.layers).map { key($0, b) } }
     }
 
     /// Keeps a session's new state: its record first, then the blocks nobody references any

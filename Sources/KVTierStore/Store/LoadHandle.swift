@@ -7,7 +7,7 @@ public struct LayerLoad: Sendable {
     public var pages: [(key: BlockKey, page: PageID)]
     public var missing: [BlockKey]
     /// Blocks served from each tier.
-    public var fromHBM = 0, fromDRAM = 0, fromDisk = 0
+    public var fromHBM = 0, fromDRAM = 0, fromDisk = 0, fromRemote = 0
     /// The tier each delivered block came from.
     public var sources: [BlockKey: Tier] = [:]
 }

@@ -34,6 +34,8 @@ public struct StoreConfiguration: Sendable {
     /// vLLM's automatic prefix caching): evicted blocks are gone. A benchmark baseline.
     public var lowerTiers = true
     public var policy: PolicyKind = .hintDriven
+    /// A Redis Cluster below the disk tier, shared by several nodes (nil: none).
+    public var remote: RemoteTierConfiguration?
 
     public enum PolicyKind: String, Sendable {
         case lru
@@ -55,10 +57,10 @@ public enum Placement: Sendable, Equatable {
 
 /// A storage tier.
 public enum Tier: String, Sendable, Codable, Comparable {
-    case hbm, dram, disk
+    case hbm, dram, disk, remote
 
     public static func < (a: Tier, b: Tier) -> Bool {
-        let order: [Tier] = [.hbm, .dram, .disk]
+        let order: [Tier] = [.hbm, .dram, .disk, .remote]
         return order.firstIndex(of: a)! < order.firstIndex(of: b)!
     }
 }

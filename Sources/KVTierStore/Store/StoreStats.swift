@@ -5,6 +5,8 @@ public struct StoreStats: Sendable {
     public var disk: TierStats
     public var link: CopyEngine.Counters
     public var savesInFlight: Int
+    /// The remote tier's counters and health (nil: no remote tier configured).
+    public var remote: RemoteTierStats?
 
     /// The three tiers, top to bottom.
     public var tiers: [TierStats] { [hbm, dram, disk] }

@@ -14,6 +14,8 @@ import Foundation
 ///   room in DRAM by demoting sessions to disk, and write-through to disk.
 /// - The copy engine (its own serial queue) does every DRAM <-> HBM byte move; the disk tier
 ///   (its own serial queue) owns RocksDB; DRAMTier, HBMArena and the policy lock themselves.
+/// - The remote tier (optional) sends writes on its own queue, behind the local tiers; the loader
+///   reads from it on a local miss. `publisher` (serial) hands it records after earlier saves.
 public final class TieredStore: @unchecked Sendable {
     public let configuration: StoreConfiguration
     public let model: ModelFingerprint
@@ -23,6 +25,8 @@ public final class TieredStore: @unchecked Sendable {
     public let copyEngine: CopyEngine
     public let dram: DRAMTier
     public let disk: DiskTier
+    /// The Redis Cluster below the disk tier, when configured.
+    public let remote: RemoteTier?
     public let policy: EvictionPolicy
 
     private let lock = NSLock()
@@ -37,6 +41,8 @@ public final class TieredStore: @unchecked Sendable {
     private var hbmCounters = TierStats(tier: "hbm", capacityBytes: 0)
     private let loader = DispatchQueue(label: "kvtier.store.loader")
     private let writeback = DispatchQueue(label: "kvtier.store.writeback")
+    /// Publishes records to the remote tier once the saves issued before them are on their way.
+    private let publisher = DispatchQueue(label: "kvtier.store.publisher")
     private let saveSlots: DispatchSemaphore
     private let inFlight = Counter()
     /// Blocks written to disk since the last WAL sync (guarded by `lock`).
@@ -70,6 +76,7 @@ public final class TieredStore: @unchecked Sendable {
         } catch {
             throw .disk(error)
         }
+        remote = configuration.remote.map { RemoteTier(configuration: $0) }
         policy = configuration.policy == .lru ? LRUPolicy() : HintDrivenPolicy()
         saveSlots = DispatchSemaphore(value: max(1, configuration.maxSavesInFlight))
         hbmCounters.capacityBytes = arena.capacityBytes
@@ -116,6 +123,7 @@ public final class TieredStore: @unchecked Sendable {
             waitForSaves()  // no copy of the old version may still be on its way down
             _ = dram.remove(key)
             do { _ = try disk.delete(key) } catch { throw .disk(error) }
+            remote?.delete([key])
         } else if !disk.isHealthy {
             // A degraded disk tier may not know what its database holds (it was never opened):
             // record the deletion so that an older copy cannot come back when it reopens.
@@ -311,6 +319,7 @@ public final class TieredStore: @unchecked Sendable {
                 }
                 do {
                     try insertIntoDRAM(block, arrival: .saved)
+                    remote?.put(block)  // written behind, on the remote tier's queue
                     if placement == .writeThrough {
                         try writeToDisk(block)
                         ticket.finish(.onDisk)
@@ -453,6 +462,11 @@ public final class TieredStore: @unchecked Sendable {
         var result = LayerLoad(layer: layer, pages: [], missing: [])
         var transfers: [(source: [UInt8], destination: UnsafeMutableRawPointer)] = []
         var newPages: [(BlockKey, PageID, Int)] = []
+        // Blocks only the remote tier holds come in one pipeline for the layer.
+        let remoteWanted = remote.map { r in
+            Set(keys.filter { r.knows($0) && !isInHBM($0) && !dram.contains($0) && !disk.contains($0) })
+        } ?? []
+        let remoteBlocks = remote?.get(Array(remoteWanted)) ?? [:]
         for key in keys {
             if let page = lock.withLock({ hbm[key] }) {
                 result.pages.append((key, page))
@@ -473,7 +487,12 @@ public final class TieredStore: @unchecked Sendable {
                     result.fromDisk += 1
                     try? insertIntoDRAM(b, arrival: .promoted)
                 default:
-                    break
+                    if let b = remoteWanted.contains(key) ? remoteBlocks[key] : remoteFallback(key) {
+                        block = b
+                        source = .remote
+                        result.fromRemote += 1
+                        try? insertIntoDRAM(b, arrival: .promoted)
+                    }
                 }
             }
             // A block stored under another KV layout (the state directory was written with
@@ -524,11 +543,25 @@ public final class TieredStore: @unchecked Sendable {
         }
     }
 
-    /// Moves a session's blocks from disk up to DRAM ahead of use (scheduler-aware prefetch).
+    /// A block the disk tier should have had but did not serve (damaged, dropped), from the
+    /// remote tier when it holds it.
+    private func remoteFallback(_ key: BlockKey) -> KVBlock? {
+        guard let remote, remote.knows(key) else { return nil }
+        return remote.get([key])[key]
+    }
+
+    /// Moves a session's blocks from disk (or the remote tier) up to DRAM ahead of use
+    /// (scheduler-aware prefetch).
     public func prefetch(session: String, completion: (@Sendable () -> Void)? = nil) {
         loader.async { [self] in
             for key in disk.keys(model: model, session: session) where !dram.contains(key) && !isInHBM(key) {
                 if case .hit(let b) = disk.get(key) { try? insertIntoDRAM(b, arrival: .promoted) }
+            }
+            if let remote {
+                let wanted = remote.knownKeys(session: session, model: model).filter {
+                    !dram.contains($0) && !isInHBM($0) && !disk.contains($0)
+                }
+                for b in remote.get(wanted).values { try? insertIntoDRAM(b, arrival: .promoted) }
             }
             completion?()
         }
@@ -538,6 +571,7 @@ public final class TieredStore: @unchecked Sendable {
     public func blockKeys(session: String) -> [Int: [BlockKey]] {
         var all = Set(disk.keys(model: model, session: session))
         all.formUnion(dram.keys(session: session, model: model))
+        if let remote { all.formUnion(remote.knownKeys(session: session, model: model)) }
         lock.withLock { all.formUnion(hbm.keys.filter { $0.session == session && $0.model == model }) }
         return Dictionary(grouping: all.sorted { $0.start < $1.start }, by: \.layer)
     }
@@ -566,6 +600,7 @@ public final class TieredStore: @unchecked Sendable {
         freeWhenNotDemoting(key.session) { $0 == key }
         _ = dram.remove(key)
         do { _ = try disk.delete(key) } catch { throw .disk(error) }
+        remote?.delete([key])
     }
 
     /// Forgets a session in every tier.
@@ -574,6 +609,7 @@ public final class TieredStore: @unchecked Sendable {
         freeWhenNotDemoting(session) { $0.session == session }
         _ = dram.removeAll(session: session)
         do { _ = try disk.deleteSession(model: model, session: session) } catch { throw .disk(error) }
+        remote?.delete(session: session, model: model)
         policy.forget(session: session)
     }
 
@@ -597,6 +633,37 @@ public final class TieredStore: @unchecked Sendable {
             throw .disk(error)
         }
         if !configuration.syncEveryDiskWrite { lock.withLock { unsyncedWrites += 1 } }
+        guard let remote else { return }
+        // The record goes out after the blocks saved before it, so a node that reads it finds them.
+        publisher.async { [self] in
+            waitForSaves()
+            remote.putMetadata(model: model, name: name, value: value)
+        }
+    }
+
+    /// A record from the disk tier, else from the remote tier (written by any node), else nil.
+    public func metadata(name: String) -> [UInt8]? {
+        disk.metadata(model: model, name: name) ?? remote?.metadata(model: model, name: name)
+    }
+
+    /// Deletes a record from the disk and remote tiers.
+    public func deleteMetadata(name: String) throws(StoreError) {
+        do { try disk.deleteMetadata(model: model, name: name) } catch { throw .disk(error) }
+        remote?.deleteMetadata(model: model, name: name)
+    }
+
+    /// Waits until the saves and records issued so far have gone out to the remote tier (or were
+    /// dropped): tests, and a node about to hand its chats over.
+    public func waitForRemoteWrites() {
+        waitForSaves()
+        publisher.sync {}
+        remote?.waitForWrites()
+    }
+
+    /// Records that the remote tier holds `keys` (a session record read from it names them), so
+    /// loads look for them there.
+    public func adoptRemote(_ keys: [BlockKey]) {
+        remote?.adopt(keys)
     }
 
     /// Closes the disk tier cleanly; with `flushingDRAM` (the default) DRAM-only blocks are
@@ -618,6 +685,8 @@ public final class TieredStore: @unchecked Sendable {
             failure = error
         }
         do { try disk.close() } catch { failure = failure ?? .disk(error) }
+        publisher.sync {}
+        remote?.waitForWrites()
         if let failure { throw failure }
     }
 
@@ -629,7 +698,7 @@ public final class TieredStore: @unchecked Sendable {
         h.blocks = arena.usedPages
         return StoreStats(
             hbm: h, dram: dram.stats, disk: disk.stats.tierStats, link: copyEngine.counters,
-            savesInFlight: inFlight.value)
+            savesInFlight: inFlight.value, remote: remote?.stats)
     }
 
     public func placement(session: String) -> SessionPlacement {
@@ -647,6 +716,7 @@ public final class TieredStore: @unchecked Sendable {
         if isInHBM(key) { tiers.append(.hbm) }
         if dram.contains(key) { tiers.append(.dram) }
         if disk.contains(key) { tiers.append(.disk) }
+        if let remote, remote.knows(key) { tiers.append(.remote) }
         return tiers
     }
 
