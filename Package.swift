@@ -108,7 +108,8 @@ let package = Package(
         .testTarget(name: "KVTierRedisTests", dependencies: ["KVTierRedis", "KVTierTestSupport"]),
         .testTarget(
             name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel", "KVTierRedis", "KVTierTestSupport"]),
-        .testTarget(name: "KVTierServerTests", dependencies: ["KVTierServer"], exclude: ["Scripts"]),
+        .testTarget(
+            name: "KVTierServerTests", dependencies: ["KVTierServer", "KVTierTestSupport"], exclude: ["Scripts"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -50,11 +50,14 @@ public struct KVTierReport: Codable, Sendable, Equatable {
         public var hbm: Int
         public var dram: Int
         public var disk: Int
+        /// Tokens whose KV came from the remote tier (0 without one; absent from older daemons).
+        public var remote: Int?
 
-        public init(hbm: Int, dram: Int, disk: Int) {
+        public init(hbm: Int, dram: Int, disk: Int, remote: Int? = nil) {
             self.hbm = hbm
             self.dram = dram
             self.disk = disk
+            self.remote = remote
         }
     }
 

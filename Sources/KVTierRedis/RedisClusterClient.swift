@@ -17,8 +17,14 @@ public final class RedisClusterClient: @unchecked Sendable {
         public var ioTimeout: Double = 2
         /// Rounds of redirection or retry one command gets before it fails.
         public var maxAttempts = 8
+        /// Of those, rounds in which a node could not be reached or no map could be had.
+        public var maxFailedRounds = 3
         /// First back-off between retry rounds (doubles each round, at most 0.5 s).
         public var backoff: Double = 0.02
+        /// A node whose connection failed is not tried again for this long (its commands fail at
+        /// once, unless a refreshed map routes them elsewhere): a stalled node costs one timeout,
+        /// not one per command.
+        public var downSeconds: Double = 1
 
         public init(seeds: [String], credentials: RedisConnection.Credentials? = nil) {
             self.seeds = seeds
@@ -49,6 +55,8 @@ public final class RedisClusterClient: @unchecked Sendable {
         public var retries = 0
         public var reconnects = 0
         public var topologyRefreshes = 0
+        /// Command groups not sent because their node was marked down.
+        public var skippedDown = 0
     }
 
     public let configuration: Configuration
@@ -58,6 +66,8 @@ public final class RedisClusterClient: @unchecked Sendable {
     private var connections: [String: RedisConnection] = [:]
     private var mapIsStale = true
     private var counters = Counters()
+    /// Nodes whose connection failed, until when they are left alone.
+    private var downUntil: [String: Date] = [:]
 
     public init(configuration: Configuration) {
         self.configuration = configuration
@@ -82,6 +92,7 @@ public final class RedisClusterClient: @unchecked Sendable {
         lock.withLock {
             for c in connections.values { c.close() }
             connections = [:]
+            downUntil = [:]
             mapIsStale = true
         }
     }
@@ -94,8 +105,9 @@ public final class RedisClusterClient: @unchecked Sendable {
         var asking: [Int: String] = [:]
         var lastFailure: RedisError?
         var attempt = 0
+        var failedRounds = 0
         while !pending.isEmpty {
-            if attempt >= configuration.maxAttempts {
+            if attempt >= configuration.maxAttempts || failedRounds >= configuration.maxFailedRounds {
                 throw lastFailure ?? .unavailable("\(pending.count) commands still redirected after \(attempt) rounds")
             }
             if attempt > 0 {
@@ -111,9 +123,11 @@ public final class RedisClusterClient: @unchecked Sendable {
                     throw .authentication(address: a, message: m)
                 } catch {
                     lastFailure = error
+                    failedRounds += 1
                     continue
                 }
             }
+            var unreachable = false
             var byNode: [String: [Int]] = [:]
             for i in pending {
                 guard let node = asking[i] ?? route(commands[i].key) else {
@@ -125,6 +139,15 @@ public final class RedisClusterClient: @unchecked Sendable {
             }
             var retry: [Int] = pending.filter { i in !byNode.values.contains { $0.contains(i) } }
             for (node, indices) in byNode.sorted(by: { $0.key < $1.key }) {
+                if let until = downUntil[node], until > Date() {
+                    counters.skippedDown += 1
+                    lastFailure = .connect(
+                        address: node,
+                        reason: "marked down after a failure; retried after \(configuration.downSeconds) s")
+                    retry += indices
+                    unreachable = true
+                    continue
+                }
                 let replies: [RESPValue]
                 do {
                     let connection = try connectionLocked(node)
@@ -139,11 +162,14 @@ public final class RedisClusterClient: @unchecked Sendable {
                 } catch {
                     connections[node]?.close()
                     connections[node] = nil
+                    downUntil[node] = Date().addingTimeInterval(configuration.downSeconds)
                     mapIsStale = true
                     lastFailure = error
                     retry += indices
+                    unreachable = true
                     continue
                 }
+                downUntil[node] = nil
                 var r = 0
                 for i in indices {
                     if asking[i] != nil { r += 1 }  // the reply to ASKING
@@ -179,6 +205,7 @@ public final class RedisClusterClient: @unchecked Sendable {
                     results[i] = reply
                 }
             }
+            if unreachable { failedRounds += 1 }
             pending = retry.sorted()
         }
         return results.map { $0 ?? .bulk(nil) }
@@ -207,8 +234,20 @@ public final class RedisClusterClient: @unchecked Sendable {
         for s in Set(slots.compactMap { $0 }).sorted() + configuration.seeds where !candidates.contains(s) {
             candidates.append(s)
         }
+        // Nodes marked down are asked last.
+        let now = Date()
+        candidates =
+            candidates.filter { (downUntil[$0] ?? .distantPast) <= now }
+            + candidates.filter { (downUntil[$0] ?? .distantPast) > now }
         var reasons: [String] = []
+        // A partition can leave every node accepting connections and answering nothing: give up
+        // after about two I/O timeouts rather than waiting on each node in turn.
+        let deadline = Date().addingTimeInterval(2 * (configuration.connectTimeout + configuration.ioTimeout))
         for node in candidates {
+            if Date() > deadline && !reasons.isEmpty {
+                reasons.append("gave up after \(reasons.count) nodes")
+                break
+            }
             do throws(RedisError) {
                 let connection = try connectionLocked(node)
                 let reply = try connection.pipeline([[Array("CLUSTER".utf8), Array("SLOTS".utf8)]])[0]
@@ -231,6 +270,7 @@ public final class RedisClusterClient: @unchecked Sendable {
             } catch {
                 connections[node]?.close()
                 connections[node] = nil
+                downUntil[node] = Date().addingTimeInterval(configuration.downSeconds)
                 reasons.append(error.description)
             }
         }

@@ -120,12 +120,16 @@ struct KVTierDaemon: AsyncParsableCommand {
         loaded.file.dropResidentTensorPages()
         let store: TieredStore
         do {
+            var storeConfiguration = c.store
+            storeConfiguration.remote = try c.remoteTier()
             store = try TieredStore(
-                configuration: c.store, model: fingerprint, layout: loaded.kvLayout, elementType: c.kvPrecision)
+                configuration: storeConfiguration, model: fingerprint, layout: loaded.kvLayout,
+                elementType: c.kvPrecision)
         } catch {
             throw ValidationError("\(error)")
         }
         DiskHealthLog.report(store.disk, logger: logger)
+        if let remote = store.remote { RemoteHealthLog.report(remote, logger: logger) }
         let engine = ChatEngine(model: loaded, store: store, configuration: c.engine)
         guard !terminal else {
             print(

@@ -13,7 +13,8 @@ final class RESPParserTests: XCTestCase {
     }
 
     func testRepliesSplitAnywhereAreParsedWhole() throws {
-        let stream = Array("+OK\r\n-MOVED 3999 127.0.0.1:6381\r\n:42\r\n$5\r\nhe\r\no\r\n$-1\r\n*2\r\n$1\r\na\r\n*-1\r\n".utf8)
+        let stream = Array(
+            "+OK\r\n-MOVED 3999 127.0.0.1:6381\r\n:42\r\n$5\r\nhe\r\no\r\n$-1\r\n*2\r\n$1\r\na\r\n*-1\r\n".utf8)
         var parser = RESPParser()
         var replies: [RESPValue] = []
         for b in stream {

@@ -31,11 +31,14 @@ final class RedisClusterClientTests: XCTestCase {
         // Each master holds the keys of its slots, and the slot map agrees with the server's.
         let masters = cluster.masterPorts()
         XCTAssertEqual(masters.count, 3)
-        let counts = masters.map { Int(cluster.cli($0, ["dbsize"]).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0 }
+        let counts = masters.map {
+            Int(cluster.cli($0, ["dbsize"]).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        }
         XCTAssertEqual(counts.reduce(0, +), keys.count)
         XCTAssertTrue(counts.allSatisfy { $0 > 50 }, "\(counts)")
         for k in keys.prefix(20) {
-            let slot = Int(cluster.cli(masters[0], ["cluster", "keyslot", k]).trimmingCharacters(in: .whitespacesAndNewlines))
+            let slot = Int(
+                cluster.cli(masters[0], ["cluster", "keyslot", k]).trimmingCharacters(in: .whitespacesAndNewlines))
             XCTAssertEqual(slot, HashSlot.of(Array(k.utf8)))
         }
         XCTAssertEqual(redis.stats.moved, 0)
@@ -81,8 +84,10 @@ final class RedisClusterClientTests: XCTestCase {
         let redis = client(cluster, seeds: cluster.seeds)
         let keys = (0..<200).map { "durable-\($0)" }
         _ = try redis.execute(keys.map { set($0, "v-" + $0) })
-        // Replication is asynchronous: wait until each master's replica has the writes.
-        for m in cluster.masterPorts() { cluster.cli(m, ["wait", "1", "2000"]) }
+        // Replication is asynchronous: wait until each master's replica has the writes (WAIT on
+        // the connections that wrote them, which the client routes by key).
+        let acks = try redis.execute(keys.map { .init(["WAIT", "1", "2000"], key: $0) })
+        XCTAssertTrue(acks.allSatisfy { $0 == .integer(1) }, "\(acks.prefix(3))")
         let victim = cluster.masterPorts()[0]
         cluster.signal(victim, SIGKILL)
         let deadline = Date().addingTimeInterval(20)

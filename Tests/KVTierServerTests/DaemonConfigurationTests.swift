@@ -28,6 +28,43 @@ final class DaemonConfigurationTests: XCTestCase {
         XCTAssertEqual(c.policy, .hintDriven)
     }
 
+    func testTheRemoteTierIsOffByDefaultAndReadsItsPasswordFromAPrivateFile() throws {
+        XCTAssertNil(try DaemonConfiguration().remoteTier())
+        let secret = FileManager.default.temporaryDirectory.appendingPathComponent("pw-\(UUID().uuidString)").path
+        try Data("s3cret\n".utf8).write(to: URL(fileURLWithPath: secret))
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: secret) }
+        chmod(secret, 0o640)
+        var c = DaemonConfiguration()
+        try c.apply(tomlFile: file("""
+            [store.remote]
+            seeds = ["10.0.0.1:7000", "redis-2.internal:7001"]
+            user = "kvtier"
+            password_file = "\(secret)"
+            key_prefix = "prod:"
+            max_object_bytes = "4MiB"
+            ttl_seconds = 0
+            retry_seconds = 2.5
+            """))
+        let r = try XCTUnwrap(c.remoteTier())
+        XCTAssertEqual(r.seeds, ["10.0.0.1:7000", "redis-2.internal:7001"])
+        XCTAssertEqual(r.user, "kvtier")
+        XCTAssertEqual(r.password, "s3cret", "the file's trailing newline is not part of the password")
+        XCTAssertEqual(r.keyPrefix, "prod:")
+        XCTAssertEqual(r.maxObjectBytes, 4 << 20)
+        XCTAssertEqual(r.ttlSeconds, 0)
+        XCTAssertEqual(r.retryIntervalSeconds, 2.5)
+
+        chmod(secret, 0o644)
+        XCTAssertThrowsError(try c.remoteTier()) { XCTAssertTrue("\($0)".contains("readable by every user"), "\($0)") }
+        c.remotePasswordFile = secret + ".missing"
+        XCTAssertThrowsError(try c.remoteTier()) { XCTAssertTrue("\($0)".contains("cannot read"), "\($0)") }
+        c.remotePasswordFile = nil
+        for bad in ["seeds = [\"no-port\"]", "seeds = [1, 2]", "seeds = \"a:1\"\nkey_prefix = \"{x}\""] {
+            var d = DaemonConfiguration()
+            XCTAssertThrowsError(try { try d.apply(tomlFile: file("[store.remote]\n" + bad)); _ = try d.remoteTier() }(), bad)
+        }
+    }
+
     func testValuesAreRead() throws {
         var c = DaemonConfiguration()
         try c.apply(tomlFile: file("""

@@ -13,20 +13,24 @@ final class RemoteTierTests: XCTestCase {
     let shape = KVShape(layers: 3, rowWidth: 3 * 64)
 
     private func store(
-        _ cluster: RedisClusterHarness, password: String? = nil, model: ModelFingerprint? = nil
+        _ cluster: RedisClusterHarness, password: String? = nil, model: ModelFingerprint? = nil, layers: Int? = nil
     ) throws -> TieredStore {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-remote-\(UUID().uuidString)").path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-remote-\(UUID().uuidString)")
+            .path
         addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
         var c = StoreConfiguration(stateDirectory: dir)
         c.blockTokens = 16
         c.hbmCapacityBytes = 16 << 20
         c.dramCapacityBytes = 16 << 20
         c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
-        var r = RemoteTierConfiguration(seeds: [cluster.seeds[0]], user: cluster.user, password: password ?? cluster.password)
+        var r = RemoteTierConfiguration(
+            seeds: cluster.seeds, user: cluster.user, password: password ?? cluster.password)
         r.retryIntervalSeconds = 0.2
         r.ioTimeoutSeconds = 0.5
         c.remote = r
-        return try TieredStore(configuration: c, model: model ?? self.model, shape: shape)
+        return try TieredStore(
+            configuration: c, model: model ?? self.model,
+            shape: KVShape(layers: layers ?? shape.layers, rowWidth: shape.rowWidth))
     }
 
     private func blocks(_ session: String) -> [KVBlock] {
@@ -89,10 +93,12 @@ final class RemoteTierTests: XCTestCase {
         let prefix = "kvtier:"
         func key(_ k: BlockKey) -> [UInt8] { RemoteRecordFormat.blockKey(k, prefix: prefix) }
         // Layer 0's first block: damaged (one byte flipped); its second: another block's value.
-        let v0 = try XCTUnwrap(redis.execute([.init([Array("GET".utf8), key(saved[0].key)], key: key(saved[0].key))])[0].bytes)
+        let v0 = try XCTUnwrap(
+            redis.execute([.init([Array("GET".utf8), key(saved[0].key)], key: key(saved[0].key))])[0].bytes)
         var flipped = v0
         flipped[flipped.count - 5] ^= 0x40
-        let v2 = try XCTUnwrap(redis.execute([.init([Array("GET".utf8), key(saved[2].key)], key: key(saved[2].key))])[0].bytes)
+        let v2 = try XCTUnwrap(
+            redis.execute([.init([Array("GET".utf8), key(saved[2].key)], key: key(saved[2].key))])[0].bytes)
         _ = try redis.execute([
             .init([Array("SET".utf8), key(saved[0].key), flipped], key: key(saved[0].key)),
             .init([Array("SET".utf8), key(saved[1].key), v2], key: key(saved[1].key)),
@@ -107,8 +113,9 @@ final class RemoteTierTests: XCTestCase {
         // A store of another model never sees this model's blocks: its keys name its own fingerprint.
         let other = try store(cluster, model: ModelFingerprint(value: 0xBEEF))
         let foreign = saved.map {
-            BlockKey(model: ModelFingerprint(value: 0xBEEF), session: $0.key.session, layer: $0.key.layer,
-                     start: $0.key.start, count: $0.key.count)
+            BlockKey(
+                model: ModelFingerprint(value: 0xBEEF), session: $0.key.session, layer: $0.key.layer,
+                start: $0.key.start, count: $0.key.count)
         }
         other.adoptRemote(foreign)
         let h2 = other.load(session: "1000:chat")
@@ -145,6 +152,47 @@ final class RemoteTierTests: XCTestCase {
         XCTAssertEqual(a.stats.remote?.writes, bs.count, "writes resume after recovery")
     }
 
+    func testAStalledMasterCostsATimeoutNotOnePerLayer() throws {
+        let cluster = try RedisClusterHarness()
+        let layers = 24
+        let a = try store(cluster, layers: layers)
+        let bs = (0..<layers).map { l in
+            let key = BlockKey(model: model, session: "1000:stuck", layer: l, start: 0, count: 16)
+            let bytes = (0..<(2 * 16 * shape.rowWidth * 2)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ l) }
+            return KVBlock(key: key, elementType: .f16, rowWidth: shape.rowWidth, payload: bytes)
+        }
+        for b in bs {
+            try a.admit(b)
+            a.save(b.key)
+        }
+        a.waitForRemoteWrites()
+        // Stop (SIGSTOP: connections open, nothing answers) the master of the session's slot.
+        let redis = RedisClusterClient(configuration: .init(seeds: cluster.seeds))
+        _ = try redis.execute([.init(["PING"], key: nil)])
+        let slot = HashSlot.of(RemoteRecordFormat.blockKey(bs[0].key, prefix: "kvtier:"))
+        let master = try XCTUnwrap(redis.master(ofSlot: slot).flatMap { Int($0.split(separator: ":")[1]) })
+        cluster.signal(master, SIGSTOP)
+        defer { cluster.signal(master, SIGCONT) }
+        let b = try store(cluster, layers: layers)
+        b.adoptRemote(bs.map(\.key))
+        let started = Date()
+        let handle = b.load(session: "1000:stuck")
+        var delivered = 0
+        for l in 0..<layers {
+            let load = handle.wait(layer: l)
+            for p in load.pages {
+                delivered += 1
+                XCTAssertTrue(Array(b.contents(of: p.page, bytes: bs[l].payload.count)) == bs[l].payload)
+            }
+        }
+        handle.release()
+        let seconds = Date().timeIntervalSince(started)
+        // Without the client marking the node down, every layer would wait out its own timeouts
+        // (two rounds of 0.5 s and a refresh): 24 layers, well over 20 s.
+        XCTAssertLessThan(seconds, 8, "\(delivered) of \(layers) layers delivered")
+        XCTAssertEqual(b.stats.remote?.health.state, .healthy, "one stalled master does not take the tier down")
+    }
+
     func testAFullClusterStopsWritesButKeepsServingReads() throws {
         let cluster = try RedisClusterHarness()
         let a = try store(cluster)
@@ -155,7 +203,8 @@ final class RemoteTierTests: XCTestCase {
         }
         _ = try saveOnNodeA(a, "1000:late")
         XCTAssertEqual(a.stats.remote?.health.state, .full)
-        XCTAssertTrue(a.stats.remote?.health.reason?.contains("OOM") ?? false, "\(String(describing: a.stats.remote?.health))")
+        XCTAssertTrue(
+            a.stats.remote?.health.reason?.contains("OOM") ?? false, "\(String(describing: a.stats.remote?.health))")
         let b = try store(cluster)
         b.adoptRemote(saved.map(\.key))
         let h = b.load(session: "1000:early")

@@ -1,17 +1,19 @@
 import Foundation
 
 #if canImport(XCTest)
-import XCTest
+    import XCTest
 #endif
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A real Redis Cluster for tests: `masters` redis-server processes, each with `replicas`
 /// replicas, on loopback ports in a temporary directory, joined with
 /// `redis-cli --cluster create`. Optionally with an ACL user (`user`, `password`) that the
 /// nodes also use among themselves. Every process is killed when the harness is shut down or
-/// released. `make setup` installs redis-server and redis-tools.
+/// released. `make setup` installs redis-server and redis-tools. The nodes are set up as
+/// docs/operations.md recommends for KVTier: `cluster-require-full-coverage no`, so the slots of
+/// live masters stay served while a failed master's replica takes over.
 public final class RedisClusterHarness: @unchecked Sendable {
     public let directory: URL
     public let ports: [Int]
@@ -27,12 +29,12 @@ public final class RedisClusterHarness: @unchecked Sendable {
     public init(masters: Int = 3, replicas: Int = 1, user: String? = nil, password: String? = nil) throws {
         for tool in ["redis-server", "redis-cli"] where Self.which(tool) == nil {
             #if canImport(XCTest)
-            if ProcessInfo.processInfo.environment["CI"] != nil {
-                XCTFail("\(tool) is missing; `make setup` installs redis-server and redis-tools")
-            }
-            throw XCTSkip("\(tool) not found; run `make setup`")
+                if ProcessInfo.processInfo.environment["CI"] != nil {
+                    XCTFail("\(tool) is missing; `make setup` installs redis-server and redis-tools")
+                }
+                throw XCTSkip("\(tool) not found; run `make setup`")
             #else
-            throw CocoaError(.fileNoSuchFile)
+                throw CocoaError(.fileNoSuchFile)
             #endif
         }
         self.user = user
@@ -102,7 +104,14 @@ public final class RedisClusterHarness: @unchecked Sendable {
                 let info = cli(p, ["cluster", "info"])
                 return info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
             }
-            if ok && !live.isEmpty { return }
+            // Replicas have finished their first sync (else a failover would lose everything).
+            let synced = live.allSatisfy { p in
+                let info = cli(p, ["info", "replication"])
+                return info.contains("role:master")
+                    || (info.contains("master_link_status:up")
+                        && info.contains("master_sync_in_progress:0"))
+            }
+            if ok && synced && !live.isEmpty { return }
             Thread.sleep(forTimeInterval: 0.1)
         }
         throw HarnessError("the Redis Cluster did not reach cluster_state:ok within \(timeout) s")
@@ -134,6 +143,7 @@ public final class RedisClusterHarness: @unchecked Sendable {
             cluster-config-file nodes.conf
             cluster-node-timeout 1000
             cluster-replica-validity-factor 0
+            cluster-require-full-coverage no
             save ""
             appendonly no
             logfile \(dir.appendingPathComponent("redis.log").path)
@@ -193,7 +203,8 @@ public final class RedisClusterHarness: @unchecked Sendable {
     }
 
     static func which(_ tool: String) -> String? {
-        for dir in ["/usr/bin", "/usr/local/bin", "/bin"] where FileManager.default.isExecutableFile(atPath: dir + "/" + tool) {
+        for dir in ["/usr/bin", "/usr/local/bin", "/bin"]
+        where FileManager.default.isExecutableFile(atPath: dir + "/" + tool) {
             return dir + "/" + tool
         }
         return nil

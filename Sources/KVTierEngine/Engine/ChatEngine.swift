@@ -482,6 +482,7 @@ public final class ChatEngine: @unchecked Sendable {
         report.hitsHBM = cache.tokensFrom[.hbm] ?? 0
         report.hitsDRAM = cache.tokensFrom[.dram] ?? 0
         report.hitsDisk = cache.tokensFrom[.disk] ?? 0
+        report.hitsRemote = cache.tokensFrom[.remote] ?? 0
         report.loadStallMs = cache.stallSeconds * 1000
         report.saveLagMs = saveSeconds * 1000
         report.ttftMs = Double(firstTokenAt - started) / 1e6

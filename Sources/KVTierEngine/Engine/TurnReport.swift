@@ -6,7 +6,7 @@ public struct TurnReport: Sendable, Codable {
     public var tokensRecomputed = 0
     public var tokensGenerated = 0
     /// Reused tokens served from each tier.
-    public var hitsHBM = 0, hitsDRAM = 0, hitsDisk = 0
+    public var hitsHBM = 0, hitsDRAM = 0, hitsDisk = 0, hitsRemote = 0
     public var ttftMs = 0.0
     /// With `GenerationOptions.logprobs`: one entry per token of the reply's text, in order.
     public var logprobs: [TokenLogprob]?

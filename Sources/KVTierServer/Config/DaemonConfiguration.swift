@@ -38,6 +38,14 @@ public struct DaemonConfiguration: Sendable {
     public var prefillChunkTokens = EngineConfiguration().prefillChunkTokens
     public var readAheadLayers = 8
     public var truncationFraction = 0.25
+    /// `[store.remote]`: the Redis Cluster tier shared by several nodes (off unless seeds are set).
+    public var remoteSeeds: [String] = []
+    public var remoteUser: String?
+    public var remotePasswordFile: String?
+    public var remoteKeyPrefix = "kvtier:"
+    public var remoteMaxObjectBytes = 8 << 20
+    public var remoteTTLSeconds = 7 * 86_400
+    public var remoteRetrySeconds = 5.0
 
     public init() {}
 
@@ -178,6 +186,18 @@ public struct DaemonConfiguration: Sendable {
         case "engine.prefill_chunk_tokens": prefillChunkTokens = try int(1...512)
         case "engine.read_ahead_layers": readAheadLayers = try int(0...1024)
         case "engine.truncation_fraction": truncationFraction = try number(0...0.9)
+        case "store.remote.seeds":
+            switch v {
+            case .strings(let a): remoteSeeds = a
+            case .string(let s): remoteSeeds = s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            default: throw bad("must be an array of \"host:port\" strings")
+            }
+        case "store.remote.user": remoteUser = try string()
+        case "store.remote.password_file": remotePasswordFile = try string()
+        case "store.remote.key_prefix": remoteKeyPrefix = try string()
+        case "store.remote.max_object_bytes": remoteMaxObjectBytes = try size(atLeast: 1 << 10)
+        case "store.remote.ttl_seconds": remoteTTLSeconds = try int(0...(365 * 86_400))
+        case "store.remote.retry_seconds": remoteRetrySeconds = try number(0.1...3600)
         default:
             throw Failure(description: "unknown key '\(key)'; see deploy/kvtierd.toml for the keys")
         }
@@ -203,6 +223,37 @@ public struct DaemonConfiguration: Sendable {
         c.diskRecovery = .serving
         c.diskRecovery.retryIntervalSeconds = diskRetrySeconds
         return c
+    }
+
+    /// The remote tier's configuration, its password read from `store.remote.password_file`
+    /// (which must not be readable by others); nil when no seeds are configured.
+    public func remoteTier() throws(Failure) -> RemoteTierConfiguration? {
+        guard !remoteSeeds.isEmpty else { return nil }
+        var r = RemoteTierConfiguration(seeds: remoteSeeds, user: remoteUser)
+        r.keyPrefix = remoteKeyPrefix
+        r.maxObjectBytes = remoteMaxObjectBytes
+        r.ttlSeconds = remoteTTLSeconds
+        r.retryIntervalSeconds = remoteRetrySeconds
+        if let path = remotePasswordFile {
+            guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                let data = FileManager.default.contents(atPath: path)
+            else {
+                throw Failure(description: "'store.remote.password_file': cannot read \(path)")
+            }
+            let mode = (attributes[.posixPermissions] as? NSNumber)?.uint16Value ?? 0
+            guard mode & 0o007 == 0 else {
+                throw Failure(
+                    description: "'store.remote.password_file': \(path) is readable by every user; "
+                        + "chmod o-rwx it (0600 or 0640)")
+            }
+            let password = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !password.isEmpty else {
+                throw Failure(description: "'store.remote.password_file': \(path) is empty")
+            }
+            r.password = password
+        }
+        if let problem = r.problem { throw Failure(description: problem) }
+        return r
     }
 
     /// The engine's configuration.

@@ -12,7 +12,9 @@ enum TOMLConfigFile {
         case integer(Int)
         case float(Double)
         case bool(Bool)
-        /// An array, date or time: no key takes one; the setter's error says what it wants.
+        /// An array of strings (`store.remote.seeds`).
+        case strings([String])
+        /// Another array, a date or time: no key takes one; the setter's error says what it wants.
         case other(String)
     }
 
@@ -178,7 +180,10 @@ enum TOMLConfigFile {
         case .int: return v.int.map(Value.integer) ?? .other("an integer")
         case .double: return v.double.map(Value.float) ?? .other("a float")
         case .bool: return v.bool.map(Value.bool) ?? .other("a boolean")
-        case .array: return .other("an array")
+        case .array:
+            guard let a = v.array else { return .other("an array") }
+            let strings = a.compactMap { $0.string }
+            return strings.count == a.count ? .strings(strings) : .other("an array of non-strings")
         case .table: return .other("a table")
         case .date, .time, .dateTime: return .other("a date or time")
         }

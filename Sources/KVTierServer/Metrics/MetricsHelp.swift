@@ -29,8 +29,8 @@ enum MetricsHelp {
         "kvtier_tier_bytes_in_total": "Bytes written into a tier.",
         "kvtier_tier_bytes_out_total": "Bytes moved out of a tier.",
         "kvtier_tier_checksum_failures_total": "Blocks whose checksum failed when read (recomputed instead).",
-        "kvtier_tier_degraded": "1 while the disk tier is degraded (kvtierd serves from HBM and DRAM).",
-        "kvtier_tier_write_errors_total": "Writes the disk tier failed.",
+        "kvtier_tier_degraded": "1 while the disk or remote tier is degraded (kvtierd serves from the tiers above it).",
+        "kvtier_tier_write_errors_total": "Writes the disk tier (or requests the remote tier) failed.",
     ]
 
     /// `exposition` with a `# HELP` line before every `# TYPE` line that has none.

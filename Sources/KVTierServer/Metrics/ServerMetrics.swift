@@ -68,7 +68,9 @@ public final class ServerMetrics: Sendable {
         tokensGenerated.increment(by: r.tokensGenerated)
         truncatedTokens.increment(by: r.truncatedTokens)
         CoreMetrics.Counter(label: "kvtier_turns_total", dimensions: [("finish_reason", r.stopReason)], factory: factory).increment()
-        for (tier, n) in [("hbm", r.hitsHBM), ("dram", r.hitsDRAM), ("disk", r.hitsDisk)] where n > 0 {
+        for (tier, n) in [
+            ("hbm", r.hitsHBM), ("dram", r.hitsDRAM), ("disk", r.hitsDisk), ("remote", r.hitsRemote),
+        ] where n > 0 {
             CoreMetrics.Counter(label: "kvtier_tokens_served_total", dimensions: [("tier", tier)], factory: factory).increment(by: n)
         }
     }
@@ -114,7 +116,7 @@ public final class ServerMetrics: Sendable {
                     ("kvtier_tier_bytes_out_total", t.bytesOut), ("kvtier_tier_checksum_failures_total", t.checksumFailures),
                 ]
                 if let health = t.health {
-                    // Only the disk tier reports health: 1 while degraded, and its failed writes.
+                    // The disk and remote tiers report health: 1 while degraded (or full), and failed writes.
                     CoreMetrics.Meter(label: "kvtier_tier_degraded", dimensions: dims, factory: factory).set(health.isHealthy ? 0 : 1)
                     totals.append(("kvtier_tier_write_errors_total", health.writeErrors))
                 }

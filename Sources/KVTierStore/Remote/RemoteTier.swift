@@ -214,13 +214,13 @@ public final class RemoteTier: @unchecked Sendable {
         }
         let replies: [RESPValue]
         do {
-            replies = try reader.execute(keys.map { k in
-                let rk = key(k)
-                return .init([Array("GET".utf8), rk], key: rk)
-            })
+            replies = try reader.execute(
+                keys.map { k in
+                    let rk = key(k)
+                    return .init([Array("GET".utf8), rk], key: rk)
+                })
         } catch {
-            lock.withLock { counters.errors += 1 }
-            degrade(.degraded, error)
+            readFailed(error)
             return [:]
         }
         var found: [BlockKey: KVBlock] = [:]
@@ -260,9 +260,18 @@ public final class RemoteTier: @unchecked Sendable {
             }
             return value
         } catch {
-            lock.withLock { counters.errors += 1 }
-            degrade(.degraded, error)
+            readFailed(error)
             return nil
+        }
+    }
+
+    /// A read that failed is a miss. It degrades the tier only when the whole cluster is out of
+    /// reach or refuses us; one node down (a failover under way) costs only its own keys.
+    private func readFailed(_ error: RedisError) {
+        lock.withLock { counters.errors += 1 }
+        switch error {
+        case .noTopology, .authentication: degrade(.degraded, error)
+        default: break
         }
     }
 
@@ -345,7 +354,9 @@ public final class RemoteTier: @unchecked Sendable {
         let k = Array("\(configuration.keyPrefix)probe".utf8)
         let reply: RESPValue
         do {
-            reply = try writer.execute([.init([Array("SET".utf8), k, Array("1".utf8), Array("EX".utf8), Array("60".utf8)], key: k)])[0]
+            reply = try writer.execute([
+                .init([Array("SET".utf8), k, Array("1".utf8), Array("EX".utf8), Array("60".utf8)], key: k)
+            ])[0]
         } catch {
             degrade(.degraded, error)
             return

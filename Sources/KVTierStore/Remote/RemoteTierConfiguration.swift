@@ -18,8 +18,9 @@ public struct RemoteTierConfiguration: Sendable, Equatable {
     public var maxPendingWriteBytes = 256 << 20
     /// How often a degraded tier probes the cluster.
     public var retryIntervalSeconds = 5.0
-    public var connectTimeoutSeconds = 1.0
-    public var ioTimeoutSeconds = 2.0
+    /// Bounds on one connect and one reply: a stalled node costs a turn at most a few of these.
+    public var connectTimeoutSeconds = 0.5
+    public var ioTimeoutSeconds = 0.5
 
     public init(seeds: [String], user: String? = nil, password: String? = nil) {
         self.seeds = seeds

@@ -57,3 +57,18 @@ public struct RemoteTierStats: Sendable, Equatable, Codable {
     /// read from it).
     public var knownBlocks = 0
 }
+
+extension RemoteTierStats {
+    /// The remote tier in the store's per-tier table (`/v1/tiers`, metrics, `kvtierctl tiers`):
+    /// blocks it knows of, reads and writes in stored bytes, corrupt values as checksum failures,
+    /// and its health in the disk tier's form ("full" is degraded but readable).
+    public var tierStats: TierStats {
+        var h = DiskTierHealth(
+            state: health.isHealthy ? .healthy : .degraded, reason: health.reason, action: health.action,
+            since: health.since, readable: health.readable, writeErrors: errors)
+        if health.state == .full { h.notice = "the cluster is full (maxmemory): writes are dropped" }
+        return TierStats(
+            tier: "remote", blocks: knownBlocks, hits: hits, misses: misses, bytesIn: bytesWritten, bytesOut: bytesRead,
+            checksumFailures: corrupt, health: h)
+    }
+}

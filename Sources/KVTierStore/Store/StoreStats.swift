@@ -8,8 +8,8 @@ public struct StoreStats: Sendable {
     /// The remote tier's counters and health (nil: no remote tier configured).
     public var remote: RemoteTierStats?
 
-    /// The three tiers, top to bottom.
-    public var tiers: [TierStats] { [hbm, dram, disk] }
+    /// The tiers, top to bottom (the remote tier last, when configured).
+    public var tiers: [TierStats] { [hbm, dram, disk] + (remote.map { [$0.tierStats] } ?? []) }
 }
 
 /// Where one session's blocks are, per layer.

@@ -613,7 +613,8 @@ public final class TieredStore: @unchecked Sendable {
         policy.forget(session: session)
     }
 
-    /// Writes every DRAM block that is not yet on disk, then syncs the disk tier.
+    /// Writes every DRAM block that is not yet on disk, then syncs the disk tier, then waits for
+    /// the writes queued for the remote tier (what a node does before it is drained).
     public func flush() throws(StoreError) {
         waitForSaves()
         for s in dram.sessions {
@@ -622,6 +623,7 @@ public final class TieredStore: @unchecked Sendable {
             }
         }
         do { try disk.flush() } catch { throw .disk(error) }
+        waitForRemoteWrites()
     }
 
     /// Stores a small record (the engine's session state) in the disk tier with the same

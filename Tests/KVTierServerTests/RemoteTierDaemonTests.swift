@@ -1,0 +1,159 @@
+import Foundation
+import KVTierTestSupport
+import XCTest
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Several real kvtierd nodes sharing a real Redis Cluster (three masters, three replicas on
+/// loopback, an ACL user whose password the nodes read from a file): a chat follows its session
+/// id to any node, and a node that cannot use the cluster keeps serving from its local tiers.
+final class RemoteTierDaemonTests: XCTestCase {
+    private struct Node {
+        let socket: String
+        let process: Process
+    }
+
+    /// F32 KV, so that reuse must equal recomputation bit for bit; 16-token blocks, so that a
+    /// short chat spans several.
+    private func startNode(_ dir: String, _ name: String, cluster: RedisClusterHarness?, password: String? = nil) throws
+        -> Node
+    {
+        var config = "[store]\nkv_precision = \"f32\"\nblock_tokens = 16\n"
+        if let cluster {
+            let file = dir + "/\(name)-redis-password"
+            try Data((password ?? cluster.password ?? "").utf8).write(to: URL(fileURLWithPath: file))
+            chmod(file, 0o600)
+            config += "[store.remote]\nseeds = [\"\(cluster.seeds[0])\", \"\(cluster.seeds[1])\"]\n"
+            config += "user = \"\(cluster.user ?? "default")\"\npassword_file = \"\(file)\"\nretry_seconds = 0.5\n"
+        }
+        let socket = dir + "/\(name)/k.sock"
+        let p = try startDaemon(
+            socket: socket, state: dir + "/\(name)/state", config: config, log: dir + "/\(name).log")
+        addTeardownBlock { terminate(p) }
+        return Node(socket: socket, process: p)
+    }
+
+    private func reply(_ r: (status: Int, json: [String: Any])) -> String? {
+        ((r.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
+    }
+
+    private func hits(_ r: (status: Int, json: [String: Any])) -> [String: Any] {
+        ((r.json["kvtier"] as? [String: Any])?["hits"] as? [String: Any]) ?? [:]
+    }
+
+    private func remoteTier(_ node: Node) throws -> [String: Any] {
+        let (status, body) = try rawRequest(node.socket, "GET", "/v1/tiers")
+        XCTAssertEqual(status, 200)
+        let tiers = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [[String: Any]] ?? []
+        return tiers.first { $0["tier"] as? String == "remote" } ?? [:]
+    }
+
+    func testASecondNodeResumesAChatFromTheClusterAndRepliesAsARecomputation() throws {
+        let cluster = try RedisClusterHarness(user: "kvtier", password: "pw-\(UUID().uuidString)")
+        let dir = try temporaryDirectory(self)
+        let a = try startNode(dir, "a", cluster: cluster)
+        let b = try startNode(dir, "b", cluster: cluster)
+        let fresh = try startNode(dir, "fresh", cluster: nil)
+
+        var history: [(String, String)] = [
+            ("system", "You are a concise travel guide."), ("user", "Name three things to see in Lisbon."),
+        ]
+        let r1 = try chat(a.socket, history, session: "trip", maxTokens: 24)
+        XCTAssertEqual(r1.status, 200)
+        history += [("assistant", try XCTUnwrap(reply(r1))), ("user", "Which of them is best at sunset?")]
+        // Node A hands over: its writes to the cluster are done (what an operator does before a drain).
+        XCTAssertEqual(try request(a.socket, "POST", "/v1/flush").status, 200)
+        XCTAssertGreaterThan(try remoteTier(a)["bytes_in"] as? Int ?? 0, 0)
+
+        let r2 = try chat(b.socket, history, session: "trip", maxTokens: 16)
+        XCTAssertEqual(r2.status, 200)
+        let report = try XCTUnwrap(r2.json["kvtier"] as? [String: Any])
+        let reused = report["tokens_reused"] as? Int ?? 0
+        XCTAssertGreaterThan(reused, 32, "node B reuses node A's KV: \(report)")
+        XCTAssertEqual(hits(r2)["remote"] as? Int, reused, "every reused token came from the cluster: \(report)")
+        // The same turn computed from scratch on a node that never saw the chat.
+        let r3 = try chat(fresh.socket, history, session: "trip", maxTokens: 16)
+        XCTAssertEqual((r3.json["kvtier"] as? [String: Any])?["tokens_reused"] as? Int, 0)
+        XCTAssertEqual(reply(r2), reply(r3), "KV from the cluster gives the recomputation's reply")
+        XCTAssertNotNil(reply(r2))
+
+        // Another user's session of the same name is not this one: the key carries the owner.
+        XCTAssertEqual(try remoteTier(b)["checksum_failures"] as? Int, 0)
+        let h = try XCTUnwrap(try remoteTier(b)["health"] as? [String: Any])
+        XCTAssertEqual(h["state"] as? String, "healthy")
+    }
+
+    func testKillingAMasterWhileChatsRunServesNoWrongKVAndTheTierRecovers() throws {
+        let cluster = try RedisClusterHarness(user: "kvtier", password: "pw-\(UUID().uuidString)")
+        let dir = try temporaryDirectory(self)
+        let a = try startNode(dir, "a", cluster: cluster)
+        let b = try startNode(dir, "b", cluster: cluster)
+        let fresh = try startNode(dir, "fresh", cluster: nil)
+        let topics = ["volcanoes", "tides", "bread", "chess", "owls", "glaciers"]
+        var histories: [String: [(String, String)]] = [:]
+        for t in topics {
+            var h: [(String, String)] = [("user", "Tell me one fact about \(t).")]
+            let r = try chat(a.socket, h, session: t, maxTokens: 20)
+            h += [("assistant", try XCTUnwrap(reply(r))), ("user", "And another one?")]
+            histories[t] = h
+        }
+        XCTAssertEqual(try request(a.socket, "POST", "/v1/flush").status, 200)
+        // The master holding the fewest session records goes, so that most chats can still be
+        // resumed from the cluster (a chat whose record went with it is recomputed).
+        let records = { (port: Int) in
+            cluster.cli(port, ["--scan", "--pattern", "*session/*"]).split(separator: "\n").count
+        }
+        let victim = try XCTUnwrap(cluster.masterPorts().min { records($0) < records($1) })
+        cluster.signal(victim, SIGKILL)
+        // Turn 2 of every chat on node B while the replica takes over: a block the cluster cannot
+        // serve (its master is down, or the promoted replica had not received it yet) is
+        // recomputed, and whatever is served must give the recomputation's reply.
+        for t in topics {
+            let h = try XCTUnwrap(histories[t])
+            let r = try chat(b.socket, h, session: t, maxTokens: 12)
+            XCTAssertEqual(r.status, 200)
+            let expected = try chat(fresh.socket, h, session: t, maxTokens: 12)
+            XCTAssertEqual(reply(r), reply(expected), "chat '\(t)' on node B differs from its recomputation")
+        }
+        let tierB = try remoteTier(b)
+        XCTAssertGreaterThan(tierB["hits"] as? Int ?? 0, 0, "the surviving masters served blocks: \(tierB)")
+        try cluster.waitUntilServing(timeout: 20)
+        // The tier recovers by itself: node A's writes reach the cluster again.
+        let deadline = Date().addingTimeInterval(20)
+        var healthy = false
+        while !healthy && Date() < deadline {
+            _ = try chat(a.socket, [("user", "Say hi \(Date().timeIntervalSince1970)")], session: nil, maxTokens: 2)
+            _ = try request(a.socket, "POST", "/v1/flush")
+            let h = try remoteTier(a)["health"] as? [String: Any]
+            healthy = h?["state"] as? String == "healthy"
+            if !healthy { Thread.sleep(forTimeInterval: 0.5) }
+        }
+        let last = try remoteTier(a)
+        XCTAssertTrue(healthy, "node A's remote tier did not recover: \(last)")
+        XCTAssertEqual(try remoteTier(b)["checksum_failures"] as? Int, 0)
+    }
+
+    func testAWrongPasswordLeavesTheNodeServingFromItsLocalTiersWithOneLogLine() throws {
+        let cluster = try RedisClusterHarness(user: "kvtier", password: "the-right-one")
+        let dir = try temporaryDirectory(self)
+        let a = try startNode(dir, "a", cluster: cluster, password: "a-wrong-one")
+        var history: [(String, String)] = [("user", "What is two plus two?")]
+        let r1 = try chat(a.socket, history, session: "math", maxTokens: 8)
+        XCTAssertEqual(r1.status, 200)
+        history += [("assistant", try XCTUnwrap(reply(r1))), ("user", "And three plus three?")]
+        _ = try request(a.socket, "POST", "/v1/flush")
+        let r2 = try chat(a.socket, history, session: "math", maxTokens: 8)
+        XCTAssertEqual(r2.status, 200)
+        XCTAssertGreaterThan((r2.json["kvtier"] as? [String: Any])?["tokens_reused"] as? Int ?? 0, 0)
+        let h = try XCTUnwrap(try remoteTier(a)["health"] as? [String: Any])
+        XCTAssertEqual(h["state"] as? String, "degraded")
+        XCTAssertTrue((h["reason"] as? String ?? "").contains("WRONGPASS"), "\(h)")
+        terminate(a.process)
+        let log = try String(contentsOfFile: dir + "/a.log", encoding: .utf8)
+        let lines = log.split(separator: "\n").filter { $0.contains("remote tier degraded") }
+        XCTAssertEqual(lines.count, 1, "one log line for the change, not one per failed write:\n\(log.suffix(2000))")
+        XCTAssertTrue(lines.first?.contains("password_file") ?? false, "\(lines)")
+    }
+}
