@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test boot-test deb run bench bench-replay bench-replay-quick bench-peers bench-serve plot-deps reliability sanitize install uninstall clean
+.PHONY: all setup deps model data build release test boot-test deb run bench bench-replay bench-replay-quick bench-peers bench-serve bench-remote plot-deps reliability sanitize install uninstall clean
 
 all: build
 
@@ -95,6 +95,17 @@ bench-peers: setup data release plot-deps
 bench-serve: setup release
 	deploy/bench/llama-server.sh build
 	.build/release/kvtier-bench serve --model $(MODEL) --out $(BENCH_DIR)/serve
+
+## bench-remote: a chat's turn 2 on another node, KV from a local Redis Cluster (started and
+## stopped here, deploy/bench/redis-cluster.sh) against recomputation and local reuse
+REMOTE_PORT ?= 27200
+bench-remote: setup release
+	@deploy/bench/redis-cluster.sh stop $(abspath $(RUN_DIR))/redis-cluster
+	@rm -rf $(RUN_DIR)/redis-cluster
+	deploy/bench/redis-cluster.sh start $(abspath $(RUN_DIR))/redis-cluster $(REMOTE_PORT)
+	.build/release/kvtier-bench remote --model $(MODEL) --out $(BENCH_DIR)/remote \
+		--seeds 127.0.0.1:$(REMOTE_PORT),127.0.0.1:$$(($(REMOTE_PORT)+1)),127.0.0.1:$$(($(REMOTE_PORT)+2))
+	deploy/bench/redis-cluster.sh stop $(abspath $(RUN_DIR))/redis-cluster
 
 RELIABILITY_OUT ?= $(RUN_DIR)/reliability
 RELIABILITY_TESTS ?= CrashSafety|RestartTime|HostileClient|Overload|Isolation|Fault|Deployment|DaemonAccess

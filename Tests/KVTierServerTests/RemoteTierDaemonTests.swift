@@ -79,7 +79,26 @@ final class RemoteTierDaemonTests: XCTestCase {
         XCTAssertEqual(reply(r2), reply(r3), "KV from the cluster gives the recomputation's reply")
         XCTAssertNotNil(reply(r2))
 
-        // Another user's session of the same name is not this one: the key carries the owner.
+        // A chat that moves while its node is still writing: node A answers turn 2 and the same
+        // turn reaches node B at once. The blocks A's new record no longer names are deleted only
+        // after that record is out, so whichever record B reads, its blocks are there.
+        var quick: [(String, String)] = [("user", "List four rivers of Europe and one fact about each.")]
+        let q1 = try chat(a.socket, quick, session: "quick", maxTokens: 24)
+        quick += [("assistant", try XCTUnwrap(reply(q1))), ("user", "Which is the longest?")]
+        let usage1 = try XCTUnwrap(q1.json["usage"] as? [String: Any])
+        let finish1 = (q1.json["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String
+        let cachedAfterTurn1 =
+            (usage1["prompt_tokens"] as? Int ?? 0) + (usage1["completion_tokens"] as? Int ?? 0)
+            - (finish1 == "length" ? 1 : 0)
+        XCTAssertEqual(try request(a.socket, "POST", "/v1/flush").status, 200)
+        _ = try chat(a.socket, quick, session: "quick", maxTokens: 8)
+        let q2 = try chat(b.socket, quick, session: "quick", maxTokens: 8)
+        let quickReport = q2.json["kvtier"] as? [String: Any] ?? [:]
+        // Turn 1's record names every token up to its reply; turn 2's, every token of the prompt.
+        XCTAssertGreaterThanOrEqual(
+            quickReport["tokens_reused"] as? Int ?? 0, cachedAfterTurn1, "node B found A's blocks: \(quickReport)")
+        XCTAssertEqual(quickReport["blocks_recovered"] as? Int, 0, "\(quickReport)")
+
         XCTAssertEqual(try remoteTier(b)["checksum_failures"] as? Int, 0)
         let h = try XCTUnwrap(try remoteTier(b)["health"] as? [String: Any])
         XCTAssertEqual(h["state"] as? String, "healthy")

@@ -27,6 +27,7 @@ final class RemoteTierTests: XCTestCase {
             seeds: cluster.seeds, user: cluster.user, password: password ?? cluster.password)
         r.retryIntervalSeconds = 0.2
         r.ioTimeoutSeconds = 0.5
+        r.retireSeconds = 0.5
         c.remote = r
         return try TieredStore(
             configuration: c, model: model ?? self.model,
@@ -83,6 +84,29 @@ final class RemoteTierTests: XCTestCase {
         a.waitForRemoteWrites()
         XCTAssertEqual(b.metadata(name: "session/1000:chat"), Array("state".utf8))
         XCTAssertNil(b.metadata(name: "session/1000:other"))
+    }
+
+    func testABlockNoLongerReferencedLeavesTheClusterOnlyAfterAGraceUnlessWrittenAgain() throws {
+        let cluster = try RedisClusterHarness()
+        let a = try store(cluster)
+        let saved = try saveOnNodeA(a, "1000:chat")
+        let redis = RedisClusterClient(configuration: .init(seeds: cluster.seeds))
+        func inCluster(_ k: BlockKey) throws -> Bool {
+            let key = RemoteRecordFormat.blockKey(k, prefix: "kvtier:")
+            return try redis.execute([.init([Array("EXISTS".utf8), key], key: key)])[0] == .integer(1)
+        }
+        let (gone, rewritten) = (saved[0], saved[1])
+        try a.remove(gone.key)
+        try a.remove(rewritten.key)
+        try a.admit(rewritten)  // a new version under the same key, within the grace
+        a.save(rewritten.key)
+        a.waitForRemoteWrites()
+        XCTAssertTrue(try inCluster(gone.key), "a node that read the old record can still load it")
+        Thread.sleep(forTimeInterval: 1.0)
+        a.waitForRemoteWrites()
+        XCTAssertFalse(try inCluster(gone.key), "retired after the grace")
+        XCTAssertTrue(try inCluster(rewritten.key), "a block written again is not deleted by its retirement")
+        XCTAssertTrue(try inCluster(saved[2].key))
     }
 
     func testDamagedForeignAndOtherModelsValuesAreNeverServed() throws {

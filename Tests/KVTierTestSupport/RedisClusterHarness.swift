@@ -144,6 +144,7 @@ public final class RedisClusterHarness: @unchecked Sendable {
             cluster-node-timeout 1000
             cluster-replica-validity-factor 0
             cluster-require-full-coverage no
+            repl-diskless-sync-delay 0
             save ""
             appendonly no
             logfile \(dir.appendingPathComponent("redis.log").path)

@@ -11,7 +11,8 @@ import KVTierRedis
 ///   probe, in the order they were asked for.
 /// - Reads run on the caller's thread (the store's loader) through `reader`, a second client
 ///   (its own lock), so a read never waits behind a long write-back.
-/// - `lock` guards `pending`, `known`, `health`, `counters` and `observer`; never held across I/O.
+/// - `lock` guards `pending`, `known`, `retiring`, `health`, `counters` and `observer`; never held
+///   across I/O.
 public final class RemoteTier: @unchecked Sendable {
     public let configuration: RemoteTierConfiguration
     private let reader: RedisClusterClient
@@ -43,6 +44,8 @@ public final class RemoteTier: @unchecked Sendable {
     private var pending: [Write] = []
     private var draining = false
     private var known: [String: Set<BlockKey>] = [:]
+    /// Blocks `retire` will delete unless they are written again first.
+    private var retiring: Set<BlockKey> = []
     private var health = RemoteTierHealth()
     private var counters = RemoteTierStats()
     private var observer: (@Sendable (RemoteTierHealth) -> Void)?
@@ -67,6 +70,7 @@ public final class RemoteTier: @unchecked Sendable {
 
     /// Queues `block` for the cluster; dropped (counted) when the tier cannot take it.
     public func put(_ block: KVBlock) {
+        lock.withLock { _ = retiring.remove(block.key) }
         enqueue(.block(block))
     }
 
@@ -75,9 +79,27 @@ public final class RemoteTier: @unchecked Sendable {
         for k in keys { enqueue(.delete(key: key(k), block: k)) }
     }
 
-    /// Queues the deletion of every block of `session` this tier knows of.
-    public func delete(session: String, model: ModelFingerprint) {
-        delete(knownKeys(session: session, model: model))
+    /// Deletes blocks nobody here references any more, `retireSeconds` from now: a node that read
+    /// the record naming them just before the record that no longer does went out still finds
+    /// them. A block written again meanwhile is not deleted.
+    public func retire(_ keys: [BlockKey]) {
+        guard !keys.isEmpty else { return }
+        lock.withLock { retiring.formUnion(keys) }
+        let delay = DispatchTimeInterval.milliseconds(Int(configuration.retireSeconds * 1000))
+        queue.asyncAfter(deadline: .now() + delay) { [weak self] in
+            guard let self else { return }
+            let due = lock.withLock { () -> [BlockKey] in
+                let still = keys.filter { retiring.contains($0) }
+                retiring.subtract(still)
+                return still
+            }
+            delete(due)
+        }
+    }
+
+    /// Retires every block of `session` this tier knows of.
+    public func retire(session: String, model: ModelFingerprint) {
+        retire(knownKeys(session: session, model: model))
     }
 
     public func putMetadata(model: ModelFingerprint, name: String, value: [UInt8]) {

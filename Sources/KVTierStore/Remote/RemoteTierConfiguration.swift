@@ -16,6 +16,9 @@ public struct RemoteTierConfiguration: Sendable, Equatable {
     /// Writes waiting to go out beyond this are dropped (counted), so a slow cluster never
     /// holds memory or a turn.
     public var maxPendingWriteBytes = 256 << 20
+    /// Blocks no longer referenced are deleted from the cluster this long after (another node may
+    /// still be loading them for a record it read just before).
+    public var retireSeconds = 10.0
     /// How often a degraded tier probes the cluster.
     public var retryIntervalSeconds = 5.0
     /// Bounds on one connect and one reply: a stalled node costs a turn at most a few of these.

@@ -600,7 +600,7 @@ public final class TieredStore: @unchecked Sendable {
         freeWhenNotDemoting(key.session) { $0 == key }
         _ = dram.remove(key)
         do { _ = try disk.delete(key) } catch { throw .disk(error) }
-        remote?.delete([key])
+        remote?.retire([key])
     }
 
     /// Forgets a session in every tier.
@@ -609,7 +609,7 @@ public final class TieredStore: @unchecked Sendable {
         freeWhenNotDemoting(session) { $0.session == session }
         _ = dram.removeAll(session: session)
         do { _ = try disk.deleteSession(model: model, session: session) } catch { throw .disk(error) }
-        remote?.delete(session: session, model: model)
+        remote?.retire(session: session, model: model)
         policy.forget(session: session)
     }
 

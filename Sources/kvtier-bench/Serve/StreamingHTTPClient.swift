@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Unsafe-pointer fence: the sockets of the serving benchmark's client.
@@ -54,28 +55,52 @@ struct StreamingHTTPClient: Sendable {
             try reader.feed(buffer[0..<n], onEvent: onEvent)
             if reader.finished { break }
         }
-        guard let status = reader.status else { throw Failure(description: "\(endpoint) closed the connection before a response head") }
+        guard let status = reader.status else {
+            throw Failure(description: "\(endpoint) closed the connection before a response head")
+        }
         if status != 200 {
-            throw Failure(description: "\(endpoint) answered \(status): \(String(decoding: reader.rawBody.prefix(300), as: UTF8.self))")
+            throw Failure(
+                description:
+                    "\(endpoint) answered \(status): \(String(decoding: reader.rawBody.prefix(300), as: UTF8.self))")
         }
         return status
     }
 
     /// GET `path`; returns the status (the body is read and dropped).
     func get(_ path: String) throws -> Int {
+        try exchange("GET", path, body: nil, readBody: false).status
+    }
+
+    /// POST a JSON `body` to `path`; returns the status.
+    func post(_ path: String, body: [UInt8]) throws -> Int {
+        try exchange("POST", path, body: body, readBody: true).status
+    }
+
+    /// GET `path` and parse its (small, at most 4 KiB) body as JSON.
+    func getJSON(_ path: String) throws -> Any {
+        try JSONSerialization.jsonObject(with: Data(exchange("GET", path, body: nil, readBody: true).body))
+    }
+
+    private func exchange(_ method: String, _ path: String, body: [UInt8]?, readBody: Bool) throws
+        -> (status: Int, body: [UInt8])
+    {
         let fd = try connect()
         defer { close(fd) }
-        try writeAll(fd, Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".utf8))
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
+        try writeAll(fd, Array((head + "\r\n").utf8) + (body ?? []))
         var reader = ResponseReader()
         var buffer = [UInt8](repeating: 0, count: 4096)
-        while reader.status == nil {
+        while reader.status == nil || (readBody && !reader.finished) {
             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { break }
             try reader.feed(buffer[0..<n]) { _ in }
         }
-        guard let status = reader.status else { throw Failure(description: "\(endpoint) closed the connection before a response head") }
-        return status
+        guard let status = reader.status else {
+            throw Failure(description: "\(endpoint) closed the connection before a response head")
+        }
+        return (status, reader.rawBody)
     }
 
     private func connect() throws -> Int32 {
@@ -114,7 +139,9 @@ struct StreamingHTTPClient: Sendable {
     /// Connects `fd` to `address` (a sockaddr_un or sockaddr_in); closes it on failure.
     private func connect<Address>(_ fd: Int32, _ address: inout Address, to name: String) throws -> Int32 {
         let ok = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<Address>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<Address>.size))
+            }
         }
         guard ok == 0 else {
             let message = String(cString: strerror(errno))
@@ -129,7 +156,9 @@ struct StreamingHTTPClient: Sendable {
         while offset < bytes.count {
             let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, bytes.count - offset) }
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { throw Failure(description: "write to \(endpoint) failed: \(String(cString: strerror(errno)))") }
+            guard n > 0 else {
+                throw Failure(description: "write to \(endpoint) failed: \(String(cString: strerror(errno)))")
+            }
             offset += n
         }
     }
@@ -161,7 +190,9 @@ struct ResponseReader {
                 throw StreamingHTTPClient.Failure(description: "bad response head: \(head.prefix(100))")
             }
             status = code
-            chunked = lines.contains { $0.lowercased().hasPrefix("transfer-encoding:") && $0.lowercased().contains("chunked") }
+            chunked = lines.contains {
+                $0.lowercased().hasPrefix("transfer-encoding:") && $0.lowercased().contains("chunked")
+            }
             rest = headBuffer[(end + 4)...]
             headBuffer = []
         }
