@@ -9,14 +9,21 @@ public struct Health: Codable, Sendable, Equatable {
     public var running: Int
     public var sessions: Int
     public var disk: DiskHealth
+    /// The remote tier's health, when one is configured (it never makes `status` degraded: the
+    /// node serves from its local tiers without it).
+    public var remote: DiskHealth?
 
-    public init(status: String, model: String, queueDepth: Int, running: Int, sessions: Int, disk: DiskHealth) {
+    public init(
+        status: String, model: String, queueDepth: Int, running: Int, sessions: Int, disk: DiskHealth,
+        remote: DiskHealth? = nil
+    ) {
         self.status = status
         self.model = model
         self.queueDepth = queueDepth
         self.running = running
         self.sessions = sessions
         self.disk = disk
+        self.remote = remote
     }
 }
 

@@ -159,7 +159,8 @@ public final class APIService: Sendable {
                 200,
                 Health(
                     status: h.isHealthy ? "ok" : "degraded", model: modelName, queueDepth: scheduler.depth,
-                    running: scheduler.running, sessions: engine.sessionIDs.count, disk: DiskHealth(h)))
+                    running: scheduler.running, sessions: engine.sessionIDs.count, disk: DiskHealth(h),
+                    remote: engine.store.remote.flatMap { $0.stats.tierStats.health.map(DiskHealth.init) }))
         case ("GET", let path) where path.hasPrefix("/v1/models/"):
             struct Model: Encodable {
                 let id: String

@@ -78,6 +78,7 @@ struct StatusCommand: AsyncParsableCommand {
             try options.output(Status(health: health, sessions: sessions)) {
                 print("kvtierd on \(options.client.socketPath): \(health.status), \(sessions) sessions")
                 if let line = diskHealthLine(health.disk) { print(line) }
+                if let remote = health.remote, let line = diskHealthLine(remote, tier: "remote") { print(line) }
             }
         }
     }

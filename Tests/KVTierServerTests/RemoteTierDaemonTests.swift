@@ -169,6 +169,12 @@ final class RemoteTierDaemonTests: XCTestCase {
         let h = try XCTUnwrap(try remoteTier(a)["health"] as? [String: Any])
         XCTAssertEqual(h["state"] as? String, "degraded")
         XCTAssertTrue((h["reason"] as? String ?? "").contains("WRONGPASS"), "\(h)")
+        let healthz = try request(a.socket, "GET", "/healthz").json
+        XCTAssertEqual(healthz["status"] as? String, "ok", "a degraded remote tier does not make the node unhealthy")
+        XCTAssertEqual((healthz["remote"] as? [String: Any])?["state"] as? String, "degraded")
+        let (status, out) = try kvtierctl(["status", "--socket", a.socket])
+        XCTAssertEqual(status, 0, out)
+        XCTAssertTrue(out.contains("remote: DEGRADED"), out)
         terminate(a.process)
         let log = try String(contentsOfFile: dir + "/a.log", encoding: .utf8)
         let lines = log.split(separator: "\n").filter { $0.contains("remote tier degraded") }
