@@ -70,7 +70,7 @@ let package = Package(
         .executableTarget(
             name: "kvtierd",
             dependencies: [
-                "KVTierEngine", "KVTierStore", "KVTierServer", "KVTierBuildInfo",
+                "KVTierEngine", "KVTierModel", "KVTierStore", "KVTierServer", "KVTierBuildInfo",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -80,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "kvtierctl",
             dependencies: [
-                "KVTierEngine", "KVTierAPI", "KVTierBuildInfo", "CLibEdit",
+                "KVTierEngine", "KVTierModel", "KVTierAPI", "KVTierBuildInfo", "CLibEdit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -90,7 +90,7 @@ let package = Package(
         .executableTarget(
             name: "kvtier-bench",
             dependencies: [
-                "KVTierEngine", "KVTierStore", "KVTierReplay", "KVTierBuildInfo",
+                "KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

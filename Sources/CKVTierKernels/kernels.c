@@ -69,6 +69,16 @@ int kvt_set_cpu_level(int level) {
     return v;
 }
 
+int kvt_cpu_has_avx512dq(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (int)((b >> 17) & 1);
+#else
+    return 0;
+#endif
+}
+
 const char *kvt_cpu_level_name(int level) {
     switch (level) {
     case KVT_CPU_AVX512: return "avx512";

@@ -127,7 +127,9 @@ struct DecoderBench: ParsableCommand {
             for r in rows {
                 print("| \(r.test) | \(String(format: "%.1f", r.tokens_per_second)) | \(r.runs.map { String(format: "%.1f", $0) }.joined(separator: ", ")) |")
             }
-            print("threads \(threads), simd \(LlamaModel.simdLevel), peak RSS \(peak / 1_000_000) MB")
+            print(
+                "threads \(threads), simd \(LlamaModel.simdLevel), OpenBLAS \(OpenBLASCore.name), "
+                    + "peak RSS \(peak / 1_000_000) MB")
             print(kernels)
         }
     }

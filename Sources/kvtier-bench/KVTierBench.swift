@@ -1,5 +1,6 @@
 import ArgumentParser
 import KVTierBuildInfo
+import KVTierModel
 
 @main
 struct KVTierBench: ParsableCommand {
@@ -12,4 +13,16 @@ struct KVTierBench: ParsableCommand {
             SharedPrefixBench.self, KernelsBench.self, RemoteBench.self,
         ]
     )
+
+    /// ArgumentParser's `main`, after making sure OpenBLAS runs this CPU's kernels
+    /// (`OpenBLASCore`: it may start the process again, so it comes before anything else).
+    static func main() {
+        OpenBLASCore.restartWithTheCPUsKernelsIfNeeded()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

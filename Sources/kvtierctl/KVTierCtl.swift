@@ -1,5 +1,6 @@
 import ArgumentParser
 import KVTierBuildInfo
+import KVTierModel
 
 @main
 struct KVTierCtl: AsyncParsableCommand {
@@ -9,6 +10,22 @@ struct KVTierCtl: AsyncParsableCommand {
         version: BuildInfo.description,
         subcommands: [ModelCommand.self, DaemonChatCommand.self, DebugCommand.self, StatusCommand.self, TiersCommand.self, SessionsCommand.self, SessionCommand.self, DropCommand.self, DemoteCommand.self, FlushCommand.self, HintCommand.self, MetricsCommand.self, TopCommand.self]
     )
+
+    /// ArgumentParser's `main`, after making sure OpenBLAS runs this CPU's kernels
+    /// (`OpenBLASCore`: it may start the process again, so it comes before anything else).
+    static func main() async {
+        OpenBLASCore.restartWithTheCPUsKernelsIfNeeded()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// Options every command that loads the model shares.

@@ -18,6 +18,22 @@ struct KVTierDaemon: AsyncParsableCommand {
         abstract: "KVTier daemon: the engine and its tiers behind an HTTP API on a Unix socket (docs/protocol.md).",
         version: BuildInfo.description)
 
+    /// ArgumentParser's `main`, after making sure OpenBLAS runs this CPU's kernels
+    /// (`OpenBLASCore`: it may start the process again, so it comes before anything else).
+    static func main() async {
+        OpenBLASCore.restartWithTheCPUsKernelsIfNeeded()
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     @Option(
         name: .long, help: "TOML configuration (default: $KVTIER_CONFIG, then /etc/kvtier/kvtierd.toml if present).")
     var config: String?
@@ -165,7 +181,7 @@ struct KVTierDaemon: AsyncParsableCommand {
                 "model": "\(path)", "state": "\(c.stateDirectory)", "sessions": "\(engine.sessionIDs.count)",
                 "listen": "\(listeners.map(\.description).joined(separator: ", "))",
                 "batch": "\(c.maxBatch) turns, \(c.prefillChunkTokens)-token prefill chunks",
-                "kernels": "\(engine.kernelChoice)",
+                "kernels": "\(engine.kernelChoice)", "openblas": "\(OpenBLASCore.name)",
             ])
         let api = APIServerService(
             service: service, server: server, listeners: listeners, engine: engine, store: store,

@@ -43,6 +43,8 @@ int kvt_cpu_level_detected(void);
 /// Caps the level (tests use it to compare paths); returns the level now in force.
 int kvt_set_cpu_level(int level);
 const char *kvt_cpu_level_name(int level);
+// 1 when the CPU has AVX-512 DQ (OpenBLAS's SkylakeX kernels use it), else 0.
+int kvt_cpu_has_avx512dq(void);
 
 /// The layout the kernels run fastest on for weights of `type` at the level now in force: the
 /// repacked type for Q4_0, Q4_1 and Q8_0 at the AVX-512 level, otherwise `type` itself. Every
