@@ -34,8 +34,11 @@ release: deps
 	@if ldd .build/release/kvtierd | grep -q 'libswiftCore\|libFoundation'; then \
 		echo "kvtierd links the toolchain's Swift runtime: it would not run without the toolchain"; exit 1; fi
 
-## test: setup, build, and run every test (unit tests on tiny models, integration on the real one)
+## test: setup, build, and run every test (unit tests on tiny models, integration on the real one),
+## with the OpenBLAS kernels the tools use (they pick them at start: OpenBLASCore)
 test: setup build
+	@core=$$(.build/debug/kvtierctl model info --model $(MODEL) 2>/dev/null | sed -n 's/^openblas: //p'); \
+	if [ -n "$$core" ]; then echo "OpenBLAS kernels: $$core"; export OPENBLAS_CORETYPE=$$core; fi; \
 	$(SWIFT) test --skip-build --disable-swift-testing
 
 ## boot-test: the systemd units booted for real: a minimal Debian 12 (debootstrap, cached in

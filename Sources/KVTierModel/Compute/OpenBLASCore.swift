@@ -23,21 +23,28 @@ public enum OpenBLASCore {
     /// OpenBLAS's AVX-512 families, lower-cased.
     static let avx512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
 
-    /// Whether OpenBLAS chose weaker kernels than this CPU runs (our own dispatch found AVX-512
-    /// with the OS saving its state, and DQ, which OpenBLAS's SkylakeX kernels also use).
-    public static var isBelowTheCPU: Bool {
-        kvt_cpu_level_detected() == Int32(KVT_CPU_AVX512) && hasAVX512DQ && !avx512Cores.contains(name.lowercased())
+    /// The kernel family to ask for instead of `core`, or nil when `core` is as good as this CPU
+    /// allows: "SkylakeX" when our own dispatch found AVX-512 (with the OS saving its state, and
+    /// DQ, which OpenBLAS's SkylakeX kernels also use) and `core` is not an AVX-512 family.
+    public static func better(than core: String) -> String? {
+        guard kvt_cpu_level_detected() == Int32(KVT_CPU_AVX512), hasAVX512DQ,
+            !avx512Cores.contains(core.lowercased())
+        else { return nil }
+        return "SkylakeX"
     }
+
+    /// Whether OpenBLAS chose weaker kernels than this CPU runs.
+    public static var isBelowTheCPU: Bool { better(than: name) != nil }
 
     /// Starts this process again with `OPENBLAS_CORETYPE=SkylakeX` when OpenBLAS chose kernels
     /// below the CPU, unless the operator set `OPENBLAS_CORETYPE` (respected as given) or this is
     /// already the second start. Returns (without exec) when nothing is to be done or exec fails.
     /// Call it first thing in `main`: nothing done before it survives.
     public static func restartWithTheCPUsKernelsIfNeeded() {
-        guard getenv("OPENBLAS_CORETYPE") == nil, getenv("KVTIER_OPENBLAS_RESTARTED") == nil, isBelowTheCPU else {
-            return
-        }
-        setenv("OPENBLAS_CORETYPE", "SkylakeX", 1)
+        guard getenv("OPENBLAS_CORETYPE") == nil, getenv("KVTIER_OPENBLAS_RESTARTED") == nil,
+            let core = better(than: name)
+        else { return }
+        setenv("OPENBLAS_CORETYPE", core, 1)
         setenv("KVTIER_OPENBLAS_RESTARTED", "1", 1)
         execv("/proc/self/exe", CommandLine.unsafeArgv)
         // exec failed (no /proc?): go on with the kernels OpenBLAS chose.
