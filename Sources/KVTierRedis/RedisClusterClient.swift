@@ -160,9 +160,7 @@ public final class RedisClusterClient: @unchecked Sendable {
                 } catch .authentication(let a, let m) {
                     throw .authentication(address: a, message: m)
                 } catch {
-                    connections[node]?.close()
-                    connections[node] = nil
-                    downUntil[node] = Date().addingTimeInterval(configuration.downSeconds)
+                    markDown(node)
                     mapIsStale = true
                     lastFailure = error
                     retry += indices
@@ -209,6 +207,13 @@ public final class RedisClusterClient: @unchecked Sendable {
             pending = retry.sorted()
         }
         return results.map { $0 ?? .bulk(nil) }
+    }
+
+    /// Drops `node`'s connection and leaves the node alone for `downSeconds`.
+    private func markDown(_ node: String) {
+        connections[node]?.close()
+        connections[node] = nil
+        downUntil[node] = Date().addingTimeInterval(configuration.downSeconds)
     }
 
     private func route(_ key: [UInt8]?) -> String? {
@@ -268,9 +273,7 @@ public final class RedisClusterClient: @unchecked Sendable {
             } catch .authentication(let a, let m) {
                 throw .authentication(address: a, message: m)
             } catch {
-                connections[node]?.close()
-                connections[node] = nil
-                downUntil[node] = Date().addingTimeInterval(configuration.downSeconds)
+                markDown(node)
                 reasons.append(error.description)
             }
         }

@@ -18,11 +18,6 @@ struct KVTierBench: ParsableCommand {
     /// (`OpenBLASCore`: it may start the process again, so it comes before anything else).
     static func main() {
         OpenBLASCore.restartWithTheCPUsKernelsIfNeeded()
-        do {
-            var command = try parseAsRoot()
-            try command.run()
-        } catch {
-            exit(withError: error)
-        }
+        main(nil)
     }
 }

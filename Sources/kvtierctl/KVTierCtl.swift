@@ -15,16 +15,7 @@ struct KVTierCtl: AsyncParsableCommand {
     /// (`OpenBLASCore`: it may start the process again, so it comes before anything else).
     static func main() async {
         OpenBLASCore.restartWithTheCPUsKernelsIfNeeded()
-        do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
-        } catch {
-            exit(withError: error)
-        }
+        await main(nil)
     }
 }
 
