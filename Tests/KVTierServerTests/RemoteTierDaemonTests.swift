@@ -22,11 +22,14 @@ final class RemoteTierDaemonTests: XCTestCase {
     {
         var config = "[store]\nkv_precision = \"f32\"\nblock_tokens = 16\n"
         if let cluster {
-            let file = dir + "/\(name)-redis-password"
-            try Data((password ?? cluster.password ?? "").utf8).write(to: URL(fileURLWithPath: file))
-            chmod(file, 0o600)
-            config += "[store.remote]\nseeds = [\"\(cluster.seeds[0])\", \"\(cluster.seeds[1])\"]\n"
-            config += "user = \"\(cluster.user ?? "default")\"\npassword_file = \"\(file)\"\nretry_seconds = 0.5\n"
+            config +=
+                "[store.remote]\nseeds = [\"\(cluster.seeds[0])\", \"\(cluster.seeds[1])\"]\nretry_seconds = 0.5\n"
+            if let secret = password ?? cluster.password {
+                let file = dir + "/\(name)-redis-password"
+                try Data(secret.utf8).write(to: URL(fileURLWithPath: file))
+                chmod(file, 0o600)
+                config += "user = \"\(cluster.user ?? "default")\"\npassword_file = \"\(file)\"\n"
+            }
         }
         let socket = dir + "/\(name)/k.sock"
         let p = try startDaemon(
@@ -152,6 +155,39 @@ final class RemoteTierDaemonTests: XCTestCase {
         let last = try remoteTier(a)
         XCTAssertTrue(healthy, "node A's remote tier did not recover: \(last)")
         XCTAssertEqual(try remoteTier(b)["checksum_failures"] as? Int, 0)
+    }
+
+    func testAPartitionedClusterNeitherStallsNorStopsTheNodeAndItReconnectsByItself() throws {
+        let cluster = try RedisClusterHarness()
+        let dir = try temporaryDirectory(self)
+        let a = try startNode(dir, "a", cluster: cluster)
+        var history: [(String, String)] = [("user", "Name a planet with rings.")]
+        let r1 = try chat(a.socket, history, session: "sky", maxTokens: 12)
+        history += [("assistant", try XCTUnwrap(reply(r1))), ("user", "And one without?")]
+        XCTAssertEqual(try request(a.socket, "POST", "/v1/flush").status, 200)
+        // A partition: every node stopped, connections open, nothing answers.
+        for p in cluster.livePorts() { cluster.signal(p, SIGSTOP) }
+        let started = Date()
+        let r2 = try chat(a.socket, history, session: "sky", maxTokens: 12)
+        let took = Date().timeIntervalSince(started)
+        XCTAssertEqual(r2.status, 200)
+        XCTAssertGreaterThan((r2.json["kvtier"] as? [String: Any])?["tokens_reused"] as? Int ?? 0, 0)
+        // The turn's own work does not touch the cluster (writes are queued behind it).
+        XCTAssertLessThan(took, 5, "a turn waited for the partitioned cluster")
+        _ = try request(a.socket, "POST", "/v1/flush")  // the queued writes time out: degraded
+        XCTAssertEqual((try remoteTier(a)["health"] as? [String: Any])?["state"] as? String, "degraded")
+        for p in cluster.livePorts() { cluster.signal(p, SIGCONT) }
+        let deadline = Date().addingTimeInterval(20)
+        var state = ""
+        while state != "healthy" && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.25)
+            state = (try remoteTier(a)["health"] as? [String: Any])?["state"] as? String ?? ""
+        }
+        XCTAssertEqual(state, "healthy", "the remote tier did not reconnect after the partition healed")
+        terminate(a.process)
+        let log = try String(contentsOfFile: dir + "/a.log", encoding: .utf8)
+        XCTAssertEqual(log.components(separatedBy: "remote tier degraded").count - 1, 1, String(log.suffix(1500)))
+        XCTAssertEqual(log.components(separatedBy: "remote tier healthy again").count - 1, 1, String(log.suffix(1500)))
     }
 
     func testAWrongPasswordLeavesTheNodeServingFromItsLocalTiersWithOneLogLine() throws {

@@ -344,18 +344,18 @@ public final class RemoteTier: @unchecked Sendable {
         default:
             action = "kvtierd serves from its local tiers and retries every \(configuration.retryIntervalSeconds) s"
         }
+        // The reason is kept up to date; the observer (one log line) hears only of a new state.
         let changed: (RemoteTierHealth, (@Sendable (RemoteTierHealth) -> Void)?)? = lock.withLock {
-            guard health.state != state || health.reason != reason else { return nil }
-            let wasHealthy = health.isHealthy
+            let newState = health.state != state
+            if health.isHealthy { health.since = Self.timestamp() }
             health.state = state
             health.reason = reason
             health.action = action
-            if wasHealthy { health.since = Self.timestamp() }
-            return (health, observer)
+            return newState ? (health, observer) : nil
         }
+        queue.async { self.startRetryTimerOnQueue() }
         guard let (h, notify) = changed else { return }
         notify?(h)
-        queue.async { self.startRetryTimerOnQueue() }
     }
 
     private func startRetryTimerOnQueue() {
