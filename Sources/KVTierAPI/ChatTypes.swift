@@ -65,7 +65,13 @@ public struct KVTierReport: Codable, Sendable, Equatable {
     public var tokensRecomputed: Int
     public var tokensGenerated: Int
     public var hits: Hits
+    /// From the request's arrival at kvtierd to its first token, every wait included (its place
+    /// in the queue, `queueMs`; earlier turns' saves, `saveWaitMs`; loads; compute).
     public var ttftMs: Double
+    /// Part of `ttftMs` spent queued behind other turns (absent from older daemons).
+    public var queueMs: Double?
+    /// Part of `ttftMs` spent waiting for earlier turns' saves and removals (absent from older daemons).
+    public var saveWaitMs: Double?
     public var loadStallMs: Double
     public var saveLagMs: Double
     public var truncatedTokens: Int
@@ -75,8 +81,10 @@ public struct KVTierReport: Codable, Sendable, Equatable {
 
     public init(
         tokensReused: Int, tokensRecomputed: Int, tokensGenerated: Int, hits: Hits, ttftMs: Double, loadStallMs: Double,
-        saveLagMs: Double, truncatedTokens: Int, blocksRecovered: Int
+        saveLagMs: Double, truncatedTokens: Int, blocksRecovered: Int, queueMs: Double? = nil, saveWaitMs: Double? = nil
     ) {
+        self.queueMs = queueMs
+        self.saveWaitMs = saveWaitMs
         self.tokensReused = tokensReused
         self.tokensRecomputed = tokensRecomputed
         self.tokensGenerated = tokensGenerated

@@ -7,9 +7,10 @@ extension KVTierReport {
     init(_ r: TurnReport) {
         self.init(
             tokensReused: r.tokensReused, tokensRecomputed: r.tokensRecomputed, tokensGenerated: r.tokensGenerated,
-            hits: Hits(hbm: r.hitsHBM, dram: r.hitsDRAM, disk: r.hitsDisk, remote: r.hitsRemote), ttftMs: r.ttftMs,
-            loadStallMs: r.loadStallMs,
-            saveLagMs: r.saveLagMs, truncatedTokens: r.truncatedTokens, blocksRecovered: r.blocksRecovered)
+            hits: Hits(hbm: r.hitsHBM, dram: r.hitsDRAM, disk: r.hitsDisk, remote: r.hitsRemote),
+            ttftMs: r.queueMs + r.ttftMs, loadStallMs: r.loadStallMs, saveLagMs: r.saveLagMs,
+            truncatedTokens: r.truncatedTokens, blocksRecovered: r.blocksRecovered, queueMs: r.queueMs,
+            saveWaitMs: r.saveWaitMs)
     }
 }
 

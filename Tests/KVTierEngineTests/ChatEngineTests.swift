@@ -41,6 +41,31 @@ final class ChatEngineTests: XCTestCase {
         return out
     }
 
+    /// TTFT counts every wait after the engine received the turn: here a turn of another session
+    /// waits for the first turn's saves over a slow modelled link, and that wait is in its TTFT and
+    /// reported on its own.
+    func testTTFTIncludesTheWaitForEarlierSavesAndReportsItApart() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        var c = StoreConfiguration(stateDirectory: tempDir())
+        c.blockTokens = 16
+        c.hbmCapacityBytes = 16 << 20
+        c.dramCapacityBytes = 16 << 20
+        c.link = .init(bandwidthBytesPerSecond: 1e9, latencySeconds: 0.04)  // 40 ms per copy
+        let store = try TieredStore(
+            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f16)
+        var e = EngineConfiguration()
+        e.threads = 2
+        let engine = ChatEngine(model: model, store: store, configuration: e)
+        let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
+        let long = ChatMessage(role: "user", content: String(repeating: "a long first message ", count: 12))
+        _ = try engine.runTurn(session: "first", messages: [long], options: options)
+        // The first turn returned with its saves still crossing the link (asynchronous saving).
+        let r = try engine.runTurn(session: "second", messages: [ChatMessage(role: "user", content: "hi")], options: options)
+        XCTAssertGreaterThan(r.saveWaitMs, 40, "the second turn waited for the first one's saves: \(r)")
+        XCTAssertGreaterThanOrEqual(r.ttftMs, r.saveWaitMs, "TTFT leaves out the wait for saves")
+        XCTAssertEqual(r.queueMs, 0, "no scheduler, no queue")
+    }
+
     func testFiveTurnsWithReuseEqualFullRecomputationFromEveryTier() throws {
         // F16 KV: the rounding of a cached value can flip between kernels (bound 2e-3);
         // F32 KV: nothing to flip, the reused turn computes what recomputation computes (1e-4).

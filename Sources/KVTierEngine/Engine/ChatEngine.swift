@@ -187,15 +187,18 @@ public final class ChatEngine: @unchecked Sendable {
         session id: String, owner: String? = nil, messages: [ChatMessage], options: GenerationOptions,
         placement: Placement = .keepInDRAM, onText: (String) -> Void = { _ in }
     ) throws -> TurnReport {
-        try gate.withSession(id) {
+        // The turn's clock starts here: a wait for another turn of this session counts in TTFT.
+        let received = DispatchTime.now().uptimeNanoseconds
+        return try gate.withSession(id) {
             try runTurnHeld(
-                session: id, owner: owner, messages: messages, options: options, placement: placement, onText: onText)
+                session: id, owner: owner, messages: messages, options: options, placement: placement,
+                received: received, onText: onText)
         }
     }
 
     private func runTurnHeld(
         session id: String, owner: String?, messages: [ChatMessage], options: GenerationOptions, placement: Placement,
-        onText: (String) -> Void
+        received: UInt64, onText: (String) -> Void
     ) throws -> TurnReport {
         try options.sampling.validate()
         guard options.maxTokens >= 1 else {
@@ -203,9 +206,12 @@ public final class ChatEngine: @unchecked Sendable {
         }
         adoptFromRemote(id)  // a chat another node served (no-op without a remote tier)
         // Earlier turns' saves and removals finish first, so no block key is written twice at once.
+        // The wait counts in TTFT and is reported on its own (`saveWaitMs`).
+        var saveWait = DispatchTime.now().uptimeNanoseconds
         cleanup.sync {}
         store.waitForSaves()
-        let started = DispatchTime.now().uptimeNanoseconds
+        saveWait = DispatchTime.now().uptimeNanoseconds - saveWait
+        let started = received
         var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id, owner: owner)
         state.turns += 1
         let prompt = conversation.tokens(for: messages, replies: state.replies)
@@ -255,7 +261,10 @@ public final class ChatEngine: @unchecked Sendable {
         report.blocksRecovered = failed.count
         var completed = false
         for _ in 0..<3 {
+            let waitStart = DispatchTime.now().uptimeNanoseconds
             store.waitForSaves()
+            saveWait += DispatchTime.now().uptimeNanoseconds - waitStart
+            report.saveWaitMs = Double(saveWait) / 1e6
             let attempt = try runForward(
                 state: &state, prompt: prompt, reuse: reuse, failed: failed, systemEnd: systemEnd, options: options,
                 maxNew: maxNew, placement: placement, report: &report, started: started, onText: onText)

@@ -7,7 +7,15 @@ public struct TurnReport: Sendable, Codable {
     public var tokensGenerated = 0
     /// Reused tokens served from each tier.
     public var hitsHBM = 0, hitsDRAM = 0, hitsDisk = 0, hitsRemote = 0
+    /// From the moment the engine received the turn (`runTurn`) to its first token, every wait
+    /// after that included: another turn of the session, earlier saves (`saveWaitMs`), loads and
+    /// compute. The scheduler's queue comes before and is `queueMs`; from a request's arrival the
+    /// first token takes `queueMs + ttftMs`.
     public var ttftMs = 0.0
+    /// Part of `ttftMs` spent waiting for earlier turns' saves and removals to finish.
+    public var saveWaitMs = 0.0
+    /// Time in the scheduler's queue before the turn started (0 when run without the scheduler).
+    public var queueMs = 0.0
     /// With `GenerationOptions.logprobs`: one entry per token of the reply's text, in order.
     public var logprobs: [TokenLogprob]?
     /// Time the decoder waited for KV layers to arrive.

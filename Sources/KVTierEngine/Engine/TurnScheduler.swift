@@ -54,6 +54,8 @@ public final class TurnScheduler: @unchecked Sendable {
     private struct Job {
         let turn: Turn
         let completion: @Sendable (Result<TurnReport, Error>) -> Void
+        /// When `submit` queued it (uptime nanoseconds).
+        let submitted = DispatchTime.now().uptimeNanoseconds
         var ownerKey: String { turn.owner ?? "" }
     }
 
@@ -252,7 +254,8 @@ public final class TurnScheduler: @unchecked Sendable {
 
     private func execute(_ job: Job) {
         let turn = job.turn
-        let result: Result<TurnReport, Error>
+        let queued = Double(DispatchTime.now().uptimeNanoseconds - job.submitted) / 1e6
+        var result: Result<TurnReport, Error>
         if turn.options.isCancelled?() == true {
             result = .failure(EngineError.clientGone(session: turn.session))
         } else {
@@ -265,6 +268,11 @@ public final class TurnScheduler: @unchecked Sendable {
                     session: turn.session, owner: turn.owner, messages: turn.messages, options: turn.options,
                     placement: placement,
                     onText: { turn.onText?($0) })
+            }
+            result = result.map { report in
+                var r = report
+                r.queueMs = queued
+                return r
             }
         }
         let next: [Job] = lock.withLock {

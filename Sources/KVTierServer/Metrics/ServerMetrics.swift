@@ -18,6 +18,7 @@ public final class ServerMetrics: Sendable {
     private let ttft: CoreMetrics.Timer
     private let loadStall: CoreMetrics.Timer
     private let saveLag: CoreMetrics.Timer
+    private let saveWait: CoreMetrics.Timer
     private let turnDuration: CoreMetrics.Timer
     private let queueDepth: CoreMetrics.Meter
     private let tokensReused: CoreMetrics.Counter
@@ -31,13 +32,17 @@ public final class ServerMetrics: Sendable {
         self.registry = registry
         var factory = PrometheusMetricsFactory(registry: registry)
         let latency: [Duration] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000].map { .milliseconds($0) }
-        for name in ["kvtier_ttft_seconds", "kvtier_load_stall_seconds", "kvtier_save_lag_seconds", "kvtier_turn_seconds"] {
+        for name in [
+            "kvtier_ttft_seconds", "kvtier_load_stall_seconds", "kvtier_save_lag_seconds", "kvtier_turn_seconds",
+            "kvtier_save_wait_seconds",
+        ] {
             factory.durationHistogramBuckets[name] = latency
         }
         self.factory = factory
         ttft = CoreMetrics.Timer(label: "kvtier_ttft_seconds", factory: factory)
         loadStall = CoreMetrics.Timer(label: "kvtier_load_stall_seconds", factory: factory)
         saveLag = CoreMetrics.Timer(label: "kvtier_save_lag_seconds", factory: factory)
+        saveWait = CoreMetrics.Timer(label: "kvtier_save_wait_seconds", factory: factory)
         turnDuration = CoreMetrics.Timer(label: "kvtier_turn_seconds", factory: factory)
         queueDepth = CoreMetrics.Meter(label: "kvtier_queue_depth", factory: factory)
         tokensReused = CoreMetrics.Counter(label: "kvtier_tokens_reused_total", factory: factory)
@@ -59,7 +64,8 @@ public final class ServerMetrics: Sendable {
     }
 
     public func record(_ r: TurnReport) {
-        ttft.recordNanoseconds(Int64(r.ttftMs * 1e6))
+        ttft.recordNanoseconds(Int64((r.queueMs + r.ttftMs) * 1e6))
+        saveWait.recordNanoseconds(Int64(r.saveWaitMs * 1e6))
         loadStall.recordNanoseconds(Int64(r.loadStallMs * 1e6))
         saveLag.recordNanoseconds(Int64(r.saveLagMs * 1e6))
         turnDuration.recordNanoseconds(Int64(r.totalMs * 1e6))
