@@ -59,6 +59,37 @@ final class TieredStoreTests: XCTestCase {
         }
     }
 
+    /// Prefetches run on their own queue and step aside for loads: a turn's load issued behind
+    /// eight sessions' prefetches from disk is delivered before they finish (on one shared queue,
+    /// it would wait for all of them).
+    func testALoadIsNotQueuedBehindPrefetches() throws {
+        var c = config(tempDir(), blockTokens: 256)
+        c.dramCapacityBytes = 256 << 20
+        let store = try TieredStore(configuration: c, model: model, shape: shape)
+        let sessions = (0..<8).map { "later-\($0)" } + ["now"]
+        for s in sessions {
+            for l in 0..<shape.layers {
+                for i in 0..<4 {
+                    let b = block(s, layer: l, start: i * 256, count: 256, smooth: true)
+                    try store.admit(b)
+                    store.save(b.key)
+                }
+            }
+            store.waitForSaves()
+            try store.demote(session: s, to: .disk)
+        }
+        let log = OrderLog()
+        for s in sessions.dropLast() { store.prefetch(session: s) { log.append(s) } }
+        let handle = store.load(session: "now")
+        for l in 0..<shape.layers { XCTAssertTrue(handle.wait(layer: l).missing.isEmpty) }
+        log.append("now loaded")
+        handle.release()
+        let deadline = Date().addingTimeInterval(30)
+        while log.entries.count < sessions.count && Date() < deadline { usleep(10_000) }
+        XCTAssertEqual(log.entries.count, sessions.count)
+        XCTAssertNotEqual(log.entries.last, "now loaded", "the load waited for every prefetch: \(log.entries)")
+    }
+
     func testRoundTripThroughEveryTierAndPath() throws {
         let store = try TieredStore(configuration: config(tempDir()), model: model, shape: shape)
         let blocks = sessionBlocks("a")
@@ -336,4 +367,12 @@ final class TieredStoreTests: XCTestCase {
         fromDisk.release()
         try store.close()
     }
+}
+
+/// Events in the order they happened, from any thread.
+private final class OrderLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var all: [String] = []
+    func append(_ e: String) { lock.withLock { all.append(e) } }
+    var entries: [String] { lock.withLock { all } }
 }

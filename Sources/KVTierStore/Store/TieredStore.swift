@@ -8,8 +8,11 @@ import Foundation
 /// Ownership:
 /// - `lock` guards `hbm` (which block sits in which HBM page), `pins` (sessions whose pages a
 ///   consumer holds), `lastUse` and the HBM counters. It is never held across I/O or copies.
-/// - `loader` (serial queue "kvtier.store.loader") runs loads and prefetches: it reads disk,
-///   promotes into DRAM and submits DRAM -> HBM copies to the copy engine, layer after layer.
+/// - `loader` (serial queue "kvtier.store.loader") runs loads: it reads disk, promotes into DRAM
+///   and submits DRAM -> HBM copies to the copy engine, layer after layer.
+/// - `prefetcher` (serial queue "kvtier.store.prefetcher") moves sessions from disk to DRAM ahead
+///   of use, block by block, and pauses whenever a load is queued or reading (`loadsWaiting`), so
+///   a turn's load never waits behind a prefetch.
 /// - `writeback` (serial queue "kvtier.store.writeback") finishes saves: DRAM insertion, making
 ///   room in DRAM by demoting sessions to disk, and write-through to disk.
 /// - The copy engine (its own serial queue) does every DRAM <-> HBM byte move; the disk tier
@@ -40,6 +43,9 @@ public final class TieredStore: @unchecked Sendable {
     private var demoting: Set<String> = []
     private var hbmCounters = TierStats(tier: "hbm", capacityBytes: 0)
     private let loader = DispatchQueue(label: "kvtier.store.loader")
+    private let prefetcher = DispatchQueue(label: "kvtier.store.prefetcher")
+    /// Loads queued on `loader` and not yet waiting for their consumer, plus layers being read.
+    private let loadsWaiting = Counter()
     private let writeback = DispatchQueue(label: "kvtier.store.writeback")
     /// Publishes records to the remote tier once the saves issued before them are on their way.
     private let publisher = DispatchQueue(label: "kvtier.store.publisher")
@@ -449,10 +455,14 @@ public final class TieredStore: @unchecked Sendable {
         let handle = LoadHandle(session: sessions.first ?? "", layers: layers) { [weak self] _ in
             self?.unpin(keys: pinned)
         }
+        loadsWaiting.add(1)
         loader.async { [self] in
+            loadsWaiting.add(-1)
             for l in layers {
                 if let depth = readAhead { handle.waitForRoom(layer: l, depth: max(0, depth)) }
+                loadsWaiting.add(1)
                 loadLayer(l, keys: keysByLayer[l] ?? [], into: handle)
+                loadsWaiting.add(-1)
             }
         }
         return handle
@@ -553,8 +563,9 @@ public final class TieredStore: @unchecked Sendable {
     /// Moves a session's blocks from disk (or the remote tier) up to DRAM ahead of use
     /// (scheduler-aware prefetch).
     public func prefetch(session: String, completion: (@Sendable () -> Void)? = nil) {
-        loader.async { [self] in
+        prefetcher.async { [self] in
             for key in disk.keys(model: model, session: session) where !dram.contains(key) && !isInHBM(key) {
+                while loadsWaiting.value > 0 { usleep(200) }  // a turn's load goes first
                 if case .hit(let b) = disk.get(key) { try? insertIntoDRAM(b, arrival: .promoted) }
             }
             if let remote {
