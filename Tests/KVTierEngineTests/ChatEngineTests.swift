@@ -60,7 +60,8 @@ final class ChatEngineTests: XCTestCase {
         let long = ChatMessage(role: "user", content: String(repeating: "a long first message ", count: 12))
         _ = try engine.runTurn(session: "first", messages: [long], options: options)
         // The first turn returned with its saves still crossing the link (asynchronous saving).
-        let r = try engine.runTurn(session: "second", messages: [ChatMessage(role: "user", content: "hi")], options: options)
+        let hi = [ChatMessage(role: "user", content: "hi")]
+        let r = try engine.runTurn(session: "second", messages: hi, options: options)
         XCTAssertGreaterThan(r.saveWaitMs, 40, "the second turn waited for the first one's saves: \(r)")
         XCTAssertGreaterThanOrEqual(r.ttftMs, r.saveWaitMs, "TTFT leaves out the wait for saves")
         XCTAssertEqual(r.queueMs, 0, "no scheduler, no queue")
