@@ -41,10 +41,10 @@ final class ChatEngineTests: XCTestCase {
         return out
     }
 
-    /// TTFT counts every wait after the engine received the turn: here a turn of another session
-    /// waits for the first turn's saves over a slow modelled link, and that wait is in its TTFT and
-    /// reported on its own.
-    func testTTFTIncludesTheWaitForEarlierSavesAndReportsItApart() throws {
+    /// TTFT counts every wait after the engine received the turn: here a chat's second turn waits
+    /// for its first turn's saves over a slow modelled link, and that wait is in its TTFT and
+    /// reported on its own; a turn of another chat meanwhile does not wait for them.
+    func testATurnWaitsOnlyForItsOwnChatsSavesAndTTFTCountsTheWait() throws {
         let model = try LlamaModel(path: TinyModel(context: 512).write())
         var c = StoreConfiguration(stateDirectory: tempDir())
         c.blockTokens = 16
@@ -58,10 +58,13 @@ final class ChatEngineTests: XCTestCase {
         let engine = ChatEngine(model: model, store: store, configuration: e)
         let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
         let long = ChatMessage(role: "user", content: String(repeating: "a long first message ", count: 12))
-        _ = try engine.runTurn(session: "first", messages: [long], options: options)
+        let r1 = try engine.runTurn(session: "first", messages: [long], options: options)
         // The first turn returned with its saves still crossing the link (asynchronous saving).
         let hi = [ChatMessage(role: "user", content: "hi")]
-        let r = try engine.runTurn(session: "second", messages: hi, options: options)
+        let other = try engine.runTurn(session: "other", messages: hi, options: options)
+        XCTAssertLessThan(other.saveWaitMs, 40, "another chat waited for the first one's saves: \(other)")
+        let again = [long, ChatMessage(role: "assistant", content: r1.text), ChatMessage(role: "user", content: "more")]
+        let r = try engine.runTurn(session: "first", messages: again, options: options)
         XCTAssertGreaterThan(r.saveWaitMs, 40, "the second turn waited for the first one's saves: \(r)")
         XCTAssertGreaterThanOrEqual(r.ttftMs, r.saveWaitMs, "TTFT leaves out the wait for saves")
         XCTAssertEqual(r.queueMs, 0, "no scheduler, no queue")

@@ -205,11 +205,14 @@ public final class ChatEngine: @unchecked Sendable {
             throw DecoderError.badInput("max_tokens must be at least 1, got \(options.maxTokens)")
         }
         adoptFromRemote(id)  // a chat another node served (no-op without a remote tier)
-        // Earlier turns' saves and removals finish first, so no block key is written twice at once.
-        // The wait counts in TTFT and is reported on its own (`saveWaitMs`).
+        // Earlier saves to the namespaces this turn reads or writes, and removals, finish first, so
+        // no block key is written twice at once; other sessions' saves go on. The wait counts in
+        // TTFT and is reported on its own (`saveWaitMs`).
+        let homes = Set((stateLock.withLock { sessions[id] }?.blocks ?? []).map(\.home))
+        let mine: (String) -> Bool = { ns in ns == id || ns.hasPrefix(id + "~") || homes.contains(ns) }
         var saveWait = DispatchTime.now().uptimeNanoseconds
         cleanup.sync {}
-        store.waitForSaves()
+        store.waitForSaves(of: mine)
         saveWait = DispatchTime.now().uptimeNanoseconds - saveWait
         let started = received
         var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id, owner: owner)
@@ -262,7 +265,7 @@ public final class ChatEngine: @unchecked Sendable {
         var completed = false
         for _ in 0..<3 {
             let waitStart = DispatchTime.now().uptimeNanoseconds
-            store.waitForSaves()
+            store.waitForSaves(of: mine)
             saveWait += DispatchTime.now().uptimeNanoseconds - waitStart
             report.saveWaitMs = Double(saveWait) / 1e6
             let attempt = try runForward(

@@ -51,6 +51,10 @@ public final class TieredStore: @unchecked Sendable {
     private let publisher = DispatchQueue(label: "kvtier.store.publisher")
     private let saveSlots: DispatchSemaphore
     private let inFlight = Counter()
+    /// Saves in flight by session namespace (guarded by `saveCondition`, which `waitForSaves(of:)`
+    /// waits on).
+    private var savingSessions: [String: Int] = [:]
+    private let saveCondition = NSCondition()
     /// Blocks written to disk since the last WAL sync (guarded by `lock`).
     private var unsyncedWrites = 0
     /// Fires on `writeback` every `diskFlushInterval` to sync the WAL (group commit).
@@ -308,6 +312,7 @@ public final class TieredStore: @unchecked Sendable {
             }
             return ticket
         }
+        saveCondition.withLock { savingSessions[key.session, default: 0] += 1 }
         saveSlots.wait()
         inFlight.add(1)
         let n = blockPayloadBytes(key)
@@ -317,6 +322,11 @@ public final class TieredStore: @unchecked Sendable {
                 defer {
                     inFlight.add(-1)
                     saveSlots.signal()
+                    saveCondition.withLock {
+                        let left = savingSessions[key.session, default: 1] - 1
+                        savingSessions[key.session] = left > 0 ? left : nil
+                        saveCondition.broadcast()
+                    }
                 }
                 let block = KVBlock(key: key, elementType: elementType, rowWidth: shape.rowWidth, payload: payload)
                 lock.withLock {
@@ -344,6 +354,14 @@ public final class TieredStore: @unchecked Sendable {
     public func waitForSaves() {
         copyEngine.waitUntilIdle()
         writeback.sync {}
+    }
+
+    /// Waits until no save of a namespace `matches` accepts is in flight (saves of other
+    /// sessions go on): what a turn waits for before it writes its own namespaces.
+    public func waitForSaves(of matches: (String) -> Bool) {
+        saveCondition.lock()
+        while savingSessions.keys.contains(where: matches) { saveCondition.wait() }
+        saveCondition.unlock()
     }
 
     private func insertIntoDRAM(_ block: KVBlock, arrival: DRAMTier.Arrival) throws(StoreError) {
