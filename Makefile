@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test boot-test deb run bench bench-replay bench-replay-quick bench-peers bench-serve bench-remote plot-deps reliability sanitize install uninstall clean
+.PHONY: all setup deps model data build release test boot-test deb run bench bench-replay bench-replay-quick bench-peers bench-serve bench-remote bench-multi-node plot-deps reliability sanitize install uninstall clean
 
 all: build
 
@@ -109,6 +109,13 @@ bench-remote: setup release
 	.build/release/kvtier-bench remote --model $(MODEL) --out $(BENCH_DIR)/remote \
 		--seeds 127.0.0.1:$(REMOTE_PORT),127.0.0.1:$$(($(REMOTE_PORT)+1)),127.0.0.1:$$(($(REMOTE_PORT)+2))
 	deploy/bench/redis-cluster.sh stop $(abspath $(RUN_DIR))/redis-cluster
+
+## bench-multi-node: a ShareGPT trace (40 chats, up to 6 turns) through one kvtierd, then two with
+## every turn routed to a random node, without and with a shared Redis Cluster
+bench-multi-node: setup data release
+	.build/release/kvtier-bench replay --quick --sessions 40 --max-turns 6 --model $(MODEL) --data $(SHAREGPT) \
+		--policies "" --sweep "" --no-plots --out $(BENCH_DIR)/multi-node --export-trace $(BENCH_DIR)/multi-node/trace.json
+	deploy/bench/multi-node.sh $(MODEL) $(BENCH_DIR)/multi-node/trace.json $(BENCH_DIR)/multi-node
 
 RELIABILITY_OUT ?= $(RUN_DIR)/reliability
 RELIABILITY_TESTS ?= CrashSafety|RestartTime|HostileClient|Overload|Isolation|Fault|Deployment|DaemonAccess

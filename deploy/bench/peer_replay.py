@@ -4,9 +4,13 @@
 Used to run KVTier's ShareGPT replay against peers (llama.cpp's llama-server) and against
 kvtierd itself with one and the same client, so the numbers compare side by side.
 
-usage: peer_replay.py --trace FILE (--url http://127.0.0.1:PORT | --unix-socket PATH)
+usage: peer_replay.py --trace FILE (--url http://127.0.0.1:PORT | --unix-socket PATH...)
                       [--label NAME] [--out FILE] [--limit N] [--max-tokens N]
-                      [--timeout SECONDS] [--no-session-field]
+                      [--timeout SECONDS] [--no-session-field] [--seed N]
+
+Several --unix-socket: several kvtierd nodes; each turn goes to one chosen at random (--seed),
+as a router without affinity would send it, and the output adds each turn's node and, after the
+run, every node's /v1/tiers.
 
 Trace (written by `kvtier-bench replay --export-trace FILE`):
 
@@ -242,7 +246,8 @@ def main(argv=None):
     ap.add_argument("--trace", required=True, help="trace JSON (kvtier-bench replay --export-trace)")
     target = ap.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="http://HOST:PORT of the server (TCP)")
-    target.add_argument("--unix-socket", metavar="PATH", help="Unix socket of the server (kvtierd)")
+    target.add_argument("--unix-socket", metavar="PATH", action="append",
+                        help="Unix socket of the server (kvtierd); repeat for several nodes (random routing)")
     ap.add_argument("--label", default=None, help="system name in the output (default: the target)")
     ap.add_argument("--out", help="write the JSON result here")
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N turns of order")
@@ -251,6 +256,7 @@ def main(argv=None):
     ap.add_argument("--model", default="x", help='"model" field of the requests (default "x")')
     ap.add_argument("--no-session-field", dest="session_field", action="store_false",
                     help="do not send session_id (kvtierd then matches sessions by prefix)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random routing between several sockets")
     args = ap.parse_args(argv)
 
     try:
@@ -263,10 +269,14 @@ def main(argv=None):
     if args.max_tokens < 1:
         ap.error("--max-tokens must be at least 1")
 
+    import random
+    rng = random.Random(args.seed)
+    node_conns = None
     if args.unix_socket:
-        path = args.unix_socket
-        make_conn = lambda t: UnixHTTPConnection(path, timeout=t)
-        target_desc = "unix:" + path
+        paths = list(args.unix_socket)
+        node_conns = [(lambda p: (lambda t: UnixHTTPConnection(p, timeout=t)))(p) for p in paths]
+        make_conn = node_conns[0]
+        target_desc = ",".join("unix:" + p for p in paths)
     else:
         u = urllib.parse.urlsplit(args.url)
         if u.scheme != "http" or not u.hostname:
@@ -288,7 +298,11 @@ def main(argv=None):
             body["session_id"] = s
         rec = {"session": s, "turn": k, "conversation": conv.get("id"),
                "prompt_chars": sum(len(m["content"]) for m in messages)}
-        rec.update(one_request(make_conn, body, args.timeout))
+        conn = make_conn
+        if node_conns and len(node_conns) > 1:
+            rec["node"] = rng.randrange(len(node_conns))
+            conn = node_conns[rec["node"]]
+        rec.update(one_request(conn, body, args.timeout))
         if "error" in rec:
             rec["ok"] = False
         else:
@@ -320,6 +334,26 @@ def main(argv=None):
         "ttft_ms_turn2plus": summarize([r["ttft_ms"] for r in ok if r["turn"] >= 1]),
         "errors": errors,
     }
+    later = [r for r in ok if r["turn"] >= 1 and isinstance(r.get("kvtier"), dict)]
+    if later:
+        hits = {}
+        for r in later:
+            for tier, n in (r["kvtier"].get("hits") or {}).items():
+                hits[tier] = hits.get(tier, 0) + (n or 0)
+        result["turn2plus_tokens_reused"] = sum(r["kvtier"].get("tokens_reused", 0) for r in later)
+        result["turn2plus_tokens_recomputed"] = sum(r["kvtier"].get("tokens_recomputed", 0) for r in later)
+        result["turn2plus_hits"] = hits
+    if node_conns:
+        tiers = []
+        for c in node_conns:
+            try:
+                h = c(30)
+                h.request("GET", "/v1/tiers")
+                tiers.append(json.loads(h.getresponse().read()))
+                h.close()
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                tiers.append({"error": str(e)})
+        result["tiers"] = tiers
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
