@@ -82,6 +82,19 @@ final class RemoteTierDaemonTests: XCTestCase {
         XCTAssertEqual(reply(r2), reply(r3), "KV from the cluster gives the recomputation's reply")
         XCTAssertNotNil(reply(r2))
 
+        // The chat comes back to node A, which served turn 1: it takes B's newer record (turn 2)
+        // from the cluster instead of its own, and reuses turn 2's tokens too.
+        history += [("assistant", try XCTUnwrap(reply(r2))), ("user", "And at sunrise?")]
+        let usage2 = try XCTUnwrap(r2.json["usage"] as? [String: Any])
+        XCTAssertEqual(try request(b.socket, "POST", "/v1/flush").status, 200)
+        let r4 = try chat(a.socket, history, session: "trip", maxTokens: 8)
+        let back = try XCTUnwrap(r4.json["kvtier"] as? [String: Any])
+        XCTAssertGreaterThanOrEqual(
+            back["tokens_reused"] as? Int ?? 0, (usage2["prompt_tokens"] as? Int ?? 0) - 1,
+            "node A used its own older record: \(back)")
+        let r4fresh = try chat(fresh.socket, history, session: "trip-3", maxTokens: 8)
+        XCTAssertEqual(reply(r4), reply(r4fresh), "the KV node A reused gives the recomputation's reply")
+
         // A chat that moves while its node is still writing: node A answers turn 2 and the same
         // turn reaches node B at once. The blocks A's new record no longer names are deleted only
         // after that record is out, so whichever record B reads, its blocks are there.

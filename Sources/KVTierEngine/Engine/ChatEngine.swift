@@ -205,6 +205,7 @@ public final class ChatEngine: @unchecked Sendable {
             throw DecoderError.badInput("max_tokens must be at least 1, got \(options.maxTokens)")
         }
         adoptFromRemote(id)  // a chat another node served (no-op without a remote tier)
+        refreshFromRemote(id)  // a chat this node served before and another node since
         // Earlier saves to the namespaces this turn reads or writes, and removals, finish first, so
         // no block key is written twice at once; other sessions' saves go on. The wait counts in
         // TTFT and is reported on its own (`saveWaitMs`).
@@ -737,6 +738,31 @@ public final class ChatEngine: @unchecked Sendable {
         guard adopted else { return }
         store.adoptRemote(remoteKeys(state))
         persistRecord(state)
+    }
+
+    /// Takes the cluster's record of a chat this node served before when it is newer (another node
+    /// ran later turns), under the session's gate, before the turn reads anything. Our copies of
+    /// blocks the newer record names under the same keys hold KV of our tokens: they are kept only
+    /// where both records have the same tokens up to the block's end (and neither was truncated),
+    /// and dropped from this node's tiers otherwise, so the turn loads the cluster's.
+    private func refreshFromRemote(_ id: String) {
+        guard let remote = store.remote, let local = stateLock.withLock({ sessions[id] }),
+            let bytes = remote.metadata(model: store.model, name: "session/" + id),
+            let theirs = try? JSONDecoder().decode(SessionState.self, from: Data(bytes)), theirs.id == id,
+            theirs.turns > local.turns
+        else { return }
+        let untruncated = local.dropEnd <= local.sinks && theirs.dropEnd <= theirs.sinks
+        let stale = theirs.blocks.filter { b in
+            !(untruncated && local.tokens.count >= b.end && theirs.tokens.count >= b.end
+                && local.tokens[0..<b.end] == theirs.tokens[0..<b.end])
+        }
+        do {
+            try store.forgetLocally(stale.flatMap { b in (0..<model.kvLayout.layers).map { key($0, b) } })
+        } catch {
+            return  // our copies could not be dropped: keep our own record rather than risk them
+        }
+        persist(theirs)
+        store.adoptRemote(remoteKeys(theirs))
     }
 
     /// Every block key a session's record names, in every layer.

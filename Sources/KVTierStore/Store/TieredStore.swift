@@ -632,6 +632,18 @@ public final class TieredStore: @unchecked Sendable {
         remote?.retire([key])
     }
 
+    /// Forgets blocks in this node's tiers only (HBM, DRAM, disk); the remote tier keeps its
+    /// copies (a newer version of the chat, written by another node, names them).
+    public func forgetLocally(_ keys: [BlockKey]) throws(StoreError) {
+        guard !keys.isEmpty else { return }
+        waitForSaves()
+        for key in keys {
+            freeWhenNotDemoting(key.session) { $0 == key }
+            _ = dram.remove(key)
+            do { _ = try disk.delete(key) } catch { throw .disk(error) }
+        }
+    }
+
     /// Forgets a session in every tier.
     public func delete(session: String) throws(StoreError) {
         waitForSaves()
