@@ -218,7 +218,8 @@ struct RemoteBench: ParsableCommand {
         for row in r.rows {
             lines.append(
                 "| \(row.historyWords) | \(row.promptTokens) | \(row.path) | "
-                    + "\(String(format: "%.1f", row.ttftMsP50)) | \(row.tokensReusedP50) | \(row.tokensFromClusterP50) |")
+                    + String(format: "%.1f", row.ttftMsP50)
+                    + " | \(row.tokensReusedP50) | \(row.tokensFromClusterP50) |")
         }
         if let b = r.clusterBytesRead { lines.append("\nnode B read \(b) bytes from the cluster") }
         return lines.joined(separator: "\n")

@@ -724,10 +724,9 @@ public final class ChatEngine: @unchecked Sendable {
     /// remote tier; its blocks then load from the cluster like from any lower tier (and a block
     /// the cluster no longer has is recomputed).
     private func adoptFromRemote(_ id: String) {
-        guard store.remote != nil, stateLock.withLock({ sessions[id] == nil }),
-            let bytes = store.remote?.metadata(model: store.model, name: "session/" + id),
-            let state = try? JSONDecoder().decode(SessionState.self, from: Data(bytes)), state.id == id
-        else { return }
+        guard store.remote != nil, stateLock.withLock({ sessions[id] == nil }), let state = remoteRecord(id) else {
+            return
+        }
         let adopted = stateLock.withLock { () -> Bool in
             guard sessions[id] == nil else { return false }
             sessions[id] = state
@@ -746,9 +745,7 @@ public final class ChatEngine: @unchecked Sendable {
     /// where both records have the same tokens up to the block's end (and neither was truncated),
     /// and dropped from this node's tiers otherwise, so the turn loads the cluster's.
     private func refreshFromRemote(_ id: String) {
-        guard let remote = store.remote, let local = stateLock.withLock({ sessions[id] }),
-            let bytes = remote.metadata(model: store.model, name: "session/" + id),
-            let theirs = try? JSONDecoder().decode(SessionState.self, from: Data(bytes)), theirs.id == id,
+        guard store.remote != nil, let local = stateLock.withLock({ sessions[id] }), let theirs = remoteRecord(id),
             theirs.turns > local.turns
         else { return }
         let untruncated = local.dropEnd <= local.sinks && theirs.dropEnd <= theirs.sinks
@@ -757,7 +754,7 @@ public final class ChatEngine: @unchecked Sendable {
                 && local.tokens[0..<b.end] == theirs.tokens[0..<b.end])
         }
         do {
-            try store.forgetLocally(stale.flatMap { b in (0..<model.kvLayout.layers).map { key($0, b) } })
+            try store.forgetLocally(keys(of: stale))
         } catch {
             return  // our copies could not be dropped: keep our own record rather than risk them
         }
@@ -765,9 +762,19 @@ public final class ChatEngine: @unchecked Sendable {
         store.adoptRemote(remoteKeys(theirs))
     }
 
+    /// The record of session `id` another node published in the remote tier, if any and readable.
+    private func remoteRecord(_ id: String) -> SessionState? {
+        guard let bytes = store.remote?.metadata(model: store.model, name: "session/" + id),
+            let state = try? JSONDecoder().decode(SessionState.self, from: Data(bytes)), state.id == id
+        else { return nil }
+        return state
+    }
+
     /// Every block key a session's record names, in every layer.
-    private func remoteKeys(_ state: SessionState) -> [BlockKey] {
-        state.blocks.flatMap { b in (0..<model.kvLayout.layers).map { key($0, b) } }
+    private func remoteKeys(_ state: SessionState) -> [BlockKey] { keys(of: state.blocks) }
+
+    private func keys(of blocks: [SessionState.BlockRange]) -> [BlockKey] {
+        blocks.flatMap { b in (0..<model.kvLayout.layers).map { key($0, b) } }
     }
 
     /// Keeps a session's new state: its record first, then the blocks nobody references any

@@ -2,8 +2,10 @@
 /// the exposition gets these lines inserted before each family's `# TYPE` line.
 enum MetricsHelp {
     static let text: [String: String] = [
-        "kvtier_ttft_seconds": "Time from a request's arrival to its first generated token, every wait included (queue, earlier saves, loads).",
-        "kvtier_save_wait_seconds": "Time a turn waited for earlier turns' saves and removals before it started (part of TTFT).",
+        "kvtier_ttft_seconds":
+            "Time from a request's arrival to its first generated token, every wait included (queue, saves, loads).",
+        "kvtier_save_wait_seconds":
+            "Time a turn waited for earlier turns' saves and removals before it started (part of TTFT).",
         "kvtier_load_stall_seconds": "Time a turn waited for its reused KV to reach HBM.",
         "kvtier_save_lag_seconds": "Time a turn spent handing its new KV to the store and waiting for its save queue.",
         "kvtier_turn_seconds": "Wall time of a turn, prompt and reply.",
