@@ -12,11 +12,11 @@
 # included. Its tree has no .git, so the binary reports "version 0.5.0-dev ... commit unknown".
 # Everything is downloaded and built OUTSIDE the KVTier repository, under $KVTIER_PEERS_DIR.
 #
-# Build flags: on x86-64 the CPU features are set explicitly (GGML_NATIVE=OFF) and AMX is off.
-# With the default -march=native build, Q4_0/Q4_1 matmuls go to ggml's AMX kernels, which
-# crash with SIGILL (tileloadd) on some hosts; see the notes in the bench docs. ggml's own thread
-# pool is used instead of OpenMP (GGML_OPENMP=OFF). No web UI, no tests, no examples, no
-# OpenSSL/curl, so nothing is downloaded during the build.
+# Build flags: the default build (native, OpenMP) wherever it runs. Only on a CPU with AMX are
+# the CPU features named one by one (GGML_NATIVE=OFF) with AMX off: there the native build's
+# Q4_0/Q4_1 matmuls go to ggml's AMX kernels, which crash with SIGILL (tileloadd) on some hosts;
+# see the notes in the bench docs (cpu_flags below). OpenMP stays on. No web UI, no tests, no
+# examples, no OpenSSL/curl, so nothing is downloaded during the build.
 #
 # Environment:
 #   KVTIER_PEERS_DIR     work directory (default: $HOME/.cache/kvtier-peers)
