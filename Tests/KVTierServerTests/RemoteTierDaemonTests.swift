@@ -76,6 +76,10 @@ final class RemoteTierDaemonTests: XCTestCase {
         let reused = report["tokens_reused"] as? Int ?? 0
         XCTAssertGreaterThan(reused, 32, "node B reuses node A's KV: \(report)")
         XCTAssertEqual(hits(r2)["remote"] as? Int, reused, "every reused token came from the cluster: \(report)")
+        // Each of the model's 30 layers read its blocks in one timed pipeline.
+        let metrics = try rawRequest(b.socket, "GET", "/metrics").1
+        XCTAssertTrue(
+            metrics.contains("kvtier_remote_layer_read_seconds_count 30"), "one read per layer in the metrics")
         // The same turn computed from scratch on a node that never saw the chat.
         let r3 = try chat(fresh.socket, history, session: "trip", maxTokens: 16)
         XCTAssertEqual((r3.json["kvtier"] as? [String: Any])?["tokens_reused"] as? Int, 0)

@@ -41,6 +41,9 @@ final class TurnCache: KVCache {
     private let store: TieredStore
     /// Seconds spent waiting for layers.
     private(set) var stallSeconds = 0.0
+    /// Per layer that read blocks from the remote tier, how long that read took.
+    private(set) var remoteLayerReadSeconds: [Double] = []
+    private var remoteReadCounted: Set<Int> = []
     /// Blocks that could not be loaded in some layer.
     private(set) var failedBlocks: [SessionState.BlockRange] = []
     /// Reused tokens by the tier they came from (counted in layer 0).
@@ -102,6 +105,7 @@ final class TurnCache: KVCache {
             pages[.init(home: key.session, start: key.start, count: key.count)] = (key, page)
         }
         let sources = load.sources
+        if let t = load.remoteReadSeconds, remoteReadCounted.insert(layer).inserted { remoteLayerReadSeconds.append(t) }
         for run in runs[filledRuns[layer]...] {
             guard let (key, page) = pages[run.block] else {
                 if !failedBlocks.contains(run.block) { failedBlocks.append(run.block) }

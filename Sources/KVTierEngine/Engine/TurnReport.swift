@@ -20,6 +20,9 @@ public struct TurnReport: Sendable, Codable {
     public var logprobs: [TokenLogprob]?
     /// Time the decoder waited for KV layers to arrive.
     public var loadStallMs = 0.0
+    /// For each layer whose blocks came from the remote tier, how long the read took (the
+    /// layer's pipeline and any single-block fallback).
+    public var remoteLayerReadMs: [Double] = []
     /// Time saving added to the turn's critical path (HBM admission and back-pressure).
     public var saveLagMs = 0.0
     public var truncatedTokens = 0

@@ -9,6 +9,8 @@ enum MetricsHelp {
         "kvtier_load_stall_seconds": "Time a turn waited for its reused KV to reach HBM.",
         "kvtier_save_lag_seconds": "Time a turn spent handing its new KV to the store and waiting for its save queue.",
         "kvtier_turn_seconds": "Wall time of a turn, prompt and reply.",
+        "kvtier_remote_layer_read_seconds":
+            "Time to read one layer's reused blocks from the remote tier (one pipeline per layer and turn).",
         "kvtier_build_info": "The serving build: 1, with its version and the commit it was built from as labels.",
         "kvtier_queue_depth": "Turns waiting to start.",
         "kvtier_running_turns": "Turns in the running batch.",

@@ -10,6 +10,8 @@ public struct LayerLoad: Sendable {
     public var fromHBM = 0, fromDRAM = 0, fromDisk = 0, fromRemote = 0
     /// The tier each delivered block came from.
     public var sources: [BlockKey: Tier] = [:]
+    /// Time spent reading this layer's blocks from the remote tier (nil when none was asked for).
+    public var remoteReadSeconds: Double?
 }
 
 /// A layer-wise load in progress. The consumer calls `wait(layer:)` before computing layer l;

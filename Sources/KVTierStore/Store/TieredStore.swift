@@ -491,10 +491,14 @@ public final class TieredStore: @unchecked Sendable {
         var transfers: [(source: [UInt8], destination: UnsafeMutableRawPointer)] = []
         var newPages: [(BlockKey, PageID, Int)] = []
         // Blocks only the remote tier holds come in one pipeline for the layer.
-        let remoteWanted = remote.map { r in
-            Set(keys.filter { r.knows($0) && !isInHBM($0) && !dram.contains($0) && !disk.contains($0) })
-        } ?? []
+        let remoteWanted =
+            remote.map { r in
+                Set(keys.filter { r.knows($0) && !isInHBM($0) && !dram.contains($0) && !disk.contains($0) })
+            } ?? []
+        let remoteStart = DispatchTime.now().uptimeNanoseconds
+        var remoteNanos: UInt64?
         let remoteBlocks = remote?.get(Array(remoteWanted)) ?? [:]
+        if !remoteWanted.isEmpty { remoteNanos = DispatchTime.now().uptimeNanoseconds - remoteStart }
         for key in keys {
             if let page = lock.withLock({ hbm[key] }) {
                 result.pages.append((key, page))
@@ -515,7 +519,8 @@ public final class TieredStore: @unchecked Sendable {
                     result.fromDisk += 1
                     try? insertIntoDRAM(b, arrival: .promoted)
                 default:
-                    if let b = remoteWanted.contains(key) ? remoteBlocks[key] : remoteFallback(key) {
+                    if let b = remoteWanted.contains(key) ? remoteBlocks[key] : remoteFallback(key, nanos: &remoteNanos)
+                    {
                         block = b
                         source = .remote
                         result.fromRemote += 1
@@ -541,6 +546,7 @@ public final class TieredStore: @unchecked Sendable {
             transfers.append((source: block.payload, destination: arena.pointer(page)))
             newPages.append((key, page, block.payload.count))
         }
+        result.remoteReadSeconds = remoteNanos.map { Double($0) / 1e9 }
         let base = result
         let placed = newPages
         let finish: @Sendable () -> Void = { [self] in
@@ -573,8 +579,11 @@ public final class TieredStore: @unchecked Sendable {
 
     /// A block the disk tier should have had but did not serve (damaged, dropped), from the
     /// remote tier when it holds it.
-    private func remoteFallback(_ key: BlockKey) -> KVBlock? {
+    /// `nanos` accumulates the time the read took.
+    private func remoteFallback(_ key: BlockKey, nanos: inout UInt64?) -> KVBlock? {
         guard let remote, remote.knows(key) else { return nil }
+        let start = DispatchTime.now().uptimeNanoseconds
+        defer { nanos = (nanos ?? 0) + (DispatchTime.now().uptimeNanoseconds - start) }
         return remote.get([key])[key]
     }
 
