@@ -138,6 +138,10 @@ public struct ChatCompletion: Codable, Sendable, Equatable {
         public var message: APIChatMessage
         public var finishReason: String
         public var logprobs: ChoiceLogprobs?
+        /// With `n` > 1: the session this choice's KV is kept in (choice 0's is the request's
+        /// `session_id`) and its turn's report.
+        public var sessionId: String?
+        public var kvtier: KVTierReport?
 
         public init(index: Int, message: APIChatMessage, finishReason: String, logprobs: ChoiceLogprobs? = nil) {
             self.index = index

@@ -78,10 +78,6 @@ struct ChatCompletionRequest: Decodable {
                     "'\(format.type)' is not supported: kvtierd has no structured output; only \"text\"")
             }
         }
-        if try present("n") {
-            let n = try c.decode(Int.self, forKey: Key("n"))
-            guard n == 1 else { throw fail("n", "only 1 choice per request is supported, got \(n)") }
-        }
         let wantsLogprobs = try present("logprobs") && c.decode(Bool.self, forKey: Key("logprobs"))
         if try present("top_logprobs") {
             let top = try c.decode(Int.self, forKey: Key("top_logprobs"))
@@ -132,7 +128,12 @@ struct ChatCompletionRequest: Decodable {
         /// Keep generating past the model's end-of-turn token, up to the token limit (llama-server's
         /// and vLLM's name for it; benchmarks use it for replies of a set length).
         var ignoreEOS: Bool
+        /// `n`: how many choices to generate for the one prompt.
+        var choices = 1
     }
+
+    /// The most choices (`n`) one request may ask for: each is a turn of its own.
+    static let maxChoices = 16
 
     static func common(_ c: KeyedDecodingContainer<Key>, defaultMaxTokens: Int?) throws -> Common {
         func fail(_ key: String, _ message: String) -> FieldError { FieldError(path: key, message: message) }
@@ -179,6 +180,12 @@ struct ChatCompletionRequest: Decodable {
             out.nextTurnInSeconds = hints.next_turn_in_seconds
         }
         out.ignoreEOS = try c.decodeIfPresent(Bool.self, forKey: Key("ignore_eos")) ?? false
+        if try present("n") {
+            out.choices = try c.decode(Int.self, forKey: Key("n"))
+            guard (1...maxChoices).contains(out.choices) else {
+                throw fail("n", "must be 1 to \(maxChoices), got \(out.choices)")
+            }
+        }
         return out
     }
 

@@ -15,10 +15,10 @@ struct TextCompletionRequest: Decodable {
             guard c.contains(Key(key)) else { return false }
             return try !c.decodeNil(forKey: Key(key))
         }
-        for key in ["n", "best_of"] where try present(key) {
-            let n = try c.decode(Int.self, forKey: Key(key))
+        if try present("best_of") {
+            let n = try c.decode(Int.self, forKey: Key("best_of"))
             guard n == 1 else {
-                throw FieldError(path: key, message: "only 1 choice per request is supported, got \(n)")
+                throw FieldError(path: "best_of", message: "not supported (no server-side ranking); ask for n choices")
             }
         }
         if try present("echo"), try c.decode(Bool.self, forKey: Key("echo")) {

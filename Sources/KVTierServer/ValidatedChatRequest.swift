@@ -21,6 +21,8 @@ struct ValidatedChatRequest: Sendable {
     let nextTurnInSeconds: Double?
     /// `logprobs`: alternatives per token (`top_logprobs`), nil when not asked for.
     let logprobs: Int?
+    /// `n`: choices to generate, each a turn of its own sharing the prompt's KV.
+    let choices: Int
     /// The session the client named (`session_id`, else the `X-Session-Id` header), if any.
     let sessionID: String?
 
@@ -100,6 +102,7 @@ struct ValidatedChatRequest: Sendable {
         self.logprobs = logprobs
         self.nextTurnInSeconds = common.nextTurnInSeconds
         self.isTextCompletion = isTextCompletion
+        self.choices = common.choices
     }
 
     /// A decoding error in words a client can act on: the field, as a JSON path

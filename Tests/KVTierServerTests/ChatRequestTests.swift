@@ -46,7 +46,8 @@ final class ChatRequestTests: XCTestCase {
                 "{\(user),\"response_format\":{\"type\":\"json_schema\"}}",
                 "response_format.type: 'json_schema' is not supported"
             ),
-            ("{\(user),\"n\":3}", "n: only 1 choice"),
+            ("{\(user),\"n\":0}", "n: must be 1 to 16"),
+            ("{\(user),\"n\":17}", "n: must be 1 to 16"),
             ("{\(user),\"top_logprobs\":2}", "top_logprobs: needs \"logprobs\": true"),
             ("{\(user),\"logprobs\":true,\"top_logprobs\":21}", "top_logprobs: must be 0 to 20"),
             ("{\(user),\"presence_penalty\":0.5}", "presence_penalty: penalties are not supported"),
@@ -112,8 +113,9 @@ final class ChatRequestTests: XCTestCase {
         XCTAssertNotEqual(r.messages[0].role, "user", "not a chat message: no template around it")
         XCTAssertEqual(r.stopSequences, ["\n"])
         XCTAssertEqual(try textCompletion(#"{"prompt":["one"],"max_tokens":3}"#).maxTokens, 3)
+        XCTAssertEqual(try textCompletion(#"{"prompt":"a","n":3}"#).choices, 3)
         let cases: [(String, String)] = [
-            (#"{"prompt":"a","n":2}"#, "n:"),
+            (#"{"prompt":"a","n":20}"#, "n:"),
             (#"{"prompt":"a","best_of":3}"#, "best_of:"),
             (#"{"prompt":"a","echo":true}"#, "echo:"),
             (#"{"prompt":"a","suffix":"z"}"#, "suffix:"),

@@ -40,7 +40,7 @@ final class OpenAIClientTests: XCTestCase {
         else {
             return XCTFail("no results from the script (exit \(rc)): \(out)")
         }
-        XCTAssertEqual(results.count, 15, out)
+        XCTAssertEqual(results.count, 16, out)
         for (name, r) in results.sorted(by: { $0.key < $1.key }) {
             XCTAssertEqual(r["ok"] as? Bool, true, "\(name): \(r["detail"] ?? "")")
         }

@@ -139,9 +139,11 @@ def _():
         model=model, prompt=prompt, max_tokens=6, temperature=0, stream=True) if c.choices)
     again = client.completions.create(model=model, prompt=prompt + text + " Also", max_tokens=4, temperature=0)
     reused = ((again.model_extra or {}).get("kvtier") or {}).get("tokens_reused", 0)
+    two = client.completions.create(model=model, prompt=prompt, max_tokens=4, n=2, temperature=1.0, seed=3)
     ok = (r.object == "text_completion" and text and streamed == text and r.usage.completion_tokens <= 6
-          and reused >= r.usage.prompt_tokens)
-    return ok, f"{text!r}, streamed {streamed!r}, next prompt reused {reused} (first prompt {r.usage.prompt_tokens})"
+          and reused >= r.usage.prompt_tokens and [c.index for c in two.choices] == [0, 1])
+    return ok, f"{text!r}, streamed {streamed!r}, next prompt reused {reused} (first prompt {r.usage.prompt_tokens}), " \
+               f"n=2: {[c.text for c in two.choices]}"
 
 
 @check("logprobs: one per token, the text's own, alternatives sorted")
@@ -162,14 +164,38 @@ def _():
     return ok, f"{len(content)} tokens for {r.choices[0].message.content!r}; streamed {len(streamed)}"
 
 
+@check("n choices: the prompt computed once, each choice sampled on its own, streamed by index")
+def _():
+    messages = [{"role": "system", "content": "You are a poet. Answer with one line of verse."},
+                {"role": "user", "content": "Write a line about the sea at night, with the moon and a boat."}]
+    r = client.chat.completions.create(model=model, messages=messages, n=3, max_completion_tokens=12,
+                                       temperature=1.0, seed=7)
+    reports = [(c.model_extra or {}).get("kvtier") or {} for c in r.choices]
+    later_computed = [k.get("tokens_recomputed", -1) for k in reports[1:]]
+    texts = [c.message.content for c in r.choices]
+    generated = sum(k.get("tokens_generated", 0) for k in reports)
+    ok = ([c.index for c in r.choices] == [0, 1, 2] and all(texts) and len(set(texts)) > 1
+          and all(0 <= n <= 1 for n in later_computed) and r.usage.completion_tokens == generated
+          and reports[0].get("tokens_recomputed", 0) >= r.usage.prompt_tokens - 1)
+    stream = list(client.chat.completions.create(model=model, messages=messages, n=2, max_completion_tokens=6,
+                                                 temperature=1.0, seed=7, stream=True))
+    roles = sorted(c.choices[0].index for c in stream if c.choices and c.choices[0].delta.role == "assistant")
+    finished = sorted(c.choices[0].index for c in stream if c.choices and c.choices[0].finish_reason)
+    streamed = ["".join(c.choices[0].delta.content or "" for c in stream if c.choices and c.choices[0].index == k)
+                for k in (0, 1)]
+    ok = ok and roles == [0, 1] and finished == [0, 1] and all(streamed)
+    return ok, f"texts {texts}, later choices computed {later_computed}; stream roles {roles}, " \
+               f"finished {finished}, texts {streamed}"
+
+
 for name, field, call in [
     ("tools refused", "tools", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}])),
     ("response_format refused", "response_format.type", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], response_format={"type": "json_object"})),
     ("legacy echo refused", "echo", lambda: client.completions.create(model=model, prompt="hi", echo=True)),
-    ("n > 1 refused", "n:", lambda: client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hi"}], n=2)),
+    ("n over 16 refused", "n:", lambda: client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], n=17)),
     ("top_logprobs over 20 refused", "top_logprobs", lambda: client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], logprobs=True, top_logprobs=21)),
     ("image refused", "messages[0].content[1].type", lambda: client.chat.completions.create(
