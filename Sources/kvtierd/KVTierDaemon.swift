@@ -9,8 +9,9 @@ import Logging
 import ServiceLifecycle
 
 /// kvtierd: builds the model, the tiered store in the state directory and the engine, and serves
-/// the HTTP API on a Unix socket (or, with --terminal, one chat on its terminal). It runs three
-/// services under swift-service-lifecycle: APIServerService, WatchdogService and ReloadService.
+/// the HTTP API on a Unix socket (or, with --terminal, one chat on its terminal). It runs four
+/// services under swift-service-lifecycle: APIServerService, WatchdogService, ReloadService and
+/// SessionExpiryService.
 @main
 struct KVTierDaemon: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -186,6 +187,11 @@ struct KVTierDaemon: AsyncParsableCommand {
                 services: [
                     .init(service: WatchdogService(server: server), successTerminationBehavior: .ignore),
                     .init(service: reload, successTerminationBehavior: .ignore),
+                    .init(
+                        service: SessionExpiryService(
+                            engine: engine, idleSeconds: c.anonymousSessionIdleSeconds, metrics: service.metrics,
+                            logger: logger),
+                        successTerminationBehavior: .ignore),
                     .init(service: api),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],

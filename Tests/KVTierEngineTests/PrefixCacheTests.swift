@@ -166,6 +166,49 @@ final class PrefixCacheTests: XCTestCase {
         XCTAssertEqual(r2.generated, try reference(model, engine, named, r2).0)
     }
 
+    /// Anonymous chats idle past the limit are forgotten with the KV only they read; named
+    /// sessions, recent chats and a chat a request is about to continue stay, and so do the
+    /// blocks a remaining session shares with an expired one.
+    func testIdleAnonymousSessionsExpireAndTheBlocksOthersReadStay() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let (a, ra) = try request(engine, [system, ChatMessage(role: "user", content: "what is a tier?")])
+        let (named, rn) = try request(engine, named: "1000:work", [system, ChatMessage(role: "user", content: "why?")])
+        XCTAssertGreaterThan(rn.tokensReused, 0, "the named chat shares the system prompt's blocks of chat a")
+        let c1 = [system, ChatMessage(role: "user", content: "and the disk?")]
+        let (c, rc) = try request(engine, c1)
+        engine.quiesce()
+        let shared = try XCTUnwrap(engine.stateForTesting(named)?.blocks.filter { $0.home == a })
+        XCTAssertFalse(shared.isEmpty)
+        let onlyA = try XCTUnwrap(engine.stateForTesting(a)?.blocks.filter { b in !shared.contains(b) })
+        XCTAssertFalse(onlyA.isEmpty)
+
+        XCTAssertEqual(engine.expireIdleAnonymousSessions(idleSeconds: 3600), [], "nothing is idle yet")
+        // A request continuing chat c holds it while it is about to run.
+        let next = c1 + [ChatMessage(role: "assistant", content: rc.text), ChatMessage(role: "user", content: "ok")]
+        let claimed = engine.sessionForRequest(named: nil, messages: next, owner: "1000", newID: "1000:s-new")
+        XCTAssertEqual(claimed, c)
+        let later = Date().addingTimeInterval(120)
+        XCTAssertEqual(engine.expireIdleAnonymousSessions(idleSeconds: 60, now: later), [a])
+        engine.requestEnded(session: claimed)
+        XCTAssertEqual(engine.expireIdleAnonymousSessions(idleSeconds: 60, now: later), [c])
+        engine.quiesce()
+
+        XCTAssertEqual(engine.sessionIDs, [named])
+        for b in onlyA { XCTAssertTrue(engine.store.tiers(of: engine.key(0, b)).isEmpty, "chat a's own KV is gone") }
+        for b in shared { XCTAssertFalse(engine.store.tiers(of: engine.key(0, b)).isEmpty, "the shared KV stays") }
+        // The named chat goes on reusing its whole history, shared part included.
+        let (_, r2) = try request(
+            engine, named: "1000:work",
+            [
+                system, ChatMessage(role: "user", content: "why?"), ChatMessage(role: "assistant", content: rn.text),
+                ChatMessage(role: "user", content: "go on"),
+            ])
+        XCTAssertEqual(r2.tokensReused, rn.promptTokens + rn.generated.count - 1)
+        XCTAssertEqual(r2.blocksRecovered, 0)
+        _ = ra
+    }
+
     /// A shared block is immutable: when the chat that wrote it rewrites that range (its history
     /// was edited), the rewrite goes under another key, and the fork still reads what it shared.
     /// Its next turn's logits equal recomputation's (F32 KV, within the 1e-4 the engine tests allow).

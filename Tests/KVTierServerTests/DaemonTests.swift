@@ -291,4 +291,31 @@ extension DaemonTests {
         XCTAssertEqual(status, 400)
         XCTAssertTrue(text.contains("kvtier.next_turn_in_seconds"), text)
     }
+
+    /// With `engine.anonymous_session_idle_seconds`, a chat without a session id is forgotten
+    /// once idle that long (one log line, counted in the metrics); a named chat is kept.
+    func testChatsWithoutASessionIDAreForgottenWhenIdle() throws {
+        let dir = try temporaryDirectory(self)
+        let socket = dir + "/k.sock"
+        let daemon = try startDaemon(
+            socket: socket, state: dir + "/state", config: "[engine]\nanonymous_session_idle_seconds = 2\n",
+            log: dir + "/kvtierd.log")
+        defer { stop(daemon) }
+        let anonymous = try chat(socket, [("user", "Name a colour.")], session: nil, maxTokens: 4)
+        let id = try XCTUnwrap(anonymous.json["session_id"] as? String)
+        XCTAssertEqual(try chat(socket, [("user", "Name a river.")], session: "kept", maxTokens: 4).status, 200)
+        func listed() throws -> [String] {
+            let all = try request(socket, "GET", "/v1/sessions").json["sessions"] as? [[String: Any]] ?? []
+            return all.compactMap { $0["id"] as? String }.sorted()
+        }
+        XCTAssertEqual(try listed(), [id, "kept"].sorted())
+        let deadline = Date().addingTimeInterval(15)
+        while try listed().contains(id) && Date() < deadline { usleep(200_000) }
+        XCTAssertEqual(try listed(), ["kept"], "the idle chat without an id is gone, the named one stays")
+        XCTAssertEqual(try request(socket, "GET", "/v1/sessions/" + id).status, 404)
+        let metrics = try rawRequest(socket, "GET", "/metrics").1
+        XCTAssertTrue(metrics.contains("kvtier_sessions_expired_total 1"), "counted once")
+        let log = (try? String(contentsOfFile: dir + "/kvtierd.log", encoding: .utf8)) ?? ""
+        XCTAssertTrue(log.contains("forgot idle chats without a session id"), log)
+    }
 }

@@ -46,6 +46,8 @@ public final class ChatEngine: @unchecked Sendable {
     /// Anonymous sessions a request without a session id is about to continue (guarded by `stateLock`).
     private var claimed: Set<String> = []
     private let cleanup = DispatchQueue(label: "kvtier.engine.cleanup")
+    /// When the engine started (seconds since 1970): the last use of sessions whose records have none.
+    private let startedAt = Date().timeIntervalSince1970
     private var blockTokens: Int { store.configuration.blockTokens }
     /// Tests: sees every logits vector a token is sampled from, with its session (called on the
     /// turn's thread; set it before turns run).
@@ -112,17 +114,44 @@ public final class ChatEngine: @unchecked Sendable {
 
     /// Forgets a session and its KV everywhere.
     public func deleteSession(_ id: String) throws {
-        try gate.withSession(id) { try deleteSessionHeld(id) }
+        _ = try gate.withSession(id) { try deleteSessionHeld(id) }
     }
 
-    private func deleteSessionHeld(_ id: String) throws {
+    /// Forgets the anonymous sessions (made for requests without a session id) whose last turn
+    /// ended more than `idleSeconds` before `now`, with the KV no other session reads; returns
+    /// their ids. A session a request is about to continue, or whose turn is running, is kept.
+    /// Sessions from records without a last use count from the engine's start.
+    public func expireIdleAnonymousSessions(idleSeconds: Double, now: Date = Date()) -> [String] {
+        let cutoff = now.timeIntervalSince1970 - idleSeconds
+        let idle: (SessionState) -> Bool = { [startedAt] s in s.anonymous && (s.lastUsed ?? startedAt) < cutoff }
+        let candidates = stateLock.withLock {
+            sessions.values.filter { idle($0) && !claimed.contains($0.id) }.map(\.id).sorted()
+        }
+        var expired: [String] = []
+        for id in candidates {
+            // Checked again under the lock the deletion takes: a request may have claimed it since.
+            let gone = try? gate.withSessionIfFree(id) {
+                try deleteSessionHeld(id) { s in idle(s) && !claimed.contains(id) }
+            }
+            if gone == true { expired.append(id) }
+        }
+        return expired
+    }
+
+    /// Deletes session `id` when `condition` holds for it (checked under `stateLock`); returns
+    /// whether it did. The caller holds the session in `gate`.
+    @discardableResult
+    private func deleteSessionHeld(_ id: String, if condition: (SessionState) -> Bool = { _ in true }) throws -> Bool {
         cleanup.sync {}
-        let (released, keep) = stateLock.withLock { () -> ([SessionState.BlockRange], Set<SessionState.BlockRange>) in
-            guard let old = sessions.removeValue(forKey: id) else { return ([], []) }
+        let (found, released, keep) = stateLock.withLock {
+            () -> (Bool, [SessionState.BlockRange], Set<SessionState.BlockRange>) in
+            guard let state = sessions[id], condition(state) else { return (false, [], []) }
+            let old = sessions.removeValue(forKey: id) ?? state
             unindex(old)
             claimed.remove(id)
-            return (release(old.blocks), Set(references.keys.filter { isOwnNamespace($0.home, of: id) }))
+            return (true, release(old.blocks), Set(references.keys.filter { isOwnNamespace($0.home, of: id) }))
         }
+        guard found else { return false }
         try store.deleteMetadata(name: "session/" + id)
         // The session's own namespaces go whole (with any block a failed turn left behind),
         // except the blocks other sessions still reference.
@@ -137,6 +166,7 @@ public final class ChatEngine: @unchecked Sendable {
             }
         }
         removeNow(released.filter { !isOwnNamespace($0.home, of: id) })
+        return true
     }
 
     /// Whether store namespace `ns` is session `id`'s own (its id, or an alternate `id~n`).
@@ -218,6 +248,7 @@ public final class ChatEngine: @unchecked Sendable {
         let started = received
         var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id, owner: owner)
         state.turns += 1
+        state.lastUsed = Date().timeIntervalSince1970
         let prompt = conversation.tokens(for: messages, replies: state.replies)
         var report = TurnReport(session: id)
         report.promptTokens = prompt.count
@@ -284,6 +315,7 @@ public final class ChatEngine: @unchecked Sendable {
             throw EngineError.loadKeepsFailing(session: id, blocks: failed.count)
         }
         report.totalMs = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
+        state.lastUsed = Date().timeIntervalSince1970  // idle from the end of its reply
         persist(state)
         return report
     }

@@ -24,6 +24,20 @@ final class SessionGate: @unchecked Sendable {
         return try body()
     }
 
+    /// Runs `body` while holding `session` if no other thread holds it now; nil (without
+    /// running `body`) if one does.
+    func withSessionIfFree<R>(_ session: String, _ body: () throws -> R) rethrows -> R? {
+        let free = cond.withLock { busy.insert(session).inserted }
+        guard free else { return nil }
+        defer {
+            cond.withLock {
+                busy.remove(session)
+                cond.broadcast()
+            }
+        }
+        return try body()
+    }
+
     /// Sessions held now.
     var held: Set<String> { cond.withLock { busy } }
 }

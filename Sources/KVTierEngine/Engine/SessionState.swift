@@ -33,6 +33,9 @@ struct SessionState: Codable, Sendable {
     var blocks: [BlockRange] = []
     /// Assistant replies generated in this session: content text -> token ids (without <|im_end|>).
     var replies: [String: [Int32]] = [:]
+    /// When its last turn started, then ended (seconds since 1970); nil in records written before
+    /// it was kept.
+    var lastUsed: Double?
 
     struct BlockRange: Codable, Sendable, Hashable {
         /// The store namespace (`BlockKey.session`) the block lives under.
@@ -49,7 +52,7 @@ struct SessionState: Codable, Sendable {
     }
 
     private enum CodingKeys: String, CodingKey {
-        case id, owner, anonymous, turns, tokens, kvCount, sinks, dropEnd, blocks, replies
+        case id, owner, anonymous, turns, tokens, kvCount, sinks, dropEnd, blocks, replies, lastUsed
     }
 
     /// A block as saved before blocks had a `home` (it then lived under its session's id).
@@ -72,6 +75,7 @@ struct SessionState: Codable, Sendable {
         let saved = try c.decode([SavedBlock].self, forKey: .blocks)
         blocks = saved.map { [id] in BlockRange(home: $0.home ?? id, start: $0.start, count: $0.count) }
         replies = try c.decode([String: [Int32]].self, forKey: .replies)
+        lastUsed = try c.decodeIfPresent(Double.self, forKey: .lastUsed)
     }
 
     /// Live history indices in order (what the KV window holds).

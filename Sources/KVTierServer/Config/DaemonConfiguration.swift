@@ -38,6 +38,9 @@ public struct DaemonConfiguration: Sendable {
     public var prefillChunkTokens = EngineConfiguration().prefillChunkTokens
     public var readAheadLayers = 8
     public var truncationFraction = 0.25
+    /// Chats without a session id whose last turn is older than this are forgotten, with the KV
+    /// only they read (seconds; 0: never).
+    public var anonymousSessionIdleSeconds = 86_400.0
     /// `[store.remote]`: the Redis Cluster tier shared by several nodes (off unless seeds are set).
     public var remoteSeeds: [String] = []
     public var remoteUser: String?
@@ -186,6 +189,7 @@ public struct DaemonConfiguration: Sendable {
         case "engine.prefill_chunk_tokens": prefillChunkTokens = try int(1...512)
         case "engine.read_ahead_layers": readAheadLayers = try int(0...1024)
         case "engine.truncation_fraction": truncationFraction = try number(0...0.9)
+        case "engine.anonymous_session_idle_seconds": anonymousSessionIdleSeconds = try number(0...31_536_000)
         case "store.remote.seeds":
             switch v {
             case .strings(let a): remoteSeeds = a

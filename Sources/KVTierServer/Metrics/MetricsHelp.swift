@@ -20,6 +20,8 @@ enum MetricsHelp {
         "kvtier_tokens_truncated_total": "History tokens dropped to fit the context window.",
         "kvtier_tokens_served_total": "Reused tokens by the tier their KV came from.",
         "kvtier_turns_total": "Turns finished, by finish reason.",
+        "kvtier_sessions_expired_total":
+            "Chats without a session id forgotten after engine.anonymous_session_idle_seconds without a turn.",
         "kvtier_http_responses_total": "HTTP responses sent, by status code.",
         "kvtier_batch_steps_total": "Batched forward steps run.",
         "kvtier_batch_rows_total": "Tokens that went through the decoder in batched steps.",

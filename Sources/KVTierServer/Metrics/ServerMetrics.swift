@@ -104,6 +104,11 @@ public final class ServerMetrics: Sendable {
 
     public func setQueueDepth(_ n: Int) { queueDepth.set(n) }
 
+    /// Chats without a session id forgotten after being idle too long.
+    public func recordExpiredSessions(_ n: Int) {
+        CoreMetrics.Counter(label: "kvtier_sessions_expired_total", factory: factory).increment(by: n)
+    }
+
     /// The Prometheus text exposition, after reading the tiers' current figures.
     /// `running`: turns in the batch now; `batch`: the batch executor's counters.
     public func exposition(
