@@ -566,3 +566,63 @@ extension ChatEngineTests {
         }
     }
 }
+
+extension ChatEngineTests {
+    /// CachedAttention's layer-wise loading: with the DRAM-to-HBM link modelled slow (40 ms per
+    /// layer's transfer), layer 0 computes while the later layers are still on their way, from
+    /// DRAM and from disk (read, then copied up, layer after layer). With overlap off, compute
+    /// starts only once every layer is in. (Turn 1 runs on a fast link and the store restarts
+    /// with the slow one, so that only the measured load pays for it.)
+    func testLayerwiseLoadingComputesWhileLaterLayersMove() throws {
+        let layers = 6
+        let model = try LlamaModel(path: TinyModel(layers: layers, context: 512).write())
+        func engine(_ dir: String, link: CopyEngine.Configuration, overlap: Bool) throws -> ChatEngine {
+            var c = StoreConfiguration(stateDirectory: dir)
+            c.blockTokens = 16
+            c.hbmCapacityBytes = 16 << 20
+            c.dramCapacityBytes = 16 << 20
+            c.link = link
+            let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout)
+            var e = EngineConfiguration()
+            e.threads = 2
+            e.layerwiseLoading = overlap
+            return ChatEngine(model: model, store: store, configuration: e)
+        }
+        let options = GenerationOptions(maxTokens: 4, stopAtEndOfGeneration: false)
+        var messages = [ChatMessage(role: "user", content: (0..<40).map { "word\($0)" }.joined(separator: " "))]
+        let dir = tempDir()
+        do {
+            let first = try engine(dir, link: .unthrottled, overlap: true)
+            let r1 = try first.runTurn(session: "s", messages: messages, options: options)
+            first.quiesce()
+            try first.store.close()
+            messages += [ChatMessage(role: "assistant", content: r1.text), ChatMessage(role: "user", content: "more")]
+        }
+        func secondTurn(overlap: Bool, from tier: Tier) throws -> TurnReport {
+            let copy = tempDir()
+            try FileManager.default.copyItem(atPath: dir, toPath: copy + "/state")
+            let slow = CopyEngine.Configuration(bandwidthBytesPerSecond: 1e12, latencySeconds: 0.04)
+            let e = try engine(copy + "/state", link: slow, overlap: overlap)
+            if tier == .dram {
+                let done = DispatchSemaphore(value: 0)
+                e.store.prefetch(session: "s") { done.signal() }
+                done.wait()
+            }
+            let r = try e.runTurn(session: "s", messages: messages, options: options)
+            e.quiesce()
+            return r
+        }
+        for tier in [Tier.dram, .disk] {
+            let on = try secondTurn(overlap: true, from: tier)
+            let off = try secondTurn(overlap: false, from: tier)
+            XCTAssertGreaterThan(on.tokensReused, 32, "\(tier)")
+            XCTAssertEqual(on.tokensReused, off.tokensReused, "\(tier)")
+            XCTAssertEqual(on.generated, off.generated, "\(tier): overlap changes when, never what")
+            XCTAssertEqual(tier == .dram ? on.hitsDRAM : on.hitsDisk, on.tokensReused, "\(tier)")
+            XCTAssertEqual(off.layersReadyAtFirstCompute, layers, "\(tier): without overlap compute waits for all")
+            XCTAssertLessThan(
+                on.layersReadyAtFirstCompute ?? layers, layers - 2,
+                "\(tier): layer 0 computes while the later layers are still moving")
+        }
+    }
+}

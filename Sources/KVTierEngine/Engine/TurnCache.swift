@@ -41,6 +41,8 @@ final class TurnCache: KVCache {
     private let store: TieredStore
     /// Seconds spent waiting for layers.
     private(set) var stallSeconds = 0.0
+    /// Layers of the load already resident when the decoder first computed (nil: no load).
+    private(set) var layersReadyAtFirstCompute: Int?
     /// Per layer that read blocks from the remote tier, how long that read took.
     private(set) var remoteLayerReadSeconds: [Double] = []
     private var remoteReadCounted: Set<Int> = []
@@ -92,6 +94,9 @@ final class TurnCache: KVCache {
     func append(positions: [Int32]) throws(KVCacheError) -> Int { try work.append(positions: positions) }
 
     func write(layer: Int, start: Int, count: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
+        if layersReadyAtFirstCompute == nil, let handle {
+            layersReadyAtFirstCompute = handle.layers.count { handle.isReady(layer: $0) }
+        }
         work.write(layer: layer, start: start, count: count, keys: keys, values: values)
     }
 

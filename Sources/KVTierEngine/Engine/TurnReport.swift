@@ -20,6 +20,10 @@ public struct TurnReport: Sendable, Codable {
     public var logprobs: [TokenLogprob]?
     /// Time the decoder waited for KV layers to arrive.
     public var loadStallMs = 0.0
+    /// Layers of the reused KV already in HBM when the decoder first needed one (nil when the
+    /// turn loaded nothing): below the model's layer count, the load overlapped compute (layer-wise
+    /// loading); equal to it, compute waited for the whole load.
+    public var layersReadyAtFirstCompute: Int?
     /// For each layer whose blocks came from the remote tier, how long the read took (the
     /// layer's pipeline and any single-block fallback).
     public var remoteLayerReadMs: [Double] = []
