@@ -26,11 +26,16 @@ public struct ReplayPolicy: Sendable {
     }
     /// Scheduler-aware, so only the kvtier variants get hints.
     public var placementHints = Hints.none
+    /// An upper bound no deployment reaches: HBM large enough to keep every session's KV, so
+    /// nothing is ever loaded from a lower tier (kvtier's TTFT is reported as a multiple of it).
+    public var hbmHoldsEverything = false
 
     public static let all: [ReplayPolicy] = [
         ReplayPolicy(name: "recompute", reuseKV: false),
         ReplayPolicy(name: "hbm-only", lowerTiers: false),
-        ReplayPolicy(name: "tiered-lru"),
+        // LMCache's behaviour: queued turns' KV prefetched on arrival (the same look-ahead as
+        // kvtier's), evicted least recently used (LRU does not spare what is queued).
+        ReplayPolicy(name: "tiered-lru", lookAhead: 4),
         ReplayPolicy(name: "kvtier", lookAhead: 4, eviction: .hintDriven, placementHints: .estimated),
         ReplayPolicy(name: "kvtier-oracle", lookAhead: 4, eviction: .hintDriven, placementHints: .oracle),
         ReplayPolicy(
@@ -41,7 +46,11 @@ public struct ReplayPolicy: Sendable {
             placementHints: .estimated),
     ]
 
-    public static func named(_ name: String) -> ReplayPolicy? { all.first { $0.name == name } }
+    /// Not in `all` (run it by name): every session resident in HBM.
+    public static let hbmOracle = ReplayPolicy(
+        name: "hbm-oracle", lookAhead: 4, eviction: .hintDriven, placementHints: .estimated, hbmHoldsEverything: true)
+
+    public static func named(_ name: String) -> ReplayPolicy? { (all + [hbmOracle]).first { $0.name == name } }
 
     /// The policies of the DRAM-capacity sweep.
     public static let swept = ["tiered-lru", "kvtier"]

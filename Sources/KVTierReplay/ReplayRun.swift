@@ -68,6 +68,8 @@ public struct ReplayRun {
         c.stateDirectory = dir
         c.policy = policy.eviction
         c.lowerTiers = policy.lowerTiers
+        // The oracle's arena: reserved, not touched, so only the pages used take memory.
+        if policy.hbmHoldsEverything { c.hbmCapacityBytes = max(c.hbmCapacityBytes, 12 << 30) }
         let tiered: TieredStore
         do {
             tiered = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout)

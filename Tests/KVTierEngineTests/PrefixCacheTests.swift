@@ -209,6 +209,47 @@ final class PrefixCacheTests: XCTestCase {
         _ = ra
     }
 
+    /// Two chats that share a prefix, on an arena that holds one of them: each turn evicts the
+    /// other chat's pages it does not read, the shared ones included, and reuses its whole
+    /// history from DRAM. (Loads once spared every page of the namespaces they read from: with
+    /// the shared prefix in the other chat's namespace, nothing could be evicted, the load found
+    /// no page and the chat recomputed most of its history.)
+    func testChatsSharingAPrefixTakeTurnsOnAnArenaThatHoldsOne() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let page = 2 * 16 * model.kvLayout.rowWidth * 4  // a 16-token block of F32 keys and values
+        let reply = Array(
+            model.tokenizer.encode("a recorded reply with a few more words than that", addSpecial: false).prefix(12))
+        /// Each chat's reports, turn after turn, the two chats taking turns.
+        func run(hbmBytes: Int) throws -> (reports: [[TurnReport]], dramHits: Int) {
+            let engine = try makeEngine(model, dir: tempDir(), hbmBytes: hbmBytes)
+            var chats: [[ChatMessage]] = [[system], [system]]
+            var reports: [[TurnReport]] = [[], []]
+            for q in ["a first question about tiers", "a second question", "a third one, the last"] {
+                for k in 0..<2 {
+                    chats[k].append(ChatMessage(role: "user", content: (k == 1 ? "in another chat, " : "") + q))
+                    var options = GenerationOptions(maxTokens: 12)
+                    options.forcedReply = reply
+                    let id = engine.sessionForRequest(
+                        named: "1000:c\(k)", messages: chats[k], owner: "1000", newID: "unused")
+                    defer { engine.requestEnded(session: id) }
+                    let r = try engine.runTurn(session: id, owner: "1000", messages: chats[k], options: options)
+                    reports[k].append(r)
+                    chats[k].append(ChatMessage(role: "assistant", content: r.text))
+                }
+            }
+            return (reports, engine.store.stats.tiers.first { $0.tier == "dram" }?.hits ?? 0)
+        }
+        let ample = try run(hbmBytes: 16 << 20)
+        let tight = try run(hbmBytes: 24 * model.kvLayout.layers * page)  // one chat (up to 23 blocks), not two
+        XCTAssertEqual(ample.dramHits, 0)
+        XCTAssertGreaterThan(tight.dramHits, 0, "the small arena evicted KV that later turns reused from DRAM")
+        for k in 0..<2 {
+            XCTAssertEqual(tight.reports[k].map(\.tokensReused), ample.reports[k].map(\.tokensReused), "chat \(k)")
+            XCTAssertEqual(tight.reports[k].map(\.blocksRecovered), [0, 0, 0], "chat \(k)")
+        }
+        XCTAssertGreaterThan(ample.reports[1][0].tokensReused, 0, "chat 1 shares chat 0's system prompt blocks")
+    }
+
     /// A shared block is immutable: when the chat that wrote it rewrites that range (its history
     /// was edited), the rewrite goes under another key, and the fork still reads what it shared.
     /// Its next turn's logits equal recomputation's (F32 KV, within the 1e-4 the engine tests allow).

@@ -125,6 +125,36 @@ final class ReplayRunTests: XCTestCase {
     }
 
     /// One chat of three turns with replies of up to 12 tokens, each followed by `thinkSeconds`.
+    /// The all-in-HBM oracle keeps every session in HBM however small the configured arena:
+    /// where kvtier, on an arena too small for two chats, serves some reused KV from DRAM, the
+    /// oracle serves all of it from HBM, and kvtier reuses exactly as much (the second chat's
+    /// prefix, the model's default system prompt, lives in the first chat's namespace: a load
+    /// that spared that namespace's pages once found no page to evict and recomputed).
+    func testTheHBMOracleServesEveryReusedTokenFromHBM() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        var workload = threeTurnChat(model, thinkSeconds: 0.5)
+        let other = ReplayWorkload.Conversation(
+            id: "b", session: "r0002", arrivalSeconds: 0.2,
+            turns: workload.conversations[0].turns.map {
+                .init(user: "in another chat, " + $0.user, reply: $0.reply, replyText: $0.replyText, thinkSeconds: 0.5)
+            })
+        workload = ReplayWorkload(conversations: workload.conversations + [other])
+        var store = smallStore()
+        let page = 2 * 16 * model.kvLayout.rowWidth * 2  // a 16-token block of F16 keys and values
+        store.hbmCapacityBytes = 16 * model.kvLayout.layers * page  // one chat (10 or 13 blocks), not two
+        var summaries: [String: ReplaySummary.Policy] = [:]
+        for policy in ["kvtier", "hbm-oracle"].compactMap(ReplayPolicy.named) {
+            let (turns, stats) = try ReplayRun(policy: policy, store: store, threads: 2).run(workload, model: model) {
+                _, _ in
+            }
+            summaries[policy.name] = ReplaySummary.Policy(policy: policy.name, store: store, turns: turns, stats: stats)
+        }
+        let kvtier = try XCTUnwrap(summaries["kvtier"]), oracle = try XCTUnwrap(summaries["hbm-oracle"])
+        XCTAssertLessThan(kvtier.hit_rate_by_tier["hbm"] ?? 1, 1, "the small arena evicted some of it")
+        XCTAssertEqual(oracle.hit_rate_by_tier["hbm"] ?? 0, 1, accuracy: 1e-9)
+        XCTAssertEqual(oracle.prefill_tokens_reused, kvtier.prefill_tokens_reused)
+    }
+
     private func threeTurnChat(_ model: LlamaModel, thinkSeconds: Double) -> ReplayWorkload {
         let tok = model.tokenizer
         func turn(_ user: String, _ reply: String) -> ReplayWorkload.Turn {

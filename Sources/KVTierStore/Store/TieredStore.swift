@@ -139,7 +139,7 @@ public final class TieredStore: @unchecked Sendable {
             // record the deletion so that an older copy cannot come back when it reopens.
             do { _ = try disk.delete(key) } catch { throw .disk(error) }
         }
-        let page = try allocatePage(for: block.key.session)
+        let page = try allocatePage(sparing: block.key.session)
         block.payload.withUnsafeBytes { src in
             arena.pointer(page).copyMemory(from: src.baseAddress!, byteCount: src.count)
         }
@@ -218,15 +218,22 @@ public final class TieredStore: @unchecked Sendable {
         }
     }
 
-    private func allocatePage(for session: String) throws(StoreError) -> PageID {
+    /// A free HBM page, evicting if needed: never a page a load has pinned, nor one of
+    /// `sparing`'s (the session whose new block needs the page). Pages pinned only by saves
+    /// still on their way down come free when the copy engine has read them, so a full arena
+    /// waits for that once before it gives up.
+    private func allocatePage(sparing session: String?) throws(StoreError) -> PageID {
         if let p = arena.allocate(count: 1)?.first { return p }
+        try evictHBM(pages: 1, sparing: session)
+        if let p = arena.allocate(count: 1)?.first { return p }
+        copyEngine.waitUntilIdle()
         try evictHBM(pages: 1, sparing: session)
         if let p = arena.allocate(count: 1)?.first { return p }
         throw .hbmFull(neededPages: 1, freePages: arena.freePages)
     }
 
     /// Frees at least `pages` HBM pages from unpinned sessions chosen by the policy.
-    private func evictHBM(pages: Int, sparing: String) throws(StoreError) {
+    private func evictHBM(pages: Int, sparing: String?) throws(StoreError) {
         let candidates: [String] = lock.withLock {
             Set(hbm.keys.filter { keyPins[$0] == nil }.map(\.session))
                 .filter { pins[$0, default: 0] == 0 && $0 != sparing && !demoting.contains($0) }.sorted()
@@ -537,7 +544,10 @@ public final class TieredStore: @unchecked Sendable {
                 lock.withLock { hbmCounters.misses += 1 }
                 continue
             }
-            guard let page = try? allocatePage(for: handle.session) else {
+            // The blocks this load needs are pinned (`keyPins`); every other page may go, the
+            // loading sessions' own included: sparing a session whose namespace holds a prefix
+            // that others share would leave a full arena with nothing to evict.
+            guard let page = try? allocatePage(sparing: nil) else {
                 result.missing.append(key)
                 lock.withLock { hbmCounters.misses += 1 }
                 continue
