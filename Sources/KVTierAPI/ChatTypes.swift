@@ -78,11 +78,18 @@ public struct KVTierReport: Codable, Sendable, Equatable {
     /// Blocks the session should have had but no tier held (lost in a crash, evicted from every
     /// tier, failed their checksum): recomputed in this turn.
     public var blocksRecovered: Int
+    /// KV bytes read from disk, and from the remote tier, while the turn loaded its history
+    /// (absent from older daemons).
+    public var diskBytesRead: Int?
+    public var remoteBytesRead: Int?
 
     public init(
         tokensReused: Int, tokensRecomputed: Int, tokensGenerated: Int, hits: Hits, ttftMs: Double, loadStallMs: Double,
-        saveLagMs: Double, truncatedTokens: Int, blocksRecovered: Int, queueMs: Double? = nil, saveWaitMs: Double? = nil
+        saveLagMs: Double, truncatedTokens: Int, blocksRecovered: Int, queueMs: Double? = nil, saveWaitMs: Double? = nil,
+        diskBytesRead: Int? = nil, remoteBytesRead: Int? = nil
     ) {
+        self.diskBytesRead = diskBytesRead
+        self.remoteBytesRead = remoteBytesRead
         self.queueMs = queueMs
         self.saveWaitMs = saveWaitMs
         self.tokensReused = tokensReused

@@ -32,6 +32,8 @@ public struct ReplayRun {
         public var hits_hbm: Int
         public var hits_dram: Int
         public var hits_disk: Int
+        /// KV bytes the turn's own load read from disk (its critical path).
+        public var disk_bytes: Int
         public var stall_ms: Double
         public var save_lag_ms: Double
     }
@@ -167,7 +169,8 @@ public struct ReplayRun {
                     queue_ms: (start - arrival) * 1000, total_ms: wall * 1000, prompt_tokens: report.promptTokens,
                     reusable: f.turn == 0 ? 0 : min(previousContext[f.conversation] ?? 0, report.promptTokens),
                     reused: report.tokensReused, recomputed: report.tokensRecomputed, hits_hbm: report.hitsHBM,
-                    hits_dram: report.hitsDRAM, hits_disk: report.hitsDisk, stall_ms: report.loadStallMs,
+                    hits_dram: report.hitsDRAM, hits_disk: report.hitsDisk, disk_bytes: report.diskBytesRead,
+                    stall_ms: report.loadStallMs,
                     save_lag_ms: report.saveLagMs))
             previousContext[f.conversation] = report.promptTokens + report.tokensGenerated
             if generate { generatedReplies[f.conversation, default: []].append(report.text) }

@@ -75,6 +75,8 @@ public struct ReplaySummary: Encodable {
         /// Share of the reusable tokens reused at all, from any tier including disk.
         public let reuse_rate: Double
         public let load_stall_ms_mean: Double
+        /// KV bytes the turns' own loads read from disk (on their critical paths), all turns.
+        public let critical_path_disk_bytes: Int
         /// Load stall as a share of TTFT, turns 2+.
         public let load_stall_fraction_of_ttft: Double
         public let save_lag_ms_mean: Double
@@ -106,6 +108,7 @@ public struct ReplaySummary: Encodable {
                 "disk": Double(later.reduce(0) { $0 + $1.hits_disk }) / reusable,
             ]
             load_stall_ms_mean = turns.isEmpty ? 0 : turns.reduce(0) { $0 + $1.stall_ms } / Double(turns.count)
+            critical_path_disk_bytes = turns.reduce(0) { $0 + $1.disk_bytes }
             let laterTTFT = later.reduce(0) { $0 + $1.ttft_ms }
             load_stall_fraction_of_ttft = laterTTFT > 0 ? later.reduce(0) { $0 + $1.stall_ms } / laterTTFT : 0
             save_lag_ms_mean = turns.isEmpty ? 0 : turns.reduce(0) { $0 + $1.save_lag_ms } / Double(turns.count)

@@ -10,7 +10,7 @@ extension KVTierReport {
             hits: Hits(hbm: r.hitsHBM, dram: r.hitsDRAM, disk: r.hitsDisk, remote: r.hitsRemote),
             ttftMs: r.queueMs + r.ttftMs, loadStallMs: r.loadStallMs, saveLagMs: r.saveLagMs,
             truncatedTokens: r.truncatedTokens, blocksRecovered: r.blocksRecovered, queueMs: r.queueMs,
-            saveWaitMs: r.saveWaitMs)
+            saveWaitMs: r.saveWaitMs, diskBytesRead: r.diskBytesRead, remoteBytesRead: r.remoteBytesRead)
     }
 }
 

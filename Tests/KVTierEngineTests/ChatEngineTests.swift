@@ -619,6 +619,15 @@ extension ChatEngineTests {
             XCTAssertEqual(on.tokensReused, off.tokensReused, "\(tier)")
             XCTAssertEqual(on.generated, off.generated, "\(tier): overlap changes when, never what")
             XCTAssertEqual(tier == .dram ? on.hitsDRAM : on.hitsDisk, on.tokensReused, "\(tier)")
+            // The bytes read from disk on the turn's path: every layer of every block it reused
+            // (F16 keys and values), none when the history was already in DRAM.
+            let perToken = layers * 2 * model.kvLayout.rowWidth * 2
+            if tier == .dram {
+                XCTAssertEqual(on.diskBytesRead, 0)
+            } else {
+                XCTAssertGreaterThanOrEqual(on.diskBytesRead, on.tokensReused * perToken)
+                XCTAssertLessThan(on.diskBytesRead, (on.tokensReused + 16) * perToken, "whole blocks, at most one partial")
+            }
             XCTAssertEqual(off.layersReadyAtFirstCompute, layers, "\(tier): without overlap compute waits for all")
             XCTAssertLessThan(
                 on.layersReadyAtFirstCompute ?? layers, layers - 2,

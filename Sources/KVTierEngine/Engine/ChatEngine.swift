@@ -529,6 +529,8 @@ public final class ChatEngine: @unchecked Sendable {
         report.hitsDisk = cache.tokensFrom[.disk] ?? 0
         report.hitsRemote = cache.tokensFrom[.remote] ?? 0
         report.loadStallMs = cache.stallSeconds * 1000
+        report.diskBytesRead = cache.diskBytesRead
+        report.remoteBytesRead = cache.remoteBytesRead
         report.layersReadyAtFirstCompute = cache.layersReadyAtFirstCompute
         report.remoteLayerReadMs = cache.remoteLayerReadSeconds.map { $0 * 1000 }
         report.saveLagMs = saveSeconds * 1000

@@ -46,6 +46,9 @@ final class TurnCache: KVCache {
     /// Per layer that read blocks from the remote tier, how long that read took.
     private(set) var remoteLayerReadSeconds: [Double] = []
     private var remoteReadCounted: Set<Int> = []
+    /// KV bytes the load read from the disk and remote tiers, over every layer.
+    private(set) var diskBytesRead = 0, remoteBytesRead = 0
+    private var layersCounted: Set<Int> = []
     /// Blocks that could not be loaded in some layer.
     private(set) var failedBlocks: [SessionState.BlockRange] = []
     /// Reused tokens by the tier they came from (counted in layer 0).
@@ -111,6 +114,10 @@ final class TurnCache: KVCache {
         }
         let sources = load.sources
         if let t = load.remoteReadSeconds, remoteReadCounted.insert(layer).inserted { remoteLayerReadSeconds.append(t) }
+        if layersCounted.insert(layer).inserted {
+            diskBytesRead += load.diskBytes
+            remoteBytesRead += load.remoteBytes
+        }
         for run in runs[filledRuns[layer]...] {
             guard let (key, page) = pages[run.block] else {
                 if !failedBlocks.contains(run.block) { failedBlocks.append(run.block) }

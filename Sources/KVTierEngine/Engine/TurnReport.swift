@@ -20,6 +20,9 @@ public struct TurnReport: Sendable, Codable {
     public var logprobs: [TokenLogprob]?
     /// Time the decoder waited for KV layers to arrive.
     public var loadStallMs = 0.0
+    /// KV bytes the turn's load read from the disk tier and from the remote tier: reads on the
+    /// turn's critical path (what a prefetch moved up before the turn began is not counted).
+    public var diskBytesRead = 0, remoteBytesRead = 0
     /// Layers of the reused KV already in HBM when the decoder first needed one (nil when the
     /// turn loaded nothing): below the model's layer count, the load overlapped compute (layer-wise
     /// loading); equal to it, compute waited for the whole load.

@@ -12,6 +12,9 @@ public struct LayerLoad: Sendable {
     public var sources: [BlockKey: Tier] = [:]
     /// Time spent reading this layer's blocks from the remote tier (nil when none was asked for).
     public var remoteReadSeconds: Double?
+    /// KV bytes this layer read from the disk tier and from the remote tier (the turn waits
+    /// for them when it needs the layer before they arrive).
+    public var diskBytes = 0, remoteBytes = 0
 }
 
 /// A layer-wise load in progress. The consumer calls `wait(layer:)` before computing layer l;

@@ -524,6 +524,7 @@ public final class TieredStore: @unchecked Sendable {
                 case .hit(let b):
                     block = b
                     result.fromDisk += 1
+                    result.diskBytes += b.payload.count
                     try? insertIntoDRAM(b, arrival: .promoted)
                 default:
                     if let b = remoteWanted.contains(key) ? remoteBlocks[key] : remoteFallback(key, nanos: &remoteNanos)
@@ -531,6 +532,7 @@ public final class TieredStore: @unchecked Sendable {
                         block = b
                         source = .remote
                         result.fromRemote += 1
+                        result.remoteBytes += b.payload.count
                         try? insertIntoDRAM(b, arrival: .promoted)
                     }
                 }
