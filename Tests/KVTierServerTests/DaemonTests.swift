@@ -71,6 +71,10 @@ final class DaemonTests: XCTestCase {
         XCTAssertGreaterThan(
             (hits["disk"] as? Int ?? 0) + (hits["dram"] as? Int ?? 0), 0,
             "after a restart the KV comes from the lower tiers")
+        // What came from disk on the turn's own path is counted in bytes (F16 KV: 23,040 per token).
+        let diskBytes = (r3.json["kvtier"] as? [String: Any])?["disk_bytes_read"] as? Int
+        XCTAssertEqual(diskBytes.map { $0 >= (hits["disk"] as? Int ?? 0) * 23_040 }, true)
+        XCTAssertEqual(diskBytes.map { ($0 == 0) == ((hits["disk"] as? Int ?? 0) == 0) }, true)
     }
 }
 
