@@ -70,6 +70,43 @@ final class ChatEngineTests: XCTestCase {
         XCTAssertEqual(r.queueMs, 0, "no scheduler, no queue")
     }
 
+    /// Blocks a turn made stale are removed behind it, on the engine's cleanup queue (a removal
+    /// waits for the store's saves in flight); another chat's turn does not wait for that.
+    func testAnotherChatsTurnDoesNotWaitForRemovalsOfStaleBlocks() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        var c = StoreConfiguration(stateDirectory: tempDir())
+        c.blockTokens = 16
+        c.hbmCapacityBytes = 16 << 20
+        c.dramCapacityBytes = 16 << 20
+        c.link = .init(bandwidthBytesPerSecond: 1e9, latencySeconds: 0.04)  // 40 ms per copy
+        let store = try TieredStore(
+            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f16)
+        var e = EngineConfiguration()
+        e.threads = 2
+        let engine = ChatEngine(model: model, store: store, configuration: e)
+        let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
+        let text = String(repeating: "a long first message ", count: 12)
+        _ = try engine.runTurn(session: "first", messages: [ChatMessage(role: "user", content: text)], options: options)
+        // The same chat, edited from its first words: its old blocks go once this turn is kept,
+        // while this turn's own saves are still crossing the slow link.
+        let edited = [ChatMessage(role: "user", content: "Edited: " + text)]
+        let r2 = try engine.runTurn(session: "first", messages: edited, options: options)
+        XCTAssertLessThan(r2.tokensReused, r2.promptTokens / 2, "the edit changed most of the history")
+        let other = try engine.runTurn(
+            session: "other", messages: [ChatMessage(role: "user", content: "hi")], options: options)
+        XCTAssertLessThan(other.saveWaitMs, 40, "another chat waited for the first one's removals: \(other)")
+        // The stale blocks did go, and the chat goes on from its edited history.
+        engine.quiesce()
+        let stored = Set(engine.store.blockKeys(session: "first").values.joined().map(\.start))
+        let state = try XCTUnwrap(engine.stateForTesting("first"))
+        let kept = Set(state.blocks.filter { $0.home == "first" }.map(\.start))
+        XCTAssertEqual(stored, kept, "the namespace holds only the blocks the session references")
+        let next = edited + [.init(role: "assistant", content: r2.text), .init(role: "user", content: "go on")]
+        let r3 = try engine.runTurn(session: "first", messages: next, options: options)
+        XCTAssertEqual(r3.blocksRecovered, 0)
+        XCTAssertGreaterThan(r3.tokensReused, r2.promptTokens)
+    }
+
     func testFiveTurnsWithReuseEqualFullRecomputationFromEveryTier() throws {
         // F16 KV: the rounding of a cached value can flip between kernels (bound 2e-3);
         // F32 KV: nothing to flip, the reused turn computes what recomputation computes (1e-4).

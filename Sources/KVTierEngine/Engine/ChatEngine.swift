@@ -236,13 +236,14 @@ public final class ChatEngine: @unchecked Sendable {
         }
         adoptFromRemote(id)  // a chat another node served (no-op without a remote tier)
         refreshFromRemote(id)  // a chat this node served before and another node since
-        // Earlier saves to the namespaces this turn reads or writes, and removals, finish first, so
-        // no block key is written twice at once; other sessions' saves go on. The wait counts in
-        // TTFT and is reported on its own (`saveWaitMs`).
+        // Earlier saves to the namespaces this turn reads or writes finish first, so no block key
+        // is written twice at once; other sessions' saves go on. Removals of blocks nobody
+        // references go on too: this turn never writes a key still being removed (`writeGuard`
+        // sends such a range to an alternate namespace) and reads only referenced blocks. The
+        // wait counts in TTFT and is reported on its own (`saveWaitMs`).
         let homes = Set((stateLock.withLock { sessions[id] }?.blocks ?? []).map(\.home))
         let mine: (String) -> Bool = { ns in ns == id || ns.hasPrefix(id + "~") || homes.contains(ns) }
         var saveWait = DispatchTime.now().uptimeNanoseconds
-        cleanup.sync {}
         store.waitForSaves(of: mine)
         saveWait = DispatchTime.now().uptimeNanoseconds - saveWait
         let started = received
