@@ -174,9 +174,4 @@ struct OverlapBench: ParsableCommand {
         }
         return (load, r.ttftMs)
     }
-
-    private func median(_ xs: [Double]) -> Double {
-        let s = xs.sorted()
-        return s.isEmpty ? 0 : s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-    }
 }

@@ -48,6 +48,7 @@ struct StoreBench: ParsableCommand {
         }
         let totalBytes = blocks.reduce(0) { $0 + $1.payload.count }
         let ratio = DiskTier.measureCompression(payloads: blocks.map(\.payload))
+        let codec = measureCodec(blocks.map(\.payload))
 
         let base = dir ?? FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-store-bench-\(getpid())").path
         try? FileManager.default.removeItem(atPath: base)
@@ -125,6 +126,10 @@ struct StoreBench: ParsableCommand {
             let disk_load_bytes_per_second: Double; let raw_file_read_bytes_per_second: Double
             let layer_load_ms_disk_pipelined_p50: Double; let layer_load_ms_disk_pipelined_p99: Double
             let layer_load_ms_disk_single_p50: Double; let layer_load_ms_disk_single_p99: Double
+            /// One thread, every block once: byte shuffle + LZ4 compress, LZ4 decompress + unshuffle,
+            /// CRC32C, and a plain copy (bytes of raw KV per second).
+            let codec_compress_bytes_per_second: Double; let codec_decompress_bytes_per_second: Double
+            let crc32c_bytes_per_second: Double; let copy_bytes_per_second: Double
         }
         let out = Out(
             benchmark: "store", tokens: ids.count, block_tokens: blockTokens, blocks: blocks.count, bytes: totalBytes,
@@ -136,7 +141,9 @@ struct StoreBench: ParsableCommand {
             disk_save_bytes_per_second: median(saveRates), raw_file_write_fsync_bytes_per_second: raw.write,
             disk_load_bytes_per_second: median(loadRates), raw_file_read_bytes_per_second: raw.read,
             layer_load_ms_disk_pipelined_p50: percentile(diskLayerMs, 50), layer_load_ms_disk_pipelined_p99: percentile(diskLayerMs, 99),
-            layer_load_ms_disk_single_p50: percentile(singleLayerDiskMs, 50), layer_load_ms_disk_single_p99: percentile(singleLayerDiskMs, 99))
+            layer_load_ms_disk_single_p50: percentile(singleLayerDiskMs, 50), layer_load_ms_disk_single_p99: percentile(singleLayerDiskMs, 99),
+            codec_compress_bytes_per_second: codec.compress, codec_decompress_bytes_per_second: codec.decompress,
+            crc32c_bytes_per_second: codec.crc, copy_bytes_per_second: codec.copy)
         if json {
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys]
@@ -145,6 +152,8 @@ struct StoreBench: ParsableCommand {
             func gb(_ x: Double) -> String { String(format: "%.2f GB/s", x / 1e9) }
             print("KV: \(ids.count) tokens x \(layout.layers) layers = \(blocks.count) blocks, \(totalBytes / 1_000_000) MB")
             print(String(format: "LZ4 ratio: %.3f with byte shuffle, %.3f without", ratio.shuffled, ratio.plain))
+            print("codec, one thread: shuffle+LZ4 \(gb(codec.compress)), LZ4+unshuffle \(gb(codec.decompress)), "
+                + "CRC32C \(gb(codec.crc)), copy \(gb(codec.copy))")
             print("DRAM -> HBM: \(gb(unthrottled.rate)) unthrottled (memcpy \(gb(memcpyRate)), \(String(format: "%.0f%%", 100 * unthrottled.rate / memcpyRate))), \(gb(pcie.rate)) over the modelled 25 GB/s link")
             print(String(format: "layer load from DRAM: p50 %.3f ms, p99 %.3f ms", out.layer_load_ms_dram_p50, out.layer_load_ms_dram_p99))
             print("disk save: \(gb(out.disk_save_bytes_per_second)) (raw file + fsync \(gb(raw.write))); load \(gb(out.disk_load_bytes_per_second)) (raw read \(gb(raw.read)))")
@@ -218,6 +227,40 @@ struct StoreBench: ParsableCommand {
         }
         return (median(writes), median(reads))
     }
+
+    /// The disk codec's cost per byte of raw KV, one thread, the median of `repetitions` passes.
+    private func measureCodec(_ payloads: [[UInt8]]) -> (compress: Double, decompress: Double, crc: Double, copy: Double) {
+        let bytes = Double(payloads.reduce(0) { $0 + $1.count })
+        func rate(_ body: () -> Void) -> Double {
+            var rates: [Double] = []
+            for _ in 0..<max(1, repetitions) {
+                let t = DispatchTime.now().uptimeNanoseconds
+                body()
+                rates.append(bytes / (Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9))
+            }
+            return median(rates)
+        }
+        let packed = payloads.map { ShuffledLZ4Codec.compress($0, shuffle: true) }
+        var sink = 0
+        let compress = rate { for p in payloads { sink &+= ShuffledLZ4Codec.compress(p, shuffle: true).count } }
+        let decompress = rate {
+            for (p, c) in zip(payloads, packed) {
+                sink &+= (try? ShuffledLZ4Codec.decompress(c, originalCount: p.count, shuffle: true))?.count ?? 0
+            }
+        }
+        let crc = rate { for p in payloads { sink &+= Int(Checksum.crc32c(p)) } }
+        let copy = rate {
+            for p in payloads {
+                let c = [UInt8](unsafeUninitializedCapacity: p.count) { dst, n in
+                    p.withUnsafeBytes { dst.baseAddress!.initialize(from: $0.bindMemory(to: UInt8.self).baseAddress!, count: p.count) }
+                    n = p.count
+                }
+                sink &+= Int(c[c.count / 2])
+            }
+        }
+        if sink == 42 { print("") }  // keeps the work from being optimized away
+        return (compress, decompress, crc, copy)
+    }
 }
 
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
@@ -227,4 +270,6 @@ func percentile(_ xs: [Double], _ p: Double) -> Double {
     guard !s.isEmpty else { return 0 }
     let i = min(s.count - 1, max(0, Int((p / 100 * Double(s.count)).rounded(.up)) - 1))
     return s[i]
+
+
 }

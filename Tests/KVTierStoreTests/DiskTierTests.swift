@@ -16,6 +16,32 @@ final class DiskTierTests: XCTestCase {
 
     // MARK: - Round trip
 
+    /// LZ4 stays only where it pays: a block it shrinks by under a tenth (F16 KV shrinks by about
+    /// 2%) is stored raw, so reading it costs no decompression; a compressible block is packed.
+    func testBlocksAreStoredRawUnlessLZ4SavesATenth() throws {
+        let tier = try DiskTier(directory: try temporaryDirectory(), capacityBytes: 1 << 30)
+        let bytes = 2 * 64 * 192 * 2
+        var rng = SplitMix64(seed: 7)
+        // Noise but for a run of equal bytes, a twentieth of the block: LZ4 saves about 5%.
+        var noisy = (0..<bytes).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        for i in 0..<(bytes / 20) { noisy[i] = 0x3C }
+        let flat = [UInt8](repeating: 0x3C, count: bytes)
+        for (name, payload) in [("noisy", noisy), ("flat", flat)] {
+            try tier.put(
+                KVBlock(key: BlockKey(model: modelA, session: name, layer: 0, start: 0, count: 64), elementType: .f16,
+                        rowWidth: 192, payload: payload), sync: false)
+        }
+        let noisyKey = BlockKey(model: modelA, session: "noisy", layer: 0, start: 0, count: 64)
+        let flatKey = BlockKey(model: modelA, session: "flat", layer: 0, start: 0, count: 64)
+        let packed = ShuffledLZ4Codec.compress(noisy).count
+        XCTAssertGreaterThan(Double(packed), 0.9 * Double(bytes), "the noisy block saves less than a tenth")
+        XCTAssertLessThan(packed, bytes, "but LZ4 would shrink it a little")
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(tier.storedBytes(of: noisyKey)), bytes, "stored raw")
+        XCTAssertLessThan(try XCTUnwrap(tier.storedBytes(of: flatKey)), bytes / 10, "stored compressed")
+        XCTAssertEqual(tier.get(noisyKey).block?.payload, noisy)
+        XCTAssertEqual(tier.get(flatKey).block?.payload, flat)
+    }
+
     func testDiskTierRoundTripsF16AndF32Blocks() throws {
         let dir = try temporaryDirectory()
         let tier = try DiskTier(directory: dir, capacityBytes: 1 << 30)

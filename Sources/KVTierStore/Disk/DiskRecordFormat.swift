@@ -104,11 +104,18 @@ enum DiskRecordFormat {
 
     // MARK: Values
 
-    /// The block record's value: header, then the LZ4 data (or the raw payload when LZ4 would
-    /// not make it smaller, e.g. for random bytes).
+    /// LZ4 is kept only for a block it shrinks by at least this share. Real F16 KV shrinks by
+    /// under 2% (its mantissa bytes are noise), and reading a compressed block costs an LZ4
+    /// decompression and an unshuffle on the turn's critical path: half of a disk load's time
+    /// (docs/benchmarks.md, "Tiered store").
+    static let minimumSaving = 0.10
+
+    /// The block record's value: header, then the LZ4 data, or the raw payload when LZ4 would
+    /// not save `minimumSaving` of it (F16 KV, random bytes).
     static func encodeValue(_ block: KVBlock, shuffle: Bool) -> [UInt8] {
         let packed = ShuffledLZ4Codec.compress(block.payload, shuffle: shuffle)
-        let compressed = !packed.isEmpty && packed.count < block.payload.count
+        let compressed =
+            !packed.isEmpty && Double(packed.count) <= Double(block.payload.count) * (1 - minimumSaving)
         let data = compressed ? packed : block.payload
         var flags: UInt8 = 0
         if compressed { flags |= flagCompressed }
