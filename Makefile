@@ -4,7 +4,7 @@ MODEL ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 SHAREGPT ?= data/ShareGPT_V3_unfiltered_cleaned_split.json
 RUN_DIR ?= run
 
-.PHONY: all setup deps model data build release test boot-test deb run bench bench-replay bench-replay-quick bench-peers bench-serve bench-remote bench-multi-node plot-deps reliability sanitize install uninstall clean
+.PHONY: all setup deps model data build release test boot-test deb run bench bench-replay bench-replay-quick bench-peers bench-serve bench-remote bench-multi-node bench-restart plot-deps reliability sanitize install uninstall clean
 
 all: build
 
@@ -116,6 +116,13 @@ bench-multi-node: setup data release
 	.build/release/kvtier-bench replay --quick --sessions 40 --max-turns 6 --model $(MODEL) --data $(SHAREGPT) \
 		--policies "" --sweep "" --no-plots --out $(BENCH_DIR)/multi-node --export-trace $(BENCH_DIR)/multi-node/trace.json
 	deploy/bench/multi-node.sh $(MODEL) $(BENCH_DIR)/multi-node/trace.json $(BENCH_DIR)/multi-node
+
+## bench-restart: kvtierd and llama-server (built outside the repo) with the same memory, the same
+## 40-chat ShareGPT trace straight through and restarted halfway
+bench-restart: setup data release
+	.build/release/kvtier-bench replay --quick --sessions 40 --max-turns 6 --model $(MODEL) --data $(SHAREGPT) \
+		--policies "" --sweep "" --no-plots --out $(BENCH_DIR)/restart --export-trace $(BENCH_DIR)/restart/trace.json
+	deploy/bench/restart-peers.sh $(MODEL) $(BENCH_DIR)/restart/trace.json $(BENCH_DIR)/restart
 
 RELIABILITY_OUT ?= $(RUN_DIR)/reliability
 RELIABILITY_TESTS ?= CrashSafety|RestartTime|HostileClient|Overload|Isolation|Fault|Deployment|DaemonAccess

@@ -58,6 +58,17 @@ public struct ReplayRun {
         self.anonymous = anonymous
     }
 
+    /// The store configuration the policy runs with: the given one, with the policy's eviction
+    /// and tiers, and for the all-in-HBM oracle an arena of 12 GiB (reserved, not touched, so
+    /// only the pages used take memory).
+    public var effectiveStore: StoreConfiguration {
+        var c = store
+        c.policy = policy.eviction
+        c.lowerTiers = policy.lowerTiers
+        if policy.hbmHoldsEverything { c.hbmCapacityBytes = max(c.hbmCapacityBytes, 12 << 30) }
+        return c
+    }
+
     /// Runs the trace; `progress(turnsDone, sessionsDone)` after each turn.
     public func run(_ workload: ReplayWorkload, model: LlamaModel, progress: (Int, Int) -> Void) throws -> (
         turns: [TurnRecord], stats: StoreStats
@@ -66,12 +77,8 @@ public struct ReplayRun {
             "kvtier-replay-\(UUID().uuidString.prefix(8))"
         ).path
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var c = store
+        var c = effectiveStore
         c.stateDirectory = dir
-        c.policy = policy.eviction
-        c.lowerTiers = policy.lowerTiers
-        // The oracle's arena: reserved, not touched, so only the pages used take memory.
-        if policy.hbmHoldsEverything { c.hbmCapacityBytes = max(c.hbmCapacityBytes, 12 << 30) }
         let tiered: TieredStore
         do {
             tiered = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout)

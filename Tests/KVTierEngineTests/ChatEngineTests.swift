@@ -15,13 +15,14 @@ final class ChatEngineTests: XCTestCase {
     }
 
     private func makeEngine(
-        _ model: LlamaModel, dir: String, blockTokens: Int = 16, window: Int? = nil, elementType: KVElementType = .f16
+        _ model: LlamaModel, dir: String, blockTokens: Int = 16, window: Int? = nil, elementType: KVElementType = .f16,
+        link: CopyEngine.Configuration = .unthrottled
     ) throws -> ChatEngine {
         var c = StoreConfiguration(stateDirectory: dir)
         c.blockTokens = blockTokens
         c.hbmCapacityBytes = 16 << 20
         c.dramCapacityBytes = 16 << 20
-        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        c.link = link
         let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: elementType)
         var e = EngineConfiguration()
         e.threads = 2
@@ -46,16 +47,8 @@ final class ChatEngineTests: XCTestCase {
     /// reported on its own; a turn of another chat meanwhile does not wait for them.
     func testATurnWaitsOnlyForItsOwnChatsSavesAndTTFTCountsTheWait() throws {
         let model = try LlamaModel(path: TinyModel(context: 512).write())
-        var c = StoreConfiguration(stateDirectory: tempDir())
-        c.blockTokens = 16
-        c.hbmCapacityBytes = 16 << 20
-        c.dramCapacityBytes = 16 << 20
-        c.link = .init(bandwidthBytesPerSecond: 1e9, latencySeconds: 0.04)  // 40 ms per copy
-        let store = try TieredStore(
-            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f16)
-        var e = EngineConfiguration()
-        e.threads = 2
-        let engine = ChatEngine(model: model, store: store, configuration: e)
+        let slowLink = CopyEngine.Configuration(bandwidthBytesPerSecond: 1e9, latencySeconds: 0.04)  // 40 ms per copy
+        let engine = try makeEngine(model, dir: tempDir(), link: slowLink)
         let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
         let long = ChatMessage(role: "user", content: String(repeating: "a long first message ", count: 12))
         let r1 = try engine.runTurn(session: "first", messages: [long], options: options)
@@ -74,16 +67,8 @@ final class ChatEngineTests: XCTestCase {
     /// waits for the store's saves in flight); another chat's turn does not wait for that.
     func testAnotherChatsTurnDoesNotWaitForRemovalsOfStaleBlocks() throws {
         let model = try LlamaModel(path: TinyModel(context: 512).write())
-        var c = StoreConfiguration(stateDirectory: tempDir())
-        c.blockTokens = 16
-        c.hbmCapacityBytes = 16 << 20
-        c.dramCapacityBytes = 16 << 20
-        c.link = .init(bandwidthBytesPerSecond: 1e9, latencySeconds: 0.04)  // 40 ms per copy
-        let store = try TieredStore(
-            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f16)
-        var e = EngineConfiguration()
-        e.threads = 2
-        let engine = ChatEngine(model: model, store: store, configuration: e)
+        let slowLink = CopyEngine.Configuration(bandwidthBytesPerSecond: 1e9, latencySeconds: 0.04)  // 40 ms per copy
+        let engine = try makeEngine(model, dir: tempDir(), link: slowLink)
         let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
         let text = String(repeating: "a long first message ", count: 12)
         _ = try engine.runTurn(session: "first", messages: [ChatMessage(role: "user", content: text)], options: options)

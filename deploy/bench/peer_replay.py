@@ -251,6 +251,8 @@ def main(argv=None):
     ap.add_argument("--label", default=None, help="system name in the output (default: the target)")
     ap.add_argument("--out", help="write the JSON result here")
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N turns of order")
+    ap.add_argument("--start", type=int, default=0,
+                    help="skip the first N turns of order (with --limit: replay turns N to LIMIT-1)")
     ap.add_argument("--max-tokens", type=int, default=1, help="max_tokens per request (default 1)")
     ap.add_argument("--timeout", type=float, default=600.0, help="socket timeout per request, seconds (default 600)")
     ap.add_argument("--model", default="x", help='"model" field of the requests (default "x")')
@@ -266,6 +268,7 @@ def main(argv=None):
         return 2
     if args.limit is not None:
         order = order[:max(0, args.limit)]
+    order = order[max(0, args.start):]
     if args.max_tokens < 1:
         ap.error("--max-tokens must be at least 1")
 

@@ -751,6 +751,7 @@ public final class ChatEngine: @unchecked Sendable {
         fork.kvCount = shared
         fork.blocks = blocks
         fork.replies = source.replies
+        fork.lastUsed = Date().timeIntervalSince1970
         sessions[id] = fork
         index(fork)
         for b in blocks { references[b, default: 0] += 1 }

@@ -33,7 +33,7 @@ public final class TieredStore: @unchecked Sendable {
     public let policy: EvictionPolicy
 
     private let lock = NSLock()
-    private var hbm: [BlockKey: PageID] = [:]
+    private var hbm = HBMPageTable()
     private var pins: [String: Int] = [:]
     /// Blocks a load handle holds (their pages stay while it does); other blocks of the same
     /// session may be evicted meanwhile (a session sharing another's prefix pins just that).
@@ -172,7 +172,7 @@ public final class TieredStore: @unchecked Sendable {
         while true {
             let freed: Bool = lock.withLock {
                 guard !demoting.contains(session) else { return false }
-                for k in hbm.keys where k.session == session && matches(k) {
+                for k in hbm.keys(session: session) where matches(k) {
                     if let p = hbm.removeValue(forKey: k) { arena.free([p]) }
                 }
                 return true
@@ -235,12 +235,12 @@ public final class TieredStore: @unchecked Sendable {
     /// Frees at least `pages` HBM pages from unpinned sessions chosen by the policy.
     private func evictHBM(pages: Int, sparing: String?) throws(StoreError) {
         let candidates: [String] = lock.withLock {
-            Set(hbm.keys.filter { keyPins[$0] == nil }.map(\.session))
+            Set(hbm.sessions.filter { s in hbm.keys(session: s).contains { keyPins[$0] == nil } })
                 .filter { pins[$0, default: 0] == 0 && $0 != sparing && !demoting.contains($0) }.sorted()
         }
         let pageBytes = arena.pageStride
         let victims = policy.victims(among: candidates, bytesNeeded: pages * pageBytes) { s in
-            self.lock.withLock { self.hbm.keys.filter { $0.session == s && self.keyPins[$0] == nil }.count } * pageBytes
+            self.lock.withLock { self.hbm.keys(session: s).filter { self.keyPins[$0] == nil }.count } * pageBytes
         }
         for v in victims {
             try demoteFromHBM(session: v)
@@ -252,7 +252,7 @@ public final class TieredStore: @unchecked Sendable {
     private func demoteFromHBM(session: String) throws(StoreError) {
         let resident: [(BlockKey, PageID)] = lock.withLock {
             guard pins[session, default: 0] == 0, !demoting.contains(session) else { return [] }
-            let pages = hbm.filter { $0.key.session == session && keyPins[$0.key] == nil }.map { ($0.key, $0.value) }
+            let pages = hbm.keys(session: session).filter { keyPins[$0] == nil }.compactMap { k in hbm[k].map { (k, $0) } }
             if !pages.isEmpty { demoting.insert(session) }
             return pages
         }
@@ -622,7 +622,7 @@ public final class TieredStore: @unchecked Sendable {
         var all = Set(disk.keys(model: model, session: session))
         all.formUnion(dram.keys(session: session, model: model))
         if let remote { all.formUnion(remote.knownKeys(session: session, model: model)) }
-        lock.withLock { all.formUnion(hbm.keys.filter { $0.session == session && $0.model == model }) }
+        lock.withLock { all.formUnion(hbm.keys(session: session).filter { $0.model == model }) }
         return Dictionary(grouping: all.sorted { $0.start < $1.start }, by: \.layer)
     }
 
@@ -788,7 +788,7 @@ public final class TieredStore: @unchecked Sendable {
     public var sessions: [String] {
         var s = Set(disk.sessions(model: model))
         s.formUnion(dram.sessions)
-        lock.withLock { s.formUnion(hbm.keys.map(\.session)) }
+        lock.withLock { s.formUnion(hbm.sessions) }
         return s.sorted()
     }
 }

@@ -129,7 +129,8 @@ struct ReplayBench: ParsableCommand {
         var results: [ReplaySummary.Policy] = []
         for p in chosen {
             let (turns, stats) = try runPolicy(p, store: store, workload: workload, model: m, label: p.name)
-            results.append(ReplaySummary.Policy(policy: p.name, store: store, turns: turns, stats: stats))
+            let used = ReplayRun(policy: p, store: store, threads: threads).effectiveStore
+            results.append(ReplaySummary.Policy(policy: p.name, store: used, turns: turns, stats: stats))
             if !json { log(results.last!.line) }
             try summary(results, []).write(to: dir)  // what is done so far survives an interrupted run
         }
