@@ -20,6 +20,10 @@ struct OverlapBench: ParsableCommand {
     @Option(help: "Tokens of history (about).") var historyTokens = 2000
     @Option(name: .customLong("link-gbs"), help: "Link bandwidths to model, GB/s, comma-separated.")
     var linkGBs = "0.25,0.5,1,25"
+    @Option(
+        name: .customLong("disk-read-ms"),
+        help: "A modelled disk: milliseconds each block read from disk takes at least (0: this machine's disk).")
+    var diskReadMs = 0.0
     @Option(help: "Rounds (overlap on and off alternate within each).") var rounds = 3
     @Option(help: "Threads.") var threads = 2
     @Flag(help: "Print one JSON object.") var json = false
@@ -35,6 +39,8 @@ struct OverlapBench: ParsableCommand {
         var sequentialTTFTMs: Double
         var overlapStallMs: Double
         var sequentialStallMs: Double
+        /// Layers computed before the load's last layer arrived (median of the overlap runs).
+        var layersComputedDuringLoad: Double
     }
 
     func run() throws {
@@ -89,7 +95,8 @@ struct OverlapBench: ParsableCommand {
                         linkGBs: gbs, tier: "\(tier)", tokensReused: on[0].tokensReused,
                         tokensComputed: on[0].tokensRecomputed, loadMs: median(load), computeMs: median(compute),
                         overlapTTFTMs: median(on.map(\.ttftMs)), sequentialTTFTMs: median(off.map(\.ttftMs)),
-                        overlapStallMs: median(on.map(\.loadStallMs)), sequentialStallMs: median(off.map(\.loadStallMs))
+                        overlapStallMs: median(on.map(\.loadStallMs)), sequentialStallMs: median(off.map(\.loadStallMs)),
+                        layersComputedDuringLoad: median(on.map { Double($0.layersComputedDuringLoad) })
                     ))
             }
         }
@@ -98,14 +105,16 @@ struct OverlapBench: ParsableCommand {
             print(String(decoding: try JSONEncoder().encode(rows), as: UTF8.self))
             return
         }
-        print("link GB/s  from  reused  computed  load ms  compute ms  sum ms  TTFT overlap  TTFT sequential  stalls")
+        print(
+            "link GB/s  from  reused  computed  load ms  compute ms  sum ms  TTFT overlap  TTFT sequential  stalls"
+                + "  layers during load")
         for r in rows {
             print(
                 String(format: "%9.2f  ", r.linkGBs) + r.tier.padding(toLength: 4, withPad: " ", startingAt: 0)
                     + String(
-                        format: "  %6d  %8d  %7.1f  %10.1f  %6.1f  %12.1f  %15.1f  %5.1f/%.1f", r.tokensReused,
+                        format: "  %6d  %8d  %7.1f  %10.1f  %6.1f  %12.1f  %15.1f  %5.1f/%.1f  %4.0f", r.tokensReused,
                         r.tokensComputed, r.loadMs, r.computeMs, r.loadMs + r.computeMs, r.overlapTTFTMs,
-                        r.sequentialTTFTMs, r.overlapStallMs, r.sequentialStallMs))
+                        r.sequentialTTFTMs, r.overlapStallMs, r.sequentialStallMs, r.layersComputedDuringLoad))
         }
     }
 
@@ -120,6 +129,7 @@ struct OverlapBench: ParsableCommand {
         c.hbmCapacityBytes = 512 << 20
         c.dramCapacityBytes = 2 << 30
         c.link = link
+        c.diskReadModel = .init(bandwidthBytesPerSecond: diskReadMs > 0 ? 1e15 : 0, latencySeconds: diskReadMs / 1000)
         let store = try TieredStore(configuration: c, model: ModelFingerprint(model: m), layout: m.kvLayout)
         var e = EngineConfiguration()
         e.threads = threads

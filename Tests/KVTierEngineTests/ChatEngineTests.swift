@@ -591,19 +591,22 @@ extension ChatEngineTests {
 
 extension ChatEngineTests {
     /// CachedAttention's layer-wise loading: with the DRAM-to-HBM link modelled slow (40 ms per
-    /// layer's transfer), layer 0 computes while the later layers are still on their way, from
-    /// DRAM and from disk (read, then copied up, layer after layer). With overlap off, compute
-    /// starts only once every layer is in. (Turn 1 runs on a fast link and the store restarts
+    /// layer's transfer), or the disk (20 ms per block read), layer 0 computes while the later
+    /// layers are still on their way, from DRAM and from disk (read, then copied up, layer after
+    /// layer). With overlap off, compute starts only once every layer is in. (Turn 1 runs on a fast link and the store restarts
     /// with the slow one, so that only the measured load pays for it.)
     func testLayerwiseLoadingComputesWhileLaterLayersMove() throws {
         let layers = 6
         let model = try LlamaModel(path: TinyModel(layers: layers, context: 512).write())
-        func engine(_ dir: String, link: CopyEngine.Configuration, overlap: Bool) throws -> ChatEngine {
+        func engine(
+            _ dir: String, link: CopyEngine.Configuration, disk: CopyEngine.Configuration = .unthrottled, overlap: Bool
+        ) throws -> ChatEngine {
             var c = StoreConfiguration(stateDirectory: dir)
             c.blockTokens = 16
             c.hbmCapacityBytes = 16 << 20
             c.dramCapacityBytes = 16 << 20
             c.link = link
+            c.diskReadModel = disk
             let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout)
             var e = EngineConfiguration()
             e.threads = 2
@@ -620,11 +623,15 @@ extension ChatEngineTests {
             try first.store.close()
             messages += [ChatMessage(role: "assistant", content: r1.text), ChatMessage(role: "user", content: "more")]
         }
-        func secondTurn(overlap: Bool, from tier: Tier) throws -> TurnReport {
+        /// The second turn with the link modelled slow (40 ms a layer), or the disk (20 ms a block).
+        func secondTurn(overlap: Bool, from tier: Tier, slowDisk: Bool) throws -> TurnReport {
             let copy = tempDir()
             try FileManager.default.copyItem(atPath: dir, toPath: copy + "/state")
             let slow = CopyEngine.Configuration(bandwidthBytesPerSecond: 1e12, latencySeconds: 0.04)
-            let e = try engine(copy + "/state", link: slow, overlap: overlap)
+            let slowBlock = CopyEngine.Configuration(bandwidthBytesPerSecond: 1e12, latencySeconds: 0.02)
+            let e = try engine(
+                copy + "/state", link: slowDisk ? .unthrottled : slow, disk: slowDisk ? slowBlock : .unthrottled,
+                overlap: overlap)
             if tier == .dram {
                 let done = DispatchSemaphore(value: 0)
                 e.store.prefetch(session: "s") { done.signal() }
@@ -634,9 +641,9 @@ extension ChatEngineTests {
             e.quiesce()
             return r
         }
-        for tier in [Tier.dram, .disk] {
-            let on = try secondTurn(overlap: true, from: tier)
-            let off = try secondTurn(overlap: false, from: tier)
+        for (tier, slowDisk) in [(Tier.dram, false), (.disk, false), (.disk, true)] {
+            let on = try secondTurn(overlap: true, from: tier, slowDisk: slowDisk)
+            let off = try secondTurn(overlap: false, from: tier, slowDisk: slowDisk)
             XCTAssertGreaterThan(on.tokensReused, 32, "\(tier)")
             XCTAssertEqual(on.tokensReused, off.tokensReused, "\(tier)")
             XCTAssertEqual(on.generated, off.generated, "\(tier): overlap changes when, never what")
@@ -651,9 +658,16 @@ extension ChatEngineTests {
                 XCTAssertLessThan(on.diskBytesRead, (on.tokensReused + 16) * perToken, "whole blocks, at most one partial")
             }
             XCTAssertEqual(off.layersReadyAtFirstCompute, layers, "\(tier): without overlap compute waits for all")
+            if slowDisk {
+                // The modelled disk holds every block read for 20 ms: at least one per layer.
+                XCTAssertGreaterThan(off.loadStallMs, Double(layers) * 20, "the disk model was applied")
+            }
             XCTAssertLessThan(
                 on.layersReadyAtFirstCompute ?? layers, layers - 2,
                 "\(tier): layer 0 computes while the later layers are still moving")
+            // And whole layers are computed before the load's last layer is in.
+            XCTAssertGreaterThan(on.layersComputedDuringLoad, 0, "\(tier)")
+            XCTAssertEqual(off.layersComputedDuringLoad, 0, "\(tier)")
         }
     }
 }

@@ -533,6 +533,7 @@ public final class ChatEngine: @unchecked Sendable {
         report.diskBytesRead = cache.diskBytesRead
         report.remoteBytesRead = cache.remoteBytesRead
         report.layersReadyAtFirstCompute = cache.layersReadyAtFirstCompute
+        report.layersComputedDuringLoad = cache.layersComputedDuringLoad
         report.remoteLayerReadMs = cache.remoteLayerReadSeconds.map { $0 * 1000 }
         report.saveLagMs = saveSeconds * 1000
         report.ttftMs = Double(firstTokenAt - started) / 1e6

@@ -43,6 +43,8 @@ final class TurnCache: KVCache {
     private(set) var stallSeconds = 0.0
     /// Layers of the load already resident when the decoder first computed (nil: no load).
     private(set) var layersReadyAtFirstCompute: Int?
+    /// Layers the decoder finished computing while the load's last layer was still on its way.
+    private(set) var layersComputedDuringLoad = 0
     /// Per layer that read blocks from the remote tier, how long that read took.
     private(set) var remoteLayerReadSeconds: [Double] = []
     private var remoteReadCounted: Set<Int> = []
@@ -195,6 +197,7 @@ final class TurnCache: KVCache {
     }
 
     func didFinish(layer: Int) {
+        if let handle, let last = handle.layers.last, !handle.isReady(layer: last) { layersComputedDuringLoad += 1 }
         onLayerFinished?(layer)
     }
 }

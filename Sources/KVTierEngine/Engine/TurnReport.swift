@@ -27,6 +27,9 @@ public struct TurnReport: Sendable, Codable {
     /// turn loaded nothing): below the model's layer count, the load overlapped compute (layer-wise
     /// loading); equal to it, compute waited for the whole load.
     public var layersReadyAtFirstCompute: Int?
+    /// Layers the decoder finished computing before the load's last layer arrived: above 0, load
+    /// and compute overlapped.
+    public var layersComputedDuringLoad = 0
     /// For each layer whose blocks came from the remote tier, how long the read took (the
     /// layer's pipeline and any single-block fallback).
     public var remoteLayerReadMs: [Double] = []

@@ -202,7 +202,8 @@ public final class CopyEngine: @unchecked Sendable {
 
     /// Returns no earlier than `deadline` (uptime nanoseconds). Sleeps while more than 100 µs
     /// remain (waking ~50 µs early, the usual timer slack), then spins for the rest.
-    private static func wait(until deadline: UInt64) {
+    /// Returns once `deadline` (uptime nanoseconds) has passed (the store's disk model uses it too).
+    static func wait(until deadline: UInt64) {
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
             if now >= deadline { return }

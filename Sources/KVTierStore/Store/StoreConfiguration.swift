@@ -12,6 +12,10 @@ public struct StoreConfiguration: Sendable {
     public var blockTokens: Int = 256
     /// The modelled DRAM <-> HBM link.
     public var link = CopyEngine.Configuration()
+    /// A modelled disk, for tests and benchmarks: every block the store reads from the disk tier
+    /// takes at least `latency + bytes / bandwidth`. Unthrottled by default (the disk is the
+    /// machine's own).
+    public var diskReadModel = CopyEngine.Configuration.unthrottled
     /// Keep DRAM blocks byte-shuffled and LZ4-compressed.
     public var compressDRAM = false
     /// Byte-shuffle F16 data before LZ4 on disk.

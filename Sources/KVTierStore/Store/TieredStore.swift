@@ -520,7 +520,7 @@ public final class TieredStore: @unchecked Sendable {
                 result.fromDRAM += 1
             } else {
                 source = .disk
-                switch disk.get(key) {
+                switch readFromDisk(key) {
                 case .hit(let b):
                     block = b
                     result.fromDisk += 1
@@ -589,6 +589,17 @@ public final class TieredStore: @unchecked Sendable {
         }
     }
 
+    /// A block read from the disk tier, taking at least the modelled disk's time for it.
+    private func readFromDisk(_ key: BlockKey) -> DiskReadResult {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let result = disk.get(key)
+        if case .hit(let b) = result {
+            let seconds = configuration.diskReadModel.modelledSeconds(bytes: b.payload.count)
+            if seconds > 0 { CopyEngine.wait(until: start + UInt64((seconds * 1e9).rounded(.up))) }
+        }
+        return result
+    }
+
     /// A block the disk tier should have had but did not serve (damaged, dropped), from the
     /// remote tier when it holds it.
     /// `nanos` accumulates the time the read took.
@@ -605,7 +616,7 @@ public final class TieredStore: @unchecked Sendable {
         prefetcher.async { [self] in
             for key in disk.keys(model: model, session: session) where !dram.contains(key) && !isInHBM(key) {
                 while loadsWaiting.value > 0 { usleep(200) }  // a turn's load goes first
-                if case .hit(let b) = disk.get(key) { try? insertIntoDRAM(b, arrival: .promoted) }
+                if case .hit(let b) = readFromDisk(key) { try? insertIntoDRAM(b, arrival: .promoted) }
             }
             if let remote {
                 let wanted = remote.knownKeys(session: session, model: model).filter {
