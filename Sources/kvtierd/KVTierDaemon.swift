@@ -182,17 +182,18 @@ struct KVTierDaemon: AsyncParsableCommand {
         let reload = ReloadService(service: service, logger: logger) { try resolvedConfiguration() }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                // A graceful shutdown reaches the services in reverse order: the API first (it stops
-                // accepting at once and drains), while the watchdog keeps pinging until it is done.
+                // A graceful shutdown reaches the services in reverse order, each after the one
+                // before has returned: the expiry sweeps, then the API (it stops accepting at once
+                // and drains), while the watchdog keeps pinging until it is done.
                 services: [
                     .init(service: WatchdogService(server: server), successTerminationBehavior: .ignore),
                     .init(service: reload, successTerminationBehavior: .ignore),
+                    .init(service: api),
                     .init(
                         service: SessionExpiryService(
                             engine: engine, idleSeconds: c.anonymousSessionIdleSeconds, metrics: service.metrics,
                             logger: logger),
                         successTerminationBehavior: .ignore),
-                    .init(service: api),
                 ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
