@@ -85,7 +85,8 @@ public struct KVTierReport: Codable, Sendable, Equatable {
 
     public init(
         tokensReused: Int, tokensRecomputed: Int, tokensGenerated: Int, hits: Hits, ttftMs: Double, loadStallMs: Double,
-        saveLagMs: Double, truncatedTokens: Int, blocksRecovered: Int, queueMs: Double? = nil, saveWaitMs: Double? = nil,
+        saveLagMs: Double, truncatedTokens: Int, blocksRecovered: Int, queueMs: Double? = nil,
+        saveWaitMs: Double? = nil,
         diskBytesRead: Int? = nil, remoteBytesRead: Int? = nil
     ) {
         self.diskBytesRead = diskBytesRead

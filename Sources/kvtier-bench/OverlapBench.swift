@@ -95,7 +95,8 @@ struct OverlapBench: ParsableCommand {
                         linkGBs: gbs, tier: "\(tier)", tokensReused: on[0].tokensReused,
                         tokensComputed: on[0].tokensRecomputed, loadMs: median(load), computeMs: median(compute),
                         overlapTTFTMs: median(on.map(\.ttftMs)), sequentialTTFTMs: median(off.map(\.ttftMs)),
-                        overlapStallMs: median(on.map(\.loadStallMs)), sequentialStallMs: median(off.map(\.loadStallMs)),
+                        overlapStallMs: median(on.map(\.loadStallMs)),
+                        sequentialStallMs: median(off.map(\.loadStallMs)),
                         layersComputedDuringLoad: median(on.map { Double($0.layersComputedDuringLoad) })
                     ))
             }

@@ -33,22 +33,25 @@ public final class ChatEngine: @unchecked Sendable {
     public let executor: BatchExecutor
     /// Which kernel the linear layers use from how many rows, and the measurements behind it.
     public let kernelChoice: String
-    private let conversation: ConversationTokenizer
+    let conversation: ConversationTokenizer
     private let gate = SessionGate()
-    private let stateLock = NSLock()
-    private var sessions: [String: SessionState] = [:]
+    let stateLock = NSLock()
+    var sessions: [String: SessionState] = [:]
     /// Hash-chain link -> sessions whose cached tokens contain that prefix (guarded by `stateLock`).
-    private var prefixIndex: [UInt64: Set<String>] = [:]
+    var prefixIndex: [UInt64: Set<String>] = [:]
     /// How many sessions reference each stored block (guarded by `stateLock`).
-    private var references: [SessionState.BlockRange: Int] = [:]
+    var references: [SessionState.BlockRange: Int] = [:]
     /// Blocks whose last reference went, until `cleanup` has removed them: not written meanwhile.
     private let freeing = FreeingBlocks()
     /// Anonymous sessions a request without a session id is about to continue (guarded by `stateLock`).
-    private var claimed: Set<String> = []
+    var claimed: Set<String> = []
     private let cleanup = DispatchQueue(label: "kvtier.engine.cleanup")
     /// When the engine started (seconds since 1970): the last use of sessions whose records have none.
     private let startedAt = Date().timeIntervalSince1970
     private var blockTokens: Int { store.configuration.blockTokens }
+    // `conversation`, `stateLock`, `sessions`, `prefixIndex`, `references`, `claimed`, `persist`
+    // and `persistRecord` are internal for ChatEngine's own extension files (+PrefixCache,
+    // +RemoteRecords); nothing else in the module touches them.
     /// Tests: sees every logits vector a token is sampled from, with its session (called on the
     /// turn's thread; set it before turns run).
     var logitsObserver: ((String, [Float]) -> Void)?
@@ -77,7 +80,7 @@ public final class ChatEngine: @unchecked Sendable {
         }
         // With a remote tier, blocks this node no longer has (or never had) may be in the cluster.
         if store.remote != nil {
-            store.adoptRemote(sessions.values.flatMap { remoteKeys($0) })
+            store.adoptRemote(sessions.values.flatMap { keys(of: $0.blocks) })
         }
     }
 
@@ -606,7 +609,7 @@ public final class ChatEngine: @unchecked Sendable {
         return SessionPlacement(session: id, layers: layers)
     }
 
-    private func commonPrefix(_ a: [Int32], _ b: [Int32], limit: Int) -> Int {
+    func commonPrefix(_ a: [Int32], _ b: [Int32], limit: Int) -> Int {
         var i = 0
         let n = min(a.count, b.count, limit)
         while i < n && a[i] == b[i] { i += 1 }
@@ -647,178 +650,9 @@ public final class ChatEngine: @unchecked Sendable {
         return state.dropEnd - before
     }
 
-    /// Adds a session's history to the hash-chain index (caller holds `stateLock` or is `init`).
-    private func index(_ s: SessionState) {
-        for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount)), owner: s.owner) {
-            prefixIndex[link, default: []].insert(s.id)
-        }
-    }
-
-    private func unindex(_ s: SessionState) {
-        for link in TokenHashChain.links(Array(s.tokens.prefix(s.kvCount)), owner: s.owner) {
-            prefixIndex[link]?.remove(s.id)
-            if prefixIndex[link]?.isEmpty == true { prefixIndex[link] = nil }
-        }
-    }
-
-    /// The session of `owner` whose history shares the longest prefix with this chat (found
-    /// through the hash chain, then checked token by token), and how many tokens match; nil when
-    /// none shares a whole link. Only sessions of `owner` are candidates: the chain starts in the
-    /// owner's namespace. Caller holds `stateLock`.
-    private func longestMatch(_ messages: [ChatMessage], owner: String?, excluding: String? = nil) -> (
-        session: String, tokens: Int
-    )? {
-        let prompt = conversation.tokens(for: messages, replies: [:])
-        let links = TokenHashChain.links(prompt, owner: owner)
-        for (i, link) in links.enumerated().reversed() {
-            guard let candidates = prefixIndex[link] else { continue }
-            var best: (String, Int)?
-            for id in candidates.sorted() where id != excluding {
-                guard let s = sessions[id], s.owner == owner else { continue }
-                // Assistant replies are compared by the ids this session generated.
-                let own = conversation.tokens(for: messages, replies: s.replies)
-                let n = commonPrefix(own, s.tokens, limit: s.kvCount)
-                if n >= (i + 1) * TokenHashChain.blockTokens, n > (best?.1 ?? 0) { best = (id, n) }
-            }
-            if let best { return (best.0, best.1) }
-        }
-        return nil
-    }
-
-    /// The session of `owner` holding the longest cached prefix of this chat, and how many tokens
-    /// of it match (inspection and tests; requests go through `sessionForRequest`).
-    public func matchSession(messages: [ChatMessage], owner: String? = nil) -> (session: String, tokens: Int)? {
-        stateLock.withLock { longestMatch(messages, owner: owner) }
-    }
-
-    /// The session a request runs in, chosen before it is queued.
-    ///
-    /// - A request naming a session runs in it. A session it creates starts as a fork of the
-    ///   owner's chat sharing the longest prefix with it, so that prefix is reused, not recomputed.
-    /// - A request without a session id (`named` nil) continues the owner's anonymous chat whose
-    ///   whole history it extends, if no other request is about to continue it; otherwise it
-    ///   runs in a new anonymous session `newID`, forked from the chat sharing its longest prefix.
-    ///   So it never modifies a named session, and two anonymous chats never overwrite each other.
-    ///
-    /// Call `requestEnded(session:)` when the request's turn has finished, failed or was dropped.
-    public func sessionForRequest(
-        named: String?, messages: [ChatMessage], owner: String?, newID: @autoclosure () -> String
-    ) -> String {
-        if let named { adoptFromRemote(named) }
-        let (id, fork) = stateLock.withLock { () -> (String, SessionState?) in
-            if let named {
-                guard sessions[named] == nil else { return (named, nil) }
-                return (named, forkLocked(named, owner: owner, anonymous: false, messages: messages))
-            }
-            if let (s, n) = longestMatch(messages, owner: owner), let state = sessions[s], state.anonymous,
-                n >= state.kvCount, !claimed.contains(s)
-            {
-                claimed.insert(s)
-                return (s, nil)
-            }
-            let id = newID()
-            claimed.insert(id)
-            if let fork = forkLocked(id, owner: owner, anonymous: true, messages: messages) { return (id, fork) }
-            sessions[id] = SessionState(id: id, owner: owner, anonymous: true)
-            return (id, nil)
-        }
-        if let fork { persistRecord(fork) }
-        return id
-    }
-
-    /// The request that `sessionForRequest` placed in `session` is over.
-    public func requestEnded(session: String) {
-        stateLock.withLock {
-            claimed.remove(session)
-            // A new anonymous session whose turn never ran is forgotten.
-            if let s = sessions[session], s.anonymous, s.tokens.isEmpty { sessions[session] = nil }
-        }
-    }
-
-    /// A new session `id` referencing the blocks of the owner's chat that shares the longest
-    /// prefix with `messages` (nil when none does). Registered at once, so those blocks stay
-    /// while it references them. Caller holds `stateLock`.
-    private func forkLocked(_ id: String, owner: String?, anonymous: Bool, messages: [ChatMessage]) -> SessionState? {
-        guard configuration.reuseKV, let (sourceID, n) = longestMatch(messages, owner: owner, excluding: id),
-            let source = sessions[sourceID]
-        else { return nil }
-        // After truncation only the sinks' blocks were computed from the plain prefix.
-        let truncated = source.dropEnd > source.sinks
-        let shared = truncated ? min(n, source.sinks) : n
-        let blocks = source.blocks.filter { $0.start < shared && (!truncated || $0.end <= source.sinks) }
-        guard !blocks.isEmpty else { return nil }
-        var fork = SessionState(id: id, owner: owner, anonymous: anonymous)
-        fork.tokens = Array(source.tokens.prefix(shared))
-        fork.kvCount = shared
-        fork.blocks = blocks
-        fork.replies = source.replies
-        fork.lastUsed = Date().timeIntervalSince1970
-        sessions[id] = fork
-        index(fork)
-        for b in blocks { references[b, default: 0] += 1 }
-        return fork
-    }
-
-    /// Resumes a session this node does not know from the record another node published in the
-    /// remote tier; its blocks then load from the cluster like from any lower tier (and a block
-    /// the cluster no longer has is recomputed).
-    private func adoptFromRemote(_ id: String) {
-        guard store.remote != nil, stateLock.withLock({ sessions[id] == nil }), let state = remoteRecord(id) else {
-            return
-        }
-        let adopted = stateLock.withLock { () -> Bool in
-            guard sessions[id] == nil else { return false }
-            sessions[id] = state
-            index(state)
-            for b in state.blocks { references[b, default: 0] += 1 }
-            return true
-        }
-        guard adopted else { return }
-        store.adoptRemote(remoteKeys(state))
-        persistRecord(state)
-    }
-
-    /// Takes the cluster's record of a chat this node served before when it is newer (another node
-    /// ran later turns), under the session's gate, before the turn reads anything. Our copies of
-    /// blocks the newer record names under the same keys hold KV of our tokens: they are kept only
-    /// where both records have the same tokens up to the block's end (and neither was truncated),
-    /// and dropped from this node's tiers otherwise, so the turn loads the cluster's.
-    private func refreshFromRemote(_ id: String) {
-        guard store.remote != nil, let local = stateLock.withLock({ sessions[id] }), let theirs = remoteRecord(id),
-            theirs.turns > local.turns
-        else { return }
-        let untruncated = local.dropEnd <= local.sinks && theirs.dropEnd <= theirs.sinks
-        let stale = theirs.blocks.filter { b in
-            !(untruncated && local.tokens.count >= b.end && theirs.tokens.count >= b.end
-                && local.tokens[0..<b.end] == theirs.tokens[0..<b.end])
-        }
-        do {
-            try store.forgetLocally(keys(of: stale))
-        } catch {
-            return  // our copies could not be dropped: keep our own record rather than risk them
-        }
-        persist(theirs)
-        store.adoptRemote(remoteKeys(theirs))
-    }
-
-    /// The record of session `id` another node published in the remote tier, if any and readable.
-    private func remoteRecord(_ id: String) -> SessionState? {
-        guard let bytes = store.remote?.metadata(model: store.model, name: "session/" + id),
-            let state = try? JSONDecoder().decode(SessionState.self, from: Data(bytes)), state.id == id
-        else { return nil }
-        return state
-    }
-
-    /// Every block key a session's record names, in every layer.
-    private func remoteKeys(_ state: SessionState) -> [BlockKey] { keys(of: state.blocks) }
-
-    private func keys(of blocks: [SessionState.BlockRange]) -> [BlockKey] {
-        blocks.flatMap { b in (0..<model.kvLayout.layers).map { key($0, b) } }
-    }
-
     /// Keeps a session's new state: its record first, then the blocks nobody references any
     /// more are removed (a crash in between leaves only unreferenced blocks behind).
-    private func persist(_ state: SessionState) {
+    func persist(_ state: SessionState) {
         let gone = stateLock.withLock {
             let old = sessions[state.id]
             if let old { unindex(old) }
@@ -831,7 +665,7 @@ public final class ChatEngine: @unchecked Sendable {
         removeLater(gone)
     }
 
-    private func persistRecord(_ state: SessionState) {
+    func persistRecord(_ state: SessionState) {
         if let data = try? JSONEncoder().encode(state) {
             try? store.putMetadata(name: "session/" + state.id, value: Array(data))
         }

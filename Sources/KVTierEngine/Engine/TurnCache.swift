@@ -47,9 +47,9 @@ final class TurnCache: KVCache {
     private(set) var layersComputedDuringLoad = 0
     /// Per layer that read blocks from the remote tier, how long that read took.
     private(set) var remoteLayerReadSeconds: [Double] = []
-    private var remoteReadCounted: Set<Int> = []
     /// KV bytes the load read from the disk and remote tiers, over every layer.
     private(set) var diskBytesRead = 0, remoteBytesRead = 0
+    /// Layers whose load figures are counted (each once, however often the layer is waited for).
     private var layersCounted: Set<Int> = []
     /// Blocks that could not be loaded in some layer.
     private(set) var failedBlocks: [SessionState.BlockRange] = []
@@ -115,8 +115,8 @@ final class TurnCache: KVCache {
             pages[.init(home: key.session, start: key.start, count: key.count)] = (key, page)
         }
         let sources = load.sources
-        if let t = load.remoteReadSeconds, remoteReadCounted.insert(layer).inserted { remoteLayerReadSeconds.append(t) }
         if layersCounted.insert(layer).inserted {
+            if let t = load.remoteReadSeconds { remoteLayerReadSeconds.append(t) }
             diskBytesRead += load.diskBytes
             remoteBytesRead += load.remoteBytes
         }

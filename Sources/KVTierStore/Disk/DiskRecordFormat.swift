@@ -59,7 +59,9 @@ enum DiskRecordFormat {
 
     /// Why a key cannot be represented on disk, or nil if it can.
     static func unrepresentable(_ key: BlockKey) -> String? {
-        if key.session.utf8.count > maxSessionBytes { return "session id is \(key.session.utf8.count) bytes (at most \(maxSessionBytes))" }
+        if key.session.utf8.count > maxSessionBytes {
+            return "session id is \(key.session.utf8.count) bytes (at most \(maxSessionBytes))"
+        }
         if !(0...Int(UInt16.max)).contains(key.layer) { return "layer \(key.layer) is outside 0...65535" }
         if !(0...Int(UInt32.max)).contains(key.start) { return "start \(key.start) is outside 0...\(UInt32.max)" }
         if !(1...Int(UInt32.max)).contains(key.count) { return "token count \(key.count) is outside 1...\(UInt32.max)" }
@@ -98,8 +100,9 @@ enum DiskRecordFormat {
         let p = 11 + sessionLength
         let count = Int(readBE(bytes, p + 6, 4))
         guard count >= 1 else { return nil }
-        return BlockKey(model: ModelFingerprint(value: model), session: session,
-                        layer: Int(readBE(bytes, p, 2)), start: Int(readBE(bytes, p + 2, 4)), count: count)
+        return BlockKey(
+            model: ModelFingerprint(value: model), session: session,
+            layer: Int(readBE(bytes, p, 2)), start: Int(readBE(bytes, p + 2, 4)), count: count)
     }
 
     // MARK: Values
@@ -136,27 +139,47 @@ enum DiskRecordFormat {
 
     /// Parses and checks a header against the key it was stored under; the reason on failure.
     static func decodeHeader(_ value: [UInt8], for key: BlockKey) -> Result<Header, DecodeFailure> {
-        guard value.count >= headerSize else { return .failure(.init("value is \(value.count) bytes, shorter than the \(headerSize)-byte header")) }
+        guard value.count >= headerSize else {
+            return .failure(.init("value is \(value.count) bytes, shorter than the \(headerSize)-byte header"))
+        }
         let stored = UInt32(truncatingIfNeeded: readLE(value, 32, 4))
         let computed = Checksum.crc32c(Array(value[0..<32]))
         guard stored == computed else { return .failure(.init("header checksum mismatch")) }
         guard value[0] == version else { return .failure(.init("unknown format version \(value[0])")) }
-        guard let type = KVElementType(rawValue: value[1]) else { return .failure(.init("unknown element type \(value[1])")) }
+        guard let type = KVElementType(rawValue: value[1]) else {
+            return .failure(.init("unknown element type \(value[1])"))
+        }
         let flags = value[2]
-        guard flags & ~(flagCompressed | flagShuffled) == 0, value[3] == 0 else { return .failure(.init("unknown flags")) }
+        guard flags & ~(flagCompressed | flagShuffled) == 0, value[3] == 0 else {
+            return .failure(.init("unknown flags"))
+        }
         let h = Header(
             elementType: type, compressed: flags & flagCompressed != 0, shuffled: flags & flagShuffled != 0,
-            rowWidth: Int(readLE(value, 4, 4)), tokenCount: Int(readLE(value, 8, 4)), rawLength: Int(readLE(value, 12, 4)),
+            rowWidth: Int(readLE(value, 4, 4)), tokenCount: Int(readLE(value, 8, 4)),
+            rawLength: Int(readLE(value, 12, 4)),
             payloadChecksum: UInt32(truncatingIfNeeded: readLE(value, 16, 4)), model: readLE(value, 20, 8),
             dataLength: Int(readLE(value, 28, 4)))
-        guard h.model == key.model.value else { return .failure(.init("header names model \(ModelFingerprint(value: h.model)), key names \(key.model)")) }
-        guard h.tokenCount == key.count else { return .failure(.init("header says \(h.tokenCount) tokens, key says \(key.count)")) }
-        let (elements, overflow) = h.tokenCount.multipliedReportingOverflow(by: h.rowWidth)
-        guard h.rowWidth > 0, !overflow, elements <= Int(UInt32.max), h.rawLength == 2 * elements * type.byteWidth else {
-            return .failure(.init("raw length \(h.rawLength) does not match \(h.tokenCount) tokens x \(h.rowWidth) x 2 x \(type.byteWidth) bytes"))
+        guard h.model == key.model.value else {
+            return .failure(.init("header names model \(ModelFingerprint(value: h.model)), key names \(key.model)"))
         }
-        guard h.dataLength == value.count - headerSize else { return .failure(.init("data is \(value.count - headerSize) bytes, header says \(h.dataLength)")) }
-        guard h.compressed || h.dataLength == h.rawLength else { return .failure(.init("uncompressed data length differs from raw length")) }
+        guard h.tokenCount == key.count else {
+            return .failure(.init("header says \(h.tokenCount) tokens, key says \(key.count)"))
+        }
+        let (elements, overflow) = h.tokenCount.multipliedReportingOverflow(by: h.rowWidth)
+        guard h.rowWidth > 0, !overflow, elements <= Int(UInt32.max), h.rawLength == 2 * elements * type.byteWidth
+        else {
+            return .failure(
+                .init(
+                    "raw length \(h.rawLength) does not match \(h.tokenCount) tokens x \(h.rowWidth) x 2 x "
+                        + "\(type.byteWidth) bytes"
+                ))
+        }
+        guard h.dataLength == value.count - headerSize else {
+            return .failure(.init("data is \(value.count - headerSize) bytes, header says \(h.dataLength)"))
+        }
+        guard h.compressed || h.dataLength == h.rawLength else {
+            return .failure(.init("uncompressed data length differs from raw length"))
+        }
         return .success(h)
     }
 
@@ -171,15 +194,19 @@ enum DiskRecordFormat {
         let payload: [UInt8]
         if header.compressed {
             do {
-                payload = try ShuffledLZ4Codec.decompress(data, originalCount: header.rawLength, shuffle: header.shuffled)
+                payload = try ShuffledLZ4Codec.decompress(
+                    data, originalCount: header.rawLength, shuffle: header.shuffled)
             } catch {
                 return .failure(.init("\(error)"))
             }
         } else {
             payload = data
         }
-        guard let block = KVBlock(key: key, elementType: header.elementType, rowWidth: header.rowWidth,
-                                  payload: payload, checksum: header.payloadChecksum) else {
+        guard
+            let block = KVBlock(
+                key: key, elementType: header.elementType, rowWidth: header.rowWidth,
+                payload: payload, checksum: header.payloadChecksum)
+        else {
             return .failure(.init("payload checksum mismatch"))
         }
         return .success(block)
@@ -195,7 +222,8 @@ enum DiskRecordFormat {
 
     static func decodeIndexValue(_ bytes: [UInt8]) -> IndexEntry? {
         guard bytes.count == indexValueSize, bytes[0] == version,
-              UInt32(truncatingIfNeeded: readLE(bytes, 9, 4)) == Checksum.crc32c(Array(bytes[0..<9])) else { return nil }
+            UInt32(truncatingIfNeeded: readLE(bytes, 9, 4)) == Checksum.crc32c(Array(bytes[0..<9]))
+        else { return nil }
         return IndexEntry(storedBytes: Int(readLE(bytes, 1, 4)), rawBytes: Int(readLE(bytes, 5, 4)))
     }
 
@@ -208,7 +236,9 @@ enum DiskRecordFormat {
     // MARK: Integers
 
     static func appendBE(_ out: inout [UInt8], _ v: UInt64, bytes: Int) {
-        for i in stride(from: bytes - 1, through: 0, by: -1) { out.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) }
+        for i in stride(from: bytes - 1, through: 0, by: -1) {
+            out.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))))
+        }
     }
 
     static func appendLE(_ out: inout [UInt8], _ v: UInt64, bytes: Int) {

@@ -53,7 +53,9 @@ public final class CopyEngine: @unchecked Sendable {
 
         public init(from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
             precondition(bytes >= 0, "CopyEngine.Transfer: negative byte count \(bytes)")
-            let s = UInt(bitPattern: source), d = UInt(bitPattern: destination), n = UInt(bytes)
+            let s = UInt(bitPattern: source)
+            let d = UInt(bitPattern: destination)
+            let n = UInt(bytes)
             precondition(bytes == 0 || s + n <= d || d + n <= s, "CopyEngine.Transfer: source and destination overlap")
             self.source = source
             self.destination = destination
@@ -113,7 +115,9 @@ public final class CopyEngine: @unchecked Sendable {
     /// Must not be called from the copy engine's queue (for example from a completion).
     /// Copies owned bytes (a DRAM block's payload) into HBM pages, one modelled transfer for the
     /// batch. The arrays stay alive in the closure until the copy ran, so no staging copy is needed.
-    public func copy(payloads: [(source: [UInt8], destination: UnsafeMutableRawPointer)], completion: @escaping @Sendable () -> Void) {
+    public func copy(
+        payloads: [(source: [UInt8], destination: UnsafeMutableRawPointer)], completion: @escaping @Sendable () -> Void
+    ) {
         let jobs = payloads.map { OwnedTransfer(source: $0.source, destination: $0.destination) }
         queue.async { [self] in
             measure(bytes: jobs.reduce(0) { $0 + $1.source.count }) {
@@ -134,7 +138,9 @@ public final class CopyEngine: @unchecked Sendable {
             var out: [UInt8] = []
             measure(bytes: bytes) {
                 out = [UInt8](unsafeUninitializedCapacity: bytes) { buffer, count in
-                    if let base = buffer.baseAddress { base.initialize(from: src.source.assumingMemoryBound(to: UInt8.self), count: bytes) }
+                    if let base = buffer.baseAddress {
+                        base.initialize(from: src.source.assumingMemoryBound(to: UInt8.self), count: bytes)
+                    }
                     count = bytes
                 }
             }

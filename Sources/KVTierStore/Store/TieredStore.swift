@@ -252,7 +252,9 @@ public final class TieredStore: @unchecked Sendable {
     private func demoteFromHBM(session: String) throws(StoreError) {
         let resident: [(BlockKey, PageID)] = lock.withLock {
             guard pins[session, default: 0] == 0, !demoting.contains(session) else { return [] }
-            let pages = hbm.keys(session: session).filter { keyPins[$0] == nil }.compactMap { k in hbm[k].map { (k, $0) } }
+            let pages = hbm.keys(session: session).filter { keyPins[$0] == nil }.compactMap { k in
+                hbm[k].map { (k, $0) }
+            }
             if !pages.isEmpty { demoting.insert(session) }
             return pages
         }
