@@ -52,11 +52,18 @@ let package = Package(
         .target(name: "KVTierEngine", dependencies: ["KVTierModel", "KVTierStore"]),
         // The ShareGPT replay harness: workloads, policies, the run and its summary (kvtier-bench replay).
         .target(name: "KVTierReplay", dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore"]),
+        // TOML files (kvtierd's configuration, the simulator's cost profiles), flattened to dotted keys.
+        .target(name: "KVTierTOML", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")]),
+        // A discrete-event model of GPU serving with the scheduler's rules and the store's policies
+        // (kvtier-bench simulate).
+        .target(
+            name: "KVTierSimulator",
+            dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierTOML"]),
         // HTTP/1.1 over a Unix domain socket in front of the engine.
         .target(
             name: "KVTierServer",
             dependencies: [
-                "KVTierEngine", "KVTierStore", "KVTierAPI", "KVTierBuildInfo", "CSystemd",
+                "KVTierEngine", "KVTierStore", "KVTierAPI", "KVTierBuildInfo", "KVTierTOML", "CSystemd",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -64,7 +71,6 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
         .executableTarget(
@@ -90,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "kvtier-bench",
             dependencies: [
-                "KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierBuildInfo",
+                "KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierSimulator", "KVTierBuildInfo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -105,6 +111,9 @@ let package = Package(
         .testTarget(
             name: "KVTierEngineTests",
             dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierTestSupport"]),
+        .testTarget(
+            name: "KVTierSimulatorTests",
+            dependencies: ["KVTierSimulator", "KVTierEngine", "KVTierModel", "KVTierReplay", "KVTierStore", "KVTierTestSupport"]),
         .testTarget(name: "KVTierRedisTests", dependencies: ["KVTierRedis", "KVTierTestSupport"]),
         .testTarget(
             name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel", "KVTierRedis", "KVTierTestSupport"]),

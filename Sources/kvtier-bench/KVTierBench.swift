@@ -10,7 +10,7 @@ struct KVTierBench: ParsableCommand {
         version: BuildInfo.description,
         subcommands: [
             DecoderBench.self, StoreBench.self, TruncationBench.self, ReplayBench.self, ServeBench.self,
-            SharedPrefixBench.self, KernelsBench.self, RemoteBench.self, OverlapBench.self,
+            SharedPrefixBench.self, KernelsBench.self, RemoteBench.self, OverlapBench.self, SimulateBench.self,
         ]
     )
 

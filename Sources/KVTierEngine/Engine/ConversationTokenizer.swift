@@ -8,10 +8,12 @@ import KVTierModel
 /// tokenizing the whole rendered chat, because the special tokens split the text at the same
 /// places. Assistant replies this session generated are replaced by the ids it generated, so a
 /// client that sends a reply back as history reuses its KV.
-struct ConversationTokenizer {
-    let model: LlamaModel
+public struct ConversationTokenizer {
+    public let model: LlamaModel
 
-    func tokens(for messages: [ChatMessage], replies: [String: [Int32]]) -> [Int32] {
+    public init(model: LlamaModel) { self.model = model }
+
+    public func tokens(for messages: [ChatMessage], replies: [String: [Int32]] = [:]) -> [Int32] {
         let t = model.template
         let tok = model.tokenizer
         if let text = ChatMessage.completionPromptText(messages) {

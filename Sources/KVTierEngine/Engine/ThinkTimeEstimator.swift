@@ -2,7 +2,7 @@
 /// request), estimated from that session's own history: the median of its last `window` observed
 /// gaps. The scheduler uses it as the placement hint when a request carries no
 /// `kvtier.next_turn_in_seconds`. A value type; the `TurnScheduler` owns it under its lock.
-struct ThinkTimeEstimator {
+public struct ThinkTimeEstimator {
     /// Gaps kept per session.
     let window: Int
     /// Sessions remembered at most; past it the half that ended longest ago is forgotten.
@@ -12,7 +12,7 @@ struct ThinkTimeEstimator {
     private var lastEnd: [String: (at: UInt64, open: Bool)] = [:]
     private var gaps: [String: [Double]] = [:]
 
-    init(window: Int = 5, capacity: Int = 100_000) {
+    public init(window: Int = 5, capacity: Int = 100_000) {
         self.window = max(1, window)
         self.capacity = max(2, capacity)
     }
@@ -26,7 +26,7 @@ struct ThinkTimeEstimator {
 
     /// A gap measured elsewhere (a replay in virtual time): as if a reply of `session` had ended
     /// `seconds` before a request of it arrived.
-    mutating func observe(_ session: String, gap seconds: Double) {
+    public mutating func observe(_ session: String, gap seconds: Double) {
         guard seconds >= 0, seconds.isFinite else { return }
         record(session, gap: seconds)
         // An entry with no reply end, so the session counts (first, as the oldest) when the
@@ -49,7 +49,7 @@ struct ThinkTimeEstimator {
     }
 
     /// The expected seconds until `session`'s next request; nil before it has shown one gap.
-    func estimate(_ session: String) -> Double? {
+    public func estimate(_ session: String) -> Double? {
         guard let g = gaps[session], !g.isEmpty else { return nil }
         let s = g.sorted()
         return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2

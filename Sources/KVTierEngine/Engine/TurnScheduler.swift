@@ -51,11 +51,12 @@ public final class TurnScheduler: @unchecked Sendable {
         }
     }
 
-    private struct Job {
+    private struct Job: AdmissionJob {
         let turn: Turn
         let completion: @Sendable (Result<TurnReport, Error>) -> Void
         /// When `submit` queued it (uptime nanoseconds).
         let submitted = DispatchTime.now().uptimeNanoseconds
+        var session: String { turn.session }
         var ownerKey: String { turn.owner ?? "" }
     }
 
@@ -64,13 +65,8 @@ public final class TurnScheduler: @unchecked Sendable {
     /// Turns running at once at most.
     public let maxRunning: Int
     private let lock = NSLock()
-    /// Queued turns per owner, oldest first.
-    private var queues: [String: [Job]] = [:]
-    /// Owners with queued turns, the next to be served first.
-    private var ring: [String] = []
-    /// Sessions running now, and running turns per owner.
-    private var runningSessions: Set<String> = []
-    private var runningPerOwner: [String: Int] = [:]
+    /// Queued and running turns, in the order they start (the rules `kvtier-bench simulate` runs too).
+    private var queue = AdmissionQueue<Job>()
     private var externalHints: [String] = []
     private var prefetched: Set<String> = []
     /// The sessions of the last look-ahead window, next first.
@@ -97,9 +93,7 @@ public final class TurnScheduler: @unchecked Sendable {
         outstanding.enter()
         let start: [Job] = lock.withLock {
             if measuresThinkTimes { thinkTimes.arrived(turn.session, at: DispatchTime.now().uptimeNanoseconds) }
-            let job = Job(turn: turn, completion: completion)
-            if queues[job.ownerKey] == nil { ring.append(job.ownerKey) }
-            queues[job.ownerKey, default: []].append(job)
+            queue.enqueue(Job(turn: turn, completion: completion))
             let started = admit()
             refreshWindow()
             return started
@@ -122,26 +116,24 @@ public final class TurnScheduler: @unchecked Sendable {
     }
 
     /// Number of queued turns (not running yet).
-    public var depth: Int { lock.withLock { queues.values.reduce(0) { $0 + $1.count } } }
+    public var depth: Int { lock.withLock { queue.depth } }
 
     /// The sessions of the look-ahead window now, next to start first.
     public var window: [String] { lock.withLock { lastWindow } }
 
     /// Number of turns running now.
-    public var running: Int { lock.withLock { runningSessions.count } }
+    public var running: Int { lock.withLock { queue.runningCount } }
 
     /// Queued plus running turns of `owner`.
     public func outstanding(owner: String?) -> Int {
-        lock.withLock { (queues[owner ?? ""]?.count ?? 0) + (runningPerOwner[owner ?? ""] ?? 0) }
+        lock.withLock { queue.outstanding(ownerKey: owner ?? "") }
     }
 
     /// Fails every turn still waiting (not the running ones) with `error`; returns how many.
     @discardableResult
     public func cancelPending(with error: Error) -> Int {
         let dropped: [Job] = lock.withLock {
-            let d = ring.flatMap { queues[$0] ?? [] }
-            queues.removeAll()
-            ring.removeAll()
+            let d = queue.removeAllQueued()
             prefetched.removeAll()
             refreshWindow()
             return d
@@ -161,69 +153,18 @@ public final class TurnScheduler: @unchecked Sendable {
     /// Takes the turns that may start now, in fair order, and marks them running.
     private func admit() -> [Job] {
         var started: [Job] = []
-        while runningSessions.count < maxRunning, let job = nextJob() {
-            runningSessions.insert(job.turn.session)
-            runningPerOwner[job.ownerKey, default: 0] += 1
+        while queue.runningCount < maxRunning, let job = queue.start() {
             prefetched.remove(job.turn.session)
             started.append(job)
         }
         return started
     }
 
-    /// The oldest startable turn of the first owner in the ring that has one; that owner goes
-    /// to the back of the ring.
-    private func nextJob() -> Job? {
-        for (ri, owner) in ring.enumerated() {
-            guard let queue = queues[owner],
-                let qi = queue.firstIndex(where: { !runningSessions.contains($0.turn.session) })
-            else {
-                continue
-            }
-            let job = queue[qi]
-            var rest = queue
-            rest.remove(at: qi)
-            ring.remove(at: ri)
-            if rest.isEmpty {
-                queues[owner] = nil
-            } else {
-                queues[owner] = rest
-                ring.append(owner)
-            }
-            return job
-        }
-        return nil
-    }
-
-    /// The sessions of the next `limit` turns in admission order (round-robin over owners).
-    private func upcoming(_ limit: Int) -> [String] {
-        var order: [String] = []
-        var round = 0
-        while order.count < limit {
-            var any = false
-            for owner in ring {
-                guard let q = queues[owner], round < q.count else { continue }
-                any = true
-                order.append(q[round].turn.session)
-                if order.count == limit { break }
-            }
-            guard any else { break }
-            round += 1
-        }
-        return order
-    }
-
     /// The next sessions to start whose KV fits in DRAM together (at least one), at most `lookAhead`.
     private func fittingWindow() -> [String] {
-        let capacity = engine.store.configuration.dramCapacityBytes
-        var bytes = 0
-        var out: [String] = []
-        for s in upcoming(lookAhead) where !out.contains(s) {
-            let size = engine.sessionKVBytes(s)
-            if !out.isEmpty && bytes + size > capacity { break }
-            bytes += size
-            out.append(s)
+        queue.window(lookAhead: lookAhead, capacity: engine.store.configuration.dramCapacityBytes) {
+            engine.sessionKVBytes($0)
         }
-        return out
     }
 
     private func refreshWindow() {
@@ -237,7 +178,7 @@ public final class TurnScheduler: @unchecked Sendable {
             for ns in engine.storeNamespaces(of: s) where !namespaces.contains(ns) { namespaces.append(ns) }
         }
         engine.store.setUpcoming(namespaces)
-        for s in order where !prefetched.contains(s) && !runningSessions.contains(s) {
+        for s in order where !prefetched.contains(s) && !queue.isRunning(s) {
             prefetched.insert(s)
             for ns in engine.storeNamespaces(of: s) { engine.store.prefetch(session: ns) }
         }
@@ -277,9 +218,7 @@ public final class TurnScheduler: @unchecked Sendable {
         }
         let next: [Job] = lock.withLock {
             if measuresThinkTimes { thinkTimes.ended(turn.session, at: DispatchTime.now().uptimeNanoseconds) }
-            runningSessions.remove(turn.session)
-            runningPerOwner[job.ownerKey, default: 1] -= 1
-            if runningPerOwner[job.ownerKey] == 0 { runningPerOwner[job.ownerKey] = nil }
+            queue.finished(job)
             let started = admit()
             refreshWindow()
             return started

@@ -1,6 +1,7 @@
 import Foundation
 import KVTierEngine
 import KVTierStore
+import KVTierTOML
 
 /// Everything kvtierd can be told, from defaults, then the TOML file, then `KVTIER_*`
 /// environment variables, then flags. Unknown keys and bad values are errors that name the key.

@@ -1,13 +1,13 @@
 import Foundation
 import TOMLKit
 
-/// A configuration file as TOML 1.0, parsed by TOMLKit (toml++): every form TOML allows loads
+/// A configuration file (kvtierd's, or a cost profile of `kvtier-bench simulate`) as TOML 1.0, parsed by TOMLKit (toml++): every form TOML allows loads
 /// (single-quoted and multi-line strings, dotted keys, inline tables, `[a.b]` headers), and a
 /// syntax error names its line and column. The tables are flattened to dotted keys
 /// ("server.socket") with the line each was written on, so that a bad value's error can point
 /// at it too.
-enum TOMLConfigFile {
-    enum Value: Equatable, Sendable {
+public enum TOMLConfigFile {
+    public enum Value: Equatable, Sendable {
         case string(String)
         case integer(Int)
         case float(Double)
@@ -18,22 +18,22 @@ enum TOMLConfigFile {
         case other(String)
     }
 
-    struct Entry: Equatable, Sendable {
-        let key: String
-        let value: Value
+    public struct Entry: Equatable, Sendable {
+        public let key: String
+        public let value: Value
         /// The line the key was written on; nil where it cannot be told (an inline table).
-        let line: Int?
+        public let line: Int?
     }
 
-    struct ParseError: Error, CustomStringConvertible, Equatable {
-        let line: Int
-        let column: Int
-        let message: String
-        var description: String { "line \(line), column \(column): \(message)" }
+    public struct ParseError: Error, CustomStringConvertible, Equatable {
+        public let line: Int
+        public let column: Int
+        public let message: String
+        public var description: String { "line \(line), column \(column): \(message)" }
     }
 
     /// The entries of `text`, in the order of their lines.
-    static func parse(_ text: String) throws(ParseError) -> [Entry] {
+    public static func parse(_ text: String) throws(ParseError) -> [Entry] {
         try preflight(text)
         let table: TOMLTable
         do {
@@ -56,7 +56,7 @@ enum TOMLConfigFile {
     /// a key character (`[\\x]`). An assertion aborts a build that keeps them, and a build that
     /// drops them turns them into assumptions the parser then breaks; found by the toml-config
     /// fuzzer. Everything else is left to TOMLKit.
-    static func preflight(_ text: String) throws(ParseError) {
+    public static func preflight(_ text: String) throws(ParseError) {
         enum State { case normal, comment, basic, literal, multiBasic, multiLiteral }
         var state = State.normal
         var line = 1
