@@ -50,7 +50,14 @@ public struct ReplayPolicy: Sendable {
     public static let hbmOracle = ReplayPolicy(
         name: "hbm-oracle", lookAhead: 4, eviction: .hintDriven, placementHints: .estimated, hbmHoldsEverything: true)
 
-    public static func named(_ name: String) -> ReplayPolicy? { (all + [hbmOracle]).first { $0.name == name } }
+    /// Not in `all` (run it by name): LRU without prefetch, CachedAttention's LRU baseline, which
+    /// reads from disk whatever DRAM lost on the turn's critical path.
+    public static let lruWithoutPrefetch = ReplayPolicy(name: "lru-no-prefetch")
+
+    /// The policies run only by name.
+    public static let extra = [hbmOracle, lruWithoutPrefetch]
+
+    public static func named(_ name: String) -> ReplayPolicy? { (all + extra).first { $0.name == name } }
 
     /// The policies of the DRAM-capacity sweep.
     public static let swept = ["tiered-lru", "kvtier"]

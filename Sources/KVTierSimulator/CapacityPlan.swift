@@ -1,5 +1,3 @@
-import KVTierReplay
-
 /// Sizing a deployment: the smallest DRAM and disk tiers with which a policy reaches a target
 /// TTFT p99 (from arrival, all turns) or hit rate on a given trace. Every pair of the given
 /// sizes is simulated; the answer is the pair meeting the target at the least storage cost,
@@ -32,12 +30,13 @@ public struct CapacityPlan: Sendable {
     public static let diskDollarsPerGBHour = 0.00082
 
     public let profile: CostProfile
-    public let policy: ReplayPolicy
+    /// The policy and limits every configuration runs with (its DRAM and disk sizes are replaced).
+    public let options: Simulation.Options
     public let target: Target
 
-    public init(profile: CostProfile, policy: ReplayPolicy, target: Target) {
+    public init(profile: CostProfile, options: Simulation.Options, target: Target) {
         self.profile = profile
-        self.policy = policy
+        self.options = options
         self.target = target
     }
 
@@ -49,11 +48,11 @@ public struct CapacityPlan: Sendable {
         var points: [Point] = []
         for disk in diskSizes.sorted() {
             for dram in dramSizes.sorted() {
-                var o = Simulation.Options(policy: policy, profile: profile)
+                var o = options
                 o.dramBytes = dram
                 o.diskBytes = disk
                 let r = try Simulation(profile: profile, options: o).run(trace)
-                let s = SimulationSummary(policy: policy.name, options: o, result: r)
+                let s = SimulationSummary(policy: o.policy.name, options: o, result: r)
                 let cost =
                     Double(dram) / 1e9 * Self.dramDollarsPerGBHour + Double(disk) / 1e9 * Self.diskDollarsPerGBHour
                 let meets: Bool

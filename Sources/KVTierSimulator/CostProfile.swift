@@ -83,6 +83,19 @@ public struct CostProfile: Sendable, Equatable {
         return max(compute, memory) + accelerator.stepOverheadMs / 1000
     }
 
+    /// Seconds of arithmetic of prompt chunks alone (their share of a step's compute): the GPU
+    /// time prefill costs.
+    public func prefillComputeSeconds(_ prefill: [(tokens: Int, context: Int)]) -> Double {
+        let l = Double(model.layers)
+        let h = Double(model.hidden)
+        let flops = prefill.reduce(0.0) { sum, chunk in
+            let n = Double(chunk.tokens)
+            let c = Double(chunk.context)
+            return sum + 2 * model.parameters * n + 4 * l * h * n * (c + n / 2)
+        }
+        return flops / (accelerator.peakTFLOPs * 1e12 * accelerator.mfu * Double(max(1, accelerator.count)))
+    }
+
     /// Seconds to move `bytes` of KV from host DRAM to the devices.
     public func linkSeconds(_ bytes: Int) -> Double {
         guard bytes > 0 else { return 0 }

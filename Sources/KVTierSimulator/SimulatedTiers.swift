@@ -180,6 +180,19 @@ struct SimulatedTiers {
         return take()
     }
 
+    /// Frees the session's HBM pages once its turn has ended (CachedAttention's design, where HBM
+    /// holds only running turns): blocks no lower tier has are demoted first.
+    mutating func releaseHBM(_ session: String) {
+        for i in (hbm[session] ?? []).sorted() {
+            if lowerTiers && dram[session]?.contains(i) != true && disk[session]?.contains(i) != true {
+                moved.linkOutBytes += bytes(session, i)
+                insertIntoDRAM(session, i)
+            }
+            hbmUsed -= 1
+        }
+        hbm[session] = nil
+    }
+
     /// Ends a turn that keeps nothing (recomputation): the session's pages are freed.
     mutating func discard(_ session: String) {
         let blocks = ((tokens[session] ?? 0) + blockTokens - 1) / blockTokens

@@ -30,6 +30,9 @@ public struct Simulation {
         public var maxBatch: Int
         public var prefillChunkTokens: Int
         public var writeThroughAfterSeconds = 60.0
+        /// Whether HBM keeps a session's KV after its turn (kvtierd's store), or holds only the
+        /// running turns' KV, every turn loading its history from DRAM or disk (CachedAttention).
+        public var hbmCachesSessions = true
 
         /// The profile's capacities and batch limits.
         public init(policy: ReplayPolicy, profile: CostProfile) {
@@ -78,6 +81,8 @@ public struct Simulation {
         public var turns: [TurnRecord]
         /// Seconds the GPU computed (steps, and waits for synchronous saves).
         public var gpuSeconds: Double
+        /// Seconds of those that prefill's arithmetic took (prompt chunks at the profile's FLOP rate).
+        public var prefillGPUSeconds: Double
         /// Seconds the GPU waited with turns running but none able to compute (loads).
         public var gpuStallSeconds: Double
         /// Virtual seconds from the first arrival to the last reply.
@@ -165,22 +170,33 @@ public struct Simulation {
         var diskBusy = 0.0
         var diskWriteFree = 0.0
         var result = Result(
-            turns: [], gpuSeconds: 0, gpuStallSeconds: 0, makespanSeconds: 0, linkBytesIn: 0, linkBytesOut: 0,
+            turns: [], gpuSeconds: 0, prefillGPUSeconds: 0, gpuStallSeconds: 0, makespanSeconds: 0, linkBytesIn: 0,
+            linkBytesOut: 0,
             diskBytesRead: 0, diskBytesWritten: 0, blocksDropped: 0)
 
         func refreshWindow() {
             let window = queue.window(lookAhead: p.lookAhead, capacity: options.dramBytes) { name in
                 tiers.sessionBytes(name)
             }
-            policy.setUpcoming(window)
+            // As the scheduler names store namespaces: each session, then the chat whose namespace
+            // holds the prefix it shares (all of that chat's blocks are spared and prefetched).
+            var namespaces: [String] = []
+            for s in window {
+                for ns in [s] + (prefixOwner.map { [$0] } ?? []) where !namespaces.contains(ns) {
+                    namespaces.append(ns)
+                }
+            }
+            policy.setUpcoming(namespaces)
             for s in window where !prefetched.contains(s) && !queue.isRunning(s) {
                 prefetched.insert(s)
-                let bytes = tiers.prefetch(s)
-                guard bytes > 0 else { continue }
-                let start = max(now, diskBusy)
-                diskBusy = start + profile.diskReadSeconds(bytes)
-                prefetchReady[s] = diskBusy
-                result.diskBytesRead += bytes
+                for ns in [s] + (prefixOwner.map { [$0] } ?? []) where ns == s || !queue.isRunning(ns) {
+                    let bytes = tiers.prefetch(ns)
+                    guard bytes > 0 else { continue }
+                    let start = max(now, diskBusy)
+                    diskBusy = start + profile.diskReadSeconds(bytes)
+                    prefetchReady[ns] = diskBusy
+                    result.diskBytesRead += bytes
+                }
             }
         }
 
@@ -268,6 +284,10 @@ public struct Simulation {
             if p.reuseKV {
                 saved = tiers.save(job.session, from: r.reused, writeThrough: r.writeThrough)
                 stored[job.sessionIndex] = r.prompt + r.reply
+                if !options.hbmCachesSessions && p.lowerTiers {
+                    tiers.releaseHBM(job.session)
+                    saved.linkOutBytes += tiers.take().linkOutBytes
+                }
             } else {
                 tiers.discard(job.session)
             }
@@ -361,7 +381,13 @@ public struct Simulation {
             chunks.removeAll { excluded.contains($0.index) }
             if decoding.isEmpty && chunks.isEmpty {
                 // Nothing can compute until a load is in (or a new turn arrives).
-                var wake = running.map { earliestFirstChunk($0, step: 0) }.min() ?? now
+                var wake =
+                    running.map { r in
+                        let n = min(r.prefillLeft, options.prefillChunkTokens)
+                        return earliestFirstChunk(
+                            r, step: profile.stepSeconds(decodeContexts: [], prefill: [(tokens: n, context: r.context)])
+                        )
+                    }.min() ?? now
                 if let next = due.first { wake = min(wake, next.time) }
                 let until = max(wake, now + 1e-9)
                 result.gpuStallSeconds += until - now
@@ -376,6 +402,8 @@ public struct Simulation {
                 steps = max(1, steps)
             }
             let start = now
+            result.prefillGPUSeconds += profile.prefillComputeSeconds(
+                chunks.map { (tokens: $0.tokens, context: running[$0.index].context) })
             now += step * Double(steps)
             result.gpuSeconds += step * Double(steps)
             for c in chunks {

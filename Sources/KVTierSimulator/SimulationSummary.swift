@@ -37,6 +37,8 @@ public struct SimulationSummary: Codable, Sendable {
     /// Share of the reusable tokens of turns 2+ reused from any tier.
     public var reuse_rate: Double
     public var gpu_seconds: Double
+    /// GPU seconds of prefill arithmetic (what reuse saves; decode steps are the same for all).
+    public var prefill_gpu_seconds: Double
     public var gpu_stall_seconds: Double
     public var makespan_seconds: Double
     public var load_stall_ms_mean: Double
@@ -73,6 +75,7 @@ public struct SimulationSummary: Codable, Sendable {
             "disk": Double(later.reduce(0) { $0 + $1.hits_disk }) / reusable,
         ]
         gpu_seconds = r.gpuSeconds
+        prefill_gpu_seconds = r.prefillGPUSeconds
         gpu_stall_seconds = r.gpuStallSeconds
         makespan_seconds = r.makespanSeconds
         load_stall_ms_mean = all.isEmpty ? 0 : all.reduce(0) { $0 + $1.stall_ms } / Double(all.count)
@@ -99,9 +102,9 @@ public struct SimulationSummary: Codable, Sendable {
         let base = runs.first { $0.policy == "recompute" }
         var s =
             "| policy | TTFT p50 (ms) | from arrival p50 / p99 | turns 2+, from arrival p50 | vs recompute | "
-            + "prefill tok/s | vs recompute | GPU (s) | vs recompute | hit rate | hbm / dram / disk | reused | "
-            + "stall (ms) | save lag (ms) |\n"
-        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n"
+            + "prefill tok/s | vs recompute | GPU busy (s) | prefill GPU (s) | vs recompute | memory hit rate | "
+            + "hbm / dram / disk | reused | stall (ms) | save lag (ms) |\n"
+        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n"
         for p in runs {
             func rel(_ f: (SimulationSummary) -> Double, _ fmt: String, inverse: Bool = false) -> String {
                 guard let b = base, f(b) > 0, f(p) > 0 else { return "-" }
@@ -113,12 +116,13 @@ public struct SimulationSummary: Codable, Sendable {
                     return x > 0 ? String(format: "%+.0f%%", 100 * (p.ttft_from_arrival_ms_turn2plus.p50 / x - 1)) : "-"
                 } ?? "-"
             s += String(
-                format: "| %@ | %.1f | %.1f / %.1f | %.1f | %@ | %.0f | %@ | %.1f | %@ | %.1f%% | %.1f / %.1f / %.1f |"
-                    + " %.1f%% | %.1f | %.1f |\n",
+                format:
+                    "| %@ | %.1f | %.1f / %.1f | %.1f | %@ | %.0f | %@ | %.0f | %.1f | %@ | %.1f%% "
+                    + "| %.1f / %.1f / %.1f | %.1f%% | %.1f | %.1f |\n",
                 p.policy, p.ttft_ms.p50, p.ttft_from_arrival_ms.p50, p.ttft_from_arrival_ms.p99,
                 p.ttft_from_arrival_ms_turn2plus.p50, ttftChange, p.prefill_throughput_tokens_per_s,
-                rel(\.prefill_throughput_tokens_per_s, "%.2f×"), p.gpu_seconds,
-                rel(\.gpu_seconds, "%.2f× less", inverse: true), 100 * p.hit_rate,
+                rel(\.prefill_throughput_tokens_per_s, "%.2f×"), p.gpu_seconds, p.prefill_gpu_seconds,
+                rel(\.prefill_gpu_seconds, "%.2f× less", inverse: true), 100 * p.hit_rate,
                 100 * (p.hit_rate_by_tier["hbm"] ?? 0), 100 * (p.hit_rate_by_tier["dram"] ?? 0),
                 100 * (p.hit_rate_by_tier["disk"] ?? 0), 100 * p.reuse_rate, p.load_stall_ms_mean, p.save_lag_ms_mean)
         }

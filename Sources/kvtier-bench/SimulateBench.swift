@@ -18,7 +18,7 @@ struct SimulateBench: ParsableCommand {
             """
     )
 
-    @Option(help: "Cost profile (TOML).") var profile = "deploy/simulate/llama2-13b-a100.toml"
+    @Option(help: "Cost profile (TOML).") var profile = "deploy/simulate/llama2-13b-a100x4.toml"
     @Option(name: .long, help: "GGUF whose chat template and tokenizer count the trace's tokens.") var model: String?
     @Option(help: "ShareGPT JSON (`make data` fetches it).") var data = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
     @Option(help: "Sessions (conversations).") var sessions = 1000
@@ -28,12 +28,17 @@ struct SimulateBench: ParsableCommand {
     @Option(help: "At most this many turns per conversation.") var maxTurns = 20
     @Option(help: "Session arrivals per second (Poisson; the paper's rate is 1.0).") var arrivalRate = 1.0
     @Option(help: "Mean think time between a reply and the next turn, seconds (exponential).") var thinkMean = 60.0
-    @Option(help: "Policies, comma-separated (default: all, and hbm-oracle).") var policies: String?
+    @Option(help: "Policies, comma-separated (default: all, hbm-oracle and lru-no-prefetch).") var policies: String?
     @Option(help: "HBM for KV (default: the profile's).") var hbm: SizeArgument?
     @Option(help: "DRAM tier (default: the profile's).") var dram: SizeArgument?
     @Option(help: "Disk tier (default: the profile's).") var disk: SizeArgument?
     @Option(help: "Turns in a batch at most (default: the profile's).") var maxBatch: Int?
     @Option(help: "Prompt tokens per step at most (default: the profile's).") var prefillChunk: Int?
+    @Flag(
+        help:
+            "HBM holds only running turns, as in CachedAttention (default: it keeps sessions, as kvtierd's store does)."
+    )
+    var hbmRunningOnly = false
     @Option(help: "Output directory for JSON, CSV and Markdown (and plots).") var out: String?
     @Flag(help: "Print one JSON object on stdout (no progress, no table).") var json = false
     @Flag(help: "Do not render the PNG plots.") var noPlots = false
@@ -83,10 +88,10 @@ struct SimulateBench: ParsableCommand {
         }
         let names =
             policies.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
-            ?? (ReplayPolicy.all + [ReplayPolicy.hbmOracle]).map(\.name)
+            ?? (ReplayPolicy.all + ReplayPolicy.extra).map(\.name)
         let chosen = try names.map { name -> ReplayPolicy in
             guard let p = ReplayPolicy.named(name) else {
-                let known = (ReplayPolicy.all + [ReplayPolicy.hbmOracle]).map(\.name).joined(separator: ", ")
+                let known = (ReplayPolicy.all + ReplayPolicy.extra).map(\.name).joined(separator: ", ")
                 throw ValidationError("unknown policy '\(name)'; known: \(known)")
             }
             return p
@@ -139,6 +144,7 @@ struct SimulateBench: ParsableCommand {
         if let disk { o.diskBytes = disk.bytes }
         if let maxBatch { o.maxBatch = max(1, maxBatch) }
         if let prefillChunk { o.prefillChunkTokens = max(1, prefillChunk) }
+        o.hbmCachesSessions = !hbmRunningOnly
         return o
     }
 
@@ -148,9 +154,7 @@ struct SimulateBench: ParsableCommand {
             targetTtftP99Ms.map { .ttftP99Ms($0) } ?? .hitRate(targetHitRate ?? 0)
         let drams = try SizeArgument.list(planDram, option: "--plan-dram")
         let disks = try SizeArgument.list(planDisk, option: "--plan-disk")
-        var base = cost
-        if let hbm { base.accelerator.kvBytes = Double(hbm.bytes) }
-        let points = try CapacityPlan(profile: base, policy: p, target: target).evaluate(
+        let points = try CapacityPlan(profile: cost, options: options(p, cost), target: target).evaluate(
             trace, dramSizes: drams, diskSizes: disks
         ) { done, total in
             showProgress("plan: \(done)/\(total) configurations", done: done, total: total, step: 1)
