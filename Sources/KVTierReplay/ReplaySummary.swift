@@ -99,14 +99,10 @@ public struct ReplaySummary: Encodable {
             let ttftSeconds = turns.reduce(0) { $0 + $1.ttft_ms } / 1000
             prefill_throughput_tokens_per_s =
                 ttftSeconds > 0 ? Double(turns.reduce(0) { $0 + $1.prompt_tokens }) / ttftSeconds : 0
-            let reusable = Double(max(1, later.reduce(0) { $0 + $1.reusable }))
-            reuse_rate = Double(later.reduce(0) { $0 + $1.reused }) / reusable
-            hit_rate = Double(later.reduce(0) { $0 + $1.hits_hbm + $1.hits_dram }) / reusable
-            hit_rate_by_tier = [
-                "hbm": Double(later.reduce(0) { $0 + $1.hits_hbm }) / reusable,
-                "dram": Double(later.reduce(0) { $0 + $1.hits_dram }) / reusable,
-                "disk": Double(later.reduce(0) { $0 + $1.hits_disk }) / reusable,
-            ]
+            let tally = ReuseTally(later.map { ($0.reusable, $0.reused, $0.hits_hbm, $0.hits_dram, $0.hits_disk) })
+            reuse_rate = tally.reuseRate
+            hit_rate = tally.hitRate
+            hit_rate_by_tier = tally.hitRateByTier
             load_stall_ms_mean = turns.isEmpty ? 0 : turns.reduce(0) { $0 + $1.stall_ms } / Double(turns.count)
             critical_path_disk_bytes = turns.reduce(0) { $0 + $1.disk_bytes }
             let laterTTFT = later.reduce(0) { $0 + $1.ttft_ms }

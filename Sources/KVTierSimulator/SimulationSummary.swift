@@ -66,14 +66,10 @@ public struct SimulationSummary: Codable, Sendable {
         let ttftSeconds = all.reduce(0) { $0 + $1.ttft_ms } / 1000
         prefill_throughput_tokens_per_s =
             ttftSeconds > 0 ? Double(all.reduce(0) { $0 + $1.prompt_tokens }) / ttftSeconds : 0
-        let reusable = Double(max(1, later.reduce(0) { $0 + $1.reusable }))
-        reuse_rate = Double(later.reduce(0) { $0 + $1.reused }) / reusable
-        hit_rate = Double(later.reduce(0) { $0 + $1.hits_hbm + $1.hits_dram }) / reusable
-        hit_rate_by_tier = [
-            "hbm": Double(later.reduce(0) { $0 + $1.hits_hbm }) / reusable,
-            "dram": Double(later.reduce(0) { $0 + $1.hits_dram }) / reusable,
-            "disk": Double(later.reduce(0) { $0 + $1.hits_disk }) / reusable,
-        ]
+        let tally = ReuseTally(later.map { ($0.reusable, $0.reused, $0.hits_hbm, $0.hits_dram, $0.hits_disk) })
+        reuse_rate = tally.reuseRate
+        hit_rate = tally.hitRate
+        hit_rate_by_tier = tally.hitRateByTier
         gpu_seconds = r.gpuSeconds
         prefill_gpu_seconds = r.prefillGPUSeconds
         gpu_stall_seconds = r.gpuStallSeconds

@@ -222,24 +222,7 @@ struct ReplayBench: ParsableCommand {
     }
 
     private func renderPlots(_ dir: String) {
-        let script = "deploy/bench/plot_replay.py"
-        guard FileManager.default.fileExists(atPath: script) else {
-            log("plots: \(script) not found (run from the repository root)")
-            return
-        }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", script, dir + "/replay.json", dir]
-        p.standardOutput = json ? FileHandle.standardError : FileHandle.standardOutput
-        do {
-            try p.run()
-            p.waitUntilExit()
-            if p.terminationStatus != 0 {
-                log("plots: \(script) failed; `python3 -m pip install matplotlib`, then run it by hand")
-            }
-        } catch {
-            log("plots: cannot run python3: \(error)")
-        }
+        PlotScript.run("deploy/bench/plot_replay.py", [dir + "/replay.json", dir], json: json)
     }
 
     private func log(_ s: String) {
