@@ -11,7 +11,7 @@ import XCTest
 /// The simulator pinned to the real replay: the same trace served by the real engine and store
 /// (a tiny model on this machine's CPU, real RocksDB) and by the simulator with a cost profile
 /// measured from that run. The policies must rank the same and the hit rates per tier agree
-/// within 8 points (turn order in the real run moves with each turn's measured time).
+/// within 8 points.
 final class SimulatorPinTests: XCTestCase {
     func testTheSimulatorAgreesWithTheRealReplayOnThisMachine() throws {
         // Wide enough that compute, not per-turn bookkeeping, makes most of a turn's time.
@@ -81,29 +81,27 @@ final class SimulatorPinTests: XCTestCase {
         // The trace exercises HBM and disk (DRAM holds a fraction of the chats).
         XCTAssertGreaterThan(real["tiered-lru"]?.hit_rate_by_tier["hbm"] ?? 0, 0.05, report)
         XCTAssertGreaterThan(real["tiered-lru"]?.hit_rate_by_tier["disk"] ?? 0, 0.05, report)
-        func below(_ tiers: [String: Double]) -> Double { (tiers["dram"] ?? 0) + (tiers["disk"] ?? 0) }
         for name in names {
             let r = try XCTUnwrap(real[name])
             let s = try XCTUnwrap(simulated[name])
             XCTAssertEqual(s.reuse_rate, r.reuse_rate, accuracy: 0.08, "\(name)\n\(report)")
-            XCTAssertEqual(
-                s.hit_rate_by_tier["hbm"] ?? 0, r.hit_rate_by_tier["hbm"] ?? 0, accuracy: 0.08, "\(name)\n\(report)")
-            XCTAssertEqual(below(s.hit_rate_by_tier), below(r.hit_rate_by_tier), accuracy: 0.08, "\(name)\n\(report)")
-            // How DRAM and disk split what HBM missed: kvtier's prefetch of the queued chats
-            // reaches fewer of them in the real run than in the model (docs/benchmarks.md,
-            // "The simulator against the real replay"); the other policies agree.
-            guard name != "kvtier" else { continue }
-            for tier in ["dram", "disk"] {
+            for tier in ["hbm", "dram", "disk"] {
                 XCTAssertEqual(
                     s.hit_rate_by_tier[tier] ?? 0, r.hit_rate_by_tier[tier] ?? 0, accuracy: 0.08,
                     "\(name), \(tier)\n\(report)")
             }
         }
-        // Both rank the scheduler-aware policy at least as high as LRU with prefetch in memory hits.
-        XCTAssertGreaterThanOrEqual(real["kvtier"]!.hit_rate, real["tiered-lru"]!.hit_rate - 0.02, report)
-        XCTAssertGreaterThanOrEqual(simulated["kvtier"]!.hit_rate, simulated["tiered-lru"]!.hit_rate, report)
-        // Every pair of policies the real run tells apart by the prefill work it left, or by
-        // TTFT, is ordered the same way by the simulator.
+        // The queue is deep, so the look-ahead keeps queued chats in DRAM, in the model and for
+        // real. (The real scheduler once let the next prefetch evict a just-admitted chat's DRAM
+        // copy before its load began: this check found it, 10 points against the model's 22.)
+        XCTAssertGreaterThan(real["kvtier"]!.hit_rate_by_tier["dram"] ?? 0, 0.12, report)
+        XCTAssertGreaterThan(simulated["kvtier"]!.hit_rate_by_tier["dram"] ?? 0, 0.12, report)
+        // Both rank the scheduler-aware policy above LRU with prefetch in memory hits.
+        XCTAssertGreaterThan(real["kvtier"]!.hit_rate, real["tiered-lru"]!.hit_rate + 0.05, report)
+        XCTAssertGreaterThan(simulated["kvtier"]!.hit_rate, simulated["tiered-lru"]!.hit_rate + 0.05, report)
+        // Every pair of policies the real run tells apart by the prefill work it left is ordered
+        // the same way by the simulator. (TTFT is compared in docs/benchmarks.md, not here: a
+        // unit test's timings move with whatever else the machine runs.)
         for a in names {
             for b in names where a < b {
                 let ra = real[a]!
@@ -114,20 +112,6 @@ final class SimulatorPinTests: XCTestCase {
                 if abs(work) > 0.03 * Double(max(ra.prefill_tokens_computed, rb.prefill_tokens_computed)) {
                     XCTAssertEqual(
                         work > 0, sa.prefill_tokens_computed > sb.prefill_tokens_computed, "\(a) vs \(b)\n\(report)")
-                }
-            }
-        }
-        // And by TTFT of turns 2+ (median), where the real run tells them apart by a third.
-        for a in names {
-            for b in names where a < b {
-                let ra = real[a]!.ttft_ms_turn2plus.p50
-                let rb = real[b]!.ttft_ms_turn2plus.p50
-                let sa = simulated[a]!.ttft_ms_turn2plus.p50
-                let sb = simulated[b]!.ttft_ms_turn2plus.p50
-                if abs(ra - rb) > max(ra, rb) / 3 {
-                    XCTAssertEqual(
-                        ra > rb, sa > sb, "TTFT of \(a) vs \(b): real \(ra) / \(rb), simulated \(sa) / \(sb)\n\(report)"
-                    )
                 }
             }
         }

@@ -22,7 +22,7 @@ public struct AdmissionQueue<Job: AdmissionJob> {
     /// Owners with queued jobs, the next to be served first.
     private var ring: [String] = []
     /// Sessions running now, and running jobs per owner.
-    private var runningSessions: Set<String> = []
+    private var running: Set<String> = []
     private var runningPerOwner: [String: Int] = [:]
 
     public init() {}
@@ -50,14 +50,14 @@ public struct AdmissionQueue<Job: AdmissionJob> {
             queues[owner] = rest
             ring.append(owner)
         }
-        runningSessions.insert(job.session)
+        running.insert(job.session)
         runningPerOwner[job.ownerKey, default: 0] += 1
         return job
     }
 
     /// A running job has ended: its session may start again.
     public mutating func finished(_ job: Job) {
-        runningSessions.remove(job.session)
+        running.remove(job.session)
         let left = runningPerOwner[job.ownerKey, default: 1] - 1
         runningPerOwner[job.ownerKey] = left > 0 ? left : nil
     }
@@ -72,7 +72,7 @@ public struct AdmissionQueue<Job: AdmissionJob> {
 
     private func locate() -> (ring: Int, index: Int)? {
         for (ri, owner) in ring.enumerated() {
-            if let qi = queues[owner]?.firstIndex(where: { !runningSessions.contains($0.session) }) {
+            if let qi = queues[owner]?.firstIndex(where: { !running.contains($0.session) }) {
                 return (ri, qi)
             }
         }
@@ -83,9 +83,12 @@ public struct AdmissionQueue<Job: AdmissionJob> {
     public var depth: Int { queues.values.reduce(0) { $0 + $1.count } }
 
     /// Number of running jobs.
-    public var runningCount: Int { runningSessions.count }
+    public var runningCount: Int { running.count }
 
-    public func isRunning(_ session: String) -> Bool { runningSessions.contains(session) }
+    public func isRunning(_ session: String) -> Bool { running.contains(session) }
+
+    /// The sessions running now, in a stable order.
+    public var runningSessions: [String] { running.sorted() }
 
     /// Queued plus running jobs of `ownerKey`.
     public func outstanding(ownerKey: String) -> Int {

@@ -171,10 +171,12 @@ public final class TurnScheduler: @unchecked Sendable {
         var order: [String] = []
         lastWindow = fittingWindow()
         for s in lastWindow + externalHints where !order.contains(s) { order.append(s) }
-        // Running sessions are pinned in HBM by their turns; the window names the ones to come
-        // (by the store namespaces their blocks live under: a fork's prefix is another's).
+        // The store is told the sessions by the namespaces their blocks live under (a fork's
+        // prefix is another's): the running turns' first, needed now. A turn's load pins its
+        // blocks only once it starts, a moment after admission: until then nothing but this keeps
+        // the next prefetch from evicting its DRAM copy (the simulator's pin found it).
         var namespaces: [String] = []
-        for s in order {
+        for s in queue.runningSessions + order {
             for ns in engine.storeNamespaces(of: s) where !namespaces.contains(ns) { namespaces.append(ns) }
         }
         engine.store.setUpcoming(namespaces)
