@@ -203,10 +203,12 @@ struct SimulatedTiers {
         policy.forget(session: session)
     }
 
-    /// Promotes the session's blocks that only the disk holds into DRAM; the bytes read.
-    mutating func prefetch(_ session: String) -> Int {
+    /// Promotes the session's blocks that only the disk holds into DRAM (with `blocks`, only its
+    /// first ones); the bytes read.
+    mutating func prefetch(_ session: String, blocks: Int? = nil) -> Int {
         guard let onDisk = disk[session] else { return 0 }
-        for i in onDisk.sorted() where dram[session]?.contains(i) != true && hbm[session]?.contains(i) != true {
+        for i in onDisk.sorted()
+        where i < (blocks ?? Int.max) && dram[session]?.contains(i) != true && hbm[session]?.contains(i) != true {
             moved.diskReadBytes += bytes(session, i)
             insertIntoDRAM(session, i)
         }

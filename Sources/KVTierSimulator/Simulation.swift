@@ -178,19 +178,25 @@ public struct Simulation {
             let window = queue.window(lookAhead: p.lookAhead, capacity: options.dramBytes) { name in
                 tiers.sessionBytes(name)
             }
-            // As the scheduler names store namespaces: each session, then the chat whose namespace
-            // holds the prefix it shares (all of that chat's blocks are spared and prefetched).
+            // As the scheduler names store namespaces: the running sessions, then each queued one
+            // and the chat whose namespace holds the prefix it shares (all of that chat's blocks
+            // are spared; only the shared ones are prefetched).
             var namespaces: [String] = []
-            for s in window {
+            for s in queue.runningSessions + window {
                 for ns in [s] + (prefixOwner.map { [$0] } ?? []) where !namespaces.contains(ns) {
                     namespaces.append(ns)
                 }
             }
             policy.setUpcoming(namespaces)
+            let sharedBlocks = (trace.sharedPrefixTokens + b - 1) / b
             for s in window where !prefetched.contains(s) && !queue.isRunning(s) {
                 prefetched.insert(s)
-                for ns in [s] + (prefixOwner.map { [$0] } ?? []) where ns == s || !queue.isRunning(ns) {
-                    let bytes = tiers.prefetch(ns)
+                var targets = [(s, Int?.none)]
+                if let owner = prefixOwner, owner != s, !queue.isRunning(owner) {
+                    targets.append((owner, sharedBlocks))
+                }
+                for (ns, blocks) in targets {
+                    let bytes = tiers.prefetch(ns, blocks: blocks)
                     guard bytes > 0 else { continue }
                     let start = max(now, diskBusy)
                     diskBusy = start + profile.diskReadSeconds(bytes)

@@ -184,6 +184,12 @@ final class BatchedChatTests: XCTestCase {
         // w0 runs (held); w1..w5 wait, and only two of them fit in DRAM together.
         XCTAssertEqual(scheduler.depth, 5)
         XCTAssertEqual(scheduler.window, ["w1", "w2"])
+        // The store spares the running session first, then the window's: a turn's load pins its
+        // blocks only once its thread starts, and until then nothing else keeps a prefetch for the
+        // window from evicting its DRAM copy.
+        let upcoming = try XCTUnwrap(engine.store.policy as? HintDrivenPolicy).upcoming
+        XCTAssertEqual(upcoming.first, "w0")
+        XCTAssertTrue(upcoming.contains("w1") && upcoming.contains("w2"), "\(upcoming)")
         for _ in 0..<8 { release.signal() }
         scheduler.drain()
         XCTAssertEqual(scheduler.window, [])

@@ -137,7 +137,7 @@ final class SimulationTests: XCTestCase {
         XCTAssertEqual(memoryHits(lru), 0)
         // Without look-ahead the hint-driven policy has nothing to spare: LRU again.
         XCTAssertEqual(memoryHits(hintsOnly), 0)
-        XCTAssertGreaterThan(memoryHits(kvtier), 0.5, "prefetched and spared")
+        XCTAssertGreaterThanOrEqual(memoryHits(kvtier), 0.5, "prefetched and spared")
     }
 
     func testAChatThatOutgrowsTheWindowKeepsItsLaterBlocks() throws {

@@ -591,8 +591,20 @@ public final class ChatEngine: @unchecked Sendable {
         }
     }
 
-    /// Store namespaces holding a session's blocks (its own first): what prefetch, placement hints
-    /// and demotion act on.
+    /// Moves a session's blocks from disk to DRAM ahead of its turn: every block of its own
+    /// namespace, and of another chat's namespace (a prefix it shares) only the blocks it reads,
+    /// not the rest of that chat's history.
+    public func prefetch(session id: String) {
+        let foreign = stateLock.withLock { sessions[id]?.blocks.filter { $0.home != id } ?? [] }
+        store.prefetch(session: id)
+        for (home, blocks) in Dictionary(grouping: foreign, by: \.home) {
+            let wanted = Set(keys(of: blocks))
+            store.prefetch(session: home, only: { wanted.contains($0) })
+        }
+    }
+
+    /// Store namespaces holding a session's blocks (its own first): what placement hints and
+    /// demotion act on.
     public func storeNamespaces(of id: String) -> [String] {
         let homes = stateLock.withLock { sessions[id].map { Set($0.blocks.map(\.home)) } ?? [] }
         return [id] + homes.subtracting([id]).sorted()

@@ -182,7 +182,7 @@ public final class TurnScheduler: @unchecked Sendable {
         engine.store.setUpcoming(namespaces)
         for s in order where !prefetched.contains(s) && !queue.isRunning(s) {
             prefetched.insert(s)
-            for ns in engine.storeNamespaces(of: s) { engine.store.prefetch(session: ns) }
+            engine.prefetch(session: s)
         }
     }
 

@@ -615,14 +615,27 @@ public final class TieredStore: @unchecked Sendable {
     /// Moves a session's blocks from disk (or the remote tier) up to DRAM ahead of use
     /// (scheduler-aware prefetch).
     public func prefetch(session: String, completion: (@Sendable () -> Void)? = nil) {
+        prefetch(session: session, include: nil, completion: completion)
+    }
+
+    /// The same for just the blocks of the session's namespace that `only` accepts (another
+    /// chat's prefix a queued chat reads).
+    public func prefetch(session: String, only: @escaping @Sendable (BlockKey) -> Bool) {
+        prefetch(session: session, include: only, completion: nil)
+    }
+
+    private func prefetch(
+        session: String, include: (@Sendable (BlockKey) -> Bool)?, completion: (@Sendable () -> Void)?
+    ) {
         prefetcher.async { [self] in
-            for key in disk.keys(model: model, session: session) where !dram.contains(key) && !isInHBM(key) {
+            for key in disk.keys(model: model, session: session)
+            where !dram.contains(key) && !isInHBM(key) && include?(key) != false {
                 while loadsWaiting.value > 0 { usleep(200) }  // a turn's load goes first
                 if case .hit(let b) = readFromDisk(key) { try? insertIntoDRAM(b, arrival: .promoted) }
             }
             if let remote {
                 let wanted = remote.knownKeys(session: session, model: model).filter {
-                    !dram.contains($0) && !isInHBM($0) && !disk.contains($0)
+                    !dram.contains($0) && !isInHBM($0) && !disk.contains($0) && include?($0) != false
                 }
                 for b in remote.get(wanted).values { try? insertIntoDRAM(b, arrival: .promoted) }
             }
