@@ -111,10 +111,8 @@ struct SimulatedTiers {
     }
 
     /// Starts a turn of `session` that can reuse `reusable` tokens of its stored KV: pins it and
-    /// brings the reused prefix into HBM. Its first `residentPrefix` tokens are a prefix every chat
-    /// shares, whose one copy stays in HBM: they count as HBM hits wherever this session's own
-    /// copy is.
-    mutating func load(_ session: String, reusable: Int, residentPrefix: Int = 0) -> Load {
+    /// brings the reused prefix into HBM.
+    mutating func load(_ session: String, reusable: Int) -> Load {
         pinned.insert(session)
         policy.touch(session: session)
         var out = Load()
@@ -122,7 +120,6 @@ struct SimulatedTiers {
         let blocks = (usable + blockTokens - 1) / blockTokens
         for i in 0..<blocks {
             let n = min(blockTokens, usable - i * blockTokens)
-            let shared = max(0, min(n, residentPrefix - i * blockTokens))
             if hbm[session]?.contains(i) == true {
                 out.hbm += n
             } else if dram[session]?.contains(i) == true || disk[session]?.contains(i) == true {
@@ -134,8 +131,7 @@ struct SimulatedTiers {
                 guard allocatePage() else { break }
                 hbm[session, default: []].insert(i)
                 moved.linkBytes += bytes(session, i)
-                out.hbm += shared
-                if fromDisk { out.disk += n - shared } else { out.dram += n - shared }
+                if fromDisk { out.disk += n } else { out.dram += n }
             } else {
                 break
             }

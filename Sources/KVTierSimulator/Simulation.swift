@@ -123,6 +123,8 @@ public struct Simulation {
         var loadStart: Double
         var loadSeconds: Double
         var hits: SimulatedTiers.Load
+        /// Tokens of the prefix every chat shares that this chat reads from another's namespace.
+        var sharedPrefix = 0
         var firstChunkAt: Double?
         var waitedForLoad = false
         var firstToken: Double?
@@ -239,19 +241,19 @@ public struct Simulation {
                 }
                 // The prefix every chat shares (the template's system prompt) is stored once, in
                 // the namespace of the chat that computed it first: every load touches that chat,
-                // and its copy counts as resident in HBM (the prefix cache's one hot copy).
+                // its copy counts as resident in HBM (the prefix cache's one hot copy), and the
+                // other chats store only what follows it.
                 let shared = p.reuseKV ? min(trace.sharedPrefixTokens, prompt - 1) : 0
                 if shared > 0 {
                     if prefixOwner == nil { prefixOwner = job.session }
                     if let owner = prefixOwner, owner != job.session { policy.touch(session: owner) }
                 }
-                var load = tiers.load(job.session, reusable: reusable, residentPrefix: shared)
+                let own = prefixOwner == job.session ? 0 : shared
+                var load = tiers.load(job.session, reusable: max(0, reusable - own))
                 chargeWrites(load.moved)
-                tiers.computed(job.session, total: prompt + t.replyTokens, from: load.reusedTokens)
-                if load.reusedTokens < shared {
-                    load.hbm += shared - load.reusedTokens
-                    load.reusedTokens = shared
-                }
+                tiers.computed(job.session, total: prompt + t.replyTokens - own, from: load.reusedTokens)
+                load.hbm += own
+                load.reusedTokens += own
                 chargeWrites(tiers.take())
                 // The load: a disk read pipelined with the link layer by layer, behind earlier loads.
                 let diskSeconds = profile.diskReadSeconds(load.moved.diskReadBytes)
@@ -279,7 +281,7 @@ public struct Simulation {
                     Running(
                         job: job, start: now, prompt: prompt, reply: t.replyTokens, reusable: reusable,
                         reused: load.reusedTokens, context: load.reusedTokens, loadStart: start, loadSeconds: seconds,
-                        hits: load, writeThrough: writeThrough))
+                        hits: load, sharedPrefix: own, writeThrough: writeThrough))
             }
         }
 
@@ -288,7 +290,7 @@ public struct Simulation {
             let s = trace.sessions[job.sessionIndex]
             var saved = SimulatedTiers.Moved()
             if p.reuseKV {
-                saved = tiers.save(job.session, from: r.reused, writeThrough: r.writeThrough)
+                saved = tiers.save(job.session, from: r.reused - r.sharedPrefix, writeThrough: r.writeThrough)
                 stored[job.sessionIndex] = r.prompt + r.reply
                 if !options.hbmCachesSessions && p.lowerTiers {
                     tiers.releaseHBM(job.session)
