@@ -214,7 +214,7 @@ public final class APIService: Sendable {
             let known = Set(engine.sessionIDs)
             let resolved = h.upcoming.compactMap { access.resolve($0, for: r.peer, exists: known.contains) }
             scheduler.hint(upcoming: resolved)
-            for s in resolved { for ns in engine.storeNamespaces(of: s) { engine.store.prefetch(session: ns) } }
+            for s in resolved { engine.prefetch(session: s) }
             let unknown = h.upcoming.filter { access.resolve($0, for: r.peer, exists: known.contains) == nil }
             return try json(
                 200, HintResponse(upcoming: resolved.map { access.visibleID($0, for: r.peer) }, unknown: unknown))

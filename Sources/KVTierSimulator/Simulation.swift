@@ -180,15 +180,11 @@ public struct Simulation {
             let window = queue.window(lookAhead: p.lookAhead, capacity: options.dramBytes) { name in
                 tiers.sessionBytes(name)
             }
-            // As the scheduler names store namespaces: the running sessions, then each queued one
-            // and the chat whose namespace holds the prefix it shares (all of that chat's blocks
-            // are spared; only the shared ones are prefetched).
+            // As the scheduler names the sessions to spare: the running ones, then the queued
+            // ones (not the chat whose namespace holds a prefix they share: only the shared blocks
+            // of it are prefetched).
             var namespaces: [String] = []
-            for s in queue.runningSessions + window {
-                for ns in [s] + (prefixOwner.map { [$0] } ?? []) where !namespaces.contains(ns) {
-                    namespaces.append(ns)
-                }
-            }
+            for s in queue.runningSessions + window where !namespaces.contains(s) { namespaces.append(s) }
             policy.setUpcoming(namespaces)
             let sharedBlocks = (trace.sharedPrefixTokens + b - 1) / b
             for s in window where !prefetched.contains(s) && !queue.isRunning(s) {

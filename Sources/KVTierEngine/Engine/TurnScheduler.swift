@@ -171,15 +171,14 @@ public final class TurnScheduler: @unchecked Sendable {
         var order: [String] = []
         lastWindow = fittingWindow()
         for s in lastWindow + externalHints where !order.contains(s) { order.append(s) }
-        // The store is told the sessions by the namespaces their blocks live under (a fork's
-        // prefix is another's): the running turns' first, needed now. A turn's load pins its
-        // blocks only once it starts, a moment after admission: until then nothing but this keeps
-        // the next prefetch from evicting its DRAM copy (the simulator's pin found it).
-        var namespaces: [String] = []
-        for s in queue.runningSessions + order {
-            for ns in engine.storeNamespaces(of: s) where !namespaces.contains(ns) { namespaces.append(ns) }
-        }
-        engine.store.setUpcoming(namespaces)
+        // The store spares the running turns' sessions first, needed now: a turn's load pins its
+        // blocks only once it starts, a moment after admission, and until then nothing but this
+        // keeps the next prefetch from evicting its DRAM copy (the simulator's pin found it).
+        // Then the window's own namespaces, not those of chats whose prefix they share: sparing
+        // one would spare that chat's whole history; the shared blocks come with the prefetch.
+        var spare: [String] = []
+        for s in queue.runningSessions + order where !spare.contains(s) { spare.append(s) }
+        engine.store.setUpcoming(spare)
         for s in order where !prefetched.contains(s) && !queue.isRunning(s) {
             prefetched.insert(s)
             engine.prefetch(session: s)
