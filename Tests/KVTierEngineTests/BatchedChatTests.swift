@@ -9,20 +9,23 @@ import XCTest
 /// Many chats at once through the scheduler and the batch executor, on a tiny model.
 final class BatchedChatTests: XCTestCase {
     private func tempDir() -> String {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-batched-\(UUID().uuidString)").path
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("kvtier-batched-\(UUID().uuidString)")
+            .path
         addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
         return d
     }
 
     private func makeEngine(
-        _ model: LlamaModel, elementType: KVElementType = .f32, maxBatch: Int = 16, blockTokens: Int = 16, memory: Int = 32 << 20
+        _ model: LlamaModel, elementType: KVElementType = .f32, maxBatch: Int = 16, blockTokens: Int = 16,
+        memory: Int = 32 << 20
     ) throws -> ChatEngine {
         var c = StoreConfiguration(stateDirectory: tempDir())
         c.blockTokens = blockTokens
         c.hbmCapacityBytes = memory
         c.dramCapacityBytes = memory
         c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
-        let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: elementType)
+        let store = try TieredStore(
+            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: elementType)
         var e = EngineConfiguration()
         e.threads = 2
         e.maxBatch = maxBatch
@@ -47,9 +50,13 @@ final class BatchedChatTests: XCTestCase {
             for group in groups {
                 let reports = ReportBox()
                 for s in group {
-                    let text = "\(s) says hello number \(turn)" + String(repeating: " and more", count: turn * 3 + s.count % 4)
+                    let text =
+                        "\(s) says hello number \(turn)" + String(repeating: " and more", count: turn * 3 + s.count % 4)
                     messages[s, default: []].append(ChatMessage(role: "user", content: text))
-                    scheduler.submit(TurnScheduler.Turn(session: s, owner: "u\(s.count % 3)", messages: messages[s]!, options: options)) {
+                    scheduler.submit(
+                        TurnScheduler.Turn(
+                            session: s, owner: "u\(s.count % 3)", messages: messages[s]!, options: options)
+                    ) {
                         result in
                         if case .success(let r) = result { reports.append(r) } else { XCTFail("\(result)") }
                     }
@@ -78,16 +85,20 @@ final class BatchedChatTests: XCTestCase {
         for s in sessions {
             XCTAssertEqual(alone.replies[s]?.count, 3)
             XCTAssertEqual(alone.replies[s], together.replies[s], "\(s): the reply changes when batched")
-            let a = alone.logits[s] ?? [], b = together.logits[s] ?? []
+            let a = alone.logits[s] ?? []
+            let b = together.logits[s] ?? []
             XCTAssertEqual(a.count, b.count)
             let worst = zip(a, b).map { x, y in zip(x, y).map { abs($0 - $1) }.max() ?? 0 }.max() ?? .infinity
             // F32 KV and batch-invariant kernels: bit for bit, not merely within 1e-3.
             XCTAssertEqual(worst, 0, "\(s): logits differ by \(worst) when batched")
         }
         let c = batchedEngine.executor.counters
-        print("8 chats x 3 turns together: \(c.steps) steps, \(c.rows) rows, widest step \(c.widestStep) chats, \(c.mixedSteps) mixed steps")
+        print(
+            "8 chats x 3 turns together: \(c.steps) steps, \(c.rows) rows, widest step \(c.widestStep) chats, \(c.mixedSteps) mixed steps"
+        )
         XCTAssertGreaterThan(c.widestStep, 1, "the chats shared steps")
-        XCTAssertLessThan(c.steps, aloneEngine.executor.counters.steps, "batching took fewer steps than one chat at a time")
+        XCTAssertLessThan(
+            c.steps, aloneEngine.executor.counters.steps, "batching took fewer steps than one chat at a time")
         // Turns 2 and 3 reused their history in both runs.
         XCTAssertTrue(together.replies.values.allSatisfy { $0.count == 3 })
     }
@@ -100,20 +111,25 @@ final class BatchedChatTests: XCTestCase {
         let options = GenerationOptions(maxTokens: 16, sampling: .greedy, stopAtEndOfGeneration: false)
         for elementType in [KVElementType.f32, .f16] {
             let alone = try chat(
-                makeEngine(model, elementType: elementType, blockTokens: 64, memory: 256 << 20), sessions: sessions, turns: 2,
+                makeEngine(model, elementType: elementType, blockTokens: 64, memory: 256 << 20), sessions: sessions,
+                turns: 2,
                 together: false, options: options)
             let engine = try makeEngine(model, elementType: elementType, blockTokens: 64, memory: 256 << 20)
             let together = try chat(engine, sessions: sessions, turns: 2, together: true, options: options)
             var worst: Float = 0
             for s in sessions {
-                XCTAssertEqual(alone.replies[s], together.replies[s], "\(elementType) \(s): the reply changes when batched")
-                let a = alone.logits[s] ?? [], b = together.logits[s] ?? []
+                XCTAssertEqual(
+                    alone.replies[s], together.replies[s], "\(elementType) \(s): the reply changes when batched")
+                let a = alone.logits[s] ?? []
+                let b = together.logits[s] ?? []
                 XCTAssertEqual(a.count, 32)
                 XCTAssertEqual(a.count, b.count)
                 for (x, y) in zip(a, b) { worst = max(worst, zip(x, y).map { abs($0 - $1) }.max() ?? 0) }
             }
             let c = engine.executor.counters
-            print("SmolLM2, 8 chats x 2 turns, \(elementType) KV: batched vs alone max |logit diff| \(worst); \(c.steps) steps, widest \(c.widestStep)")
+            print(
+                "SmolLM2, 8 chats x 2 turns, \(elementType) KV: batched vs alone max |logit diff| \(worst); \(c.steps) steps, widest \(c.widestStep)"
+            )
             XCTAssertEqual(worst, 0, "\(elementType) KV: logits differ by \(worst) when batched")
             XCTAssertGreaterThan(c.widestStep, 1)
         }
@@ -130,7 +146,8 @@ final class BatchedChatTests: XCTestCase {
         func submit(_ session: String, owner: String, hold: Bool = false) {
             let wait: @Sendable (String) -> Void = { _ in release.wait() }
             let turn = TurnScheduler.Turn(
-                session: session, owner: owner, messages: [ChatMessage(role: "user", content: "hi from \(session)")], options: options,
+                session: session, owner: owner, messages: [ChatMessage(role: "user", content: "hi from \(session)")],
+                options: options,
                 onText: hold ? wait : nil)
             scheduler.submit(turn) { _ in order.append(session) }
         }
@@ -157,7 +174,10 @@ final class BatchedChatTests: XCTestCase {
         let sessions = ["w0", "w1", "w2", "w3", "w4", "w5"]
         // Sessions of similar size; DRAM holds two and a half of them.
         let sizer = try makeEngine(model)
-        for s in sessions { _ = try sizer.runTurn(session: s, messages: [ChatMessage(role: "user", content: "hello from \(s)")], options: options) }
+        for s in sessions {
+            _ = try sizer.runTurn(
+                session: s, messages: [ChatMessage(role: "user", content: "hello from \(s)")], options: options)
+        }
         let perSession = sizer.sessionKVBytes("w1")
         XCTAssertGreaterThan(perSession, 0)
 
@@ -166,20 +186,30 @@ final class BatchedChatTests: XCTestCase {
         c.hbmCapacityBytes = 32 << 20
         c.dramCapacityBytes = perSession * 5 / 2
         c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
-        let store = try TieredStore(configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f32)
+        let store = try TieredStore(
+            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f32)
         var e = EngineConfiguration()
         e.threads = 2
         e.linearGemmThreshold = 24
         let engine = ChatEngine(model: model, store: store, configuration: e)
-        for s in sessions { _ = try engine.runTurn(session: s, messages: [ChatMessage(role: "user", content: "hello from \(s)")], options: options) }
+        for s in sessions {
+            _ = try engine.runTurn(
+                session: s, messages: [ChatMessage(role: "user", content: "hello from \(s)")], options: options)
+        }
         engine.quiesce()
 
         let scheduler = TurnScheduler(engine: engine, lookAhead: 10, maxRunning: 1)
         let release = DispatchSemaphore(value: 0)
         let hold: @Sendable (String) -> Void = { _ in release.wait() }
         for (i, s) in sessions.enumerated() {
-            let messages = [ChatMessage(role: "user", content: "hello from \(s)"), ChatMessage(role: "assistant", content: "x"), ChatMessage(role: "user", content: "again")]
-            scheduler.submit(TurnScheduler.Turn(session: s, owner: "u", messages: messages, options: options, onText: i == 0 ? hold : nil)) { _ in }
+            let messages = [
+                ChatMessage(role: "user", content: "hello from \(s)"), ChatMessage(role: "assistant", content: "x"),
+                ChatMessage(role: "user", content: "again"),
+            ]
+            scheduler.submit(
+                TurnScheduler.Turn(
+                    session: s, owner: "u", messages: messages, options: options, onText: i == 0 ? hold : nil)
+            ) { _ in }
         }
         // w0 runs (held); w1..w5 wait, and only two of them fit in DRAM together.
         XCTAssertEqual(scheduler.depth, 5)
@@ -195,6 +225,55 @@ final class BatchedChatTests: XCTestCase {
         XCTAssertEqual(scheduler.window, [])
     }
 
+    /// A queued chat that shares a prefix with another chat is spared by its own namespace only:
+    /// sparing the other chat's namespace would spare that chat's whole history while this one
+    /// waits (the shared blocks come with the queued chat's prefetch).
+    func testQueuedChatsAreSparedByTheirOwnNamespaceNotTheOneTheyForkedFrom() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model)
+        let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
+        let system = ChatMessage(role: "system", content: String(repeating: "a shared system prompt. ", count: 4))
+        func chat(_ user: String) -> [ChatMessage] { [system, ChatMessage(role: "user", content: user)] }
+        _ = try engine.runTurn(session: "first", messages: chat("the first chat"), options: options)
+        let forked = engine.sessionForRequest(named: "forked", messages: chat("another chat"), owner: nil, newID: "f")
+        XCTAssertEqual(forked, "forked")
+        _ = try engine.runTurn(session: forked, messages: chat("another chat"), options: options)
+        XCTAssertTrue(engine.storeNamespaces(of: forked).contains("first"), "the fork reads the first chat's blocks")
+        engine.quiesce()
+
+        let scheduler = TurnScheduler(engine: engine, lookAhead: 4, maxRunning: 1)
+        let release = DispatchSemaphore(value: 0)
+        let hold: @Sendable (String) -> Void = { _ in release.wait() }
+        scheduler.submit(
+            TurnScheduler.Turn(
+                session: "other", messages: [ChatMessage(role: "user", content: "x")], options: options,
+                onText: hold)
+        ) { _ in }
+        let next =
+            chat("another chat") + [
+                ChatMessage(role: "assistant", content: "y"), ChatMessage(role: "user", content: "z"),
+            ]
+        scheduler.submit(TurnScheduler.Turn(session: forked, messages: next, options: options)) { _ in }
+        let upcoming = try XCTUnwrap(engine.store.policy as? HintDrivenPolicy).upcoming
+        XCTAssertEqual(upcoming, ["other", "forked"])
+        for _ in 0..<8 { release.signal() }
+        scheduler.drain()
+
+        // Its prefetch reads, of the first chat's namespace, only the blocks they share.
+        engine.quiesce()
+        for s in ["first", forked] { try engine.store.demote(session: s, to: .disk) }
+        XCTAssertEqual(engine.store.dram.keys(session: "first"), [])
+        let firstBlocks = engine.store.blockKeys(session: "first").values.reduce(0) { $0 + $1.count }
+        engine.prefetch(session: forked)
+        let done = DispatchSemaphore(value: 0)
+        engine.store.prefetch(session: "none") { done.signal() }  // the prefetcher is one serial queue
+        done.wait()
+        let shared = engine.store.dram.keys(session: "first").count
+        XCTAssertGreaterThan(shared, 0)
+        XCTAssertLessThan(shared, firstBlocks, "the rest of the first chat stays on disk")
+        XCTAssertGreaterThan(engine.store.dram.keys(session: forked).count, 0)
+    }
+
     func testQueuedTurnOfAGoneClientIsDroppedBeforeItStarts() throws {
         let model = try LlamaModel(path: TinyModel().write())
         let engine = try makeEngine(model)
@@ -202,9 +281,16 @@ final class BatchedChatTests: XCTestCase {
         var options = GenerationOptions(maxTokens: 4, sampling: .greedy)
         options.isCancelled = { true }
         let outcome = OrderBox()
-        scheduler.submit(TurnScheduler.Turn(session: "gone", messages: [ChatMessage(role: "user", content: "hello")], options: options)) {
+        scheduler.submit(
+            TurnScheduler.Turn(
+                session: "gone", messages: [ChatMessage(role: "user", content: "hello")], options: options)
+        ) {
             result in
-            if case .failure(let e as EngineError) = result, case .clientGone = e { outcome.append("dropped") } else { outcome.append("\(result)") }
+            if case .failure(let e as EngineError) = result, case .clientGone = e {
+                outcome.append("dropped")
+            } else {
+                outcome.append("\(result)")
+            }
         }
         scheduler.drain()
         XCTAssertEqual(outcome.items, ["dropped"])
