@@ -113,7 +113,9 @@ let package = Package(
             dependencies: ["KVTierEngine", "KVTierModel", "KVTierStore", "KVTierReplay", "KVTierTestSupport"]),
         .testTarget(
             name: "KVTierSimulatorTests",
-            dependencies: ["KVTierSimulator", "KVTierEngine", "KVTierModel", "KVTierReplay", "KVTierStore", "KVTierTestSupport"]),
+            dependencies: [
+                "KVTierSimulator", "KVTierEngine", "KVTierModel", "KVTierReplay", "KVTierStore", "KVTierTestSupport",
+            ]),
         .testTarget(name: "KVTierRedisTests", dependencies: ["KVTierRedis", "KVTierTestSupport"]),
         .testTarget(
             name: "KVTierStoreTests", dependencies: ["KVTierStore", "KVTierModel", "KVTierRedis", "KVTierTestSupport"]),

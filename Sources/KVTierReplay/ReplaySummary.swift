@@ -39,7 +39,7 @@ public struct ReplaySummary: Encodable {
         }
     }
 
-    public struct Percentiles: Encodable {
+    public struct Percentiles: Codable, Sendable {
         public let p50: Double, p90: Double, p99: Double, mean: Double
         public init(_ values: [Double]) {
             let s = values.sorted()

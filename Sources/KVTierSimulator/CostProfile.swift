@@ -44,6 +44,8 @@ public struct CostProfile: Sendable, Equatable {
         public var linkLatencyUs = 0.0
         public var diskBytes = 0.0
         public var diskReadGBs = 0.0
+        /// Part of the hardware's description; the model does not time writes (they run behind
+        /// every turn on the write-back queue), it counts their bytes.
         public var diskWriteGBs = 0.0
         public var diskLatencyUs = 0.0
         public var blockTokens = 256
@@ -99,19 +101,12 @@ public struct CostProfile: Sendable, Equatable {
     /// Seconds to move `bytes` of KV from host DRAM to the devices.
     public func linkSeconds(_ bytes: Int) -> Double {
         guard bytes > 0 else { return 0 }
-        return linkLatency + Double(bytes) / (host.linkGBs * 1e9 * Double(max(1, accelerator.count)))
+        return host.linkLatencyUs / 1e6 + Double(bytes) / (host.linkGBs * 1e9 * Double(max(1, accelerator.count)))
     }
-
-    public var linkLatency: Double { host.linkLatencyUs / 1e6 }
 
     public func diskReadSeconds(_ bytes: Int) -> Double {
         guard bytes > 0 else { return 0 }
         return host.diskLatencyUs / 1e6 + Double(bytes) / (host.diskReadGBs * 1e9)
-    }
-
-    public func diskWriteSeconds(_ bytes: Int) -> Double {
-        guard bytes > 0 else { return 0 }
-        return host.diskLatencyUs / 1e6 + Double(bytes) / (host.diskWriteGBs * 1e9)
     }
 
     // MARK: Reading

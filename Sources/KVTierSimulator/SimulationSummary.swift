@@ -5,17 +5,8 @@ import KVTierReplay
 /// turn's start, and from the request's arrival), prompt-prefill throughput, GPU time, hit rates
 /// per tier, load stall and save lag, and the bytes every link and disk moved.
 public struct SimulationSummary: Codable, Sendable {
-    public struct Percentiles: Codable, Sendable {
-        public var p50: Double, p90: Double, p99: Double, mean: Double
-
-        public init(_ values: [Double]) {
-            let r = ReplaySummary.Percentiles(values)
-            p50 = r.p50
-            p90 = r.p90
-            p99 = r.p99
-            mean = r.mean
-        }
-    }
+    /// The replay's percentiles (p50, p90, p99, mean), so both summaries read alike.
+    public typealias Percentiles = ReplaySummary.Percentiles
 
     public var policy: String
     public var hbm_bytes: Int

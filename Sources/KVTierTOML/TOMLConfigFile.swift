@@ -1,7 +1,8 @@
 import Foundation
 import TOMLKit
 
-/// A configuration file (kvtierd's, or a cost profile of `kvtier-bench simulate`) as TOML 1.0, parsed by TOMLKit (toml++): every form TOML allows loads
+/// A configuration file (kvtierd's, or a cost profile of `kvtier-bench simulate`) as TOML 1.0,
+/// parsed by TOMLKit (toml++): every form TOML allows loads
 /// (single-quoted and multi-line strings, dotted keys, inline tables, `[a.b]` headers), and a
 /// syntax error names its line and column. The tables are flattened to dotted keys
 /// ("server.socket") with the line each was written on, so that a bad value's error can point

@@ -94,7 +94,8 @@ final class BatchedChatTests: XCTestCase {
         }
         let c = batchedEngine.executor.counters
         print(
-            "8 chats x 3 turns together: \(c.steps) steps, \(c.rows) rows, widest step \(c.widestStep) chats, \(c.mixedSteps) mixed steps"
+            "8 chats x 3 turns together: \(c.steps) steps, \(c.rows) rows, widest step \(c.widestStep) chats, "
+                + "\(c.mixedSteps) mixed steps"
         )
         XCTAssertGreaterThan(c.widestStep, 1, "the chats shared steps")
         XCTAssertLessThan(
@@ -128,7 +129,8 @@ final class BatchedChatTests: XCTestCase {
             }
             let c = engine.executor.counters
             print(
-                "SmolLM2, 8 chats x 2 turns, \(elementType) KV: batched vs alone max |logit diff| \(worst); \(c.steps) steps, widest \(c.widestStep)"
+                "SmolLM2, 8 chats x 2 turns, \(elementType) KV: batched vs alone max |logit diff| \(worst); "
+                    + "\(c.steps) steps, widest \(c.widestStep)"
             )
             XCTAssertEqual(worst, 0, "\(elementType) KV: logits differ by \(worst) when batched")
             XCTAssertGreaterThan(c.widestStep, 1)
