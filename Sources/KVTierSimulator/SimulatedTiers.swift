@@ -8,7 +8,8 @@ import KVTierStore
 /// - a turn's new blocks land in HBM, pages of other sessions not running are evicted for them
 ///   (the policy's victims, demoted to DRAM when no lower tier has them);
 /// - a save copies the turn's new blocks to DRAM (inclusive: HBM keeps its pages), write-through
-///   also to disk; DRAM makes room by demoting whole sessions (the policy's victims) to disk;
+///   also to disk; DRAM makes room by demoting whole sessions (the policy's victims) to disk,
+///   only those the policy ranks before the block's own session (else the block goes to disk);
 ///   a full disk deletes whole sessions (the policy's victims);
 /// - a load takes each block from the highest tier holding it; a block on disk is promoted into
 ///   DRAM on its way up; the reused prefix ends at the first block no tier holds;
@@ -252,15 +253,12 @@ struct SimulatedTiers {
         return true
     }
 
+    /// Puts a block into DRAM, making room by the policy; a block whose own session the policy
+    /// would evict before enough others goes to disk instead (or stays there).
     private mutating func insertIntoDRAM(_ session: String, _ i: Int) {
         guard lowerTiers, dram[session]?.contains(i) != true else { return }
         let b = bytes(session, i)
-        guard b <= dramCapacity else {
-            if disk[session]?.contains(i) != true { writeToDisk(session, i) }
-            return
-        }
-        makeRoomInDRAM(b, sparing: session)
-        guard dramUsed + b <= dramCapacity else {
+        guard b <= dramCapacity, makeRoomInDRAM(b, for: session) else {
             if disk[session]?.contains(i) != true { writeToDisk(session, i) }
             return
         }
@@ -272,23 +270,28 @@ struct SimulatedTiers {
 
     private func diskBytes(_ session: String) -> Int { (disk[session] ?? []).reduce(0) { $0 + bytes(session, $1) } }
 
-    /// Demotes whole sessions (the policy's choice) from DRAM to disk until `b` more bytes fit.
-    private mutating func makeRoomInDRAM(_ b: Int, sparing session: String) {
-        for _ in 0..<8 where dramUsed + b > dramCapacity {
-            var candidates = dram.filter { !$0.value.isEmpty && $0.key != session }.keys.sorted()
-            if candidates.isEmpty { candidates = dram.filter { !$0.value.isEmpty }.keys.sorted() }
-            let victims = policy.victims(among: candidates, bytesNeeded: dramUsed + b - dramCapacity) {
-                dramBytes($0)
-            }
-            guard !victims.isEmpty else { return }
-            for v in victims {
-                for i in (dram[v] ?? []).sorted() {
-                    if disk[v]?.contains(i) != true { writeToDisk(v, i) }
-                    dram[v]?.remove(i)
-                    dramUsed -= bytes(v, i)
-                }
+    /// Demotes whole sessions (the policy's choice, among those it ranks before `session`) from
+    /// DRAM to disk until `b` more bytes fit; false when they are not enough.
+    private mutating func makeRoomInDRAM(_ b: Int, for session: String) -> Bool {
+        guard dramUsed + b > dramCapacity else { return true }
+        var victims: [String] = []
+        var freed = 0
+        let others = dram.filter { !$0.value.isEmpty && $0.key != session }.keys.sorted()
+        for s in policy.evictionOrder(of: others, placing: session) {
+            if s == session { break }
+            victims.append(s)
+            freed += dramBytes(s)
+            if dramUsed + b - freed <= dramCapacity { break }
+        }
+        guard dramUsed + b - freed <= dramCapacity else { return false }
+        for v in victims {
+            for i in (dram[v] ?? []).sorted() {
+                if disk[v]?.contains(i) != true { writeToDisk(v, i) }
+                dram[v]?.remove(i)
+                dramUsed -= bytes(v, i)
             }
         }
+        return true
     }
 
     /// Writes a block to disk, deleting the policy's victims there when it is full; a block that

@@ -172,16 +172,19 @@ public struct Simulation {
         var diskBusy = 0.0
         var result = Result()
 
-        func refreshWindow() {
+        /// Names the sessions to spare as the scheduler does, the running ones first, then the
+        /// queued ones (not the chat whose namespace holds a prefix they share: only the shared
+        /// blocks of it are prefetched); returns the window.
+        func spareWindow() -> [String] {
             let window = queue.window(lookAhead: p.lookAhead, capacity: options.dramBytes) { name in
                 tiers.sessionBytes(name)
             }
-            // As the scheduler names the sessions to spare: the running ones, then the queued
-            // ones (not the chat whose namespace holds a prefix they share: only the shared blocks
-            // of it are prefetched).
-            var namespaces: [String] = []
-            for s in queue.runningSessions + window where !namespaces.contains(s) { namespaces.append(s) }
-            policy.setUpcoming(namespaces)
+            policy.setUpcoming(window, running: queue.runningSessions)
+            return window
+        }
+
+        func refreshWindow() {
+            let window = spareWindow()
             let sharedBlocks = (trace.sharedPrefixTokens + b - 1) / b
             for s in window where !prefetched.contains(s) && !queue.isRunning(s) {
                 prefetched.insert(s)
@@ -226,6 +229,9 @@ public struct Simulation {
                 guard running.isEmpty || tiers.fits(session: job.session, pages: pages) else { break }
                 _ = queue.start()
                 prefetched.remove(job.session)
+                // The scheduler renames the sessions to spare as it admits a turn, before the
+                // turn's load begins (its prefetches queue behind the load).
+                _ = spareWindow()
                 if dropBlocks > 0 {
                     tiers.dropFront(job.session, blocks: dropBlocks)
                     offset[job.sessionIndex] = off + dropBlocks * b
@@ -305,6 +311,8 @@ public struct Simulation {
                 }
             }
             queue.finished(job)
+            // As the scheduler does: under the scheduler-aware policy the window is prefetched again.
+            if p.eviction != .lru { prefetched.removeAll() }
             let firstToken = r.firstToken ?? now
             records.append(
                 TurnRecord(

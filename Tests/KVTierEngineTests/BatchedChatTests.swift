@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 
 @testable import KVTierEngine
@@ -227,6 +228,73 @@ final class BatchedChatTests: XCTestCase {
         XCTAssertEqual(scheduler.window, [])
     }
 
+    /// A prefetch that finds DRAM full of chats needed sooner brings up only part of its chat;
+    /// when a turn ends, that chat gives way and the scheduler prefetches the window again, so
+    /// the rest comes up before its turn (prefetched once, it would wait on disk for its load).
+    func testTheWindowIsPrefetchedAgainWhenATurnEnds() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
+        func opening(_ s: String) -> [ChatMessage] {
+            let text = "\(s) writes: " + String(repeating: "\(s) is a chat of its own. ", count: 3)
+            return [ChatMessage(role: "user", content: text)]
+        }
+        func next(_ s: String) -> [ChatMessage] {
+            opening(s) + [ChatMessage(role: "assistant", content: "x"), ChatMessage(role: "user", content: "again")]
+        }
+        let sizer = try makeEngine(model)
+        _ = try sizer.runTurn(session: "w1", messages: opening("w1"), options: options)
+        sizer.quiesce()
+        let perSession = sizer.store.dram.bytes(session: "w1")
+
+        var c = StoreConfiguration(stateDirectory: tempDir())
+        c.blockTokens = 16
+        c.hbmCapacityBytes = 32 << 20
+        c.dramCapacityBytes = perSession * 5 / 2
+        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        let store = try TieredStore(
+            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f32)
+        var e = EngineConfiguration()
+        e.threads = 2
+        e.linearGemmThreshold = 24
+        let engine = ChatEngine(model: model, store: store, configuration: e)
+        for s in ["r", "w1", "w2"] { _ = try engine.runTurn(session: s, messages: opening(s), options: options) }
+        engine.quiesce()
+        for s in ["r", "w1", "w2"] { try engine.store.demote(session: s, to: .disk) }
+        XCTAssertEqual(engine.store.dram.sessions, [])
+        func prefetchesDone() {
+            let done = DispatchSemaphore(value: 0)
+            engine.store.prefetch(session: "none") { done.signal() }  // the prefetcher is one serial queue
+            done.wait()
+        }
+
+        let scheduler = TurnScheduler(engine: engine, lookAhead: 10, maxRunning: 1)
+        let gate = TurnGate()
+        let rDone = DispatchSemaphore(value: 0)
+        scheduler.submit(
+            TurnScheduler.Turn(session: "r", owner: "u", messages: next("r"), options: options, onText: gate.hold("r"))
+        ) { _ in rDone.signal() }
+        gate.reached.wait()  // r's load is in; its turn holds at its first piece of text
+        engine.store.waitForSaves()
+        for s in ["w1", "w2"] {
+            scheduler.submit(
+                TurnScheduler.Turn(session: s, owner: "u", messages: next(s), options: options, onText: gate.hold(s))
+            ) { _ in }
+        }
+        XCTAssertEqual(scheduler.window, ["w1", "w2"])
+        prefetchesDone()
+        let w2Blocks = engine.store.blockKeys(session: "w2").values.reduce(0) { $0 + $1.count }
+        let partly = engine.store.dram.keys(session: "w2").count
+        XCTAssertGreaterThan(partly, 0)
+        XCTAssertLessThan(partly, w2Blocks, "DRAM holds r (running) and w1 (needed before w2)")
+        gate.release.signal()  // r ends; w1 starts and holds
+        rDone.wait()
+        gate.reached.wait()
+        prefetchesDone()
+        XCTAssertEqual(engine.store.dram.keys(session: "w2").count, w2Blocks, "r gave way to the rest of w2")
+        for _ in 0..<4 { gate.release.signal() }
+        scheduler.drain()
+    }
+
     /// A queued chat that shares a prefix with another chat is spared by its own namespace only:
     /// sparing the other chat's namespace would spare that chat's whole history while this one
     /// waits (the shared blocks come with the queued chat's prefetch).
@@ -325,4 +393,20 @@ final class Collected: @unchecked Sendable {
     private var bySession: [String: [[Float]]] = [:]
     func add(_ session: String, _ logits: [Float]) { lock.withLock { bySession[session, default: []].append(logits) } }
     var all: [String: [[Float]]] { lock.withLock { bySession } }
+}
+
+/// Holds each session's turn at its first piece of text until `release` is signalled: `reached`
+/// is signalled when a turn holds.
+private final class TurnGate: Sendable {
+    let reached = DispatchSemaphore(value: 0)
+    let release = DispatchSemaphore(value: 0)
+    private let held = Mutex<Set<String>>([])
+
+    func hold(_ session: String) -> @Sendable (String) -> Void {
+        { [self] _ in
+            guard held.withLock({ $0.insert(session).inserted }) else { return }
+            reached.signal()
+            release.wait()
+        }
+    }
 }

@@ -11,7 +11,7 @@ import XCTest
 /// The simulator pinned to the real replay: the same trace served by the real engine and store
 /// (a tiny model on this machine's CPU, real RocksDB) and by the simulator with a cost profile
 /// measured from that run. The policies must rank the same and the hit rates per tier agree
-/// within 8 points.
+/// within 6 points.
 final class SimulatorPinTests: XCTestCase {
     func testTheSimulatorAgreesWithTheRealReplayOnThisMachine() throws {
         // Wide enough that compute, not per-turn bookkeeping, makes most of a turn's time.
@@ -35,10 +35,6 @@ final class SimulatorPinTests: XCTestCase {
                 _, _ in
             }
             real[name] = ReplaySummary.Policy(policy: name, store: store, turns: turns, stats: stats)
-            if name == "kvtier" {
-                for t in turns.sorted(by: { $0.start_s < $1.start_s }) {
-                }
-            }
         }
         // The profile of this machine for this model, from the recompute run's own turns.
         let base = try XCTUnwrap(real["recompute"]).turns
@@ -62,10 +58,6 @@ final class SimulatorPinTests: XCTestCase {
             var o = Simulation.Options(policy: policy, profile: profile)
             o.maxBatch = 1  // the replay runs one turn at a time
             let r = try Simulation(profile: profile, options: o).run(trace)
-            if name == "kvtier" {
-                for t in r.turns.sorted(by: { $0.start_s < $1.start_s }) {
-                }
-            }
             XCTAssertEqual(r.turns.count, workload.turnCount, name)
             simulated[name] = SimulationSummary(policy: name, options: o, result: r)
         }
@@ -92,25 +84,18 @@ final class SimulatorPinTests: XCTestCase {
         for name in names {
             let r = try XCTUnwrap(real[name])
             let s = try XCTUnwrap(simulated[name])
-            XCTAssertEqual(s.reuse_rate, r.reuse_rate, accuracy: 0.08, "\(name)\n\(report)")
-            XCTAssertEqual(
-                s.hit_rate_by_tier["hbm"] ?? 0, r.hit_rate_by_tier["hbm"] ?? 0, accuracy: 0.08, "\(name)\n\(report)")
-            // kvtier's split of the rest between DRAM and disk is left out: in this deep queue the
-            // real prefetches race the turns, and one real run keeps 21% of that history in DRAM,
-            // the next 37% (docs/benchmarks.md, "The simulator against the real replay").
-            guard name != "kvtier" else { continue }
-            for tier in ["dram", "disk"] {
+            XCTAssertEqual(s.reuse_rate, r.reuse_rate, accuracy: 0.06, "\(name)\n\(report)")
+            for tier in ["hbm", "dram", "disk"] {
                 XCTAssertEqual(
-                    s.hit_rate_by_tier[tier] ?? 0, r.hit_rate_by_tier[tier] ?? 0, accuracy: 0.08,
+                    s.hit_rate_by_tier[tier] ?? 0, r.hit_rate_by_tier[tier] ?? 0, accuracy: 0.06,
                     "\(name), \(tier)\n\(report)")
             }
         }
         // The queue is deep, so the look-ahead keeps queued chats in DRAM, in the model and for
-        // real. (The real scheduler once let the next prefetch evict a just-admitted chat's DRAM
-        // copy before its load began: 9-11% for real against the model's 22% exposed it;
-        // BatchedChatTests checks the fix.)
-        XCTAssertGreaterThan(real["kvtier"]!.hit_rate_by_tier["dram"] ?? 0, 0.15, report)
-        XCTAssertGreaterThan(simulated["kvtier"]!.hit_rate_by_tier["dram"] ?? 0, 0.15, report)
+        // real. (Three faults of the real scheduler and store showed here first, each fixed and
+        // checked on its own: BatchedChatTests, TieredStoreTests.)
+        XCTAssertGreaterThan(real["kvtier"]!.hit_rate_by_tier["dram"] ?? 0, 0.5, report)
+        XCTAssertGreaterThan(simulated["kvtier"]!.hit_rate_by_tier["dram"] ?? 0, 0.5, report)
         // Both rank the scheduler-aware policy above LRU with prefetch in memory hits.
         XCTAssertGreaterThan(real["kvtier"]!.hit_rate, real["tiered-lru"]!.hit_rate + 0.05, report)
         XCTAssertGreaterThan(simulated["kvtier"]!.hit_rate, simulated["tiered-lru"]!.hit_rate + 0.05, report)

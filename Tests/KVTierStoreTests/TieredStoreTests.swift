@@ -272,6 +272,46 @@ final class TieredStoreTests: XCTestCase {
         }
     }
 
+    /// Queued chats A, B, C fill DRAM and D's turn runs: D's next turn comes after theirs, so
+    /// the hint-driven policy sends D's saved blocks to disk rather than push C (the one needed
+    /// last) out; once C is no longer queued, it gives way to D. LRU evicts as before.
+    func testASaveNeededAfterTheQueuedChatsGoesToDiskNotOverThem() throws {
+        for kind in [StoreConfiguration.PolicyKind.lru, .hintDriven] {
+            var c = config(tempDir())
+            let perSession = 6 * 2 * 16 * shape.rowWidth * 2
+            c.dramCapacityBytes = 3 * perSession
+            c.policy = kind
+            let store = try TieredStore(configuration: c, model: model, shape: shape)
+            for s in ["A", "B", "C"] {
+                for b in sessionBlocks(s) {
+                    try store.admit(b)
+                    _ = store.save(b.key).wait()
+                }
+            }
+            store.setUpcoming(["A", "B", "C"], running: ["D"])
+            let saved = sessionBlocks("D")
+            var outcomes: [SaveTicket.Outcome] = []
+            for b in saved {
+                try store.admit(b)
+                outcomes.append(store.save(b.key).wait())
+            }
+            let inDRAM = Set(store.dram.sessions)
+            if kind == .lru {
+                XCTAssertEqual(inDRAM, ["B", "C", "D"], "LRU evicts the least recently used session")
+                continue
+            }
+            XCTAssertEqual(inDRAM, ["A", "B", "C"], "the queued chats stay in DRAM")
+            XCTAssertEqual(outcomes, Array(repeating: .onDisk, count: saved.count))
+            XCTAssertTrue(saved.allSatisfy { store.disk.contains($0.key) }, "every block of D is on disk")
+            // C leaves the queue: it gives way to D's next save.
+            store.setUpcoming(["A", "B"], running: ["D"])
+            let again = block("D", layer: 0, start: 32)
+            try store.admit(again)
+            XCTAssertEqual(store.save(again.key).wait(), .inDRAM)
+            XCTAssertEqual(Set(store.dram.sessions), ["A", "B", "D"], "C, no longer queued, was demoted for D")
+        }
+    }
+
     /// 8 concurrent clients admit, save, load and demote their sessions through tiers far too
     /// small for all of them; after every operation no tier exceeds its capacity and every load
     /// returns intact data.

@@ -178,10 +178,15 @@ public final class RedisClusterHarness: @unchecked Sendable {
         throw HarnessError("redis-server on port \(port) did not start: \(log.suffix(500))")
     }
 
-    /// `count` ports p with p and p + 10000 (the cluster bus) free on loopback.
+    /// `count` ports p with p and p + 10000 (the cluster bus) free on loopback, both below the
+    /// kernel's ephemeral range: a port in it can be taken by any outgoing connection between
+    /// this check and the server's bind (seen: "bind: Address already in use").
     private static func freePorts(_ count: Int) throws -> [Int] {
+        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let ephemeralStart = range.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+        let top = max(10000 + count + 1, ephemeralStart - 10000 - count)
         for _ in 0..<50 {
-            let base = Int.random(in: 20000..<(40000 - count))
+            let base = Int.random(in: 10000..<top)
             let candidates = Array(base..<(base + count))
             if candidates.allSatisfy({ isFree($0) && isFree($0 + 10000) }) { return candidates }
         }

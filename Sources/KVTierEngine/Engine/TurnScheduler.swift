@@ -176,9 +176,7 @@ public final class TurnScheduler: @unchecked Sendable {
         // keeps the next prefetch from evicting its DRAM copy (the simulator's pin found it).
         // Then the window's own namespaces, not those of chats whose prefix they share: sparing
         // one would spare that chat's whole history; the shared blocks come with the prefetch.
-        var spare: [String] = []
-        for s in queue.runningSessions + order where !spare.contains(s) { spare.append(s) }
-        engine.store.setUpcoming(spare)
+        engine.store.setUpcoming(order, running: queue.runningSessions)
         for s in order where !prefetched.contains(s) && !queue.isRunning(s) {
             prefetched.insert(s)
             engine.prefetch(session: s)
@@ -221,6 +219,11 @@ public final class TurnScheduler: @unchecked Sendable {
             if measuresThinkTimes { thinkTimes.ended(turn.session, at: DispatchTime.now().uptimeNanoseconds) }
             queue.finished(job)
             let started = admit()
+            // The finished chat now gives way to the queued ones in DRAM: what their prefetches
+            // could not fit before comes up now (a prefetch skips the blocks already up). Only
+            // a policy that knows the order may ask again: under LRU the window's prefetches
+            // would evict each other at every turn (prefetched once, as LMCache does on arrival).
+            if engine.store.configuration.policy == .hintDriven { prefetched.removeAll() }
             refreshWindow()
             return started
         }

@@ -17,8 +17,15 @@ public protocol EvictionPolicy: AnyObject, Sendable {
     /// The scheduler's upcoming-use order (`sessions[0]` is needed next); a policy that does not
     /// look ahead ignores it.
     func setUpcoming(_ sessions: [String])
+    /// The same, with the sessions whose turns run now (`running`) spared before every queued
+    /// one, except when a block of their own needs the room (`evictionOrder(of:placing:)`).
+    func setUpcoming(_ sessions: [String], running: [String])
     /// `candidates` (duplicates ignored) ordered from first to evict to last.
     func evictionOrder(of candidates: [String]) -> [String]
+    /// The order when a block of `session` needs the room: `candidates` and `session` itself,
+    /// ranked by when each is needed next. A running session ranks here by its next turn, not
+    /// the one now running: its new blocks are needed no sooner than that.
+    func evictionOrder(of candidates: [String], placing session: String) -> [String]
     /// Sessions to demote, in order, until enough bytes are freed; the default implementation
     /// below takes `evictionOrder(of:)` and is what both policies use.
     func victims(among candidates: [String], bytesNeeded: Int, sizeOf: (String) -> Int) -> [String]
@@ -26,6 +33,12 @@ public protocol EvictionPolicy: AnyObject, Sendable {
 
 extension EvictionPolicy {
     public func setUpcoming(_ sessions: [String]) {}
+
+    public func setUpcoming(_ sessions: [String], running: [String]) { setUpcoming(running + sessions) }
+
+    public func evictionOrder(of candidates: [String], placing session: String) -> [String] {
+        evictionOrder(of: candidates + [session])
+    }
 
     /// Sessions to demote, in order, until their sizes add up to at least `bytesNeeded`.
     /// Sessions of size 0 are skipped (evicting them frees nothing). If all candidates together

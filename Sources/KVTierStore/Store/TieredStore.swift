@@ -343,14 +343,10 @@ public final class TieredStore: @unchecked Sendable {
                     hbmCounters.bytesOut += n
                 }
                 do {
-                    try insertIntoDRAM(block, arrival: .saved)
+                    let inDRAM = try insertIntoDRAM(block, arrival: .saved)
                     remote?.put(block)  // written behind, on the remote tier's queue
-                    if placement == .writeThrough {
-                        try writeToDisk(block)
-                        ticket.finish(.onDisk)
-                    } else {
-                        ticket.finish(.inDRAM)
-                    }
+                    if placement == .writeThrough && inDRAM { try writeToDisk(block) }
+                    ticket.finish(placement == .writeThrough || !inDRAM ? .onDisk : .inDRAM)
                 } catch {
                     ticket.finish(.failed("\(error)"))
                 }
@@ -373,28 +369,46 @@ public final class TieredStore: @unchecked Sendable {
         saveCondition.unlock()
     }
 
-    private func insertIntoDRAM(_ block: KVBlock, arrival: DRAMTier.Arrival) throws(StoreError) {
+    /// Puts a block into DRAM, making room by the policy. When the policy would evict the block's
+    /// own session before enough others (it is needed later than everything DRAM holds: a chat
+    /// that just finished while queued chats fill DRAM), the block is kept out of DRAM instead:
+    /// a saved or demoted block goes to disk, a promoted one (it came from disk) stays where it
+    /// is. Returns whether the block is in DRAM.
+    @discardableResult
+    private func insertIntoDRAM(_ block: KVBlock, arrival: DRAMTier.Arrival) throws(StoreError) -> Bool {
         for _ in 0..<8 {
             switch dram.insert(block, arrival: arrival) {
             case .stored:
-                return
+                return true
             case .tooLarge(let bytes, let capacity):
                 throw .dramTooSmall(blockBytes: bytes, capacity: capacity)
             case .needsRoom(let bytes):
-                try makeRoomInDRAM(bytes: bytes, sparing: block.key.session)
+                guard try makeRoomInDRAM(bytes: bytes, for: block.key.session) else { break }
+                continue
             }
+            break
         }
-        // Only the session being inserted is left: write the block through to disk instead.
-        try writeToDisk(block)
+        if arrival == .saved || !disk.contains(block.key) { try writeToDisk(block) }
+        return false
     }
 
-    /// Demotes whole sessions (policy's choice) from DRAM to disk until `bytes` are free. When
-    /// the disk tier cannot take a block (degraded, or full of the session being saved) the block
-    /// is dropped instead: it is recomputed when needed, and the save that needed the room goes on.
-    private func makeRoomInDRAM(bytes: Int, sparing: String) throws(StoreError) {
-        var candidates = dram.sessions.filter { $0 != sparing }
-        if candidates.isEmpty { candidates = dram.sessions }
-        let victims = policy.victims(among: candidates, bytesNeeded: bytes) { self.dram.bytes(session: $0) }
+    /// Demotes whole sessions (policy's choice) from DRAM to disk until `bytes` are free, among
+    /// those the policy would evict before `session` (the one whose block needs the room); false
+    /// when those are not enough. When the disk tier cannot take a block (degraded, or full of
+    /// the session being saved) the block is dropped instead: it is recomputed when needed, and
+    /// the save that needed the room goes on.
+    private func makeRoomInDRAM(bytes: Int, for session: String) throws(StoreError) -> Bool {
+        var victims: [String] = []
+        var freed = 0
+        for s in policy.evictionOrder(of: dram.sessions, placing: session) {
+            if s == session { break }
+            let size = dram.bytes(session: s)
+            guard size > 0 else { continue }
+            victims.append(s)
+            freed += size
+            if freed >= bytes { break }
+        }
+        guard freed >= bytes else { return false }
         for v in victims {
             for key in dram.keys(session: v) {
                 guard let block = dram.get(key, recordLookup: false) else { continue }
@@ -409,6 +423,7 @@ public final class TieredStore: @unchecked Sendable {
                 _ = dram.remove(key, departure: departure)
             }
         }
+        return true
     }
 
     /// Disk errors after which a block leaving DRAM is dropped rather than failing the save.
@@ -654,8 +669,10 @@ public final class TieredStore: @unchecked Sendable {
 
     // MARK: Placement, demotion, deletion
 
-    public func setUpcoming(_ sessions: [String]) {
-        policy.setUpcoming(sessions)
+    /// The scheduler's order of use: `running` (turns running now) first, then `sessions`
+    /// (queued, next first); the hint-driven policy evicts by it.
+    public func setUpcoming(_ sessions: [String], running: [String] = []) {
+        policy.setUpcoming(sessions, running: running)
     }
 
     /// Moves a session down to `tier` (`.dram`: out of HBM; `.disk`: out of HBM and DRAM).
