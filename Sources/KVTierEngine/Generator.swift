@@ -82,31 +82,38 @@ public final class Generator {
     ) throws -> GenerationResult {
         try options.sampling.validate()
         guard !prompt.isEmpty else { throw DecoderError.badInput("the prompt is empty") }
+        guard options.maxTokens >= 1 else {
+            throw DecoderError.badInput("max_tokens must be at least 1, got \(options.maxTokens)")
+        }
         var reply = ReplyBuilder(tokenizer: model.tokenizer, options: options, prompt: prompt)
         let start = DispatchTime.now().uptimeNanoseconds
         var firstTokenAt = start
-        var stop = StopReason.maxTokens
-        var next: Int32? = nil
-        var input = prompt
-        while reply.generated.count < options.maxTokens {
+        var stop = StopReason.contextFull
+        pendingToken = nil
+        /// Feeds `tokens` at the positions after the cached ones; nil when the cache cannot take them.
+        func feed(_ tokens: [Int32]) throws -> [Float]? {
+            guard cache.count + tokens.count <= cache.capacity else { return nil }
             let base = Int32(cache.count)
-            if cache.count + input.count > cache.capacity {
-                stop = .contextFull
-                break
-            }
-            let positions = (0..<input.count).map { base + Int32($0) }
-            try transformer.forward(tokens: input, positions: positions, cache: cache, logits: .last) { _, logits in
-                next = reply.accept(logits, onText: onText)
-            }
-            if reply.generated.count <= 1 { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
-            guard let token = next else {
-                stop = .endOfGeneration
-                break
-            }
-            input = [token]
+            var logits: [Float] = []
+            try transformer.forward(
+                tokens: tokens, positions: (0..<tokens.count).map { base + Int32($0) }, cache: cache, logits: .last
+            ) { _, l in logits = Array(l) }
+            return logits
         }
-        // The last sampled token has not been fed (its KV is not in the cache).
-        pendingToken = reply.endToken ?? next
+        if let logits = try feed(prompt) {
+            let end = try reply.decode(
+                logits: logits, maxNew: options.maxTokens, isCancelled: nil, onText: onText,
+                sampled: { if $0 <= 1 { firstTokenAt = DispatchTime.now().uptimeNanoseconds } }
+            ) { try feed([$0]) }
+            switch end {
+            case .stopped: stop = .endOfGeneration
+            case .length, .cancelled: stop = .maxTokens  // (not cancelled: `isCancelled` is not asked here)
+            case .contextFull: stop = .contextFull
+            }
+            // The last sampled token has not been fed (its KV is not in the cache).
+            pendingToken = end == .stopped ? nil : reply.generated.last
+        }
+        pendingToken = reply.endToken ?? pendingToken
         reply.finish(onText: onText)
         let generated = reply.generated, text = reply.text
         let end = DispatchTime.now().uptimeNanoseconds

@@ -55,6 +55,41 @@ struct ReplyBuilder {
         return emit(piece, onText: onText) ? nil : next
     }
 
+    /// How `decode` ended.
+    enum DecodeEnd: Equatable {
+        /// An end-of-generation token or a stop sequence ended the reply.
+        case stopped
+        /// `maxNew` tokens were generated (the last one sampled, not fed).
+        case length
+        case cancelled
+        /// `feed` could not take the next token (the cache is full).
+        case contextFull
+    }
+
+    /// The decode loop of every decoder here (a turn's, `Generator`'s), once the prompt is in and
+    /// `logits` are its last token's: samples a token; stops at the reply's end, at `maxNew`
+    /// tokens, when `isCancelled` says so (asked before each token) or when `feed` returns nil;
+    /// otherwise feeds the token and goes on with the logits `feed` returns. `observe` sees the
+    /// logits each token is sampled from; `sampled` gets the number of tokens generated so far
+    /// after each sample (the first one's time is TTFT).
+    mutating func decode(
+        logits: [Float], maxNew: Int, isCancelled: (@Sendable () -> Bool)?, onText: (String) -> Void,
+        observe: ([Float]) -> Void = { _ in }, sampled: (Int) -> Void = { _ in }, feed: (Int32) throws -> [Float]?
+    ) rethrows -> DecodeEnd {
+        var logits = logits
+        while generated.count < maxNew {
+            if isCancelled?() == true { return .cancelled }
+            observe(logits)
+            let next = logits.withUnsafeBufferPointer { accept($0, onText: onText) }
+            sampled(generated.count)
+            guard let next else { return .stopped }
+            guard generated.count < maxNew else { return .length }
+            guard let fed = try feed(next) else { return .contextFull }
+            logits = fed
+        }
+        return .length
+    }
+
     /// Emits whatever bytes the streaming decoder still holds, and any held-back text.
     mutating func finish(onText: (String) -> Void) {
         guard !endedByStopSequence else { return }

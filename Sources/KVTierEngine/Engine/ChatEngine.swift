@@ -331,106 +331,37 @@ public final class ChatEngine: @unchecked Sendable {
         options: GenerationOptions, maxNew: Int, placement: Placement, report: inout TurnReport, started: UInt64,
         onText: (String) -> Void
     ) throws -> [SessionState.BlockRange] {
-        let live = state.liveIndices(upTo: prompt.count)
-        let cache = TurnCache(store: store, layout: model.kvLayout, capacity: live.count + maxNew + 1)
+        let plan = TurnPlan(
+            state: state, promptCount: prompt.count, reuse: reuse, failed: failed, systemEnd: systemEnd,
+            blockTokens: blockTokens)
+        let cache = TurnCache(store: store, layout: model.kvLayout, capacity: plan.live.count + maxNew + 1)
         defer { cache.finish() }
-        // Plan: live indices below `reuse` inside an intact stored block are loaded; the rest computed.
-        func blockOf(_ i: Int) -> SessionState.BlockRange? {
-            state.blocks.first { $0.start <= i && i < $0.end && !failed.contains($0) }
-        }
-        enum Segment {
-            case load(SessionState.BlockRange, offset: Int, indices: [Int])
-            case compute([Int])
-        }
-        var segments: [Segment] = []
-        for i in live {
-            if i < reuse, let b = blockOf(i) {
-                if case .load(let cb, let off, var idx) = segments.last, cb == b, idx.last == i - 1 {
-                    idx.append(i)
-                    segments[segments.count - 1] = .load(cb, offset: off, indices: idx)
-                } else {
-                    segments.append(.load(b, offset: i - b.start, indices: [i]))
-                }
-            } else if case .compute(var idx) = segments.last {
-                idx.append(i)
-                segments[segments.count - 1] = .compute(idx)
-            } else {
-                segments.append(.compute([i]))
-            }
-        }
-        let needed = Set(
-            segments.compactMap { seg -> SessionState.BlockRange? in
-                if case .load(let b, _, _) = seg { return b } else { return nil }
-            })
-        if !needed.isEmpty { cache.startLoad(blocks: needed, readAhead: configuration.readAheadLayers) }
-
-        // Saving: everything from the first computed token's block on is (re)written, layer by layer.
-        let firstComputed =
-            segments.compactMap { seg -> Int? in
-                if case .compute(let idx) = seg { return idx.first } else { return nil }
-            }.min() ?? prompt.count
-        // A partial block is rewritten merged with the new tokens; one that ends with the system
-        // message is complete.
-        let saveFrom =
-            state.blocks.first(where: {
-                $0.start <= firstComputed && firstComputed <= $0.end && $0.count < blockTokens && $0.end != systemEnd
-            })?.start
-            ?? state.blocks.first(where: { $0.start <= firstComputed && firstComputed < $0.end })?.start
-            ?? firstComputed
-        // History index of each slot (slots follow history order) and its inverse.
-        var slotOf: [Int: Int] = [:]
-        var indexOfSlot: [Int] = []
+        if !plan.needed.isEmpty { cache.startLoad(blocks: plan.needed, readAhead: configuration.readAheadLayers) }
         let saver = LayerSaver(
-            engine: self, layers: model.kvLayout.layers, from: saveFrom, sinks: state.sinks, dropEnd: state.dropEnd,
-            systemEnd: systemEnd, blockTokens: blockTokens, placement: placement, homeFor: writeGuard(for: state))
+            engine: self, layers: model.kvLayout.layers, from: plan.saveFrom, sinks: state.sinks,
+            dropEnd: state.dropEnd, systemEnd: systemEnd, blockTokens: blockTokens, placement: placement,
+            homeFor: writeGuard(for: state))
         // However the attempt ends, no admission of its blocks outlives it (the session's next
         // turn may remove or rewrite the same keys).
         defer { saver.drain() }
-        var saveSeconds = 0.0
-        let layerwiseSave = configuration.asyncSaving && configuration.reuseKV
-        cache.onLayerFinished = { layer in
-            // Once a block failed to load, this attempt's KV may be wrong: save nothing more.
-            guard layerwiseSave, cache.failedBlocks.isEmpty else { return }
-            let t = DispatchTime.now().uptimeNanoseconds
-            saver.saveComplete(
-                layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf,
-                cache: cache, final: false)
-            saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
-        }
-
+        let stepper = TurnStepper(
+            cache: cache, saver: saver, executor: executor, layers: model.kvLayout.layers,
+            layerwiseLoading: configuration.layerwiseLoading,
+            layerwiseSave: configuration.asyncSaving && configuration.reuseKV)
+        defer { stepper.close() }
         var logits: [Float] = []
-        var recomputed = 0
-        var allLoaded = configuration.layerwiseLoading
-        // The turn's way into the running batch, opened at its first forward pass.
-        var lane: BatchExecutor.Lane?
-        defer { lane?.close() }
-        func joinBatch() -> BatchExecutor.Lane {
-            if let lane { return lane }
-            if !allLoaded || executor.activeLanes > 0 {
-                // Joining a running batch (or the no-overlap ablation): the reused KV is in HBM in
-                // every layer first, so its loading overlaps the others' steps and never stalls them.
-                for layer in 0..<model.kvLayout.layers { cache.waitUntilResident(layer: layer) }
-                allLoaded = true
-            }
-            let opened = executor.lane()
-            lane = opened
-            return opened
-        }
-        for seg in segments {
+        for seg in plan.segments {
             switch seg {
             case .load(let b, let off, let idx):
-                for (k, i) in idx.enumerated() { slotOf[i] = cache.count + k }
-                indexOfSlot += idx
+                stepper.assignSlots(idx)
                 do {
                     try cache.appendLoaded(block: b, offset: off, positions: idx.map { state.position(of: $0) })
                 } catch {
                     throw DecoderError.cache(error)
                 }
             case .compute(let idx):
-                for (k, i) in idx.enumerated() { slotOf[i] = cache.count + k }
-                indexOfSlot += idx
-                recomputed += idx.count
-                let lane = joinBatch()
+                stepper.assignSlots(idx)
+                let lane = stepper.lane()
                 let tokens = idx.map { prompt[$0] }
                 let positions = idx.map { state.position(of: $0) }
                 var result: [Float] = []
@@ -460,32 +391,33 @@ public final class ChatEngine: @unchecked Sendable {
             // Teacher forcing: the recorded reply's KV, in one batch after the first token.
             forced = Array(f.prefix(maxNew))
             let indices = Array(prompt.count..<(prompt.count + forced.count))
-            for (k, i) in indices.enumerated() { slotOf[i] = cache.count + k }
-            indexOfSlot += indices
+            stepper.assignSlots(indices)
             if !forced.isEmpty {
-                try joinBatch().forward(
+                try stepper.lane().forward(
                     tokens: forced, positions: indices.map { state.position(of: $0) }, cache: cache, logits: .none
                 ) { _, _ in }
             }
         }
-        while options.forcedReply == nil && reply.generated.count < maxNew {
-            if options.isCancelled?() == true {
-                cancelled = true
-                break
+        if options.forcedReply == nil {
+            var fed = 0  // reply tokens fed so far: the next one is history index prompt.count + fed
+            let end = try reply.decode(
+                logits: logits, maxNew: maxNew, isCancelled: options.isCancelled, onText: onText,
+                observe: { logitsObserver?(state.id, $0) },
+                sampled: { if $0 <= 1 { firstTokenAt = DispatchTime.now().uptimeNanoseconds } }
+            ) { next in
+                let i = prompt.count + fed
+                fed += 1
+                stepper.assignSlots([i])
+                var out: [Float] = []
+                try stepper.lane().forward(
+                    tokens: [next], positions: [state.position(of: i)], cache: cache, logits: .last
+                ) { _, l in out = Array(l) }
+                return out
             }
-            logitsObserver?(state.id, logits)
-            let next = logits.withUnsafeBufferPointer { reply.accept($0, onText: onText) }
-            if reply.generated.count <= 1 { firstTokenAt = DispatchTime.now().uptimeNanoseconds }
-            guard let next, reply.generated.count < maxNew else { break }
-            let i = reply.history.count - 1
-            slotOf[i] = cache.count
-            indexOfSlot.append(i)
-            try joinBatch().forward(tokens: [next], positions: [state.position(of: i)], cache: cache, logits: .last) {
-                _, l in logits = Array(l)
-            }
+            cancelled = end == .cancelled
         }
         reply.finish(onText: onText)
-        lane?.close()  // nothing more to compute: the batch's next step goes on without this turn
+        stepper.close()  // nothing more to compute: the batch's next step goes on without this turn
         let isForced = options.forcedReply != nil
         let history = isForced ? prompt + forced : reply.history
         let generated = isForced ? forced : reply.generated
@@ -498,46 +430,25 @@ public final class ChatEngine: @unchecked Sendable {
             !isForced && (generated.count == maxNew || reply.endedByStopSequence) ? history.count - 1 : history.count
         let t = DispatchTime.now().uptimeNanoseconds
         if configuration.reuseKV {
-            for layer in 0..<model.kvLayout.layers {
-                saver.saveComplete(
-                    layer: layer, end: cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0, slotOf: slotOf,
-                    cache: cache, final: true)
-            }
+            stepper.saveRest()
             saver.drain()
             // Ablation: the turn ends only when its KV has been written back.
             if !configuration.asyncSaving { store.waitForSaves() }
         }
-        saveSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
+        let saveSeconds = stepper.saveSeconds + Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9
 
-        // New session state (the blocks it no longer references go when it is kept, in `persist`).
-        let failedSaves = saver.failedKeys
-        if !failedSaves.isEmpty { for k in failedSaves { try? store.remove(k) } }
-        state.blocks = state.blocks.filter { $0.end <= saveFrom } + saver.written
-        state.blocks.removeAll { saver.failedRangesSet.contains($0) }
-        state.blocks.sort { $0.start < $1.start }
-        state.tokens = history
-        state.kvCount = fedCount
         // The reply's own ids serve the next turn when the client sends this text back. Not after
         // a stop sequence or a cancel: the client's text then differs from what the model fed, so
         // the next turn reuses the common prefix and recomputes from where they part.
-        if !reply.endedByStopSequence && !cancelled && (stop == "stop" || !generated.isEmpty) {
-            state.replies[text] = generated
-        }
+        let keepReply = !reply.endedByStopSequence && !cancelled && (stop == "stop" || !generated.isEmpty)
+        commit(
+            &state, saveFrom: plan.saveFrom, saver: saver, history: history, fedCount: fedCount,
+            reply: keepReply ? (text, generated) : nil)
 
-        let reused = live.filter { $0 < prompt.count }.count - recomputed
-        report.tokensReused = reused
-        report.tokensRecomputed = recomputed
+        report.tokensReused = plan.live.filter { $0 < prompt.count }.count - plan.computedCount
+        report.tokensRecomputed = plan.computedCount
         report.tokensGenerated = generated.count
-        report.hitsHBM = cache.tokensFrom[.hbm] ?? 0
-        report.hitsDRAM = cache.tokensFrom[.dram] ?? 0
-        report.hitsDisk = cache.tokensFrom[.disk] ?? 0
-        report.hitsRemote = cache.tokensFrom[.remote] ?? 0
-        report.loadStallMs = cache.stallSeconds * 1000
-        report.diskBytesRead = cache.diskBytesRead
-        report.remoteBytesRead = cache.remoteBytesRead
-        report.layersReadyAtFirstCompute = cache.layersReadyAtFirstCompute
-        report.layersComputedDuringLoad = cache.layersComputedDuringLoad
-        report.remoteLayerReadMs = cache.remoteLayerReadSeconds.map { $0 * 1000 }
+        report.recordLoad(cache)
         report.saveLagMs = saveSeconds * 1000
         report.ttftMs = Double(firstTokenAt - started) / 1e6
         report.text = text
@@ -545,6 +456,24 @@ public final class ChatEngine: @unchecked Sendable {
         report.stopReason = stop
         if options.logprobs != nil && !isForced { report.logprobs = reply.logprobs }
         return []
+    }
+
+    /// The commit step of a completed attempt: the session's blocks from `saveFrom` on become
+    /// those the saver wrote (blocks that failed to save in some layer are removed from the store),
+    /// its history `history`, of which the first `fedCount` tokens have KV, and `reply`'s ids are
+    /// kept under its text. The blocks it no longer references go when it is kept (`persist`).
+    private func commit(
+        _ state: inout SessionState, saveFrom: Int, saver: LayerSaver, history: [Int32], fedCount: Int,
+        reply: (text: String, ids: [Int32])?
+    ) {
+        let failedSaves = saver.failedKeys
+        if !failedSaves.isEmpty { for k in failedSaves { try? store.remove(k) } }
+        state.blocks = state.blocks.filter { $0.end <= saveFrom } + saver.written
+        state.blocks.removeAll { saver.failedRangesSet.contains($0) }
+        state.blocks.sort { $0.start < $1.start }
+        state.tokens = history
+        state.kvCount = fedCount
+        if let reply { state.replies[reply.text] = reply.ids }
     }
 
     /// The session's recorded blocks that are not in any tier in every layer.

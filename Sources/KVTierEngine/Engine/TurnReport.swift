@@ -45,3 +45,19 @@ public struct TurnReport: Sendable, Codable {
 
     public init(session: String) { self.session = session }
 }
+
+extension TurnReport {
+    /// Where the turn's reused KV came from and what loading it cost, as its cache counted.
+    mutating func recordLoad(_ cache: TurnCache) {
+        hitsHBM = cache.tokensFrom[.hbm] ?? 0
+        hitsDRAM = cache.tokensFrom[.dram] ?? 0
+        hitsDisk = cache.tokensFrom[.disk] ?? 0
+        hitsRemote = cache.tokensFrom[.remote] ?? 0
+        loadStallMs = cache.stallSeconds * 1000
+        diskBytesRead = cache.diskBytesRead
+        remoteBytesRead = cache.remoteBytesRead
+        layersReadyAtFirstCompute = cache.layersReadyAtFirstCompute
+        layersComputedDuringLoad = cache.layersComputedDuringLoad
+        remoteLayerReadMs = cache.remoteLayerReadSeconds.map { $0 * 1000 }
+    }
+}
