@@ -154,7 +154,7 @@ public final class APIService: Sendable {
         case ("GET", "/healthz"):
             // 200 while the daemon answers chats, degraded or not: a degraded disk tier means
             // recomputing, not refusing (docs/protocol.md).
-            let h = engine.store.disk.health
+            let h = engine.store.diskHealth
             return try json(
                 200,
                 Health(

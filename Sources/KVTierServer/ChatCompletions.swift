@@ -53,10 +53,12 @@ extension APIService {
         // Session: an explicit id (in the caller's namespace), else the caller's anonymous chat
         // this request extends, else a new anonymous one; either way a new session starts from
         // the caller's chat sharing the longest prefix (the engine's prefix cache).
+        // The messages are tokenized once, here, for the prefix cache and every choice's turn.
+        let chat = engine.tokenize(valid.messages)
         let stored = engine.sessionForRequest(
-            named: valid.sessionID.map { access.storedID($0, for: r.peer) }, messages: valid.messages,
-            owner: r.peer.namespace, newID: access.storedID("s-" + UUID().uuidString.lowercased(), for: r.peer))
-        let job = CompletionJob(service: self, request: r, valid: valid, stream: stream, respond: respond)
+            named: valid.sessionID.map { access.storedID($0, for: r.peer) }, chat: chat, owner: r.peer.namespace,
+            newID: access.storedID("s-" + UUID().uuidString.lowercased(), for: r.peer))
+        let job = CompletionJob(service: self, request: r, valid: valid, chat: chat, stream: stream, respond: respond)
         job.start(in: stored)
     }
 }
@@ -73,6 +75,8 @@ final class CompletionJob: Sendable {
     private let service: APIService
     private let request: APIService.Request
     private let valid: ValidatedChatRequest
+    /// `valid.messages`, tokenized once for the whole request.
+    private let chat: TokenizedConversation
     private let stream: APIService.StreamSink
     private let respond: @Sendable (APIService.Response) -> Void
     private let id: String
@@ -90,12 +94,13 @@ final class CompletionJob: Sendable {
     private let state: NIOLockedValueBox<State>
 
     init(
-        service: APIService, request: APIService.Request, valid: ValidatedChatRequest, stream: APIService.StreamSink,
-        respond: @escaping @Sendable (APIService.Response) -> Void
+        service: APIService, request: APIService.Request, valid: ValidatedChatRequest, chat: TokenizedConversation,
+        stream: APIService.StreamSink, respond: @escaping @Sendable (APIService.Response) -> Void
     ) {
         self.service = service
         self.request = request
         self.valid = valid
+        self.chat = chat
         self.stream = stream
         self.respond = respond
         id = (valid.isTextCompletion ? "cmpl-" : "chatcmpl-") + UUID().uuidString.lowercased()
@@ -150,6 +155,7 @@ final class CompletionJob: Sendable {
         var turn = TurnScheduler.Turn(
             session: session, owner: request.peer.namespace, messages: valid.messages, options: options,
             nextTurnInSeconds: valid.nextTurnInSeconds)
+        turn.chat = chat
         if valid.stream { turn.onText = { [self] piece in streamed(piece, choice: k) } }
         service.scheduler.submit(turn) { [self] result in finished(choice: k, session: session, result) }
     }
@@ -210,7 +216,7 @@ final class CompletionJob: Sendable {
             // KV is reused, not computed again.
             for j in 1..<valid.choices {
                 let fork = service.engine.sessionForRequest(
-                    named: nil, messages: valid.messages, owner: request.peer.namespace,
+                    named: nil, chat: chat, owner: request.peer.namespace,
                     newID: service.access.storedID("s-" + UUID().uuidString.lowercased(), for: request.peer))
                 run(choice: j, in: fork)
             }

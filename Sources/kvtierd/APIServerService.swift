@@ -35,13 +35,18 @@ struct APIServerService: Service {
             engine.quiesce()
             do {
                 try store.close(flushingDRAM: flushOnStop)
-                logger.info("stopped", metadata: ["waiting_turns_failed": "\(failed)", "dram_flushed": "\(flushOnStop)"])
+                logger.info(
+                    "stopped", metadata: ["waiting_turns_failed": "\(failed)", "dram_flushed": "\(flushOnStop)"])
             } catch {
-                if store.disk.isHealthy {
-                    logger.error("the disk tier did not close cleanly; RocksDB recovers from its WAL at the next start", metadata: ["error": "\(error)"])
+                if store.diskHealth.isHealthy {
+                    logger.error(
+                        "the disk tier did not close cleanly; RocksDB recovers from its WAL at the next start",
+                        metadata: ["error": "\(error)"])
                 } else {
-                    logger.warning("stopped with the disk tier degraded: KV only in memory was not written and is recomputed after the restart",
-                                   metadata: ["error": "\(error)"])
+                    logger.warning(
+                        "stopped with the disk tier degraded: KV only in memory was not written and is recomputed "
+                            + "after the restart",
+                        metadata: ["error": "\(error)"])
                 }
             }
             server.shutdown()

@@ -6,26 +6,27 @@ import Logging
 /// healthy again), never one per failed write. The failed writes are counted in
 /// `kvtier_tier_write_errors_total{tier="disk"}` and in `kvtierctl tiers`.
 enum DiskHealthLog {
-    static func report(_ disk: DiskTier, logger: Logger) {
-        let health = disk.health
+    static func report(_ store: TieredStore, logger: Logger) {
+        let health = store.diskHealth
+        let directory = store.diskDirectory
         if let notice = health.notice {
             logger.warning("disk tier: damaged database moved aside, started empty", metadata: [
-                "state": "\(disk.directory)", "what_happened": "\(notice)",
+                "state": "\(directory)", "what_happened": "\(notice)",
             ])
         }
-        if !health.isHealthy { log(health, disk: disk, logger: logger) }
+        if !health.isHealthy { log(health, directory: directory, logger: logger) }
         // Called on the disk tier's queue; logging does not block on it.
-        disk.onHealthChange { h in log(h, disk: disk, logger: logger) }
+        store.onDiskHealthChange { h in log(h, directory: directory, logger: logger) }
     }
 
-    private static func log(_ h: DiskTierHealth, disk: DiskTier, logger: Logger) {
+    private static func log(_ h: DiskTierHealth, directory: String, logger: Logger) {
         if h.isHealthy {
             logger.notice("disk tier healthy again: writes to the state directory resume", metadata: [
-                "state": "\(disk.directory)", "write_errors": "\(h.writeErrors)",
+                "state": "\(directory)", "write_errors": "\(h.writeErrors)",
             ])
         } else {
             logger.error("disk tier degraded: serving from memory and recomputing", metadata: [
-                "state": "\(disk.directory)", "reason": "\(h.reason ?? "?")", "action": "\(h.action ?? "")",
+                "state": "\(directory)", "reason": "\(h.reason ?? "?")", "action": "\(h.action ?? "")",
                 "readable": "\(h.readable)",
             ])
         }

@@ -136,7 +136,7 @@ struct KVTierDaemon: AsyncParsableCommand {
         } catch {
             throw ValidationError("\(error)")
         }
-        DiskHealthLog.report(store.disk, logger: logger)
+        DiskHealthLog.report(store, logger: logger)
         if let remote = store.remote { RemoteHealthLog.report(remote, logger: logger) }
         let engine = ChatEngine(model: loaded, store: store, configuration: c.engine)
         guard !terminal else {

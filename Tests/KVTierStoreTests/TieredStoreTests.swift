@@ -312,6 +312,29 @@ final class TieredStoreTests: XCTestCase {
         }
     }
 
+    /// Under LRU a prefetch counts as a use (LMCache's prefetch on arrival): an old chat's
+    /// prefetch pushes out the least recently used chat rather than find no room.
+    func testAPrefetchUnderLRUTakesTheRoomOfTheLeastRecentlyUsedChat() throws {
+        var c = config(tempDir())
+        let perSession = 6 * 2 * 16 * shape.rowWidth * 2
+        c.dramCapacityBytes = 2 * perSession
+        c.policy = .lru
+        let store = try TieredStore(configuration: c, model: model, shape: shape)
+        for s in ["old", "A", "B"] {
+            for b in sessionBlocks(s) {
+                try store.admit(b)
+                _ = store.save(b.key).wait()
+            }
+            if s == "old" { try store.demote(session: s, to: .disk) }
+        }
+        XCTAssertEqual(Set(store.dram.sessions), ["A", "B"])
+        let done = DispatchSemaphore(value: 0)
+        store.prefetch(session: "old") { done.signal() }
+        done.wait()
+        XCTAssertEqual(Set(store.dram.sessions), ["old", "B"], "A, the least recently used, gave way")
+        XCTAssertEqual(store.dram.keys(session: "old").count, sessionBlocks("old").count)
+    }
+
     /// 8 concurrent clients admit, save, load and demote their sessions through tiers far too
     /// small for all of them; after every operation no tier exceeds its capacity and every load
     /// returns intact data.

@@ -22,11 +22,12 @@ extension ChatEngine {
     /// The session of `owner` whose history shares the longest prefix with this chat (found
     /// through the hash chain, then checked token by token), and how many tokens match; nil when
     /// none shares a whole link. Only sessions of `owner` are candidates: the chain starts in the
-    /// owner's namespace. Caller holds `stateLock`.
-    private func longestMatch(_ messages: [ChatMessage], owner: String?, excluding: String? = nil) -> (
+    /// owner's namespace. Caller holds `stateLock`; `chat` was tokenized before (no tokenizing
+    /// under the lock: each candidate's own view of it is put together from its pieces).
+    private func longestMatch(_ chat: TokenizedConversation, owner: String?, excluding: String? = nil) -> (
         session: String, tokens: Int
     )? {
-        let prompt = conversation.tokens(for: messages, replies: [:])
+        let prompt = chat.tokens()
         let links = TokenHashChain.links(prompt, owner: owner)
         for (i, link) in links.enumerated().reversed() {
             guard let candidates = prefixIndex[link] else { continue }
@@ -34,7 +35,7 @@ extension ChatEngine {
             for id in candidates.sorted() where id != excluding {
                 guard let s = sessions[id], s.owner == owner else { continue }
                 // Assistant replies are compared by the ids this session generated.
-                let own = conversation.tokens(for: messages, replies: s.replies)
+                let own = chat.tokens(replies: s.replies)
                 let n = commonPrefix(own, s.tokens, limit: s.kvCount)
                 if n >= (i + 1) * TokenHashChain.blockTokens, n > (best?.1 ?? 0) { best = (id, n) }
             }
@@ -46,7 +47,8 @@ extension ChatEngine {
     /// The session of `owner` holding the longest cached prefix of this chat, and how many tokens
     /// of it match (inspection and tests; requests go through `sessionForRequest`).
     public func matchSession(messages: [ChatMessage], owner: String? = nil) -> (session: String, tokens: Int)? {
-        stateLock.withLock { longestMatch(messages, owner: owner) }
+        let chat = conversation.tokenize(messages)
+        return stateLock.withLock { longestMatch(chat, owner: owner) }
     }
 
     /// The session a request runs in, chosen before it is queued.
@@ -62,13 +64,20 @@ extension ChatEngine {
     public func sessionForRequest(
         named: String?, messages: [ChatMessage], owner: String?, newID: @autoclosure () -> String
     ) -> String {
+        sessionForRequest(named: named, chat: tokenize(messages), owner: owner, newID: newID())
+    }
+
+    /// The same for a chat already tokenized (`tokenize`).
+    public func sessionForRequest(
+        named: String?, chat: TokenizedConversation, owner: String?, newID: @autoclosure () -> String
+    ) -> String {
         if let named { adoptFromRemote(named) }
         let (id, fork) = stateLock.withLock { () -> (String, SessionState?) in
             if let named {
                 guard sessions[named] == nil else { return (named, nil) }
-                return (named, forkLocked(named, owner: owner, anonymous: false, messages: messages))
+                return (named, forkLocked(named, owner: owner, anonymous: false, chat: chat))
             }
-            if let (s, n) = longestMatch(messages, owner: owner), let state = sessions[s], state.anonymous,
+            if let (s, n) = longestMatch(chat, owner: owner), let state = sessions[s], state.anonymous,
                 n >= state.kvCount, !claimed.contains(s)
             {
                 claimed.insert(s)
@@ -76,7 +85,7 @@ extension ChatEngine {
             }
             let id = newID()
             claimed.insert(id)
-            if let fork = forkLocked(id, owner: owner, anonymous: true, messages: messages) { return (id, fork) }
+            if let fork = forkLocked(id, owner: owner, anonymous: true, chat: chat) { return (id, fork) }
             sessions[id] = SessionState(id: id, owner: owner, anonymous: true)
             return (id, nil)
         }
@@ -94,10 +103,12 @@ extension ChatEngine {
     }
 
     /// A new session `id` referencing the blocks of the owner's chat that shares the longest
-    /// prefix with `messages` (nil when none does). Registered at once, so those blocks stay
+    /// prefix with `chat` (nil when none does). Registered at once, so those blocks stay
     /// while it references them. Caller holds `stateLock`.
-    private func forkLocked(_ id: String, owner: String?, anonymous: Bool, messages: [ChatMessage]) -> SessionState? {
-        guard configuration.reuseKV, let (sourceID, n) = longestMatch(messages, owner: owner, excluding: id),
+    private func forkLocked(_ id: String, owner: String?, anonymous: Bool, chat: TokenizedConversation)
+        -> SessionState?
+    {
+        guard configuration.reuseKV, let (sourceID, n) = longestMatch(chat, owner: owner, excluding: id),
             let source = sessions[sourceID]
         else { return nil }
         // After truncation only the sinks' blocks were computed from the plain prefix.

@@ -69,8 +69,8 @@ public final class ChatEngine: @unchecked Sendable {
         self.executor = BatchExecutor(transformer: transformer, prefillChunkTokens: configuration.prefillChunkTokens)
         self.conversation = ConversationTokenizer(model: model)
         // Sessions saved before a restart.
-        for name in store.disk.metadataNames(model: store.model, prefix: "session/") {
-            if let bytes = store.disk.metadata(model: store.model, name: name),
+        for name in store.metadataNames(prefix: "session/") {
+            if let bytes = store.metadata(name: name),
                 let s = try? JSONDecoder().decode(SessionState.self, from: Data(bytes))
             {
                 sessions[s.id] = s
@@ -216,22 +216,29 @@ public final class ChatEngine: @unchecked Sendable {
     /// Runs one turn: `messages` is the whole chat so far, ending with the new user message
     /// (as an OpenAI client sends it). Returns the reply and the turn's report.
     /// `owner` is recorded when the turn creates the session (see `matchSession`).
+    /// `chat`: `messages` as `tokenize` gives them, when the caller has them (else they are
+    /// tokenized here).
     public func runTurn(
-        session id: String, owner: String? = nil, messages: [ChatMessage], options: GenerationOptions,
-        placement: Placement = .keepInDRAM, onText: (String) -> Void = { _ in }
+        session id: String, owner: String? = nil, messages: [ChatMessage], chat: TokenizedConversation? = nil,
+        options: GenerationOptions, placement: Placement = .keepInDRAM, onText: (String) -> Void = { _ in }
     ) throws -> TurnReport {
         // The turn's clock starts here: a wait for another turn of this session counts in TTFT.
         let received = DispatchTime.now().uptimeNanoseconds
+        let chat = chat ?? conversation.tokenize(messages)
         return try gate.withSession(id) {
             try runTurnHeld(
-                session: id, owner: owner, messages: messages, options: options, placement: placement,
+                session: id, owner: owner, messages: messages, chat: chat, options: options, placement: placement,
                 received: received, onText: onText)
         }
     }
 
+    /// `messages` tokenized message by message, once per request: the prefix cache and the turn
+    /// put each session's view of it together without tokenizing again.
+    public func tokenize(_ messages: [ChatMessage]) -> TokenizedConversation { conversation.tokenize(messages) }
+
     private func runTurnHeld(
-        session id: String, owner: String?, messages: [ChatMessage], options: GenerationOptions, placement: Placement,
-        received: UInt64, onText: (String) -> Void
+        session id: String, owner: String?, messages: [ChatMessage], chat: TokenizedConversation,
+        options: GenerationOptions, placement: Placement, received: UInt64, onText: (String) -> Void
     ) throws -> TurnReport {
         try options.sampling.validate()
         guard options.maxTokens >= 1 else {
@@ -253,7 +260,7 @@ public final class ChatEngine: @unchecked Sendable {
         var state = stateLock.withLock { sessions[id] } ?? SessionState(id: id, owner: owner)
         state.turns += 1
         state.lastUsed = Date().timeIntervalSince1970
-        let prompt = conversation.tokens(for: messages, replies: state.replies)
+        let prompt = chat.tokens(replies: state.replies)
         var report = TurnReport(session: id)
         report.promptTokens = prompt.count
         let maxNew = min(options.maxTokens, contextWindow / 2)
@@ -338,9 +345,9 @@ public final class ChatEngine: @unchecked Sendable {
         defer { cache.finish() }
         if !plan.needed.isEmpty { cache.startLoad(blocks: plan.needed, readAhead: configuration.readAheadLayers) }
         let saver = LayerSaver(
-            engine: self, layers: model.kvLayout.layers, from: plan.saveFrom, sinks: state.sinks,
-            dropEnd: state.dropEnd, systemEnd: systemEnd, blockTokens: blockTokens, placement: placement,
-            homeFor: writeGuard(for: state))
+            store: store, key: { [self] in key($0, $1) }, layers: model.kvLayout.layers, from: plan.saveFrom,
+            sinks: state.sinks, dropEnd: state.dropEnd, systemEnd: systemEnd, blockTokens: blockTokens,
+            placement: placement, homeFor: writeGuard(for: state))
         // However the attempt ends, no admission of its blocks outlives it (the session's next
         // turn may remove or rewrite the same keys).
         defer { saver.drain() }

@@ -14,33 +14,40 @@ public struct ConversationTokenizer {
     public init(model: LlamaModel) { self.model = model }
 
     public func tokens(for messages: [ChatMessage], replies: [String: [Int32]] = [:]) -> [Int32] {
+        tokenize(messages).tokens(replies: replies)
+    }
+
+    /// The chat tokenized once, message by message: `tokens(replies:)` then puts it together
+    /// for any session's replies without tokenizing again.
+    public func tokenize(_ messages: [ChatMessage]) -> TokenizedConversation {
         let t = model.template
         let tok = model.tokenizer
         if let text = ChatMessage.completionPromptText(messages) {
             // A text completion: the prompt as it is, after the BOS token if the model wants one.
-            return (tok.addsBOS ? tok.bosID.map { [$0] } ?? [] : [])
-                + tok.encode(text, addSpecial: false, parseSpecial: false)
+            let bos = tok.addsBOS ? tok.bosID.map { [$0] } ?? [] : []
+            return TokenizedConversation(
+                head: bos + tok.encode(text, addSpecial: false, parseSpecial: false), messages: [], tail: [])
         }
         guard let start = tok.tokenID(t.start), let end = tok.tokenID(t.end) else {
             // Not a ChatML vocabulary: tokenize the rendered text as a whole.
-            return tok.encode(t.render(messages), addSpecial: true, parseSpecial: true)
+            return TokenizedConversation(
+                head: tok.encode(t.render(messages), addSpecial: true, parseSpecial: true), messages: [], tail: [])
         }
         func text(_ s: String) -> [Int32] { tok.encode(s, addSpecial: false, parseSpecial: false) }
         let newline = text("\n")
-        var out: [Int32] = []
-        if tok.addsBOS, let bos = tok.bosID { out.append(bos) }
+        var head: [Int32] = []
+        if tok.addsBOS, let bos = tok.bosID { head.append(bos) }
         if let first = messages.first, first.role != "system", let system = t.defaultSystemMessage {
-            out += [start] + text("system\n\(system)") + [end] + newline
+            head += [start] + text("system\n\(system)") + [end] + newline
         }
-        for m in messages {
-            if m.role == "assistant", let ids = replies[m.content] {
-                out += [start] + text("assistant\n") + ids + [end] + newline
-            } else {
-                out += [start] + text("\(m.role)\n\(m.content)") + [end] + newline
-            }
+        let assistantHeader = [start] + text("assistant\n")
+        let segments = messages.map { m in
+            TokenizedConversation.Message(
+                tokens: [start] + text("\(m.role)\n\(m.content)") + [end] + newline,
+                reply: m.role == "assistant"
+                    ? .init(content: m.content, header: assistantHeader, trailer: [end] + newline) : nil)
         }
-        out += [start] + text("assistant\n")
-        return out
+        return TokenizedConversation(head: head, messages: segments, tail: assistantHeader)
     }
 
     /// The inverse: the messages a ChatML token history holds, in order, each role and content
@@ -89,5 +96,44 @@ extension ChatMessage {
     static func completionPromptText(_ messages: [ChatMessage]) -> String? {
         guard messages.count == 1, messages[0].role == completionPromptRole else { return nil }
         return messages[0].content
+    }
+}
+
+/// A chat's tokens, message by message (`ConversationTokenizer.tokenize`): an assistant message
+/// can take the ids a session generated for its text instead of its own tokenization.
+public struct TokenizedConversation: Sendable, Equatable {
+    struct Message: Sendable, Equatable {
+        struct Reply: Sendable, Equatable {
+            /// The message's text, the key of a session's replies.
+            var content: String
+            /// The tokens around a reply's ids.
+            var header: [Int32]
+            var trailer: [Int32]
+        }
+
+        /// The message as tokenized from its text.
+        var tokens: [Int32]
+        /// For an assistant message: what replaces its text's tokens by a session's ids.
+        var reply: Reply?
+    }
+
+    /// BOS and the template's default system message (or a completion's whole prompt).
+    var head: [Int32]
+    var messages: [Message]
+    /// The empty assistant turn the reply goes into.
+    var tail: [Int32]
+
+    /// The chat's tokens, each assistant message whose text is in `replies` as the ids stored
+    /// under it.
+    public func tokens(replies: [String: [Int32]] = [:]) -> [Int32] {
+        var out = head
+        for m in messages {
+            if let r = m.reply, let ids = replies[r.content] {
+                out += r.header + ids + r.trailer
+            } else {
+                out += m.tokens
+            }
+        }
+        return out + tail
     }
 }

@@ -16,7 +16,10 @@ import KVTierStore
 /// immutable), and every later layer of it follows.
 /// `queue` owns `written` and `failedRanges`; the turn reads them after `drain()`.
 final class LayerSaver: @unchecked Sendable {
-    let engine: ChatEngine
+    /// Where the blocks go: admitted into HBM, then saved down (all the saver uses of the store).
+    let store: TieredStore
+    /// The store key of a block range in a layer.
+    let key: @Sendable (Int, SessionState.BlockRange) -> BlockKey
     let layers: Int
     let sinks: Int
     let dropEnd: Int
@@ -36,10 +39,12 @@ final class LayerSaver: @unchecked Sendable {
     private var failedRanges: Set<SessionState.BlockRange> = []
 
     init(
-        engine: ChatEngine, layers: Int, from: Int, sinks: Int, dropEnd: Int, systemEnd: Int?, blockTokens: Int,
-        placement: Placement, homeFor: @escaping (Int, Int) -> String
+        store: TieredStore, key: @escaping @Sendable (Int, SessionState.BlockRange) -> BlockKey, layers: Int,
+        from: Int, sinks: Int, dropEnd: Int, systemEnd: Int?, blockTokens: Int, placement: Placement,
+        homeFor: @escaping (Int, Int) -> String
     ) {
-        self.engine = engine
+        self.store = store
+        self.key = key
         self.homeFor = homeFor
         self.layers = layers
         self.sinks = sinks
@@ -61,7 +66,7 @@ final class LayerSaver: @unchecked Sendable {
 
     /// Keys of blocks that could not be saved in some layer (every layer's key, to remove).
     var failedKeys: [BlockKey] {
-        failedRangesSet.flatMap { b in (0..<layers).map { engine.key($0, b) } }
+        failedRangesSet.flatMap { b in (0..<layers).map { key($0, b) } }
     }
 
     /// The next block starting at history index `start`: blocks never cross the dropped gap.
@@ -87,11 +92,10 @@ final class LayerSaver: @unchecked Sendable {
             let home = homes[r] ?? homeFor(r.lowerBound, r.count)
             homes[r] = home
             let b = SessionState.BlockRange(home: home, start: r.lowerBound, count: r.count)
-            let key = engine.key(layer, b)
             let block = KVBlock(
-                key: key, elementType: engine.store.elementType, rowWidth: cache.layout.rowWidth,
+                key: key(layer, b), elementType: store.elementType, rowWidth: cache.layout.rowWidth,
                 payload: cache.payload(layer: layer, start: slot, count: b.count))
-            queue.async { self.record(b, layer: layer, admitted: (try? self.engine.store.admit(block)) != nil) }
+            queue.async { self.record(b, layer: layer, admitted: (try? self.store.admit(block)) != nil) }
             savedUpTo[layer] = b.end
         }
     }
@@ -99,7 +103,7 @@ final class LayerSaver: @unchecked Sendable {
     /// On `queue`: saves an admitted block down, or notes the failure.
     private func record(_ b: SessionState.BlockRange, layer: Int, admitted: Bool) {
         if admitted {
-            engine.store.save(engine.key(layer, b), placement: placement)
+            store.save(key(layer, b), placement: placement)
             if layer == 0 { writtenBlocks.append(b) }
         } else {
             // Not in HBM (e.g. the arena is full of pinned pages): the block is not recorded,

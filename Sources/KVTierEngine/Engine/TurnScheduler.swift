@@ -29,6 +29,9 @@ public final class TurnScheduler: @unchecked Sendable {
     public struct Turn: Sendable {
         public var session: String
         public var messages: [ChatMessage]
+        /// `messages` tokenized, when the caller has done it already (the API does, once per
+        /// request, for the prefix cache); else the engine tokenizes them.
+        public var chat: TokenizedConversation?
         public var options: GenerationOptions
         /// Seconds until the session's next turn is expected, if the caller knows (placement hint).
         public var nextTurnInSeconds: Double?
@@ -205,9 +208,8 @@ public final class TurnScheduler: @unchecked Sendable {
                 (expected ?? 0) > engine.configuration.writeThroughAfterSeconds ? .writeThrough : .keepInDRAM
             result = Result {
                 try engine.runTurn(
-                    session: turn.session, owner: turn.owner, messages: turn.messages, options: turn.options,
-                    placement: placement,
-                    onText: { turn.onText?($0) })
+                    session: turn.session, owner: turn.owner, messages: turn.messages, chat: turn.chat,
+                    options: turn.options, placement: placement, onText: { turn.onText?($0) })
             }
             result = result.map { report in
                 var r = report

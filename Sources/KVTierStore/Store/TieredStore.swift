@@ -24,13 +24,15 @@ public final class TieredStore: @unchecked Sendable {
     public let model: ModelFingerprint
     public let shape: KVShape
     public let elementType: KVElementType
-    public let arena: HBMArena
-    public let copyEngine: CopyEngine
-    public let dram: DRAMTier
-    public let disk: DiskTier
+    // The tiers themselves stay inside the store (and its tests): the engine and the daemon see
+    // the face below, "The store's face".
+    let arena: HBMArena
+    let copyEngine: CopyEngine
+    let dram: DRAMTier
+    let disk: DiskTier
     /// The Redis Cluster below the disk tier, when configured.
     public let remote: RemoteTier?
-    public let policy: EvictionPolicy
+    let policy: EvictionPolicy
 
     private let lock = NSLock()
     private var hbm = HBMPageTable()
@@ -642,6 +644,10 @@ public final class TieredStore: @unchecked Sendable {
     private func prefetch(
         session: String, include: (@Sendable (BlockKey) -> Bool)?, completion: (@Sendable () -> Void)?
     ) {
+        // A prefetch is a use announced (LMCache's prefetch on arrival): under LRU the session
+        // is now the most recent, so its blocks may push out older ones; the hint-driven policy
+        // ranks it by the queue anyway.
+        policy.touch(session: session)
         prefetcher.async { [self] in
             for key in disk.keys(model: model, session: session)
             where !dram.contains(key) && !isInHBM(key) && include?(key) != false {
@@ -666,6 +672,17 @@ public final class TieredStore: @unchecked Sendable {
         lock.withLock { all.formUnion(hbm.keys(session: session).filter { $0.model == model }) }
         return Dictionary(grouping: all.sorted { $0.start < $1.start }, by: \.layer)
     }
+
+    // MARK: The store's face (health, what the daemon reports)
+
+    /// The disk tier's health: what `/healthz` and the daemon's log report.
+    public var diskHealth: DiskTierHealth { disk.health }
+
+    /// Calls `body` on the disk tier's queue whenever its health changes.
+    public func onDiskHealthChange(_ body: @escaping @Sendable (DiskTierHealth) -> Void) { disk.onHealthChange(body) }
+
+    /// The directory of the disk tier's database.
+    public var diskDirectory: String { disk.directory }
 
     // MARK: Placement, demotion, deletion
 
@@ -747,6 +764,9 @@ public final class TieredStore: @unchecked Sendable {
             remote.putMetadata(model: model, name: name, value: value)
         }
     }
+
+    /// Names of this model's records on the disk tier that start with `prefix`.
+    public func metadataNames(prefix: String = "") -> [String] { disk.metadataNames(model: model, prefix: prefix) }
 
     /// A record from the disk tier, else from the remote tier (written by any node), else nil.
     public func metadata(name: String) -> [UInt8]? {
