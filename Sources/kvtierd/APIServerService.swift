@@ -44,8 +44,10 @@ struct APIServerService: Service {
                         metadata: ["error": "\(error)"])
                 } else {
                     logger.warning(
-                        "stopped with the disk tier degraded: KV only in memory was not written and is recomputed "
-                            + "after the restart",
+                        """
+                        stopped with the disk tier degraded: KV only in memory was not written and is recomputed \
+                        after the restart
+                        """,
                         metadata: ["error": "\(error)"])
                 }
             }
