@@ -203,7 +203,6 @@ struct SimulatedTiers {
     /// Promotes the session's blocks that only the disk holds into DRAM (with `blocks`, only its
     /// first ones); the bytes read.
     mutating func prefetch(_ session: String, blocks: Int? = nil) -> Int {
-        policy.touch(session: session)  // a use announced, as the store counts it
         guard let onDisk = disk[session] else { return 0 }
         for i in onDisk.sorted()
         where i < (blocks ?? Int.max) && dram[session]?.contains(i) != true && hbm[session]?.contains(i) != true {

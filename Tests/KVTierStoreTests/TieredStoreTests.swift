@@ -312,8 +312,9 @@ final class TieredStoreTests: XCTestCase {
         }
     }
 
-    /// Under LRU a prefetch counts as a use (LMCache's prefetch on arrival): an old chat's
-    /// prefetch pushes out the least recently used chat rather than find no room.
+    /// Under LRU an entering block always gets in (a classic LRU cache): an old chat's prefetch
+    /// (LMCache's prefetch on arrival) pushes out the least recently used chat rather than find
+    /// no room, however long ago the prefetched chat was used.
     func testAPrefetchUnderLRUTakesTheRoomOfTheLeastRecentlyUsedChat() throws {
         var c = config(tempDir())
         let perSession = 6 * 2 * 16 * shape.rowWidth * 2

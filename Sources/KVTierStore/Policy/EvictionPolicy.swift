@@ -23,8 +23,9 @@ public protocol EvictionPolicy: AnyObject, Sendable {
     /// `candidates` (duplicates ignored) ordered from first to evict to last.
     func evictionOrder(of candidates: [String]) -> [String]
     /// The order when a block of `session` needs the room: `candidates` and `session` itself,
-    /// ranked by when each is needed next. A running session ranks here by its next turn, not
-    /// the one now running: its new blocks are needed no sooner than that.
+    /// ranked by when each is needed next (the store evicts those before `session`, and keeps
+    /// the block out of the tier when they are not enough). A running session ranks here by its
+    /// next turn, not the one now running: its new blocks are needed no sooner than that.
     func evictionOrder(of candidates: [String], placing session: String) -> [String]
     /// Sessions to demote, in order, until enough bytes are freed; the default implementation
     /// below takes `evictionOrder(of:)` and is what both policies use.
@@ -36,8 +37,10 @@ extension EvictionPolicy {
 
     public func setUpcoming(_ sessions: [String], running: [String]) { setUpcoming(running + sessions) }
 
+    /// A policy that does not look ahead always lets the entering block in (a classic LRU cache:
+    /// the least recently used others go), so `session` itself is never in the order.
     public func evictionOrder(of candidates: [String], placing session: String) -> [String] {
-        evictionOrder(of: candidates + [session])
+        evictionOrder(of: candidates.filter { $0 != session })
     }
 
     /// Sessions to demote, in order, until their sizes add up to at least `bytesNeeded`.

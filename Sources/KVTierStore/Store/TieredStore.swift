@@ -644,10 +644,6 @@ public final class TieredStore: @unchecked Sendable {
     private func prefetch(
         session: String, include: (@Sendable (BlockKey) -> Bool)?, completion: (@Sendable () -> Void)?
     ) {
-        // A prefetch is a use announced (LMCache's prefetch on arrival): under LRU the session
-        // is now the most recent, so its blocks may push out older ones; the hint-driven policy
-        // ranks it by the queue anyway.
-        policy.touch(session: session)
         prefetcher.async { [self] in
             for key in disk.keys(model: model, session: session)
             where !dram.contains(key) && !isInHBM(key) && include?(key) != false {
