@@ -37,6 +37,22 @@ final class BatchedChatTests: XCTestCase {
         return ChatEngine(model: model, store: store, configuration: e)
     }
 
+    /// An engine with F32 KV whose DRAM tier holds `dram` bytes (HBM 32 MiB), one turn at a time
+    /// unless a scheduler runs more.
+    private func makeEngine(_ model: LlamaModel, dram: Int) throws -> ChatEngine {
+        var c = StoreConfiguration(stateDirectory: tempDir())
+        c.blockTokens = 16
+        c.hbmCapacityBytes = 32 << 20
+        c.dramCapacityBytes = dram
+        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
+        let store = try TieredStore(
+            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f32)
+        var e = EngineConfiguration()
+        e.threads = 2
+        e.linearGemmThreshold = 24
+        return ChatEngine(model: model, store: store, configuration: e)
+    }
+
     /// Each chat's turns, one chat after another (alone) or all chats' turn k at once (together).
     private func chat(
         _ engine: ChatEngine, sessions: [String], turns: Int, together: Bool, options: GenerationOptions
@@ -184,17 +200,7 @@ final class BatchedChatTests: XCTestCase {
         let perSession = sizer.sessionKVBytes("w1")
         XCTAssertGreaterThan(perSession, 0)
 
-        var c = StoreConfiguration(stateDirectory: tempDir())
-        c.blockTokens = 16
-        c.hbmCapacityBytes = 32 << 20
-        c.dramCapacityBytes = perSession * 5 / 2
-        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
-        let store = try TieredStore(
-            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f32)
-        var e = EngineConfiguration()
-        e.threads = 2
-        e.linearGemmThreshold = 24
-        let engine = ChatEngine(model: model, store: store, configuration: e)
+        let engine = try makeEngine(model, dram: perSession * 5 / 2)
         for s in sessions {
             _ = try engine.runTurn(
                 session: s, messages: [ChatMessage(role: "user", content: "hello from \(s)")], options: options)
@@ -246,17 +252,7 @@ final class BatchedChatTests: XCTestCase {
         sizer.quiesce()
         let perSession = sizer.store.dram.bytes(session: "w1")
 
-        var c = StoreConfiguration(stateDirectory: tempDir())
-        c.blockTokens = 16
-        c.hbmCapacityBytes = 32 << 20
-        c.dramCapacityBytes = perSession * 5 / 2
-        c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
-        let store = try TieredStore(
-            configuration: c, model: ModelFingerprint(model: model), layout: model.kvLayout, elementType: .f32)
-        var e = EngineConfiguration()
-        e.threads = 2
-        e.linearGemmThreshold = 24
-        let engine = ChatEngine(model: model, store: store, configuration: e)
+        let engine = try makeEngine(model, dram: perSession * 5 / 2)
         for s in ["r", "w1", "w2"] { _ = try engine.runTurn(session: s, messages: opening(s), options: options) }
         engine.quiesce()
         for s in ["r", "w1", "w2"] { try engine.store.demote(session: s, to: .disk) }

@@ -240,22 +240,29 @@ final class TieredStoreTests: XCTestCase {
         try wide.close()
     }
 
+    /// A store whose DRAM is just full with `sessions` (two blocks in every layer each), saved in
+    /// that order.
+    private func storeWithDRAMFull(of sessions: [String], policy: StoreConfiguration.PolicyKind) throws -> TieredStore
+    {
+        var c = config(tempDir())
+        c.dramCapacityBytes = sessions.count * 6 * 2 * 16 * shape.rowWidth * 2
+        c.policy = policy
+        let store = try TieredStore(configuration: c, model: model, shape: shape)
+        for s in sessions {
+            for b in sessionBlocks(s) {
+                try store.admit(b)
+                _ = store.save(b.key).wait()
+            }
+        }
+        return store
+    }
+
     /// Scripted queue: sessions A, B, C fill DRAM, used in that order; the scheduler says A runs
     /// next. Saving D must push one session to disk: LRU picks A (least recent), the hint-driven
     /// policy spares A and picks B.
     func testHintDrivenEvictionSparesTheUpcomingSession() throws {
         for kind in [StoreConfiguration.PolicyKind.lru, .hintDriven] {
-            var c = config(tempDir())
-            let perSession = 6 * 2 * 16 * shape.rowWidth * 2
-            c.dramCapacityBytes = 3 * perSession
-            c.policy = kind
-            let store = try TieredStore(configuration: c, model: model, shape: shape)
-            for s in ["A", "B", "C"] {
-                for b in sessionBlocks(s) {
-                    try store.admit(b)
-                    _ = store.save(b.key).wait()
-                }
-            }
+            let store = try storeWithDRAMFull(of: ["A", "B", "C"], policy: kind)
             store.setUpcoming(["A"])
             for b in sessionBlocks("D") {
                 try store.admit(b)
@@ -277,17 +284,7 @@ final class TieredStoreTests: XCTestCase {
     /// last) out; once C is no longer queued, it gives way to D. LRU evicts as before.
     func testASaveNeededAfterTheQueuedChatsGoesToDiskNotOverThem() throws {
         for kind in [StoreConfiguration.PolicyKind.lru, .hintDriven] {
-            var c = config(tempDir())
-            let perSession = 6 * 2 * 16 * shape.rowWidth * 2
-            c.dramCapacityBytes = 3 * perSession
-            c.policy = kind
-            let store = try TieredStore(configuration: c, model: model, shape: shape)
-            for s in ["A", "B", "C"] {
-                for b in sessionBlocks(s) {
-                    try store.admit(b)
-                    _ = store.save(b.key).wait()
-                }
-            }
+            let store = try storeWithDRAMFull(of: ["A", "B", "C"], policy: kind)
             store.setUpcoming(["A", "B", "C"], running: ["D"])
             let saved = sessionBlocks("D")
             var outcomes: [SaveTicket.Outcome] = []
