@@ -273,17 +273,11 @@ struct SimulatedTiers {
     /// Demotes whole sessions (the policy's choice, among those it ranks before `session`) from
     /// DRAM to disk until `b` more bytes fit; false when they are not enough.
     private mutating func makeRoomInDRAM(_ b: Int, for session: String) -> Bool {
-        guard dramUsed + b > dramCapacity else { return true }
-        var victims: [String] = []
-        var freed = 0
         let others = dram.filter { !$0.value.isEmpty && $0.key != session }.keys.sorted()
-        for s in policy.evictionOrder(of: others, placing: session) {
-            if s == session { break }
-            victims.append(s)
-            freed += dramBytes(s)
-            if dramUsed + b - freed <= dramCapacity { break }
-        }
-        guard dramUsed + b - freed <= dramCapacity else { return false }
+        guard
+            let victims = policy.victims(
+                placing: session, among: others, bytesNeeded: dramUsed + b - dramCapacity, sizeOf: dramBytes)
+        else { return false }
         for v in victims {
             for i in (dram[v] ?? []).sorted() {
                 if disk[v]?.contains(i) != true { writeToDisk(v, i) }

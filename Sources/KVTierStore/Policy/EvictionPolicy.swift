@@ -43,6 +43,26 @@ extension EvictionPolicy {
         evictionOrder(of: candidates.filter { $0 != session })
     }
 
+    /// Sessions to demote, in order, so that a block of `session` finds `bytesNeeded` bytes: only
+    /// those the policy ranks before `session` (`evictionOrder(of:placing:)`), sessions of size 0
+    /// skipped; nil when they are not enough (the block then stays out of the tier).
+    public func victims(
+        placing session: String, among candidates: [String], bytesNeeded: Int, sizeOf: (String) -> Int
+    ) -> [String]? {
+        guard bytesNeeded > 0 else { return [] }
+        var chosen: [String] = []
+        var freed = 0
+        for s in evictionOrder(of: candidates, placing: session) {
+            if s == session { break }
+            let size = sizeOf(s)
+            guard size > 0 else { continue }
+            chosen.append(s)
+            freed += size
+            if freed >= bytesNeeded { return chosen }
+        }
+        return nil
+    }
+
     /// Sessions to demote, in order, until their sizes add up to at least `bytesNeeded`.
     /// Sessions of size 0 are skipped (evicting them frees nothing). If all candidates together
     /// are not enough, all of them are returned (the caller sees the shortfall by summing and

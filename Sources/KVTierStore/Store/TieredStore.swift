@@ -378,17 +378,16 @@ public final class TieredStore: @unchecked Sendable {
     /// is. Returns whether the block is in DRAM.
     @discardableResult
     private func insertIntoDRAM(_ block: KVBlock, arrival: DRAMTier.Arrival) throws(StoreError) -> Bool {
-        for _ in 0..<8 {
+        var room = true
+        for _ in 0..<8 where room {
             switch dram.insert(block, arrival: arrival) {
             case .stored:
                 return true
             case .tooLarge(let bytes, let capacity):
                 throw .dramTooSmall(blockBytes: bytes, capacity: capacity)
             case .needsRoom(let bytes):
-                guard try makeRoomInDRAM(bytes: bytes, for: block.key.session) else { break }
-                continue
+                room = try makeRoomInDRAM(bytes: bytes, for: block.key.session)
             }
-            break
         }
         if arrival == .saved || !disk.contains(block.key) { try writeToDisk(block) }
         return false
@@ -400,17 +399,10 @@ public final class TieredStore: @unchecked Sendable {
     /// the session being saved) the block is dropped instead: it is recomputed when needed, and
     /// the save that needed the room goes on.
     private func makeRoomInDRAM(bytes: Int, for session: String) throws(StoreError) -> Bool {
-        var victims: [String] = []
-        var freed = 0
-        for s in policy.evictionOrder(of: dram.sessions, placing: session) {
-            if s == session { break }
-            let size = dram.bytes(session: s)
-            guard size > 0 else { continue }
-            victims.append(s)
-            freed += size
-            if freed >= bytes { break }
-        }
-        guard freed >= bytes else { return false }
+        guard
+            let victims = policy.victims(
+                placing: session, among: dram.sessions, bytesNeeded: bytes, sizeOf: { dram.bytes(session: $0) })
+        else { return false }
         for v in victims {
             for key in dram.keys(session: v) {
                 guard let block = dram.get(key, recordLookup: false) else { continue }
