@@ -9,7 +9,9 @@ import KVTierStore
 /// question, run through the engine the way the daemon runs requests (`sessionForRequest`, no
 /// session ids). Once as one owner's chats (they share the prompt's blocks) and once with every
 /// chat under its own owner (no sharing across owners: what each chat costs alone). Reports the
-/// bytes each tier holds after a flush, the blocks stored and the tokens computed.
+/// bytes each tier holds after a flush, the blocks stored and the tokens computed. With
+/// `--together`, every chat's request arrives before any has run (as a burst of users does) and
+/// the turns run through the scheduler's batch, as the daemon runs them.
 struct SharedPrefixBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "shared-prefix",
@@ -21,10 +23,13 @@ struct SharedPrefixBench: ParsableCommand {
     @Option(help: "Tokens of the shared system prompt (about).") var systemTokens = 500
     @Option(help: "Tokens generated per chat.") var replyTokens = 8
     @Option(help: "Threads.") var threads = 2
+    @Flag(help: "All requests arrive at once and run batched (engine.max_batch at a time).") var together = false
     @Flag(help: "Print one JSON object.") var json = false
 
     struct Outcome: Codable {
         var owners: String
+        /// Whether every request arrived before any ran (`--together`).
+        var together: Bool
         var chats: Int
         var systemTokens: Int
         var hbmBytes: Int
@@ -86,34 +91,67 @@ struct SharedPrefixBench: ParsableCommand {
         e.threads = threads
         let engine = ChatEngine(model: m, store: store, configuration: e)
         let started = DispatchTime.now().uptimeNanoseconds
-        var computed = 0
-        var reused = 0
-        for k in 0..<chats {
+        let options = GenerationOptions(maxTokens: replyTokens, sampling: .greedy, stopAtEndOfGeneration: false)
+        let label = shared ? "one owner" : "owner each"
+        let requests = (0..<chats).map { k in
             let owner = shared ? "1000" : "\(1000 + k)"
             let messages = [
                 ChatMessage(role: "system", content: system),
                 ChatMessage(role: "user", content: "Question \(k): what does rule \(k % 13) mean for my deployment?"),
             ]
-            let id = engine.sessionForRequest(
-                named: nil, messages: messages, owner: owner, newID: "\(owner):s-\(k)")
-            defer { engine.requestEnded(session: id) }
-            let r = try engine.runTurn(
-                session: id, owner: owner, messages: messages,
-                options: GenerationOptions(maxTokens: replyTokens, sampling: .greedy, stopAtEndOfGeneration: false))
-            computed += r.tokensRecomputed + r.tokensGenerated
-            reused += r.tokensReused
-            FileHandle.standardError.write(
-                Data("\r\(shared ? "one owner" : "owner each"): chat \(k + 1)/\(chats)".utf8))
+            return (owner: owner, messages: messages, newID: "\(owner):s-\(k)")
+        }
+        var reports: [TurnReport] = []
+        if together {
+            // Every request is placed before any turn runs, then the scheduler runs them.
+            let ids = requests.map {
+                engine.sessionForRequest(named: nil, messages: $0.messages, owner: $0.owner, newID: $0.newID)
+            }
+            let scheduler = TurnScheduler(engine: engine)
+            let done = ReportList()
+            for (id, r) in zip(ids, requests) {
+                scheduler.submit(.init(session: id, owner: r.owner, messages: r.messages, options: options)) {
+                    engine.requestEnded(session: id)
+                    done.append($0, label: label, of: requests.count)
+                }
+            }
+            scheduler.drain()
+            reports = try done.reports()
+        } else {
+            for (k, r) in requests.enumerated() {
+                let id = engine.sessionForRequest(named: nil, messages: r.messages, owner: r.owner, newID: r.newID)
+                defer { engine.requestEnded(session: id) }
+                reports.append(try engine.runTurn(session: id, owner: r.owner, messages: r.messages, options: options))
+                FileHandle.standardError.write(Data("\r\(label): chat \(k + 1)/\(chats)".utf8))
+            }
         }
         FileHandle.standardError.write(Data("\n".utf8))
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let computed = reports.reduce(0) { $0 + $1.tokensRecomputed + $1.tokensGenerated }
+        let reused = reports.reduce(0) { $0 + $1.tokensReused }
         engine.quiesce()
         try store.flush()
         let s = store.stats
         let blocks = store.sessions.reduce(0) { $0 + (store.blockKeys(session: $1)[0]?.count ?? 0) }
         return Outcome(
-            owners: shared ? "one owner" : "owner each", chats: chats, systemTokens: systemTokens,
+            owners: shared ? "one owner" : "owner each", together: together, chats: chats, systemTokens: systemTokens,
             hbmBytes: s.hbm.usedBytes, dramBytes: s.dram.usedBytes, diskBytes: s.disk.usedBytes,
             blocksPerLayer: blocks, tokensComputed: computed, tokensReused: reused, seconds: seconds)
     }
+}
+
+/// Turn results as the scheduler's completions deliver them (on turn threads).
+private final class ReportList: @unchecked Sendable {
+    private let lock = NSLock()
+    private var results: [Result<TurnReport, Error>] = []  // guarded by `lock`
+
+    func append(_ r: Result<TurnReport, Error>, label: String, of total: Int) {
+        let n = lock.withLock {
+            results.append(r)
+            return results.count
+        }
+        FileHandle.standardError.write(Data("\r\(label): chat \(n)/\(total)".utf8))
+    }
+
+    func reports() throws -> [TurnReport] { try lock.withLock { try results.map { try $0.get() } } }
 }

@@ -54,6 +54,9 @@ final class BatchedChatTests: XCTestCase {
     }
 
     /// Each chat's turns, one chat after another (alone) or all chats' turn k at once (together).
+    /// Each chat has its own owner: chats of one owner share the blocks of a common prompt that
+    /// one of them stored before the other's turn starts (only alone), which would make the two
+    /// runs compute different tokens.
     private func chat(
         _ engine: ChatEngine, sessions: [String], turns: Int, together: Bool, options: GenerationOptions
     ) throws -> (replies: [String: [[Int32]]], logits: [String: [[Float]]]) {
@@ -72,7 +75,7 @@ final class BatchedChatTests: XCTestCase {
                     messages[s, default: []].append(ChatMessage(role: "user", content: text))
                     scheduler.submit(
                         TurnScheduler.Turn(
-                            session: s, owner: "u\(s.count % 3)", messages: messages[s]!, options: options)
+                            session: s, owner: "u-\(s)", messages: messages[s]!, options: options)
                     ) {
                         result in
                         if case .success(let r) = result { reports.append(r) } else { XCTFail("\(result)") }

@@ -162,7 +162,9 @@ final class PrefixCacheTests: XCTestCase {
 
         let (again, r2) = try request(engine, named: "1000:work", next)
         XCTAssertEqual(again, named)
-        XCTAssertEqual(r2.tokensReused, r1.promptTokens + r1.generated.count - 1)
+        // Its whole history, and the blocks of the new message the anonymous continuation stored.
+        XCTAssertGreaterThan(r2.tokensReused, r1.promptTokens + r1.generated.count - 1)
+        XCTAssertLessThan(r2.tokensReused, rb.promptTokens, "up to the last whole block of the prompt")
         XCTAssertEqual(r2.generated, try reference(model, engine, named, r2).0)
     }
 
@@ -355,5 +357,105 @@ final class PrefixCacheTests: XCTestCase {
         XCTAssertTrue(state.blocks.contains { $0.home == "1000:src" })
         XCTAssertEqual(
             state.blocks.reduce(0) { $0 + $1.count }, state.kvCount, "every block the fork computed was stored")
+    }
+
+    /// The blocks of `state` inside its system message (which ends a block).
+    private func systemBlocks(_ model: LlamaModel, _ state: SessionState) throws -> [SessionState.BlockRange] {
+        let end = try XCTUnwrap(model.tokenizer.tokenID("<|im_end|>").flatMap { state.tokens.firstIndex(of: $0) }) + 2
+        return state.blocks.filter { $0.end <= end }
+    }
+
+    /// Chats that arrive together, before any of them has computed their shared system prompt
+    /// (none can be forked from another), compute it once: the first to run stores it, and each
+    /// later one adopts its blocks at its turn's start, also after a restart. A chat of another
+    /// owner sending the same tokens adopts nothing.
+    func testChatsThatArriveTogetherComputeTheirSharedPromptOnce() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let dir = tempDir()
+        let chats = ["what is a tier", "what is a page", "what is a block"].map {
+            [system, ChatMessage(role: "user", content: $0)]
+        }
+        var ids: [String] = []
+        var engine = try makeEngine(model, dir: dir)
+        for (k, chat) in chats.enumerated() {
+            ids.append(engine.sessionForRequest(named: nil, messages: chat, owner: "1000", newID: "1000:s-\(k)"))
+        }
+        XCTAssertEqual(Set(ids).count, 3, "three new chats, none forked")
+        let r0 = try engine.runTurn(session: ids[0], owner: "1000", messages: chats[0], options: greedy)
+        engine.requestEnded(session: ids[0])
+        XCTAssertEqual(r0.tokensReused, 0)
+        let shared = try systemBlocks(model, try XCTUnwrap(engine.stateForTesting(ids[0])))
+        XCTAssertGreaterThanOrEqual(shared.count, 2)
+        let r1 = try engine.runTurn(session: ids[1], owner: "1000", messages: chats[1], options: greedy)
+        engine.requestEnded(session: ids[1])
+        engine.quiesce()
+        try engine.store.close()
+
+        engine = try makeEngine(model, dir: dir)
+        let r2 = try engine.runTurn(session: ids[2], owner: "1000", messages: chats[2], options: greedy)
+        for (k, r) in [(1, r1), (2, r2)] {
+            XCTAssertGreaterThanOrEqual(r.tokensReused, shared.last?.end ?? 0, "chat \(k) adopted the system prompt")
+            XCTAssertEqual(r.blocksRecovered, 0, "chat \(k)")
+            XCTAssertEqual(
+                try systemBlocks(model, try XCTUnwrap(engine.stateForTesting(ids[k]))), shared,
+                "chat \(k) references chat 0's blocks")
+            XCTAssertEqual(r.generated, try reference(model, engine, ids[k], r).0, "chat \(k): as recomputation gives")
+        }
+        let other = try engine.runTurn(session: "1001:s-0", owner: "1001", messages: chats[0], options: greedy)
+        XCTAssertEqual(other.tokensReused, 0, "another owner's chat adopts nothing")
+    }
+
+    /// Chats that compute the same system prompt in one batch keep one copy of it: the first
+    /// whose turn ends stores its blocks, the second exchanges its own for them when its turn
+    /// ends and its copy is removed. Its next turn reuses its whole history from the shared
+    /// blocks and replies as recomputation does.
+    func testChatsComputingTheSamePromptTogetherKeepOneCopy() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let chats = ["what is a tier", "what is a page"].map { [system, ChatMessage(role: "user", content: $0)] }
+        // Chat 0 waits at its first token until chat 1 has computed its prompt: both compute the
+        // system prompt (neither has kept its state yet).
+        let secondComputed = DispatchSemaphore(value: 0)
+        let waited = NSLock()
+        nonisolated(unsafe) var seenFirst: Set<String> = []
+        engine.logitsObserver = { id, _ in
+            let first = waited.withLock { seenFirst.insert(id).inserted }
+            guard first else { return }
+            if id == "1000:a" {
+                XCTAssertEqual(secondComputed.wait(timeout: .now() + 30), .success, "chat 1 computed its prompt")
+            } else {
+                secondComputed.signal()
+            }
+        }
+        nonisolated(unsafe) var reports: [String: TurnReport] = [:]
+        let lock = NSLock()
+        let greedy = self.greedy
+        DispatchQueue.concurrentPerform(iterations: 2) { k in
+            let id = k == 0 ? "1000:a" : "1000:b"
+            let r = try? engine.runTurn(session: id, owner: "1000", messages: chats[k], options: greedy)
+            lock.withLock { reports[id] = r }
+        }
+        engine.logitsObserver = nil
+        engine.quiesce()
+        let ra = try XCTUnwrap(reports["1000:a"])
+        let rb = try XCTUnwrap(reports["1000:b"])
+        XCTAssertEqual(ra.tokensReused, 0)
+        XCTAssertEqual(rb.tokensReused, 0, "both computed the system prompt")
+        let a = try systemBlocks(model, try XCTUnwrap(engine.stateForTesting("1000:a")))
+        let b = try systemBlocks(model, try XCTUnwrap(engine.stateForTesting("1000:b")))
+        XCTAssertGreaterThanOrEqual(a.count, 2)
+        XCTAssertEqual(a, b, "one copy, referenced by both")
+        let kept = try XCTUnwrap(a.first?.home)
+        let gaveUp = kept == "1000:a" ? "1000:b" : "1000:a"
+        for blk in a {
+            let copy = SessionState.BlockRange(home: gaveUp, start: blk.start, count: blk.count)
+            XCTAssertTrue(engine.store.tiers(of: engine.key(0, copy)).isEmpty, "the second copy was removed")
+        }
+        let (chat, r1) = gaveUp == "1000:a" ? (chats[0], ra) : (chats[1], rb)
+        let next = chat + [ChatMessage(role: "assistant", content: r1.text), ChatMessage(role: "user", content: "why")]
+        let r2 = try engine.runTurn(session: gaveUp, owner: "1000", messages: next, options: greedy)
+        XCTAssertEqual(r2.blocksRecovered, 0)
+        XCTAssertEqual(r2.tokensReused, r1.promptTokens + r1.generated.count - 1, "its whole history")
+        XCTAssertEqual(r2.generated, try reference(model, engine, gaveUp, r2).0)
     }
 }

@@ -41,6 +41,8 @@ public final class ChatEngine: @unchecked Sendable {
     var prefixIndex: [UInt64: Set<String>] = [:]
     /// How many sessions reference each stored block (guarded by `stateLock`).
     var references: [SessionState.BlockRange: Int] = [:]
+    /// Which stored block holds the KV of which tokens, whoever computed it (guarded by `stateLock`).
+    var contentIndex = BlockContentIndex()
     /// Blocks whose last reference went, until `cleanup` has removed them: not written meanwhile.
     private let freeing = FreeingBlocks()
     /// Anonymous sessions a request without a session id is about to continue (guarded by `stateLock`).
@@ -49,9 +51,10 @@ public final class ChatEngine: @unchecked Sendable {
     /// When the engine started (seconds since 1970): the last use of sessions whose records have none.
     private let startedAt = Date().timeIntervalSince1970
     private var blockTokens: Int { store.configuration.blockTokens }
-    // `conversation`, `stateLock`, `sessions`, `prefixIndex`, `references`, `claimed`, `persist`
-    // and `persistRecord` are internal for ChatEngine's own extension files (+PrefixCache,
-    // +RemoteRecords); nothing else in the module touches them.
+    // `conversation`, `stateLock`, `sessions`, `prefixIndex`, `references`, `contentIndex`,
+    // `claimed`, `release`, `removeLater`, `persist` and `persistRecord` are internal for
+    // ChatEngine's own extension files (+PrefixCache, +SharedBlocks, +RemoteRecords); nothing
+    // else in the module touches them.
     /// Tests: sees every logits vector a token is sampled from, with its session (called on the
     /// turn's thread; set it before turns run).
     var logitsObserver: ((String, [Float]) -> Void)?
@@ -69,12 +72,13 @@ public final class ChatEngine: @unchecked Sendable {
         self.executor = BatchExecutor(transformer: transformer, prefillChunkTokens: configuration.prefillChunkTokens)
         self.conversation = ConversationTokenizer(model: model)
         // Sessions saved before a restart.
-        for name in store.metadataNames(prefix: "session/") {
+        for name in store.metadataNames(prefix: "session/").sorted() {
             if let bytes = store.metadata(name: name),
                 let s = try? JSONDecoder().decode(SessionState.self, from: Data(bytes))
             {
                 sessions[s.id] = s
                 index(s)
+                indexContent(s)
                 for b in s.blocks { references[b, default: 0] += 1 }
             }
         }
@@ -179,7 +183,7 @@ public final class ChatEngine: @unchecked Sendable {
 
     /// Drops one reference to each of `blocks`; returns those nobody references any more, now
     /// marked `freeing` (caller holds `stateLock`).
-    private func release(_ blocks: [SessionState.BlockRange]) -> [SessionState.BlockRange] {
+    func release(_ blocks: [SessionState.BlockRange]) -> [SessionState.BlockRange] {
         var gone: [SessionState.BlockRange] = []
         for b in blocks {
             let n = (references[b] ?? 1) - 1
@@ -187,6 +191,7 @@ public final class ChatEngine: @unchecked Sendable {
                 references[b] = n
             } else {
                 references[b] = nil
+                contentIndex.remove(b)
                 freeing.insert(b)
                 gone.append(b)
             }
@@ -195,7 +200,7 @@ public final class ChatEngine: @unchecked Sendable {
     }
 
     /// Removes blocks nobody references from every tier, on `cleanup`.
-    private func removeLater(_ blocks: [SessionState.BlockRange]) {
+    func removeLater(_ blocks: [SessionState.BlockRange]) {
         guard !blocks.isEmpty else { return }
         let keys = blocks.flatMap { b in (0..<model.kvLayout.layers).map { key($0, b) } }
         // The closure holds the store and `freeing`, not the engine, so the engine is never
@@ -284,12 +289,9 @@ public final class ChatEngine: @unchecked Sendable {
             }
         }
         state.tokens = Array(prompt)
-
-        // Truncation: keep the live window plus the new tokens and the reply within C.
         let hasSystem =
             ChatMessage.completionPromptText(messages) == nil
             && (messages.first?.role == "system" || model.template.defaultSystemMessage != nil)
-        let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew, hasSystemMessage: hasSystem)
         // Blocks end where the system message does (through its "<|im_end|>\n"), so every chat
         // with the same system prompt shares its blocks whole (a block across the end would hold
         // each chat's own first tokens too).
@@ -299,11 +301,24 @@ public final class ChatEngine: @unchecked Sendable {
                 min($0 + 2, prompt.count)
             }
             : nil
+
+        // What other chats of this owner stored for the same tokens since this session's KV was
+        // last kept (chats that arrived together: the first to compute a shared prompt serves the
+        // rest). Held until the turn's state is kept. Their saves are not waited for: a kept
+        // state's blocks are in HBM already, and leave it only copied down.
+        let adopted = adoptStoredBlocks(
+            &state, prompt: prompt, reuse: &reuse, systemEnd: systemEnd, blockTokens: blockTokens)
+        defer { releaseAdopted(adopted) }
+        if reuse >= prompt.count { reuse = prompt.count - 1 }
+
+        // Truncation: keep the live window plus the new tokens and the reply within C.
+        let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew, hasSystemMessage: hasSystem)
         report.truncatedTokens = truncated
 
         // Blocks evicted from every tier (a full disk, an HBM-only store) are recomputed from the
         // start, without a failed load attempt first.
         var failed = missingBlocks(state)
+        unaddress(failed)
         report.blocksRecovered = failed.count
         var completed = false
         for _ in 0..<3 {
@@ -319,6 +334,7 @@ public final class ChatEngine: @unchecked Sendable {
                 break
             }
             failed += attempt
+            unaddress(attempt)
             report.blocksRecovered += attempt.count
         }
         guard completed else {
@@ -598,16 +614,26 @@ public final class ChatEngine: @unchecked Sendable {
         return state.dropEnd - before
     }
 
-    /// Keeps a session's new state: its record first, then the blocks nobody references any
-    /// more are removed (a crash in between leaves only unreferenced blocks behind).
+    /// Keeps a session's new state, its new blocks exchanged for equal ones already stored
+    /// (`shareStoredCopies`): its record first, then the blocks nobody references any more are
+    /// removed (a crash in between leaves only unreferenced blocks behind).
     func persist(_ state: SessionState) {
+        var state = state
         let gone = stateLock.withLock {
+            let givenUp = shareStoredCopies(&state)
             let old = sessions[state.id]
             if let old { unindex(old) }
             sessions[state.id] = state
             index(state)
             for b in state.blocks { references[b, default: 0] += 1 }
-            return release(old?.blocks ?? [])
+            var gone = release(old?.blocks ?? [])
+            // A copy this turn wrote and gave up is referenced by nobody.
+            for b in givenUp where references[b] == nil && !gone.contains(b) {
+                freeing.insert(b)
+                gone.append(b)
+            }
+            indexContent(state)
+            return gone
         }
         persistRecord(state)
         removeLater(gone)
