@@ -6,8 +6,9 @@ import Foundation
 /// compute.
 ///
 /// Ownership:
-/// - `lock` guards `hbm` (which block sits in which HBM page), `pins` (sessions whose pages a
-///   consumer holds), `lastUse` and the HBM counters. It is never held across I/O or copies.
+/// - `hbm` (`HBMTier`, its own lock) keeps which block sits in which HBM page, which sessions and
+///   blocks are held there and which are being demoted; the store decides what moves.
+/// - `lock` guards `unsyncedWrites`. It is never held across I/O or copies.
 /// - `loader` (serial queue "kvtier.store.loader") runs loads: it reads disk, promotes into DRAM
 ///   and submits DRAM -> HBM copies to the copy engine, layer after layer.
 /// - `prefetcher` (serial queue "kvtier.store.prefetcher") moves sessions from disk to DRAM ahead
@@ -26,7 +27,8 @@ public final class TieredStore: @unchecked Sendable {
     public let elementType: KVElementType
     // The tiers themselves stay inside the store (and its tests): the engine and the daemon see
     // the face below, "The store's face".
-    let arena: HBMArena
+    let hbm: HBMTier
+    var arena: HBMArena { hbm.arena }
     let copyEngine: CopyEngine
     let dram: DRAMTier
     let disk: DiskTier
@@ -35,15 +37,6 @@ public final class TieredStore: @unchecked Sendable {
     let policy: EvictionPolicy
 
     private let lock = NSLock()
-    private var hbm = HBMPageTable()
-    private var pins: [String: Int] = [:]
-    /// Blocks a load handle holds (their pages stay while it does); other blocks of the same
-    /// session may be evicted meanwhile (a session sharing another's prefix pins just that).
-    private var keyPins: [BlockKey: Int] = [:]
-    /// Sessions being demoted out of HBM by some thread; another eviction leaves them alone, so no
-    /// page is read by one demotion after another has freed it (guarded by `lock`).
-    private var demoting: Set<String> = []
-    private var hbmCounters = TierStats(tier: "hbm", capacityBytes: 0)
     private let loader = DispatchQueue(label: "kvtier.store.loader")
     private let prefetcher = DispatchQueue(label: "kvtier.store.prefetcher")
     /// Loads queued on `loader` and not yet waiting for their consumer, plus layers being read.
@@ -74,7 +67,9 @@ public final class TieredStore: @unchecked Sendable {
         self.elementType = elementType
         let pageBytes = 2 * configuration.blockTokens * shape.rowWidth * elementType.byteWidth
         do {
-            arena = try HBMArena(capacityBytes: configuration.hbmCapacityBytes, pageBytes: pageBytes, prefault: false)
+            hbm = HBMTier(
+                arena: try HBMArena(
+                    capacityBytes: configuration.hbmCapacityBytes, pageBytes: pageBytes, prefault: false))
         } catch {
             throw .arena(error)
         }
@@ -91,7 +86,6 @@ public final class TieredStore: @unchecked Sendable {
         remote = configuration.remote.map { RemoteTier(configuration: $0) }
         policy = configuration.policy == .lru ? LRUPolicy() : HintDrivenPolicy()
         saveSlots = DispatchSemaphore(value: max(1, configuration.maxSavesInFlight))
-        hbmCounters.capacityBytes = arena.capacityBytes
         if configuration.diskFlushInterval > 0 && !configuration.syncEveryDiskWrite {
             let timer = DispatchSource.makeTimerSource(queue: writeback)
             let interval = DispatchTimeInterval.microseconds(Int(configuration.diskFlushInterval * 1e6))
@@ -126,11 +120,11 @@ public final class TieredStore: @unchecked Sendable {
         try checkShape(block)
         // The session is pinned while its block is replaced, so no eviction reads the old page
         // while it is freed here (and an eviction already under way finishes first).
-        pinWhenNotDemoting(block.key.session)
-        defer { unpin(block.key.session) }
+        hbm.pinSessionWhenNotDemoting(block.key.session)
+        defer { hbm.unpinSession(block.key.session) }
         // A new version of a block: older copies below must not survive it.
         let key = block.key
-        let replacing = lock.withLock { hbm[key] != nil } || dram.contains(key) || disk.contains(key)
+        let replacing = hbm.contains(key) || dram.contains(key) || disk.contains(key)
         if replacing {
             waitForSaves()  // no copy of the old version may still be on its way down
             _ = dram.remove(key)
@@ -145,56 +139,9 @@ public final class TieredStore: @unchecked Sendable {
         block.payload.withUnsafeBytes { src in
             arena.pointer(page).copyMemory(from: src.baseAddress!, byteCount: src.count)
         }
-        lock.withLock {
-            if let old = hbm[block.key] { arena.free([old]) }
-            hbm[block.key] = page
-            hbmCounters.bytesIn += block.payload.count
-        }
+        hbm.place(block.key, in: page, bytes: block.payload.count)
         policy.touch(session: block.key.session)
         return page
-    }
-
-    /// Pins `session` once no eviction is demoting it (demotions take milliseconds).
-    private func pinWhenNotDemoting(_ session: String) {
-        while true {
-            let pinned: Bool = lock.withLock {
-                guard !demoting.contains(session) else { return false }
-                pins[session, default: 0] += 1
-                return true
-            }
-            if pinned { return }
-            usleep(100)
-        }
-    }
-
-    /// Frees the HBM pages of `session`'s blocks that match, once no eviction is demoting the
-    /// session (an eviction copies pages down before freeing them: it must never read a page
-    /// freed here). Does not pin the session, so evictions of it may start right after.
-    private func freeWhenNotDemoting(_ session: String, _ matches: (BlockKey) -> Bool) {
-        while true {
-            let freed: Bool = lock.withLock {
-                guard !demoting.contains(session) else { return false }
-                for k in hbm.keys(session: session) where matches(k) {
-                    if let p = hbm.removeValue(forKey: k) { arena.free([p]) }
-                }
-                return true
-            }
-            if freed { return }
-            usleep(100)
-        }
-    }
-
-    private func unpin(keys: [BlockKey]) {
-        lock.withLock {
-            for k in keys {
-                let n = keyPins[k, default: 1] - 1
-                keyPins[k] = n > 0 ? n : nil
-            }
-        }
-    }
-
-    private func unpin(_ session: String) {
-        lock.withLock { pins[session, default: 1] -= 1 }
     }
 
     /// The bytes of a block resident in HBM. The page must be pinned by the caller (a load
@@ -203,7 +150,7 @@ public final class TieredStore: @unchecked Sendable {
         UnsafeRawBufferPointer(start: arena.pointer(page), count: bytes)
     }
 
-    public func isInHBM(_ key: BlockKey) -> Bool { lock.withLock { hbm[key] != nil } }
+    public func isInHBM(_ key: BlockKey) -> Bool { hbm.contains(key) }
 
     private func checkShape(_ block: KVBlock) throws(StoreError) {
         guard block.key.model == model else { throw .blockShape(block.key, "it was computed by another model") }
@@ -236,13 +183,10 @@ public final class TieredStore: @unchecked Sendable {
 
     /// Frees at least `pages` HBM pages from unpinned sessions chosen by the policy.
     private func evictHBM(pages: Int, sparing: String?) throws(StoreError) {
-        let candidates: [String] = lock.withLock {
-            Set(hbm.sessions.filter { s in hbm.keys(session: s).contains { keyPins[$0] == nil } })
-                .filter { pins[$0, default: 0] == 0 && $0 != sparing && !demoting.contains($0) }.sorted()
-        }
+        let candidates = hbm.evictionCandidates(sparing: sparing)
         let pageBytes = arena.pageStride
         let victims = policy.victims(among: candidates, bytesNeeded: pages * pageBytes) { s in
-            self.lock.withLock { self.hbm.keys(session: s).filter { self.keyPins[$0] == nil }.count } * pageBytes
+            self.hbm.evictablePages(of: s) * pageBytes
         }
         for v in victims {
             try demoteFromHBM(session: v)
@@ -252,16 +196,9 @@ public final class TieredStore: @unchecked Sendable {
 
     /// Moves a session out of HBM: blocks not yet in DRAM or on disk are copied down first.
     private func demoteFromHBM(session: String) throws(StoreError) {
-        let resident: [(BlockKey, PageID)] = lock.withLock {
-            guard pins[session, default: 0] == 0, !demoting.contains(session) else { return [] }
-            let pages = hbm.keys(session: session).filter { keyPins[$0] == nil }.compactMap { k in
-                hbm[k].map { (k, $0) }
-            }
-            if !pages.isEmpty { demoting.insert(session) }
-            return pages
-        }
+        let resident = hbm.beginDemotion(of: session)
         guard !resident.isEmpty else { return }
-        defer { lock.withLock { _ = demoting.remove(session) } }
+        defer { hbm.endDemotion(of: session) }
         // A save may still be copying one of these pages out: let it finish before freeing them.
         copyEngine.waitUntilIdle()
         for (key, page) in resident {
@@ -269,16 +206,7 @@ public final class TieredStore: @unchecked Sendable {
                 let block = readBlock(key: key, page: page)
                 try insertIntoDRAM(block, arrival: .saved)
             }
-            lock.withLock {
-                // A save or load may have pinned the session since the pages were listed.
-                if hbm[key] == page && pins[session, default: 0] == 0 && keyPins[key] == nil {
-                    hbm[key] = nil
-                    arena.free([page])
-                    hbmCounters.evictions += 1
-                    hbmCounters.demotions += 1
-                    hbmCounters.bytesOut += blockPayloadBytes(key)
-                }
-            }
+            hbm.evict(key, from: page, bytes: blockPayloadBytes(key))
         }
     }
 
@@ -302,17 +230,12 @@ public final class TieredStore: @unchecked Sendable {
     public func save(_ key: BlockKey, placement: Placement = .keepInDRAM) -> SaveTicket {
         let ticket = SaveTicket(key: key)
         guard configuration.lowerTiers else {
-            ticket.finish(lock.withLock { hbm[key] != nil } ? .inHBM : .failed(StoreError.notInHBM(key).description))
+            ticket.finish(hbm.contains(key) ? .inHBM : .failed(StoreError.notInHBM(key).description))
             return ticket
         }
         // The session stays pinned from the page lookup until the copy engine has read the page,
         // so no eviction can free (and hand out again) the page while its bytes are being saved.
-        let page: PageID? = lock.withLock {
-            guard let p = hbm[key] else { return nil }
-            pins[key.session, default: 0] += 1
-            return p
-        }
-        guard let page else {
+        guard let page = hbm.pinSession(ifResident: key) else {
             // Evicted before the save began: eviction copies a block down before freeing it.
             if dram.contains(key) {
                 ticket.finish(.inDRAM)
@@ -328,7 +251,7 @@ public final class TieredStore: @unchecked Sendable {
         inFlight.add(1)
         let n = blockPayloadBytes(key)
         copyEngine.copyOut(from: arena.pointer(page), bytes: n) { [self] payload in
-            unpin(key.session)
+            hbm.unpinSession(key.session)
             writeback.async { [self] in
                 defer {
                     inFlight.add(-1)
@@ -340,10 +263,7 @@ public final class TieredStore: @unchecked Sendable {
                     }
                 }
                 let block = KVBlock(key: key, elementType: elementType, rowWidth: shape.rowWidth, payload: payload)
-                lock.withLock {
-                    hbmCounters.demotions += 1
-                    hbmCounters.bytesOut += n
-                }
+                hbm.countSavedDown(bytes: n)
                 do {
                     let inDRAM = try insertIntoDRAM(block, arrival: .saved)
                     remote?.put(block)  // written behind, on the remote tier's queue
@@ -486,10 +406,10 @@ public final class TieredStore: @unchecked Sendable {
         // The blocks to load are pinned from now until the handle is released (their pages, once
         // in HBM, are not evicted); the rest of those sessions' pages may be.
         let pinned = keysByLayer.values.flatMap { $0 }
-        lock.withLock { for k in pinned { keyPins[k, default: 0] += 1 } }
+        hbm.pin(keys: pinned)
         for s in sessions { policy.touch(session: s) }
         let handle = LoadHandle(session: sessions.first ?? "", layers: layers) { [weak self] _ in
-            self?.unpin(keys: pinned)
+            self?.hbm.unpin(keys: pinned)
         }
         loadsWaiting.add(1)
         loader.async { [self] in
@@ -518,11 +438,11 @@ public final class TieredStore: @unchecked Sendable {
         let remoteBlocks = remote?.get(Array(remoteWanted)) ?? [:]
         if !remoteWanted.isEmpty { remoteNanos = DispatchTime.now().uptimeNanoseconds - remoteStart }
         for key in keys {
-            if let page = lock.withLock({ hbm[key] }) {
+            if let page = hbm.page(of: key) {
                 result.pages.append((key, page))
                 result.fromHBM += 1
                 result.sources[key] = .hbm
-                lock.withLock { hbmCounters.hits += 1 }
+                hbm.countHit()
                 continue
             }
             var block = dram.get(key)
@@ -554,7 +474,7 @@ public final class TieredStore: @unchecked Sendable {
                 block.payload.count == blockPayloadBytes(key)
             else {
                 result.missing.append(key)
-                lock.withLock { hbmCounters.misses += 1 }
+                hbm.countMiss()
                 continue
             }
             // The blocks this load needs are pinned (`keyPins`); every other page may go, the
@@ -562,7 +482,7 @@ public final class TieredStore: @unchecked Sendable {
             // that others share would leave a full arena with nothing to evict.
             guard let page = try? allocatePage(sparing: nil) else {
                 result.missing.append(key)
-                lock.withLock { hbmCounters.misses += 1 }
+                hbm.countMiss()
                 continue
             }
             result.sources[key] = source
@@ -574,22 +494,8 @@ public final class TieredStore: @unchecked Sendable {
         let placed = newPages
         let finish: @Sendable () -> Void = { [self] in
             var r = base
-            let delivered = lock.withLock {
-                placed.map { key, page, bytes -> (key: BlockKey, page: PageID) in
-                    // Another load of the same block (a session sharing it) got there first:
-                    // blocks are immutable, so its page serves this load too, and the copy just
-                    // made, which nobody has seen, is freed.
-                    if let earlier = hbm[key], earlier != page {
-                        arena.free([page])
-                        return (key, earlier)
-                    }
-                    hbm[key] = page
-                    hbmCounters.promotions += 1
-                    hbmCounters.bytesIn += bytes
-                    return (key, page)
-                }
-            }
-            r.pages += delivered
+            // Another load of the same block (a session sharing it) may have got there first.
+            r.pages += hbm.deliver(placed)
             r.pages.sort { $0.key.start < $1.key.start }
             handle.complete(r)
         }
@@ -657,7 +563,7 @@ public final class TieredStore: @unchecked Sendable {
         var all = Set(disk.keys(model: model, session: session))
         all.formUnion(dram.keys(session: session, model: model))
         if let remote { all.formUnion(remote.knownKeys(session: session, model: model)) }
-        lock.withLock { all.formUnion(hbm.keys(session: session).filter { $0.model == model }) }
+        all.formUnion(hbm.keys(session: session).filter { $0.model == model })
         return Dictionary(grouping: all.sorted { $0.start < $1.start }, by: \.layer)
     }
 
@@ -695,7 +601,7 @@ public final class TieredStore: @unchecked Sendable {
     /// Forgets one block in every tier (the engine replaces a session's partial last block).
     public func remove(_ key: BlockKey) throws(StoreError) {
         waitForSaves()
-        freeWhenNotDemoting(key.session) { $0 == key }
+        hbm.free(session: key.session) { $0 == key }
         _ = dram.remove(key)
         do { _ = try disk.delete(key) } catch { throw .disk(error) }
         remote?.retire([key])
@@ -707,7 +613,7 @@ public final class TieredStore: @unchecked Sendable {
         guard !keys.isEmpty else { return }
         waitForSaves()
         for key in keys {
-            freeWhenNotDemoting(key.session) { $0 == key }
+            hbm.free(session: key.session) { $0 == key }
             _ = dram.remove(key)
             do { _ = try disk.delete(key) } catch { throw .disk(error) }
         }
@@ -716,7 +622,7 @@ public final class TieredStore: @unchecked Sendable {
     /// Forgets a session in every tier.
     public func delete(session: String) throws(StoreError) {
         waitForSaves()
-        freeWhenNotDemoting(session) { $0.session == session }
+        hbm.free(session: session) { $0.session == session }
         _ = dram.removeAll(session: session)
         do { _ = try disk.deleteSession(model: model, session: session) } catch { throw .disk(error) }
         remote?.retire(session: session, model: model)
@@ -808,11 +714,8 @@ public final class TieredStore: @unchecked Sendable {
     // MARK: Introspection
 
     public var stats: StoreStats {
-        var h = lock.withLock { hbmCounters }
-        h.usedBytes = arena.usedBytes
-        h.blocks = arena.usedPages
-        return StoreStats(
-            hbm: h, dram: dram.stats, disk: disk.stats.tierStats, link: copyEngine.counters,
+        StoreStats(
+            hbm: hbm.stats, dram: dram.stats, disk: disk.stats.tierStats, link: copyEngine.counters,
             savesInFlight: inFlight.value, remote: remote?.stats)
     }
 
@@ -839,7 +742,7 @@ public final class TieredStore: @unchecked Sendable {
     public var sessions: [String] {
         var s = Set(disk.sessions(model: model))
         s.formUnion(dram.sessions)
-        lock.withLock { s.formUnion(hbm.sessions) }
+        s.formUnion(hbm.sessions)
         return s.sorted()
     }
 }
