@@ -311,6 +311,15 @@ final class PrefixCacheTests: XCTestCase {
             let (fork, rf) = try request(engine, [system, ChatMessage(role: "user", content: "what is a page")])
             XCTAssertGreaterThan(rf.tokensReused, 0)
             forkID = fork
+            // What the scheduler tells the store the fork reads outside its namespace.
+            let borrowed = engine.borrowedBlocks(of: [fork, "1000:a"])
+            XCTAssertEqual(Array(borrowed.keys), [fork])
+            XCTAssertEqual(
+                borrowed[fork],
+                engine.stateForTesting(fork)?.blocks.filter { $0.home == "1000:a" }.map {
+                    BlockSpan(session: $0.home, start: $0.start, count: $0.count)
+                })
+            XCTAssertFalse(borrowed[fork]?.isEmpty ?? true)
             next =
                 [system, ChatMessage(role: "user", content: "what is a page")] + [
                     ChatMessage(role: "assistant", content: rf.text),

@@ -309,6 +309,30 @@ final class TieredStoreTests: XCTestCase {
         }
     }
 
+    /// A block a queued chat reads from another chat's namespace (the prefix they share, stored
+    /// once) ranks with the queued chat, not with the idle chat whose namespace holds it: when a
+    /// running chat's save needs room, the idle chat's own history goes to disk and the shared
+    /// block stays in DRAM. LRU, which does not look ahead, evicts the idle chat whole.
+    func testABorrowedBlockStaysWithTheQueuedChatThatReadsIt() throws {
+        for kind in [StoreConfiguration.PolicyKind.lru, .hintDriven] {
+            let store = try storeWithDRAMFull(of: ["A", "B", "C"], policy: kind)
+            store.setUpcoming(["Q"], running: ["D"], borrowed: ["Q": [BlockSpan(session: "A", start: 0, count: 16)]])
+            for b in sessionBlocks("D") {
+                try store.admit(b)
+                _ = store.save(b.key).wait()
+            }
+            let kept = store.dram.keys(session: "A")
+            if kind == .lru {
+                XCTAssertEqual(kept, [], "LRU evicts the least recently used chat whole")
+                continue
+            }
+            XCTAssertEqual(Set(kept.map(\.start)), [0], "A's own history went, the block Q reads stayed")
+            XCTAssertEqual(kept.count, shape.layers, "in every layer")
+            XCTAssertTrue(store.disk.contains(block("A", layer: 0, start: 16).key), "A's own block is on disk")
+            XCTAssertEqual(Set(store.dram.sessions), ["A", "C", "D"], "then B, the next least recent, went")
+        }
+    }
+
     /// Under LRU an entering block always gets in (a classic LRU cache): an old chat's prefetch
     /// (LMCache's prefetch on arrival) pushes out the least recently used chat rather than find
     /// no room, however long ago the prefetched chat was used.

@@ -555,6 +555,22 @@ public final class ChatEngine: @unchecked Sendable {
         }
     }
 
+    /// For each of `ids`, the blocks it reads from other sessions' namespaces (a prefix it shares):
+    /// the store ranks them with it for eviction.
+    public func borrowedBlocks(of ids: [String]) -> [String: [BlockSpan]] {
+        stateLock.withLock {
+            var out: [String: [BlockSpan]] = [:]
+            for id in ids {
+                guard out[id] == nil, let s = sessions[id] else { continue }
+                let foreign = s.blocks.filter { $0.home != id }
+                if !foreign.isEmpty {
+                    out[id] = foreign.map { BlockSpan(session: $0.home, start: $0.start, count: $0.count) }
+                }
+            }
+            return out
+        }
+    }
+
     /// Store namespaces holding a session's blocks (its own first): what placement hints and
     /// demotion act on.
     public func storeNamespaces(of id: String) -> [String] {

@@ -177,9 +177,10 @@ public final class TurnScheduler: @unchecked Sendable {
         // The store spares the running turns' sessions first, needed now: a turn's load pins its
         // blocks only once it starts, a moment after admission, and until then nothing but this
         // keeps the next prefetch from evicting its DRAM copy (the simulator's pin found it).
-        // Then the window's own namespaces, not those of chats whose prefix they share: sparing
-        // one would spare that chat's whole history; the shared blocks come with the prefetch.
-        engine.store.setUpcoming(order, running: queue.runningSessions)
+        // Then the window's own namespaces; of chats whose prefix they share, only the blocks
+        // they read (sparing that chat's namespace would spare its whole history).
+        let running = queue.runningSessions
+        engine.store.setUpcoming(order, running: running, borrowed: engine.borrowedBlocks(of: running + order))
         for s in order where !prefetched.contains(s) && !queue.isRunning(s) {
             prefetched.insert(s)
             engine.prefetch(session: s)

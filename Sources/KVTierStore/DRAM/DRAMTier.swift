@@ -227,6 +227,11 @@ public final class DRAMTier: @unchecked Sendable {
         }
     }
 
+    /// Stored bytes of the blocks among `keys` that DRAM holds: what evicting them frees.
+    public func bytes(of keys: [BlockKey]) -> Int {
+        lock.withLock { keys.reduce(0) { $0 + (entries[$1]?.stored.storedBytes ?? 0) } }
+    }
+
     /// Marks the session of `key` as just used.
     public func touch(_ key: BlockKey) {
         touch(session: key.session)

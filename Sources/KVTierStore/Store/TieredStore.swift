@@ -8,7 +8,7 @@ import Foundation
 /// Ownership:
 /// - `hbm` (`HBMTier`, its own lock) keeps which block sits in which HBM page, which sessions and
 ///   blocks are held there and which are being demoted; the store decides what moves.
-/// - `lock` guards `unsyncedWrites`. It is never held across I/O or copies.
+/// - `lock` guards `unsyncedWrites` and `borrowed`. It is never held across I/O or copies.
 /// - `loader` (serial queue "kvtier.store.loader") runs loads: it reads disk, promotes into DRAM
 ///   and submits DRAM -> HBM copies to the copy engine, layer after layer.
 /// - `prefetcher` (serial queue "kvtier.store.prefetcher") moves sessions from disk to DRAM ahead
@@ -37,6 +37,9 @@ public final class TieredStore: @unchecked Sendable {
     let policy: EvictionPolicy
 
     private let lock = NSLock()
+    /// The upcoming sessions' blocks in other namespaces, ranked with them for eviction from DRAM
+    /// (hint-driven policy only; guarded by `lock`).
+    private var borrowed = BorrowedBlocks()
     private let loader = DispatchQueue(label: "kvtier.store.loader")
     private let prefetcher = DispatchQueue(label: "kvtier.store.prefetcher")
     /// Loads queued on `loader` and not yet waiting for their consumer, plus layers being read.
@@ -306,7 +309,7 @@ public final class TieredStore: @unchecked Sendable {
             case .tooLarge(let bytes, let capacity):
                 throw .dramTooSmall(blockBytes: bytes, capacity: capacity)
             case .needsRoom(let bytes):
-                room = try makeRoomInDRAM(bytes: bytes, for: block.key.session)
+                room = try makeRoomInDRAM(bytes: bytes, for: lock.withLock { borrowed.ranker(of: block.key) })
             }
         }
         if arrival == .saved || !disk.contains(block.key) { try writeToDisk(block) }
@@ -315,16 +318,31 @@ public final class TieredStore: @unchecked Sendable {
 
     /// Demotes whole sessions (policy's choice) from DRAM to disk until `bytes` are free, among
     /// those the policy would evict before `session` (the one whose block needs the room); false
-    /// when those are not enough. When the disk tier cannot take a block (degraded, or full of
+    /// when those are not enough. A session's blocks here are its chain (`BorrowedBlocks`): its
+    /// namespace's blocks less those ranked with a session needed sooner, and the blocks of other
+    /// namespaces ranked with it. When the disk tier cannot take a block (degraded, or full of
     /// the session being saved) the block is dropped instead: it is recomputed when needed, and
     /// the save that needed the room goes on.
     private func makeRoomInDRAM(bytes: Int, for session: String) throws(StoreError) -> Bool {
+        let chains = lock.withLock { borrowed }
+        func keys(of s: String) -> [BlockKey] {
+            let own = dram.keys(session: s)
+            guard !chains.isEmpty else { return own }
+            let lent = (chains.byBorrower[s] ?? []).flatMap { span in
+                (0..<shape.layers).map {
+                    BlockKey(model: model, session: span.session, layer: $0, start: span.start, count: span.count)
+                }.filter { dram.contains($0) }
+            }
+            return own.filter { chains.ranker(of: $0) == s } + lent
+        }
+        let candidates = chains.isEmpty ? dram.sessions : Set(dram.sessions).union(chains.byBorrower.keys).sorted()
         guard
             let victims = policy.victims(
-                placing: session, among: dram.sessions, bytesNeeded: bytes, sizeOf: { dram.bytes(session: $0) })
+                placing: session, among: candidates, bytesNeeded: bytes,
+                sizeOf: { chains.isEmpty ? dram.bytes(session: $0) : dram.bytes(of: keys(of: $0)) })
         else { return false }
         for v in victims {
-            for key in dram.keys(session: v) {
+            for key in keys(of: v) {
                 guard let block = dram.get(key, recordLookup: false) else { continue }
                 var departure = DRAMTier.Departure.demoted
                 if !disk.contains(key) {
@@ -581,9 +599,16 @@ public final class TieredStore: @unchecked Sendable {
     // MARK: Placement, demotion, deletion
 
     /// The scheduler's order of use: `running` (turns running now) first, then `sessions`
-    /// (queued, next first); the hint-driven policy evicts by it.
-    public func setUpcoming(_ sessions: [String], running: [String] = []) {
+    /// (queued, next first); the hint-driven policy evicts by it. `borrowed`: for each of them,
+    /// the blocks it reads from other namespaces (a shared prefix), which DRAM's eviction then
+    /// ranks with it rather than with their namespace (`BorrowedBlocks`; not under LRU, which
+    /// does not look ahead).
+    public func setUpcoming(_ sessions: [String], running: [String] = [], borrowed: [String: [BlockSpan]] = [:]) {
         policy.setUpcoming(sessions, running: running)
+        let chains =
+            configuration.policy == .hintDriven
+            ? BorrowedBlocks(order: running + sessions, borrowed: borrowed) : BorrowedBlocks()
+        lock.withLock { self.borrowed = chains }
     }
 
     /// Moves a session down to `tier` (`.dram`: out of HBM; `.disk`: out of HBM and DRAM).
