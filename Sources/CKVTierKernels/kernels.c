@@ -201,6 +201,10 @@ void kvt_matvec_rows(int type, const void *w, size_t rowBytes, int r0, int r1, i
 
 void kvt_dequantize_row(int type, const void *src, float *dst, int n) {
 #if defined(KVT_X86)
+    if (LEVEL() >= KVT_CPU_AVX512 && kvt_block_bytes(type) > 0) {
+        kvt_dequantize_row_avx512(type, src, dst, n);
+        return;
+    }
     if (LEVEL() >= KVT_CPU_AVX2) { kvt_dequantize_row_avx2(type, src, dst, n); return; }
 #endif
     kvt_dequantize_row_portable(type, src, dst, n);

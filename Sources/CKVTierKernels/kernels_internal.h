@@ -36,6 +36,7 @@ void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, int r0,
                                const float *xsum, size_t ldxsum, int m, float *out, size_t ldo);
 float kvt_dot_f_avx2(int type, const void *w, const float *x, int n);
 void kvt_dequantize_row_avx2(int type, const void *src, float *dst, int n);
+void kvt_dequantize_row_avx512(int type, const void *src, float *dst, int n);
 void kvt_f16_to_f32_avx2(const uint16_t *src, float *dst, size_t n);
 void kvt_f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n);
 float kvt_dot_f32_avx2(const float *a, const float *b, int n);

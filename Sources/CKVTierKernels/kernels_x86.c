@@ -161,6 +161,20 @@ AVX512 INLINE void dequant_block_avx512(int type, const uint8_t *p, __m512 *lo, 
     }
 }
 
+// A row of blocks dequantized to F32 (the sgemm path's weights), 32 weights per block through
+// the same lookups as the kernels above: every value equals kvt_dequantize_row_portable's
+// (one rounding of d * q + m, or d * q), two 64-byte stores per block.
+AVX512 void kvt_dequantize_row_avx512(int type, const void *src, float *dst, int n) {
+    size_t bs = kvt_block_bytes(type);
+    const uint8_t *p = (const uint8_t *)src;
+    for (int b = 0; b < n / 32; b++, p += bs) {
+        __m512 lo, hi;
+        dequant_block_avx512(type, p, &lo, &hi);
+        _mm512_storeu_ps(dst + 32 * b, lo);
+        _mm512_storeu_ps(dst + 32 * b + 16, hi);
+    }
+}
+
 // The sum of a row's 16 lanes, in the order the four-row reduction below uses.
 AVX512 static inline float reduce1_avx512(__m512 a) {
     __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));

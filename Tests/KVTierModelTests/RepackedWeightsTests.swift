@@ -41,6 +41,30 @@ final class RepackedWeightsTests: XCTestCase {
     /// are bit for bit the raw ones at the AVX-512 and portable levels (the AVX2 level takes the
     /// portable path for repacked weights, so there it is compared with plain arithmetic), for
     /// one vector and for batches (whose results are each a lone vector's).
+    /// Dequantization (the sgemm path's weights) gives the same bits at every level, from the raw
+    /// blocks and from the repacked ones: the matrix-vector kernels multiply exactly these values,
+    /// so the two linear paths agree whatever the level.
+    func testDequantizedWeightsAreTheSameBitsAtEveryLevelRawOrRepacked() {
+        var rng = TestRNG(seed: 22)
+        for type: UInt32 in [2, 3, 8] {
+            let n = 576
+            let values = (0..<n).map { _ in (rng.nextFloat() - 0.5) * 4 }
+            let raw = GGUFWriter.encode(values, type: type)
+            let (packed, packedType) = repack(raw, type: type, blocks: n / 32)
+            _ = kvt_set_cpu_level(0)
+            var reference = [Float](repeating: .nan, count: n)
+            kvt_dequantize_row(Int32(type), raw, &reference, Int32(n))
+            for level in levels {
+                _ = kvt_set_cpu_level(level)
+                for (bytes, t) in [(raw, Int32(type)), (packed, packedType)] {
+                    var out = [Float](repeating: .nan, count: n)
+                    kvt_dequantize_row(t, bytes, &out, Int32(n))
+                    XCTAssertEqual(out.map(\.bitPattern), reference.map(\.bitPattern), "type \(t) at level \(level)")
+                }
+            }
+        }
+    }
+
     func testRepackedWeightsComputeAsTheRawOnes() {
         var rng = TestRNG(seed: 21)
         for type: UInt32 in [2, 3, 8] {
