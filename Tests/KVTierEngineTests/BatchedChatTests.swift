@@ -294,10 +294,11 @@ final class BatchedChatTests: XCTestCase {
         scheduler.drain()
     }
 
-    /// A queued chat that shares a prefix with another chat is spared by its own namespace only:
-    /// sparing the other chat's namespace would spare that chat's whole history while this one
-    /// waits (the shared blocks come with the queued chat's prefetch).
-    func testQueuedChatsAreSparedByTheirOwnNamespaceNotTheOneTheyForkedFrom() throws {
+    /// A queued chat that shares a prefix with another chat is spared with its chain: its own
+    /// namespace and, of the other chat's, only the blocks it reads (sparing the other chat's
+    /// namespace would spare that chat's whole history while this one waits). The shared blocks
+    /// come with the queued chat's prefetch.
+    func testQueuedChatsAreSparedWithTheBlocksTheyReadNotTheWholeChatTheyForkedFrom() throws {
         let model = try LlamaModel(path: TinyModel(context: 512).write())
         let engine = try makeEngine(model)
         let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
@@ -325,6 +326,14 @@ final class BatchedChatTests: XCTestCase {
         scheduler.submit(TurnScheduler.Turn(session: forked, messages: next, options: options)) { _ in }
         let upcoming = try XCTUnwrap(engine.store.policy as? HintDrivenPolicy).upcoming
         XCTAssertEqual(upcoming, ["other", "forked"])
+        // DRAM's eviction ranks the blocks the fork reads of the first chat's namespace with the
+        // fork, the first chat's own blocks with the first chat.
+        let shared = try XCTUnwrap(engine.stateForTesting(forked)?.blocks.filter { $0.home == "first" })
+        let own = try XCTUnwrap(engine.stateForTesting("first")?.blocks.filter { !shared.contains($0) })
+        XCTAssertFalse(shared.isEmpty)
+        XCTAssertFalse(own.isEmpty)
+        for b in shared { XCTAssertEqual(engine.store.evictionRanker(of: engine.key(1, b)), forked) }
+        for b in own { XCTAssertEqual(engine.store.evictionRanker(of: engine.key(1, b)), "first") }
         for _ in 0..<8 { release.signal() }
         scheduler.drain()
 
@@ -337,9 +346,9 @@ final class BatchedChatTests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         engine.store.prefetch(session: "none") { done.signal() }  // the prefetcher is one serial queue
         done.wait()
-        let shared = engine.store.dram.keys(session: "first").count
-        XCTAssertGreaterThan(shared, 0)
-        XCTAssertLessThan(shared, firstBlocks, "the rest of the first chat stays on disk")
+        let up = engine.store.dram.keys(session: "first").count
+        XCTAssertGreaterThan(up, 0)
+        XCTAssertLessThan(up, firstBlocks, "the rest of the first chat stays on disk")
         XCTAssertGreaterThan(engine.store.dram.keys(session: forked).count, 0)
     }
 

@@ -309,12 +309,16 @@ public final class TieredStore: @unchecked Sendable {
             case .tooLarge(let bytes, let capacity):
                 throw .dramTooSmall(blockBytes: bytes, capacity: capacity)
             case .needsRoom(let bytes):
-                room = try makeRoomInDRAM(bytes: bytes, for: lock.withLock { borrowed.ranker(of: block.key) })
+                room = try makeRoomInDRAM(bytes: bytes, for: evictionRanker(of: block.key))
             }
         }
         if arrival == .saved || !disk.contains(block.key) { try writeToDisk(block) }
         return false
     }
+
+    /// The session a block in DRAM is evicted with: a running or queued session that reads it
+    /// from another namespace and is needed before the namespace's own session, else that one.
+    func evictionRanker(of key: BlockKey) -> String { lock.withLock { borrowed.ranker(of: key) } }
 
     /// Demotes whole sessions (policy's choice) from DRAM to disk until `bytes` are free, among
     /// those the policy would evict before `session` (the one whose block needs the room); false
