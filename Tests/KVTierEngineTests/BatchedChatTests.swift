@@ -18,11 +18,11 @@ final class BatchedChatTests: XCTestCase {
 
     private func makeEngine(
         _ model: LlamaModel, elementType: KVElementType = .f32, maxBatch: Int = 16, blockTokens: Int = 16,
-        memory: Int = 32 << 20
+        memory: Int = 32 << 20, hbm: Int? = nil
     ) throws -> ChatEngine {
         var c = StoreConfiguration(stateDirectory: tempDir())
         c.blockTokens = blockTokens
-        c.hbmCapacityBytes = memory
+        c.hbmCapacityBytes = hbm ?? memory
         c.dramCapacityBytes = memory
         c.link = .init(bandwidthBytesPerSecond: 0, latencySeconds: 0)
         let store = try TieredStore(
@@ -292,6 +292,59 @@ final class BatchedChatTests: XCTestCase {
         XCTAssertEqual(engine.store.dram.keys(session: "w2").count, w2Blocks, "r gave way to the rest of w2")
         for _ in 0..<4 { gate.release.signal() }
         scheduler.drain()
+    }
+
+    /// HBM bounds the batch: a turn whose stored KV does not fit in the arena beside the running
+    /// turn's waits until that one ends, then loads all of it. Started at once (as before), its
+    /// load found the arena full of the running turn's pinned pages and it recomputed the blocks
+    /// that did not fit.
+    func testATurnWhoseKVDoesNotFitInHBMBesideTheRunningOnesWaitsAndRecomputesNothing() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let options = GenerationOptions(maxTokens: 4, sampling: .greedy, stopAtEndOfGeneration: false)
+        func opening(_ s: String) -> [ChatMessage] {
+            let question = String(repeating: "a long question about the tiers, ", count: 8)
+            return [ChatMessage(role: "user", content: s + ": " + question)]
+        }
+        let sizer = try makeEngine(model)
+        _ = try sizer.runTurn(session: "c", messages: opening("c"), options: options)
+        let blocks = try XCTUnwrap(sizer.stateForTesting("c")).blocks.count
+        XCTAssertGreaterThanOrEqual(blocks, 4)
+        let page = 2 * 16 * model.kvLayout.rowWidth * 4
+        // Room for one chat's blocks and a half in every layer: one chat fits, two do not.
+        let engine = try makeEngine(model, hbm: (blocks * 3 / 2) * model.kvLayout.layers * page + page / 2)
+        var next: [String: [ChatMessage]] = [:]
+        var history: [String: Int] = [:]
+        for s in ["c1", "c2"] {
+            let r = try engine.runTurn(session: s, messages: opening(s), options: options)
+            next[s] =
+                opening(s) + [ChatMessage(role: "assistant", content: r.text), ChatMessage(role: "user", content: "ok")]
+            history[s] = r.promptTokens + r.generated.count - 1
+        }
+        engine.quiesce()
+        for s in ["c1", "c2"] { try engine.store.demote(session: s, to: .dram) }
+
+        let scheduler = TurnScheduler(engine: engine, lookAhead: 4, maxRunning: 2)
+        let gate = TurnGate()
+        let reports = ReportBox()
+        scheduler.submit(
+            TurnScheduler.Turn(session: "c1", messages: next["c1"]!, options: options, onText: gate.hold("c1"))
+        ) { if case .success(let r) = $0 { reports.append(r) } }
+        gate.reached.wait()  // c1's KV is pinned in HBM; its turn holds at its first piece of text
+        let c2Done = DispatchSemaphore(value: 0)
+        scheduler.submit(TurnScheduler.Turn(session: "c2", messages: next["c2"]!, options: options)) {
+            if case .success(let r) = $0 { reports.append(r) }
+            c2Done.signal()
+        }
+        XCTAssertEqual(c2Done.wait(timeout: .now() + 2), .timedOut, "c2 did not run beside c1")
+        XCTAssertEqual(scheduler.running, 1)
+        gate.release.signal()
+        scheduler.drain()
+        let all = reports.all
+        XCTAssertEqual(all.count, 2)
+        for r in all {
+            XCTAssertEqual(r.blocksRecovered, 0, "\(r.session) recomputed no stored block")
+            XCTAssertEqual(r.tokensReused, history[r.session], "\(r.session) reused its whole history")
+        }
     }
 
     /// A queued chat that shares a prefix with another chat is spared with its chain: its own

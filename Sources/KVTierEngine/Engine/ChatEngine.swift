@@ -555,6 +555,13 @@ public final class ChatEngine: @unchecked Sendable {
         }
     }
 
+    /// HBM pages the stored KV of `ids` takes, each block counted once however many of them
+    /// share it: what their turns' loads pin while they run.
+    public func hbmPages(of ids: [String]) -> Int {
+        let blocks = stateLock.withLock { Set(ids.flatMap { sessions[$0]?.blocks ?? [] }) }
+        return blocks.count * model.kvLayout.layers
+    }
+
     /// For each of `ids`, the blocks it reads from other sessions' namespaces (a prefix it shares):
     /// the store ranks them with it for eviction.
     public func borrowedBlocks(of ids: [String]) -> [String: [BlockSpan]] {

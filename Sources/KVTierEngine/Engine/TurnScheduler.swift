@@ -12,6 +12,8 @@ import KVTierStore
 ///
 /// Admission is fair across owners: the owners with queued turns take turns (round-robin, in
 /// the order they first queued), and each owner's turns start in the order they came (FCFS).
+/// HBM bounds the batch: the next turn starts only when its stored KV fits in the arena beside
+/// the running turns' (`fitsInHBM`).
 /// A turn whose session is already running waits for it (turns of one session never overlap),
 /// without holding up other sessions. A queued turn whose client has gone is dropped before it
 /// starts (`EngineError.clientGone`).
@@ -156,11 +158,24 @@ public final class TurnScheduler: @unchecked Sendable {
     /// Takes the turns that may start now, in fair order, and marks them running.
     private func admit() -> [Job] {
         var started: [Job] = []
-        while queue.runningCount < maxRunning, let job = queue.start() {
+        while queue.runningCount < maxRunning, let next = queue.peek(), fitsInHBM(next.turn.session),
+            let job = queue.start()
+        {
             prefetched.remove(job.turn.session)
             started.append(job)
         }
         return started
+    }
+
+    /// Whether `session`'s stored KV fits in HBM beside the running turns' (a running turn's
+    /// loaded blocks stay pinned until it ends): HBM capacity bounds the batch. A turn that does
+    /// not fit waits, first in line, until running turns end, rather than load what fits and
+    /// recompute the rest. A turn always starts when none runs (its load then goes layer by
+    /// layer through the whole arena).
+    private func fitsInHBM(_ session: String) -> Bool {
+        let running = queue.runningSessions
+        guard !running.isEmpty else { return true }
+        return engine.hbmPages(of: running + [session]) <= engine.store.hbmPages
     }
 
     /// The next sessions to start whose KV fits in DRAM together (at least one), at most `lookAhead`.

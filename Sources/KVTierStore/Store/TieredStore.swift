@@ -58,6 +58,9 @@ public final class TieredStore: @unchecked Sendable {
     /// Fires on `writeback` every `diskFlushInterval` to sync the WAL (group commit).
     private var flushTimer: DispatchSourceTimer?
 
+    /// Pages of the HBM arena (each holds one block of one layer).
+    public var hbmPages: Int { arena.pageCount }
+
     /// Bytes of one block's payload (keys and values) at full block size.
     public var blockBytes: Int { 2 * configuration.blockTokens * shape.rowWidth * elementType.byteWidth }
 
