@@ -404,6 +404,7 @@ final class PrefixCacheTests: XCTestCase {
         let r2 = try engine.runTurn(session: ids[2], owner: "1000", messages: chats[2], options: greedy)
         for (k, r) in [(1, r1), (2, r2)] {
             XCTAssertGreaterThanOrEqual(r.tokensReused, shared.last?.end ?? 0, "chat \(k) adopted the system prompt")
+            XCTAssertEqual(r.tokensAdopted, r.tokensReused, "chat \(k): all it reused, it adopted")
             XCTAssertEqual(r.blocksRecovered, 0, "chat \(k)")
             XCTAssertEqual(
                 try systemBlocks(model, try XCTUnwrap(engine.stateForTesting(ids[k]))), shared,
@@ -412,6 +413,8 @@ final class PrefixCacheTests: XCTestCase {
         }
         let other = try engine.runTurn(session: "1001:s-0", owner: "1001", messages: chats[0], options: greedy)
         XCTAssertEqual(other.tokensReused, 0, "another owner's chat adopts nothing")
+        XCTAssertEqual(other.tokensAdopted, 0)
+        XCTAssertEqual(r0.tokensAdopted, 0)
     }
 
     /// Chats that compute the same system prompt in one batch keep one copy of it: the first
@@ -454,6 +457,8 @@ final class PrefixCacheTests: XCTestCase {
         let b = try systemBlocks(model, try XCTUnwrap(engine.stateForTesting("1000:b")))
         XCTAssertGreaterThanOrEqual(a.count, 2)
         XCTAssertEqual(a, b, "one copy, referenced by both")
+        XCTAssertEqual(ra.blocksShared + rb.blocksShared, a.count, "the second to end gave its copy up")
+        XCTAssertEqual(ra.tokensAdopted + rb.tokensAdopted, 0)
         let kept = try XCTUnwrap(a.first?.home)
         let gaveUp = kept == "1000:a" ? "1000:b" : "1000:a"
         for blk in a {

@@ -55,7 +55,8 @@ final class DaemonLifecycleTests: XCTestCase {
         XCTAssertEqual(status, 200)
         for line in ["kvtier_ttft_seconds_count 1", "kvtier_queue_depth 0", #"kvtier_tier_used_bytes{tier="hbm"}"#,
                      #"kvtier_tier_capacity_bytes{tier="disk"}"#, #"kvtier_http_responses_total{status="200"}"#,
-                     "kvtier_load_stall_seconds_bucket", "kvtier_save_lag_seconds_count 1", "kvtier_tokens_recomputed_total"] {
+                     "kvtier_load_stall_seconds_bucket", "kvtier_save_lag_seconds_count 1", "kvtier_tokens_recomputed_total",
+                     "kvtier_tokens_adopted_total 0", "kvtier_blocks_shared_on_save_total 0"] {
             XCTAssertTrue(text.contains(line), "missing \(line) in:\n\(text)")
         }
         // Every family has a # HELP line right before its # TYPE line.

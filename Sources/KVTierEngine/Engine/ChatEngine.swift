@@ -306,10 +306,12 @@ public final class ChatEngine: @unchecked Sendable {
         // last kept (chats that arrived together: the first to compute a shared prompt serves the
         // rest). Held until the turn's state is kept. Their saves are not waited for: a kept
         // state's blocks are in HBM already, and leave it only copied down.
+        let ownReuse = reuse
         let adopted = adoptStoredBlocks(
             &state, prompt: prompt, reuse: &reuse, systemEnd: systemEnd, blockTokens: blockTokens)
         defer { releaseAdopted(adopted) }
         if reuse >= prompt.count { reuse = prompt.count - 1 }
+        report.tokensAdopted = max(0, reuse - ownReuse)
 
         // Truncation: keep the live window plus the new tokens and the reply within C.
         let truncated = truncateIfNeeded(&state, total: prompt.count, reserve: maxNew, hasSystemMessage: hasSystem)
@@ -343,7 +345,7 @@ public final class ChatEngine: @unchecked Sendable {
         }
         report.totalMs = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e6
         state.lastUsed = Date().timeIntervalSince1970  // idle from the end of its reply
-        persist(state)
+        report.blocksShared = persist(state)
         return report
     }
 
@@ -639,10 +641,12 @@ public final class ChatEngine: @unchecked Sendable {
 
     /// Keeps a session's new state, its new blocks exchanged for equal ones already stored
     /// (`shareStoredCopies`): its record first, then the blocks nobody references any more are
-    /// removed (a crash in between leaves only unreferenced blocks behind).
-    func persist(_ state: SessionState) {
+    /// removed (a crash in between leaves only unreferenced blocks behind). Returns how many
+    /// blocks were exchanged.
+    @discardableResult
+    func persist(_ state: SessionState) -> Int {
         var state = state
-        let gone = stateLock.withLock {
+        let (gone, exchanged) = stateLock.withLock {
             let givenUp = shareStoredCopies(&state)
             let old = sessions[state.id]
             if let old { unindex(old) }
@@ -656,10 +660,11 @@ public final class ChatEngine: @unchecked Sendable {
                 gone.append(b)
             }
             indexContent(state)
-            return gone
+            return (gone, givenUp.count)
         }
         persistRecord(state)
         removeLater(gone)
+        return exchanged
     }
 
     func persistRecord(_ state: SessionState) {

@@ -38,6 +38,12 @@ public struct TurnReport: Sendable, Codable {
     public var truncatedTokens = 0
     /// Blocks that failed to load (missing or corrupt) and whose tokens were recomputed.
     public var blocksRecovered = 0
+    /// Prompt tokens whose KV the turn took up, when it started, from blocks another chat of the
+    /// same owner had stored for the same tokens (part of `tokensReused`).
+    public var tokensAdopted = 0
+    /// New blocks the turn computed that another chat had stored meanwhile for the same tokens:
+    /// exchanged for that copy when the turn's state was kept (the copy is stored once).
+    public var blocksShared = 0
     public var text = ""
     public var generated: [Int32] = []
     public var stopReason = "stop"

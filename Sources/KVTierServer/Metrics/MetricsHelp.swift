@@ -19,6 +19,10 @@ enum MetricsHelp {
         "kvtier_tokens_generated_total": "Tokens generated.",
         "kvtier_tokens_truncated_total": "History tokens dropped to fit the context window.",
         "kvtier_tokens_served_total": "Reused tokens by the tier their KV came from.",
+        "kvtier_tokens_adopted_total":
+            "Reused tokens a turn took up from blocks another chat of its owner stored for the same tokens.",
+        "kvtier_blocks_shared_on_save_total":
+            "New blocks exchanged, when a turn's state was kept, for an equal block another chat had stored.",
         "kvtier_turns_total": "Turns finished, by finish reason.",
         "kvtier_sessions_expired_total":
             "Chats without a session id forgotten after engine.anonymous_session_idle_seconds without a turn.",

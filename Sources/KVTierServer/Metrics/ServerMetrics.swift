@@ -26,6 +26,8 @@ public final class ServerMetrics: Sendable {
     private let tokensRecomputed: CoreMetrics.Counter
     private let tokensGenerated: CoreMetrics.Counter
     private let truncatedTokens: CoreMetrics.Counter
+    private let tokensAdopted: CoreMetrics.Counter
+    private let blocksShared: CoreMetrics.Counter
     /// Store counters as of the last scrape: "metric/tier" -> value.
     private let lastTotals = NIOLockedValueBox<[String: Int]>([:])
 
@@ -58,6 +60,8 @@ public final class ServerMetrics: Sendable {
         tokensRecomputed = CoreMetrics.Counter(label: "kvtier_tokens_recomputed_total", factory: factory)
         tokensGenerated = CoreMetrics.Counter(label: "kvtier_tokens_generated_total", factory: factory)
         truncatedTokens = CoreMetrics.Counter(label: "kvtier_tokens_truncated_total", factory: factory)
+        tokensAdopted = CoreMetrics.Counter(label: "kvtier_tokens_adopted_total", factory: factory)
+        blocksShared = CoreMetrics.Counter(label: "kvtier_blocks_shared_on_save_total", factory: factory)
         // Which build is serving: constant 1, the version and commit as labels (Prometheus' convention).
         CoreMetrics.Gauge(
             label: "kvtier_build_info", dimensions: [("version", BuildInfo.version), ("git", BuildInfo.gitDescribe)],
@@ -84,6 +88,8 @@ public final class ServerMetrics: Sendable {
         tokensRecomputed.increment(by: r.tokensRecomputed)
         tokensGenerated.increment(by: r.tokensGenerated)
         truncatedTokens.increment(by: r.truncatedTokens)
+        tokensAdopted.increment(by: r.tokensAdopted)
+        blocksShared.increment(by: r.blocksShared)
         CoreMetrics.Counter(
             label: "kvtier_turns_total", dimensions: [("finish_reason", r.stopReason)], factory: factory
         ).increment()
