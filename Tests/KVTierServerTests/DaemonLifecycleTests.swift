@@ -25,7 +25,8 @@ final class DaemonLifecycleTests: XCTestCase {
         let dir = try temporaryDirectory(self)
         let socket = dir + "/k.sock"
         let log = dir + "/kvtierd.log"
-        let daemon = try startDaemon(socket: socket, state: dir + "/state", config: "[log]\nformat = \"json\"\n", log: log)
+        let daemon = try startDaemon(
+            socket: socket, state: dir + "/state", config: "[log]\nformat = \"json\"\n", log: log)
         XCTAssertEqual(try rawRequest(socket, "GET", "/healthz").0, 200)
         stop(daemon)
         let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
@@ -53,10 +54,13 @@ final class DaemonLifecycleTests: XCTestCase {
         XCTAssertEqual(try chat(socket, [("user", "Hello there!")], session: "m").status, 200)
         let (status, text) = try rawRequest(socket, "GET", "/metrics")
         XCTAssertEqual(status, 200)
-        for line in ["kvtier_ttft_seconds_count 1", "kvtier_queue_depth 0", #"kvtier_tier_used_bytes{tier="hbm"}"#,
-                     #"kvtier_tier_capacity_bytes{tier="disk"}"#, #"kvtier_http_responses_total{status="200"}"#,
-                     "kvtier_load_stall_seconds_bucket", "kvtier_save_lag_seconds_count 1", "kvtier_tokens_recomputed_total",
-                     "kvtier_tokens_adopted_total 0", "kvtier_blocks_shared_on_save_total 0"] {
+        let expected = [
+            "kvtier_ttft_seconds_count 1", "kvtier_queue_depth 0", #"kvtier_tier_used_bytes{tier="hbm"}"#,
+            #"kvtier_tier_capacity_bytes{tier="disk"}"#, #"kvtier_http_responses_total{status="200"}"#,
+            "kvtier_load_stall_seconds_bucket", "kvtier_save_lag_seconds_count 1", "kvtier_tokens_recomputed_total",
+            "kvtier_tokens_adopted_total 0", "kvtier_blocks_shared_on_save_total 0",
+        ]
+        for line in expected {
             XCTAssertTrue(text.contains(line), "missing \(line) in:\n\(text)")
         }
         // Every family has a # HELP line right before its # TYPE line.
@@ -95,11 +99,17 @@ final class DaemonLifecycleTests: XCTestCase {
         XCTAssertEqual(try kvtierctl(["status", "--socket", dir + "/none.sock"]).0, 3)
     }
 
+    private static let story = "Write a long, detailed story about a dragon who learns to fly, with many chapters."
+
     /// Opens a streaming chat and returns the connection once its first text event is in.
-    private func startStream(_ socket: String, session: String, maxTokens: Int) throws -> (fd: Int32, received: String) {
-        let body = #"{"messages":[{"role":"user","content":"Write a long, detailed story about a dragon who learns to fly, with many chapters."}],"#
+    private func startStream(_ socket: String, session: String, maxTokens: Int) throws -> (
+        fd: Int32, received: String
+    ) {
+        let body =
+            #"{"messages":[{"role":"user","content":"\#(Self.story)"}],"#
             + #""max_tokens":\#(maxTokens),"temperature":0,"stream":true,"session_id":"\#(session)"}"#
-        let request = "POST /v1/chat/completions HTTP/1.1\r\nHost: k\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body
+        let request =
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: k\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body
         let fd = try connectUnix(socket)
         _ = Array(request.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         var received = ""
@@ -128,7 +138,8 @@ final class DaemonLifecycleTests: XCTestCase {
         let tokens = try XCTUnwrap(detail["tokens"] as? Int)
         XCTAssertLessThan(tokens, 400, "generation stopped early")
         // The cancelled session stays usable: its next turn runs and reuses what was cached.
-        let next = try chat(socket, [("user", "Write a long, detailed story about a dragon who learns to fly, with many chapters."), ("assistant", "Once"), ("user", "Go on.")], session: "gone", maxTokens: 4)
+        let next = try chat(
+            socket, [("user", Self.story), ("assistant", "Once"), ("user", "Go on.")], session: "gone", maxTokens: 4)
         XCTAssertEqual(next.status, 200)
         XCTAssertGreaterThan((next.json["kvtier"] as? [String: Any])?["tokens_reused"] as? Int ?? 0, 0)
     }
@@ -145,9 +156,11 @@ final class DaemonLifecycleTests: XCTestCase {
         close(fd)
         XCTAssertTrue(rest.contains("data: [DONE]"), rest)
         let last = try XCTUnwrap(rest.components(separatedBy: "data: ").last { $0.contains("\"usage\"") })
-        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(last.prefix { $0 != "\n" }.utf8)) as? [String: Any])
+        let json = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data(last.prefix { $0 != "\n" }.utf8)) as? [String: Any])
         let usage = try XCTUnwrap(json["usage"] as? [String: Any])
-        let prompt = try XCTUnwrap(usage["prompt_tokens"] as? Int), completion = try XCTUnwrap(usage["completion_tokens"] as? Int)
+        let prompt = try XCTUnwrap(usage["prompt_tokens"] as? Int)
+        let completion = try XCTUnwrap(usage["completion_tokens"] as? Int)
         daemon.waitUntilExit()
         XCTAssertEqual(daemon.terminationStatus, 0, "a clean stop")
         XCTAssertThrowsError(try connectUnix(socket), "nothing listens after the stop")

@@ -275,7 +275,9 @@ extension DaemonTests {
         func turn(_ session: String, hint: String) throws {
             // Each asks its own question: the same one would give the same greedy reply, and its
             // blocks would be the other's (stored once, where the other put them).
-            let body = #"{"messages":[{"role":"user","content":"Tell me about the \#(session) sea."}],"max_tokens":8,"temperature":0,"session_id":"\#(session)"\#(hint)}"#
+            let body =
+                #"{"messages":[{"role":"user","content":"Tell me about the \#(session) sea."}],"#
+                + #""max_tokens":8,"temperature":0,"session_id":"\#(session)"\#(hint)}"#
             XCTAssertEqual(try rawRequest(socket, "POST", "/v1/chat/completions", body: body).0, 200)
         }
         func onDisk(_ session: String) throws -> Int {

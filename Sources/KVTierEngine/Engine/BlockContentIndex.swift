@@ -42,12 +42,8 @@ struct BlockContentIndex {
         guard !ranges.isEmpty else { return [] }
         var hashAt: [Int: UInt64] = [:]
         for r in ranges { hashAt[r.start + r.count] = 0 }
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        let prime: UInt64 = 0x0000_0100_0000_01b3
-        if let owner {
-            for b in owner.utf8 { h = (h ^ UInt64(b)) &* prime }
-            h = (h ^ 0x1ff) &* prime  // end of namespace
-        }
+        var h = TokenHashChain.seed(owner: owner)
+        let prime = TokenHashChain.prime
         let last = ranges.map { $0.start + $0.count }.max() ?? 0
         for i in 0..<min(last, tokens.count) {
             h = (h ^ UInt64(UInt32(bitPattern: tokens[i]))) &* prime

@@ -9,21 +9,31 @@
 struct TokenHashChain: Sendable {
     static let blockTokens = 16
 
+    /// FNV-1a's prime: every step of a chain is `h = (h ^ x) &* prime`.
+    static let prime: UInt64 = 0x0000_0100_0000_01b3
+
+    /// The start of a chain in `owner`'s namespace (FNV-1a's offset basis, then the owner's bytes
+    /// and an end-of-namespace mark): chains of different owners share no link.
+    static func seed(owner: String?) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        if let owner {
+            for b in owner.utf8 { h = (h ^ UInt64(b)) &* prime }
+            h = (h ^ 0x1ff) &* prime  // end of namespace
+        }
+        return h
+    }
+
     /// Link hashes of every complete block of `tokens`, in `owner`'s namespace.
     static func links(_ tokens: [Int32], owner: String? = nil) -> [UInt64] {
         var out: [UInt64] = []
         out.reserveCapacity(tokens.count / blockTokens)
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        if let owner {
-            for b in owner.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
-            h = (h ^ 0x1ff) &* 0x0000_0100_0000_01b3  // end of namespace
-        }
+        var h = seed(owner: owner)
         var i = 0
         while i + blockTokens <= tokens.count {
             for t in tokens[i..<(i + blockTokens)] {
-                h = (h ^ UInt64(UInt32(bitPattern: t))) &* 0x0000_0100_0000_01b3
+                h = (h ^ UInt64(UInt32(bitPattern: t))) &* prime
             }
-            h = (h ^ 0xff) &* 0x0000_0100_0000_01b3  // block boundary
+            h = (h ^ 0xff) &* prime  // block boundary
             out.append(h)
             i += blockTokens
         }

@@ -80,7 +80,9 @@ public final class DRAMTier: @unchecked Sendable {
     private enum Stored {
         case plain(KVBlock)
         /// Shuffled+LZ4 payload with what is needed to rebuild and verify the block.
-        case compressed(key: BlockKey, elementType: KVElementType, rowWidth: Int, data: [UInt8], payloadBytes: Int, checksum: UInt32)
+        case compressed(
+            key: BlockKey, elementType: KVElementType, rowWidth: Int, data: [UInt8], payloadBytes: Int,
+            checksum: UInt32)
 
         var storedBytes: Int {
             switch self {
@@ -279,7 +281,8 @@ public final class DRAMTier: @unchecked Sendable {
                   !data.isEmpty
             else { return false }
             data[offset >= 0 ? offset % data.count : data.count - 1 - (-offset - 1) % data.count] ^= 0x10
-            entry.stored = .compressed(key: k, elementType: type, rowWidth: width, data: data, payloadBytes: n, checksum: crc)
+            entry.stored = .compressed(
+                key: k, elementType: type, rowWidth: width, data: data, payloadBytes: n, checksum: crc)
             entries[key] = entry
             return true
         }
