@@ -79,6 +79,32 @@ int kvt_cpu_has_avx512dq(void) {
 #endif
 }
 
+static int detect_avx512vnni(void) {
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (int)((c >> 11) & 1);
+#else
+    return 0;
+#endif
+}
+
+// Read once: CPUID traps to the hypervisor on a VM (measured here: 25% of a decode step when
+// each matrix product asked).
+static int g_vnni = -1;
+
+int kvt_cpu_has_avx512vnni(void) {
+    int v = __atomic_load_n(&g_vnni, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = detect_avx512vnni();
+        __atomic_store_n(&g_vnni, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+// The quantized-activation kernels run (AVX-512 level and VNNI).
+static int q8_vnni(void) { return kvt_cpu_level() >= KVT_CPU_AVX512 && kvt_cpu_has_avx512vnni(); }
+
 const char *kvt_cpu_level_name(int level) {
     switch (level) {
     case KVT_CPU_AVX512: return "avx512";
@@ -197,6 +223,34 @@ void kvt_matvec_rows(int type, const void *w, size_t rowBytes, int r0, int r1, i
         for (int i = 0; i < m; i++)
             kvt_matvec(type, w, rowBytes, t0, t1, n, x + i * ldx, xsum ? xsum + i * ldxsum : NULL, out + i * ldo + (t0 - r0));
     }
+}
+
+int kvt_q8_layout(int type) {
+    if (!q8_vnni()) return -1;
+    switch (type) {
+    case KVT_TYPE_Q4_0:
+    case KVT_TYPE_Q4_1: return KVT_TYPE_Q4_X16;
+    case KVT_TYPE_Q8_0: return KVT_TYPE_Q8_X16;
+    default: return -1;
+    }
+}
+
+void kvt_quantize_q8(int bits, const float *x, size_t ldx, int m, int n, kvt_q8_block *out) {
+#if defined(KVT_X86)
+    if (q8_vnni()) { kvt_quantize_q8_vnni(bits, x, ldx, m, n, out); return; }
+#endif
+    kvt_quantize_q8_portable(bits, x, ldx, m, n, out);
+}
+
+void kvt_matvec_q8(int bits, int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                   const kvt_q8_block *x, size_t ldx, int m, float *out, size_t ldo) {
+#if defined(KVT_X86)
+    if (q8_vnni() && r0 % 16 == 0) {
+        kvt_matvec_q8_vnni(bits, type, w, rowBytes, r0, r1, n, x, ldx, m, out, ldo);
+        return;
+    }
+#endif
+    kvt_matvec_q8_portable(bits, type, w, rowBytes, r0, r1, n, x, ldx, m, out, ldo);
 }
 
 void kvt_dequantize_row(int type, const void *src, float *dst, int n) {
@@ -389,6 +443,23 @@ void kvt_attend_runs_group(const float *q, size_t ldq, int nq, const kvt_kv_run 
     for (int j = 0; j < nq; j++)
         kvt_attend_runs_one(q + (size_t)j * ldq, runs, offset, elemBytes, ld, pos, T, headDim, scale, cosTable,
                             sinTable, scores + (size_t)j * T, out + (size_t)j * ldo);
+}
+
+void kvt_attend_rows_group(const float *q, size_t ldqRow, size_t ldq, int nq, int m, const kvt_kv_run *runs,
+                           size_t offset, int elemBytes, size_t ld, const int32_t *pos, int T0, int headDim,
+                           float scale, const float *cosTable, const float *sinTable, float *keys, float *values,
+                           float *scores, float *out, size_t ldoRow, size_t ldo) {
+#if defined(KVT_X86)
+    if (LEVEL() >= KVT_CPU_AVX512 && headDim % 16 == 0 && headDim <= 256 && nq <= 16) {
+        kvt_attend_rows_avx512(q, ldqRow, ldq, nq, m, runs, offset, elemBytes, ld, pos, T0, headDim, scale, cosTable,
+                               sinTable, keys, values, scores, out, ldoRow, ldo);
+        return;
+    }
+#endif
+    (void)keys, (void)values;
+    for (int i = 0; i < m; i++)
+        kvt_attend_runs_group(q + (size_t)i * ldqRow, ldq, nq, runs, offset, elemBytes, ld, pos, T0 + i, headDim, scale,
+                              cosTable, sinTable, scores, out + (size_t)i * ldoRow, ldo);
 }
 
 void kvt_attend_runs(const float *q, const kvt_kv_run *runs, size_t offset, int elemBytes, size_t ld,

@@ -24,8 +24,15 @@ void kvt_attend_runs_one(const float *q, const kvt_kv_run *runs, size_t offset, 
                          const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
                          const float *sinTable, float *scores, float *out);
 
+void kvt_quantize_q8_portable(int bits, const float *x, size_t ldx, int m, int n, kvt_q8_block *out);
+void kvt_matvec_q8_portable(int bits, int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                            const kvt_q8_block *x, size_t ldx, int m, float *out, size_t ldo);
+
 #if defined(__x86_64__)
 #define KVT_X86 1
+void kvt_quantize_q8_vnni(int bits, const float *x, size_t ldx, int m, int n, kvt_q8_block *out);
+void kvt_matvec_q8_vnni(int bits, int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                        const kvt_q8_block *x, size_t ldx, int m, float *out, size_t ldo);
 float kvt_dot_qf_avx2(int type, const void *w, const float *x, const float *xsum, int n);
 float kvt_dot_qf_avx512(int type, const void *w, const float *x, const float *xsum, int n);
 void kvt_matvec_qf_avx2(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
@@ -43,5 +50,9 @@ float kvt_dot_f32_avx2(const float *a, const float *b, int n);
 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset, int elemBytes,
                              size_t ld, const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
                              const float *sinTable, float *scores, float *out, size_t ldo);
+void kvt_attend_rows_avx512(const float *q, size_t ldqRow, size_t ldq, int nq, int m, const kvt_kv_run *runs,
+                            size_t offset, int elemBytes, size_t ld, const int32_t *pos, int T0, int headDim,
+                            float scale, const float *cosTable, const float *sinTable, float *keys, float *values,
+                            float *scores, float *out, size_t ldoRow, size_t ldo);
 #endif
 #endif

@@ -356,63 +356,107 @@ AVX512 static void load_row16(const uint8_t *p, int elemBytes, int c, __m512 *v)
                         : _mm512_loadu_ps((const float *)p + 16 * c);
 }
 
+// The key at k (elements of elemBytes) rotated by its position's tables, 16 lanes per chunk
+// c: k' = c2 * k + s2 * swap(k). Decode and prompt attention both rotate through here.
+AVX512 INLINE __m512 rotate_key16(const uint8_t *k, int elemBytes, int c, const float *cs, const float *sn) {
+    const __m512i swap = _mm512_setr_epi32(1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m512 sign = _mm512_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1);
+    __m512 kv;
+    load_row16(k, elemBytes, c, &kv);
+    __m512 c2 = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(cs + 8 * c)));
+    __m512 s2 = _mm512_mul_ps(sign, _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(sn + 8 * c))));
+    return _mm512_fmadd_ps(c2, kv, _mm512_mul_ps(s2, _mm512_permutexvar_ps(swap, kv)));
+}
+
+// The sums of 16 vectors' lanes, in one vector (lane t: v[t]'s sum), each added by the same
+// halving tree whichever vectors it is reduced with: lanes i + (i + 8), then i + (i + 4), then
+// i + (i + 2), then 0 + 1. Four shuffle-and-add stages and a final permutation, about 3 ops a
+// sum against 8 for reducing each vector on its own.
+AVX512 INLINE __m512 sum16x16(const __m512 v[16]) {
+    __m512 s[8], u[4], w[2];
+    for (int t = 0; t < 8; t++)  // [v.lo8 + v.hi8 of v[2t] | of v[2t+1]]
+        s[t] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * t], v[2 * t + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * t], v[2 * t + 1], 0xee));
+    for (int t = 0; t < 4; t++)  // 128-bit lane k: vector 4t + k's four partial sums
+        u[t] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * t], s[2 * t + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * t], s[2 * t + 1], 0xdd));
+    for (int t = 0; t < 2; t++)
+        w[t] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * t], u[2 * t + 1], 0x44),
+                             _mm512_shuffle_ps(u[2 * t], u[2 * t + 1], 0xee));
+    __m512 z = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xdd));
+    // z's element 4k + e is vector 4e + k's sum
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), z);
+}
+
+// One query's scaled scores against 16 rotated keys (rows headDim floats apart, nv chunks of
+// 16 each): lane t is (q . key t) * scale, the products summed lane-wise chunk by chunk, then by
+// sum16x16. Decode and prompt attention both score through here.
+AVX512 INLINE __m512 scores16(const float *q, const float *keys, int headDim, int nv, float scale) {
+    __m512 acc[16];
+    for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+    for (int c = 0; c < nv; c++) {
+        __m512 qc = _mm512_loadu_ps(q + 16 * c);
+        for (int t = 0; t < 16; t++)
+            acc[t] = _mm512_fmadd_ps(qc, _mm512_loadu_ps(keys + (size_t)t * headDim + 16 * c), acc[t]);
+    }
+    return _mm512_mul_ps(sum16x16(acc), _mm512_set1_ps(scale));
+}
+
+// s[0..T) = e^(s - mx) in place; returns 1 / their sum.
+AVX512 INLINE float softmax16(float *sj, int T, float mx) {
+    __m512 m = _mm512_set1_ps(mx), sum = _mm512_setzero_ps();
+    int t = 0;
+    for (; t + 16 <= T; t += 16) {
+        __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_loadu_ps(sj + t), m));
+        _mm512_storeu_ps(sj + t, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    if (t < T) {
+        __mmask16 tail = (__mmask16)((1u << (T - t)) - 1);
+        __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, sj + t), m));
+        _mm512_mask_storeu_ps(sj + t, tail, e);
+        sum = _mm512_mask_add_ps(sum, tail, sum, e);
+    }
+    return 1.0f / _mm512_reduce_add_ps(sum);
+}
+
 AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset,
                                     int elemBytes, size_t ld, const int32_t *pos, int T, int headDim, float scale,
                                     const float *cosTable, const float *sinTable, float *scores, float *out,
                                     size_t ldo) {
-    const __m512i swap = _mm512_setr_epi32(1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    const __m512 sign = _mm512_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1);
     int nv = headDim / 16, half = headDim / 2;
     size_t rowBytes = ld * (size_t)elemBytes;
-    float mx[16];
-    for (int j = 0; j < nq; j++) mx[j] = -INFINITY;
-    for (int t = 0, r = 0; t < T; r++) {
-        const uint8_t *k = (const uint8_t *)runs[r].k + offset * (size_t)elemBytes;
-        int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
-        for (; t < end; t++, k += rowBytes) {
+    float tile[16 * 256];  // 16 rotated keys; rows past T stay zero
+    __m512 mx[16];
+    for (int j = 0; j < nq; j++) mx[j] = _mm512_set1_ps(-INFINITY);
+    int r = 0, inRun = 0;
+    for (int t0 = 0; t0 < T; t0 += 16) {
+        int n = T - t0 < 16 ? T - t0 : 16;
+        for (int i = 0; i < n; i++, inRun++) {
+            while (inRun >= runs[r].count) r++, inRun = 0;
+            const uint8_t *k = (const uint8_t *)runs[r].k + (offset + (size_t)inRun * ld) * (size_t)elemBytes;
+            int t = t0 + i;
             const float *cs = cosTable + (size_t)pos[t] * half, *sn = sinTable + (size_t)pos[t] * half;
-            __m512 acc[16];
-            for (int j = 0; j < nq; j++) acc[j] = _mm512_setzero_ps();
-            for (int c = 0; c < nv; c++) {
-                __m512 kv;
-                load_row16(k, elemBytes, c, &kv);
-                __m512 c2 = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(cs + 8 * c)));
-                __m512 s2 = _mm512_mul_ps(sign, _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(sn + 8 * c))));
-                __m512 rot = _mm512_fmadd_ps(c2, kv, _mm512_mul_ps(s2, _mm512_permutexvar_ps(swap, kv)));
-                for (int j = 0; j < nq; j++) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q + (size_t)j * ldq + 16 * c), rot, acc[j]);
-            }
-            for (int j = 0; j < nq; j++) {
-                float a = _mm512_reduce_add_ps(acc[j]) * scale;
-                scores[(size_t)j * T + t] = a;
-                mx[j] = a > mx[j] ? a : mx[j];
-            }
+            for (int c = 0; c < nv; c++) _mm512_storeu_ps(tile + i * headDim + 16 * c, rotate_key16(k, elemBytes, c, cs, sn));
+        }
+        for (int i = n; i < 16; i++)
+            for (int c = 0; c < nv; c++) _mm512_storeu_ps(tile + i * headDim + 16 * c, _mm512_setzero_ps());
+        __mmask16 valid = (__mmask16)((1u << n) - 1);
+        for (int j = 0; j < nq; j++) {
+            __m512 sc = scores16(q + (size_t)j * ldq, tile, headDim, nv, scale);
+            _mm512_mask_storeu_ps(scores + (size_t)j * T + t0, valid, sc);
+            mx[j] = _mm512_mask_max_ps(mx[j], valid, mx[j], sc);
         }
     }
     float inv[16];
-    for (int j = 0; j < nq; j++) {
-        float *sj = scores + (size_t)j * T;
-        __m512 m = _mm512_set1_ps(mx[j]), sum = _mm512_setzero_ps();
-        int t = 0;
-        for (; t + 16 <= T; t += 16) {
-            __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_loadu_ps(sj + t), m));
-            _mm512_storeu_ps(sj + t, e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        if (t < T) {
-            __mmask16 tail = (__mmask16)((1u << (T - t)) - 1);
-            __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, sj + t), m));
-            _mm512_mask_storeu_ps(sj + t, tail, e);
-            sum = _mm512_mask_add_ps(sum, tail, sum, e);
-        }
-        inv[j] = 1.0f / _mm512_reduce_add_ps(sum);
-    }
+    for (int j = 0; j < nq; j++) inv[j] = softmax16(scores + (size_t)j * T, T, _mm512_reduce_max_ps(mx[j]));
     __m512 o[16][16];
     for (int j = 0; j < nq; j++)
         for (int c = 0; c < nv; c++) o[j][c] = _mm512_setzero_ps();
-    for (int t = 0, r = 0; t < T; r++) {
-        const uint8_t *v = (const uint8_t *)runs[r].v + offset * (size_t)elemBytes;
-        int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
+    for (int t = 0, rr = 0; t < T; rr++) {
+        const uint8_t *v = (const uint8_t *)runs[rr].v + offset * (size_t)elemBytes;
+        int end = t + (int)runs[rr].count < T ? t + (int)runs[rr].count : T;
         for (; t < end; t++, v += rowBytes) {
             for (int c = 0; c < nv; c++) {
                 __m512 vv;
@@ -424,6 +468,66 @@ AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kv
     }
     for (int j = 0; j < nq; j++)
         for (int c = 0; c < nv; c++) _mm512_storeu_ps(out + (size_t)j * ldo + 16 * c, o[j][c]);
+}
+
+// Prompt attention: m consecutive query rows, row i seeing the first T0 + i slots, each
+// (row, head) given exactly the operations kvt_attend_group_avx512 gives it (the same helpers
+// in the same order: keys rotated by rotate_key16, scored 16 at a time by scores16, softmax16,
+// values accumulated slot by slot), so a prompt's rows are the bits decoding them one by one
+// gives. The keys are rotated and the values converted once into keys / values (T0 + m - 1
+// rows of headDim floats, keys rounded up to a multiple of 16 rows with zeros) instead of once
+// per row.
+AVX512 void kvt_attend_rows_avx512(const float *q, size_t ldqRow, size_t ldq, int nq, int m, const kvt_kv_run *runs,
+                                   size_t offset, int elemBytes, size_t ld, const int32_t *pos, int T0, int headDim,
+                                   float scale, const float *cosTable, const float *sinTable, float *keys,
+                                   float *values, float *scores, float *out, size_t ldoRow, size_t ldo) {
+    int nv = headDim / 16, half = headDim / 2, T = T0 + m - 1;
+    size_t rowBytes = ld * (size_t)elemBytes;
+    for (int t = 0, r = 0; t < T; r++) {
+        const uint8_t *k = (const uint8_t *)runs[r].k + offset * (size_t)elemBytes;
+        const uint8_t *v = (const uint8_t *)runs[r].v + offset * (size_t)elemBytes;
+        int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
+        for (; t < end; t++, k += rowBytes, v += rowBytes) {
+            const float *cs = cosTable + (size_t)pos[t] * half, *sn = sinTable + (size_t)pos[t] * half;
+            for (int c = 0; c < nv; c++) {
+                _mm512_storeu_ps(keys + (size_t)t * headDim + 16 * c, rotate_key16(k, elemBytes, c, cs, sn));
+                __m512 vv;
+                load_row16(v, elemBytes, c, &vv);
+                _mm512_storeu_ps(values + (size_t)t * headDim + 16 * c, vv);
+            }
+        }
+    }
+    for (int t = T; t % 16 != 0; t++)
+        for (int c = 0; c < nv; c++) _mm512_storeu_ps(keys + (size_t)t * headDim + 16 * c, _mm512_setzero_ps());
+    for (int i = 0; i < m; i++) {
+        int Ti = T0 + i;
+        const float *qi = q + (size_t)i * ldqRow;
+        float inv[16];
+        for (int j = 0; j < nq; j++) {
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            for (int t0 = 0; t0 < Ti; t0 += 16) {
+                int n = Ti - t0 < 16 ? Ti - t0 : 16;
+                __mmask16 valid = (__mmask16)((1u << n) - 1);
+                __m512 sc = scores16(qi + (size_t)j * ldq, keys + (size_t)t0 * headDim, headDim, nv, scale);
+                _mm512_mask_storeu_ps(scores + (size_t)j * Ti + t0, valid, sc);
+                mx = _mm512_mask_max_ps(mx, valid, mx, sc);
+            }
+            inv[j] = softmax16(scores + (size_t)j * Ti, Ti, _mm512_reduce_max_ps(mx));
+        }
+        __m512 o[16][16];
+        for (int j = 0; j < nq; j++)
+            for (int c = 0; c < nv; c++) o[j][c] = _mm512_setzero_ps();
+        for (int t = 0; t < Ti; t++) {
+            for (int c = 0; c < nv; c++) {
+                __m512 vv = _mm512_loadu_ps(values + (size_t)t * headDim + 16 * c);
+                for (int j = 0; j < nq; j++)
+                    o[j][c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(size_t)j * Ti + t] * inv[j]), vv, o[j][c]);
+            }
+        }
+        float *oi = out + (size_t)i * ldoRow;
+        for (int j = 0; j < nq; j++)
+            for (int c = 0; c < nv; c++) _mm512_storeu_ps(oi + (size_t)j * ldo + 16 * c, o[j][c]);
+    }
 }
 
 AVX2 float kvt_dot_f32_avx2(const float *a, const float *b, int n) {

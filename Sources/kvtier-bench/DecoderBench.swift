@@ -17,6 +17,8 @@ struct DecoderBench: ParsableCommand {
     var batch = "1,4,8,16,32"
     @Option(help: "Rows from which the linear layers take dequantize-and-sgemm instead of the batched matrix-vector kernel (default: measured, as kvtierd does).")
     var gemmThreshold: Int?
+    @Option(help: "Bits per activation on the quantized-activation path (AVX-512 VNNI): 16 or 8 (engine.activation_bits).")
+    var activationBits = 16
     @Option(help: "Repetitions; the median is reported.") var repetitions = 3
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -26,6 +28,10 @@ struct DecoderBench: ParsableCommand {
         do { m = try LlamaModel(path: path) } catch { throw ValidationError("\(error)") }
         let lengths = prefill.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         let transformer = m.makeTransformer(threads: threads)
+        guard let bits = ActivationBits(rawValue: activationBits) else {
+            throw ValidationError("--activation-bits must be 8 or 16, got \(activationBits)")
+        }
+        transformer.activationBits = bits
         var kernels = "linear layers: sgemm from \(gemmThreshold ?? 0) rows (--gemm-threshold)"
         transformer.linearGemmThreshold = gemmThreshold ?? transformer.calibrateLinearGemmThreshold { kernels = $0 }
         var rng = SplitMix64(seed: 1234)

@@ -54,6 +54,7 @@ extension ModelCommand {
             print("gguf version: \(file.version), \(file.metadataKeys.count) metadata keys, \(file.tensors.count) tensors, alignment \(file.alignment)")
             print("simd: \(LlamaModel.simdLevel)")
             print("openblas: \(OpenBLASCore.name)")
+            print("kernels: \(LlamaModel.linearKernels)")
             print("\nmetadata:")
             for key in file.metadataKeys {
                 print("  \(key) = \(file.metadata[key]?.summary ?? "")")

@@ -360,3 +360,62 @@ extension KernelTests {
         }
     }
 }
+
+extension KernelTests {
+    /// Prompt attention (m query rows, row i seeing T0 + i slots) gives every (row, head) bit for
+    /// bit what the grouped decode kernel gives it alone, at every level, for head sizes on and
+    /// off the AVX-512 shape, both cache element types and slots cut into runs: a prompt's rows
+    /// are the bits decoding them one by one gives.
+    func testPromptAttentionRowsAreTheBitsOfDecodingEachRowAlone() {
+        var rng = TestRNG(seed: 10)
+        for d in [64, 48] {
+            let kvHeads = 2, ld = kvHeads * d, slots = 45, group = 3, m = 13, t0 = slots - m + 1
+            let rope = RopeTable(capacity: 64, headDim: d, base: 10000)
+            let qw = kvHeads * group * d
+            let qs = (0..<(m * qw)).map { _ in rng.nextFloat() - 0.5 }
+            let positions = (0..<slots).map { Int32($0 + 3) }
+            let keys = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
+            let values = (0..<(slots * ld)).map { _ in rng.nextFloat() - 0.5 }
+            for elemBytes in [2, 4] {
+                let pages = paged(cacheBytes(keys, elemBytes), cacheBytes(values, elemBytes), [0, 20, slots],
+                                  rowBytes: ld * elemBytes)
+                for level in levels {
+                    _ = kvt_set_cpu_level(level)
+                    for kvh in 0..<kvHeads {
+                        let h = kvh * group
+                        var rows = [Float](repeating: .nan, count: m * qw)
+                        var kScratch = [Float](repeating: .nan, count: (slots + 15) / 16 * 16 * d)
+                        var vScratch = [Float](repeating: 0, count: slots * d)
+                        var scores = [Float](repeating: 0, count: group * slots)
+                        withRuns(pages) { runs in
+                            qs.withUnsafeBufferPointer { q in
+                                rows.withUnsafeMutableBufferPointer { out in
+                                    kvt_attend_rows_group(
+                                        q.baseAddress! + h * d, qw, d, Int32(group), Int32(m), runs, kvh * d,
+                                        Int32(elemBytes), ld, positions, Int32(t0), Int32(d), 1 / Float(d).squareRoot(),
+                                        rope.cos, rope.sin, &kScratch, &vScratch, &scores, out.baseAddress! + h * d, qw,
+                                        d)
+                                }
+                            }
+                        }
+                        for i in 0..<m {
+                            var alone = [Float](repeating: .nan, count: group * d)
+                            var s = [Float](repeating: 0, count: group * (t0 + i))
+                            withRuns(pages) { runs in
+                                qs.withUnsafeBufferPointer { q in
+                                    kvt_attend_runs_group(
+                                        q.baseAddress! + i * qw + h * d, d, Int32(group), runs, kvh * d,
+                                        Int32(elemBytes), ld, positions, Int32(t0 + i), Int32(d),
+                                        1 / Float(d).squareRoot(), rope.cos, rope.sin, &s, &alone, d)
+                                }
+                            }
+                            XCTAssertEqual(
+                                rows[(i * qw + h * d)..<(i * qw + h * d + group * d)].map(\.bitPattern),
+                                alone.map(\.bitPattern), "d \(d) e\(elemBytes) level \(level) kv head \(kvh) row \(i)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

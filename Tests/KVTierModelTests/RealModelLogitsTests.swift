@@ -1,3 +1,4 @@
+import CKVTierKernels
 import XCTest
 
 @testable import KVTierModel
@@ -31,13 +32,29 @@ final class RealModelLogitsTests: XCTestCase {
         try checkAgainstReference(linearGemmThreshold: Int.max, path: "matrix-vector")
     }
 
-    private func checkAgainstReference(linearGemmThreshold: Int?, path: String) throws {
+    /// The faster 8-bit activations (`engine.activation_bits = 8`, AVX-512 VNNI only) trade
+    /// fidelity, measured here and in docs/benchmarks.md: they stay behind that option because
+    /// they miss the bounds above. Bounds: what was measured (top-1 1929/2000 = 0.9645, max drift
+    /// 0.745, mean NLL +0.0006; the kernels' results do not vary from run to run) with a margin.
+    func testTeacherForcedLogitsOn8BitActivationsStayWithinTheirMeasuredDrift() throws {
+        try XCTSkipUnless(
+            kvt_q8_layout(Int32(GGMLType.q4_1.rawValue)) >= 0, "no AVX-512 VNNI: the option does nothing here")
+        try checkAgainstReference(
+            linearGemmThreshold: nil, path: "8-bit activations", activationBits: .eight, agreement: 0.95, drift: 1.0,
+            nll: 0.01)
+    }
+
+    private func checkAgainstReference(
+        linearGemmThreshold: Int?, path: String, activationBits: ActivationBits = .sixteen, agreement minAgreement: Double = 0.99,
+        drift maxDrift: Double = 0.5, nll nllAccuracy: Double = 0.01
+    ) throws {
         let model = try RealModel.load()
         let ref = try RealModel.golden("reference-logits.json", as: ReferenceLogits.self)
         let n = ref.ids.count
         XCTAssertEqual(n, 2000)
         let t = model.makeTransformer(threads: 2)
         t.linearGemmThreshold = linearGemmThreshold
+        t.activationBits = activationBits
         let cache = InMemoryKVCache(layout: model.kvLayout, capacity: n)
         var agree = 0
         var nll = 0.0
@@ -63,8 +80,8 @@ final class RealModelLogitsTests: XCTestCase {
                 + "max |logit diff| at sampled positions \(maxDiff); "
                 + "mean NLL \(meanNLL) vs reference \(ref.mean_next_token_nll)"
         )
-        XCTAssertGreaterThanOrEqual(agreement, 0.99)
-        XCTAssertLessThan(maxDiff, 0.5, "logits drift from the float reference")
-        XCTAssertEqual(meanNLL, ref.mean_next_token_nll, accuracy: 0.01)
+        XCTAssertGreaterThanOrEqual(agreement, minAgreement)
+        XCTAssertLessThan(maxDiff, maxDrift, "logits drift from the float reference")
+        XCTAssertEqual(meanNLL, ref.mean_next_token_nll, accuracy: nllAccuracy)
     }
 }

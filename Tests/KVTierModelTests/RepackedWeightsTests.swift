@@ -136,8 +136,9 @@ final class RepackedWeightsTests: XCTestCase {
         }
     }
 
-    /// A model loaded at the AVX-512 level holds its quantized matrices repacked (the tied
-    /// output projection shares the embedding's copy); at a lower level, the GGUF's own blocks.
+    /// A model loaded at the AVX-512 level holds its quantized matrices repacked: interleaved by
+    /// 16 rows for the quantized-activation kernels where the CPU has VNNI, else with f32 scales;
+    /// at a lower level, the GGUF's own blocks.
     func testModelsRepackTheirMatricesOnlyWhereTheKernelsPreferIt() throws {
         let path = try TinyModel().write()
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -146,10 +147,18 @@ final class RepackedWeightsTests: XCTestCase {
             let model = try LlamaModel(path: path)
             let up = model.weights.layers[0].up
             XCTAssertEqual(up.type, .q4_1)
-            XCTAssertEqual(
-                up.kernelType, level == KVT_CPU_AVX512 ? Int32(KVT_TYPE_Q4_1_R) : Int32(KVT_TYPE_Q4_1), "level \(level)"
-            )
-            XCTAssertEqual(up.rowBytes, up.cols / 32 * kvt_block_bytes(up.kernelType))
+            if level == KVT_CPU_AVX512 && kvt_cpu_has_avx512vnni() != 0 {
+                XCTAssertEqual(up.kernelType, Int32(KVT_TYPE_Q4_X16), "level \(level)")
+                XCTAssertEqual(up.rowBytes, up.cols / 32 * 24)
+                XCTAssertEqual(model.weights.output.kernelType, Int32(KVT_TYPE_Q8_X16))
+                XCTAssertTrue(model.makeTransformer(threads: 1).batchInvariant)
+            } else {
+                XCTAssertEqual(
+                    up.kernelType, level == KVT_CPU_AVX512 ? Int32(KVT_TYPE_Q4_1_R) : Int32(KVT_TYPE_Q4_1),
+                    "level \(level)")
+                XCTAssertEqual(up.rowBytes, up.cols / 32 * kvt_block_bytes(up.kernelType))
+                XCTAssertFalse(model.makeTransformer(threads: 1).batchInvariant)
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ final class DaemonConfigurationTests: XCTestCase {
         XCTAssertEqual(c.linkBandwidth, 25e9)
         XCTAssertEqual(c.socketMode, 0o660)
         XCTAssertEqual(c.policy, .hintDriven)
+        XCTAssertEqual(c.engine.activationBits, .sixteen)
     }
 
     func testTheRemoteTierIsOffByDefaultAndReadsItsPasswordFromAPrivateFile() throws {
@@ -89,6 +90,7 @@ final class DaemonConfigurationTests: XCTestCase {
             [engine]
             context_window = 512
             truncation_fraction = 0.5
+            activation_bits = 8
             """))
         XCTAssertEqual(c.socket, "/tmp/x.sock")
         XCTAssertEqual(c.socketMode, 0o600)
@@ -108,6 +110,7 @@ final class DaemonConfigurationTests: XCTestCase {
         XCTAssertEqual(c.linkLatencySeconds, 2.5e-6, accuracy: 1e-12)
         XCTAssertEqual(c.contextWindow, 512)
         XCTAssertEqual(c.engine.truncationFraction, 0.5)
+        XCTAssertEqual(c.engine.activationBits, .eight)
         XCTAssertEqual(c.store.dramCapacityBytes, 1_000_000)
     }
 
@@ -121,6 +124,7 @@ final class DaemonConfigurationTests: XCTestCase {
             ("[server]\nmax_body_bytes = 100\n", "'server.max_body_bytes' must be at least 1 KiB"),
             ("[engine]\nsink_tokens = -1\n", "'engine.sink_tokens' must be an integer"),
             ("[store]\npolicy = \"fifo\"\n", "'store.policy' must be"),
+            ("[engine]\nactivation_bits = 12\n", "'engine.activation_bits' must be 8 or 16"),
             ("[server]\nsocket_mode = \"999\"\n", "'server.socket_mode' must be an octal string"),
             ("[server\n", "line 1, column 8: Error while parsing table header"),
             ("socket \"x\"\n", "expected '='"),

@@ -27,7 +27,30 @@ enum {
     KVT_TYPE_Q4_0_R = 102,  // f32 d, 16 bytes of nibbles: 20 bytes per 32 weights
     KVT_TYPE_Q4_1_R = 103,  // f32 d, f32 m, 16 bytes of nibbles: 24 bytes
     KVT_TYPE_Q8_0_R = 108,  // f32 d, 32 signed bytes: 36 bytes
+    // The quantized-activation path's layouts (kvt_repack_x16): rows in groups of 16, a group's blocks one after
+    // the other, each block holding its 16 rows interleaved by four weights:
+    //   Q4_X16 (from Q4_0 or Q4_1), 384 bytes: f32 d[16], f32 m[16], four slices of 64 bytes
+    //     (slice i, row r's four bytes, byte t: weight 8i + t in the low nibble, 8i + 4 + t in
+    //     the high one); a weight is d * q + m (Q4_0: m = -8d).
+    //   Q8_X16 (from Q8_0), 576 bytes: f32 d[16], eight slices of 64 bytes (slice j, row r's
+    //     four bytes, byte t: weight 4j + t plus 128); a weight is d * (u - 128).
+    KVT_TYPE_Q4_X16 = 200,
+    KVT_TYPE_Q8_X16 = 201,
 };
+
+/// 32 activations quantized to integers (the quantized-activation path): x[k] ~ d * q[k], q[k]
+/// rounded to nearest. With 8 bits, q = hi (d = max|x| / 127; lo unused); with 16 bits,
+/// q = 256 * hi + lo, both signed bytes (d = max|x| / 32512, so hi stays within +-127): the two
+/// byte planes go through the same 8-bit dot products. sum = sum of q[k], s = d * sum (Q4
+/// weights' offsets use it). 80 bytes.
+typedef struct {
+    int8_t hi[32];
+    int8_t lo[32];
+    float d;
+    float s;
+    int32_t sum;
+    int32_t pad;
+} kvt_q8_block;
 
 /// Instruction-set levels, lowest first.
 enum {
@@ -45,6 +68,8 @@ int kvt_set_cpu_level(int level);
 const char *kvt_cpu_level_name(int level);
 // 1 when the CPU has AVX-512 DQ (OpenBLAS's SkylakeX kernels use it), else 0.
 int kvt_cpu_has_avx512dq(void);
+// 1 when the CPU has AVX-512 VNNI (the quantized-activation path's dot products), else 0.
+int kvt_cpu_has_avx512vnni(void);
 
 /// The layout the kernels run fastest on for weights of `type` at the level now in force: the
 /// repacked type for Q4_0, Q4_1 and Q8_0 at the AVX-512 level, otherwise `type` itself. Every
@@ -83,6 +108,30 @@ void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
 /// ldxsum is vector i's kvt_block_sums (quantized types only).
 void kvt_matvec_rows(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x, size_t ldx,
                      const float *xsum, size_t ldxsum, int m, float *out, size_t ldo);
+
+/// The quantized-activation path's layout for weights of `type` on this CPU (Q4_X16 for Q4_0 and Q4_1, Q8_X16 for
+/// Q8_0) when the level now in force is AVX-512 and the CPU has AVX-512 VNNI; else -1.
+int kvt_q8_layout(int type);
+/// Bytes per row (a sixteenth of a group) of an X16 layout for rows of n elements.
+size_t kvt_x16_row_bytes(int type, int n);
+/// Rewrites `rows` rows of n elements (a multiple of 32) of Q4_0, Q4_1 or Q8_0, srcRowBytes
+/// apart, into the X16 layout at dst (kvt_x16_row_bytes times rows rounded up to 16 bytes; the
+/// last group's padding rows are zero weights). The weights keep their values exactly. Returns
+/// the layout, or -1 (nothing written).
+int kvt_repack_x16(int type, const void *src, size_t srcRowBytes, int rows, int n, void *dst);
+/// Dequantizes row r of an X16 matrix (rows rowBytes = kvt_x16_row_bytes apart) into dst.
+void kvt_dequantize_x16_row(int type, const void *w, size_t rowBytes, int r, int n, float *dst);
+/// Quantizes m vectors of n activations (n % 32 == 0), ldx floats apart, to `bits` (8 or 16)
+/// into out: vector i's n/32 blocks at out + i * (n / 32). The same bits at every level.
+void kvt_quantize_q8(int bits, const float *x, size_t ldx, int m, int n, kvt_q8_block *out);
+/// out[i * ldo + (r - r0)] = row r of the X16 matrix W times vector i quantized to `bits` (at
+/// x + i * ldx blocks), for r in [r0, r1) and i in [0, m): per block the integer dot product
+/// (u . hi with 8 bits; 256 * (u . hi) + (u . lo) with 16; exact in 32 bits either way), then
+/// acc = fma(isum, d_w * d_x, acc) and, for Q4_X16, accm = fma(m_w, s_x, accm), in block order;
+/// the result acc + accm. Each result is the same bits at every level and whatever other rows
+/// and vectors are computed with it. The AVX-512 VNNI kernel takes r0 a multiple of 16.
+void kvt_matvec_q8(int bits, int type, const void *w, size_t rowBytes, int r0, int r1, int n,
+                   const kvt_q8_block *x, size_t ldx, int m, float *out, size_t ldo);
 
 /// Dequantizes one row of n elements of `type` into dst.
 void kvt_dequantize_row(int type, const void *src, float *dst, int n);
@@ -134,6 +183,18 @@ void kvt_attend_runs(const float *q, const kvt_kv_run *runs, size_t offset, int 
 void kvt_attend_runs_group(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset, int elemBytes,
                            size_t ld, const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
                            const float *sinTable, float *scores, float *out, size_t ldo);
+
+/// kvt_attend_runs_group for m consecutive query rows of a prompt: row i's nq heads at
+/// q + i * ldqRow (heads ldq apart) see the first T0 + i slots, and its outputs go to
+/// out + i * ldoRow (heads ldo apart). Every (row, head) is bit for bit what
+/// kvt_attend_runs_group gives it alone with T = T0 + i, at the same level, so prompts, chunks
+/// and decoding give the same bits. keys: scratch of (T0 + m - 1) rounded up to a multiple of
+/// 16, times headDim floats; values: (T0 + m - 1) * headDim floats (the AVX-512 path rotates
+/// each key and converts each value once there); scores: nq * (T0 + m - 1) floats.
+void kvt_attend_rows_group(const float *q, size_t ldqRow, size_t ldq, int nq, int m, const kvt_kv_run *runs,
+                           size_t offset, int elemBytes, size_t ld, const int32_t *pos, int T0, int headDim,
+                           float scale, const float *cosTable, const float *sinTable, float *keys, float *values,
+                           float *scores, float *out, size_t ldoRow, size_t ldo);
 
 /// Row-wise softmax of an n x T score matrix with causal masking: row j may see columns
 /// [0, firstVisible + j], the rest are set to 0. Scores are multiplied by `scale` first.

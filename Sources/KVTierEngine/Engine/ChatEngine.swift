@@ -65,6 +65,7 @@ public final class ChatEngine: @unchecked Sendable {
         self.configuration = configuration
         self.contextWindow = min(configuration.contextWindow ?? model.config.contextLength, model.config.contextLength)
         let transformer = model.makeTransformer(threads: configuration.threads)
+        transformer.activationBits = configuration.activationBits
         var calibration = "linear layers: sgemm from \(configuration.linearGemmThreshold ?? 0) rows (configured)"
         transformer.linearGemmThreshold =
             configuration.linearGemmThreshold ?? transformer.calibrateLinearGemmThreshold { calibration = $0 }

@@ -28,6 +28,9 @@ public struct EngineConfiguration: Sendable {
     /// matrix-vector kernel; nil: measured on this CPU when the engine starts
     /// (`Transformer.calibrateLinearGemmThreshold`).
     public var linearGemmThreshold: Int?
+    /// Bits per activation on the quantized-activation path (AVX-512 VNNI CPUs): 16, within the
+    /// float reference's tolerance, or 8, faster with a measured drift (docs/benchmarks.md).
+    public var activationBits = ActivationBits.sixteen
     /// Compute threads.
     public var threads = LlamaModel.defaultThreads
     /// A session whose next turn is expected later than this is written through to disk.

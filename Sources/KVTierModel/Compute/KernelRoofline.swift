@@ -77,7 +77,7 @@ public struct KernelRoofline: Sendable {
     }
 
     /// Each kernel on one core.
-    public func kernels(model: LlamaModel) -> [Figure] {
+    public func kernels(model: LlamaModel, activationBits: ActivationBits = .sixteen) -> [Figure] {
         let w = model.weights
         guard let up = w.layers.first?.up else { return [] }
         var figures: [Figure] = []
@@ -92,8 +92,16 @@ public struct KernelRoofline: Sendable {
         }
         for i in 0..<16 { kvt_block_sums(x.pointer + i * up.cols, sums.pointer + i * up.cols / 32, Int32(up.cols)) }
 
+        let q8 = UnsafeMutablePointer<kvt_q8_block>.allocate(capacity: 16 * maxCols / 32)
+        defer { q8.deallocate() }
         func matvec(_ m: WeightMatrix, vectors: Int) {
-            if vectors == 1 {
+            if m.takesQuantizedActivations {  // the activations quantized inside the timed call, as the decoder does
+                let bits = Int32(activationBits.rawValue)
+                kvt_quantize_q8(bits, x.pointer, m.cols, Int32(vectors), Int32(m.cols), q8)
+                kvt_matvec_q8(
+                    bits, m.kernelType, m.base, m.rowBytes, 0, Int32(m.rows), Int32(m.cols), q8, m.cols / 32,
+                    Int32(vectors), y.pointer, m.rows)
+            } else if vectors == 1 {
                 kvt_matvec(
                     m.kernelType, m.base, m.rowBytes, 0, Int32(m.rows), Int32(m.cols), x.pointer, sums.pointer,
                     y.pointer)

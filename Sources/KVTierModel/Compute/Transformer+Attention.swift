@@ -98,6 +98,25 @@ extension Transformer {
                 pool.run(workers) { t in
                     let (h0, h1) = Parallel.share(heads, t, workers)
                     let s = scratch[t]
+                    if n >= self.gemmThreshold && self.batchInvariant {
+                        // Each row as decoding it alone would give it, keys rotated once.
+                        let keys = s.keys.reserve((total + 15) / 16 * 16 * d)
+                        let values = s.values.reserve(total * d)
+                        let scores = s.scores.reserve(total * group)
+                        runs.withUnsafeBufferPointer { r in
+                            var h = h0
+                            while h < h1 {
+                                let kvh = h / group
+                                let nq = min(h1 - h, (kvh + 1) * group - h)
+                                kvt_attend_rows_group(
+                                    q + h * d, qw, d, Int32(nq), Int32(n), r.baseAddress, kvh * d, Int32(eb), kvw,
+                                    view.positions, Int32(slot0 + 1), Int32(d), scale, cosT, sinT, keys, values,
+                                    scores, out + h * d, qw, d)
+                                h += nq
+                            }
+                        }
+                        return
+                    }
                     if n < self.gemmThreshold {
                         let scores = s.scores.reserve(total * group)
                         runs.withUnsafeBufferPointer { r in

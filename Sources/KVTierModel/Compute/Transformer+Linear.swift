@@ -12,13 +12,20 @@ extension Transformer {
         _ w: WeightMatrix, _ x: UnsafePointer<Float>, vectorRows: Int, gemmRuns: [(row: Int, n: Int)],
         _ y: UnsafeMutablePointer<Float>
     ) {
+        if w.takesQuantizedActivations {
+            // Rows are contiguous: the vector rows, then each run's.
+            quantizedActivationRows(w, x, gemmRuns.reduce(vectorRows) { $0 + $1.n }, y)
+            return
+        }
         if vectorRows > 0 { matvecRows(w, x, vectorRows, y) }
         for run in gemmRuns { gemm(w, x + run.row * w.cols, run.n, y + run.row * w.rows) }
     }
 
     /// y[n x w.rows] = x[n x w.cols] * W^T, sgemm from `linearThreshold` rows on.
     func linear(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>) {
-        if n >= linearThreshold {
+        if w.takesQuantizedActivations {
+            quantizedActivationRows(w, x, n, y)
+        } else if n >= linearThreshold {
             gemm(w, x, n, y)
         } else {
             matvecRows(w, x, n, y)
@@ -32,6 +39,10 @@ extension Transformer {
     /// milliseconds; the numbers go to `log`.
     public func calibrateLinearGemmThreshold(log: (String) -> Void = { _ in }) -> Int {
         guard let w = weights.layers.first?.up, w.isQuantized else { return gemmThreshold }
+        if w.takesQuantizedActivations {
+            log("linear layers: integer dot products on \(activationBits.rawValue)-bit activations (AVX-512 VNNI) at every size")
+            return microBatch + 1
+        }
         let maxRows = 512
         let input = FloatBuffer(maxRows * w.cols)
         let y = FloatBuffer(maxRows * w.rows)
@@ -105,6 +116,29 @@ extension Transformer {
                     1, x, Int32(w.cols), dst, Int32(w.cols), 0, y + s0 + a, Int32(w.rows))
             }
             s0 = s1
+        }
+    }
+
+    /// The quantized-activation path: the n activation vectors quantized to `activationBits` per
+    /// block of 32 (once, here), then each worker's share of W's rows (whole groups of 16)
+    /// against all of them. Every row of y is the same bits whatever n is (`kvt_matvec_q8`).
+    private func quantizedActivationRows(
+        _ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>
+    ) {
+        let workers = threads
+        let blocks = w.cols / 32
+        let stride = MemoryLayout<kvt_q8_block>.stride
+        let room = quantizedActivations.reserve(max(1, n * blocks * stride / MemoryLayout<Float>.stride))
+        let xq = UnsafeMutableRawPointer(room).bindMemory(to: kvt_q8_block.self, capacity: n * blocks)
+        let bits = Int32(activationBits.rawValue)
+        kvt_quantize_q8(bits, x, w.cols, Int32(n), Int32(w.cols), xq)
+        let groups = (w.rows + 15) / 16
+        pool.run(workers) { t in
+            let (g0, g1) = Parallel.share(groups, t, workers)
+            guard g1 > g0 else { return }
+            kvt_matvec_q8(
+                bits, w.kernelType, w.base, w.rowBytes, Int32(16 * g0), Int32(min(16 * g1, w.rows)), Int32(w.cols),
+                xq, blocks, Int32(n), y + 16 * g0, w.rows)
         }
     }
 

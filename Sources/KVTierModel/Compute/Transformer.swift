@@ -12,15 +12,17 @@ import COpenBLAS
 /// A step (`step(_:)`) carries the rows of several sequences: the decode rows of many chats and
 /// the prefill chunks of others (continuous batching). Every row goes through the kernel its own
 /// sequence would get alone, so a sequence's logits and KV do not depend on what else is in the
-/// step (batch invariance; `Transformer+Linear.swift` says how):
-/// - a sequence with fewer than `gemmThreshold` rows in the step (decoding) goes through the
-///   quantized matrix-vector kernels, which compute each row on its own; all such rows of a step
-///   share one pass over the weights, tiled so that a tile of weight rows is read from memory
-///   once and reused from cache for every row;
-/// - a sequence with more (a prefill chunk) goes through a matrix-matrix product of its own
-///   rows (weights dequantized per layer into scratch, OpenBLAS sgemm).
-/// Both compute every weight as its dequantized value times an F32 activation, so the logits do
-/// not depend on how a sequence was split into steps either, up to float rounding.
+/// step (batch invariance; `Transformer+Linear.swift` says how). On CPUs with AVX-512 VNNI
+/// (`batchInvariant`) this holds bit for bit, and a sequence's logits do not depend on how it
+/// was split into steps either (reuse of cached KV gives recomputation's bits):
+/// - every linear layer quantizes its input rows per block of 32 (16 bits by default,
+///   `activationBits`) and multiplies them by weights interleaved by 16 rows with integer dot
+///   products, one pass over the weights for all rows of the step, each row on its own;
+/// - attention runs each query row as decoding runs it (`kvt_attend_rows_group` for prompts).
+/// Elsewhere, a sequence with fewer than `gemmThreshold` rows in the step (decoding) goes
+/// through the F32-activation matrix-vector kernels, which compute each row on its own, and a
+/// sequence with more (a prefill chunk) through matrix-matrix products (weights dequantized
+/// per layer, OpenBLAS sgemm; sgemm attention): equal up to float rounding.
 ///
 /// Owns its scratch buffers: one `Transformer` serves one step at a time (not Sendable).
 public final class Transformer {
@@ -35,6 +37,13 @@ public final class Transformer {
     /// `calibrateLinearGemmThreshold()` measures it.
     public var linearGemmThreshold: Int?
     var linearThreshold: Int { linearGemmThreshold ?? gemmThreshold }
+    /// The quantized-activation path's precision (where the weights are on it).
+    public var activationBits = ActivationBits.sixteen
+    /// Whether every row's result is the same bits whatever else is in the step (a prompt's rows
+    /// as decoding them one by one, a chat alone as in a batch): where the linear layers are on
+    /// the quantized-activation path, whose kernel computes each row on its own, and prompt
+    /// attention then runs each row as decoding does (`kvt_attend_rows_group`) instead of sgemm.
+    public var batchInvariant: Bool { weights.layers.first?.up.takesQuantizedActivations ?? false }
     /// Rows per sequence in one step at most (bounds scratch memory); `forward` splits longer inputs.
     public let microBatch = 512
     var rope: RopeTable
@@ -43,6 +52,8 @@ public final class Transformer {
     private let att = FloatBuffer(), gate = FloatBuffer(), up = FloatBuffer(), hidden = FloatBuffer()
     let weightScratch = FloatBuffer(), logitsBuffer = FloatBuffer()
     let blockSums = FloatBuffer()
+    /// The quantized-activation path's input (`kvt_q8_block`s, 20 floats' room each).
+    let quantizedActivations = FloatBuffer()
     private let lastRows = FloatBuffer()
     let workers: [AttentionScratch]
     let pool: WorkerPool

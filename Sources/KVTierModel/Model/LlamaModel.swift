@@ -67,6 +67,14 @@ public final class LlamaModel: Sendable {
     /// The SIMD level the kernels run at on this machine.
     public static var simdLevel: String { String(cString: kvt_cpu_level_name(kvt_cpu_level())) }
 
+    /// The linear layers' kernels on this CPU: the quantized-activation path (AVX-512 VNNI
+    /// integer dot products, every row computed on its own) or F32 activations.
+    public static var linearKernels: String {
+        kvt_q8_layout(Int32(GGMLType.q4_1.rawValue)) >= 0
+            ? "quantized activations (AVX-512 VNNI; engine.activation_bits, default 16), batch-invariant"
+            : "F32 activations (no AVX-512 VNNI)"
+    }
+
     public static var defaultThreads: Int { max(1, System.activeProcessorCount) }
 }
 

@@ -28,5 +28,23 @@ final class RepackedBlocks: @unchecked Sendable {
         self.blockBytes = blockBytes
     }
 
+    /// The quantized-activation path's interleaved layout (`kvt_q8_layout`: AVX-512 VNNI) of `rows` rows of `cols`
+    /// weights, sourceRowBytes apart at source (rows rounded up to 16 with zero rows); nil where
+    /// this CPU has no such path, or for other types or shapes (cols not a multiple of 32).
+    init?(interleaving type: GGMLType, source: UnsafeRawPointer, sourceRowBytes: Int, rows: Int, cols: Int) {
+        let raw = Int32(type.rawValue)
+        let layout = kvt_q8_layout(raw)
+        guard layout >= 0, rows > 0, cols > 0, cols % 32 == 0 else { return nil }
+        let rowBytes = kvt_x16_row_bytes(layout, Int32(cols))
+        let memory = UnsafeMutableRawPointer.allocate(byteCount: (rows + 15) / 16 * 16 * rowBytes, alignment: 64)
+        guard kvt_repack_x16(raw, source, sourceRowBytes, Int32(rows), Int32(cols), memory) == layout else {
+            memory.deallocate()
+            return nil
+        }
+        self.pointer = UnsafeRawPointer(memory)
+        self.kernelType = layout
+        self.blockBytes = rowBytes / (cols / 32)
+    }
+
     deinit { UnsafeMutableRawPointer(mutating: pointer).deallocate() }
 }

@@ -30,7 +30,15 @@ public struct WeightMatrix: @unchecked Sendable {
         self.type = t.type
         self.rows = rows
         self.cols = cols
-        if cols % 32 == 0, let packed = RepackedBlocks(type: t.type, source: base, blocks: rows * cols / 32) {
+        if let packed = RepackedBlocks(
+            interleaving: t.type, source: base, sourceRowBytes: t.rowBytes, rows: rows, cols: cols)
+        {
+            self.repacked = packed
+            self.base = packed.pointer
+            self.rowBytes = cols / 32 * packed.blockBytes
+            self.kernelType = packed.kernelType
+            file.dropResidentPages(of: t)
+        } else if cols % 32 == 0, let packed = RepackedBlocks(type: t.type, source: base, blocks: rows * cols / 32) {
             self.repacked = packed
             self.base = packed.pointer
             self.rowBytes = cols / 32 * packed.blockBytes
@@ -46,12 +54,18 @@ public struct WeightMatrix: @unchecked Sendable {
 
     var isQuantized: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 }
 
-    func row(_ r: Int) -> UnsafeRawPointer { base + r * rowBytes }
+    /// Whether the quantized-activation path computes with this matrix (activations quantized
+    /// per block of 32, integer dot products, `kvt_matvec_q8`): its rows are interleaved by 16.
+    var takesQuantizedActivations: Bool { kernelType == KVT_TYPE_Q4_X16 || kernelType == KVT_TYPE_Q8_X16 }
 
     /// Dequantizes rows [r0, r1) into `dst` (row-major, `cols` floats per row).
     func dequantize(rows r0: Int, _ r1: Int, into dst: UnsafeMutablePointer<Float>) {
         for r in r0..<r1 {
-            kvt_dequantize_row(kernelType, row(r), dst + (r - r0) * cols, Int32(cols))
+            if takesQuantizedActivations {
+                kvt_dequantize_x16_row(kernelType, base, rowBytes, Int32(r), Int32(cols), dst + (r - r0) * cols)
+            } else {
+                kvt_dequantize_row(kernelType, base + r * rowBytes, dst + (r - r0) * cols, Int32(cols))
+            }
         }
     }
 }

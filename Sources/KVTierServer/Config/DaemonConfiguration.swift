@@ -1,5 +1,6 @@
 import Foundation
 import KVTierEngine
+import KVTierModel
 import KVTierStore
 import KVTierTOML
 
@@ -37,6 +38,7 @@ public struct DaemonConfiguration: Sendable {
     public var lookAhead = EngineConfiguration().lookAhead
     public var maxBatch = EngineConfiguration().maxBatch
     public var prefillChunkTokens = EngineConfiguration().prefillChunkTokens
+    public var activationBits = EngineConfiguration().activationBits
     public var readAheadLayers = 8
     public var truncationFraction = 0.25
     /// Chats without a session id whose last turn is older than this are forgotten, with the KV
@@ -188,6 +190,9 @@ public struct DaemonConfiguration: Sendable {
         case "engine.look_ahead": lookAhead = try int(0...1024)
         case "engine.max_batch": maxBatch = try int(1...1024)
         case "engine.prefill_chunk_tokens": prefillChunkTokens = try int(1...512)
+        case "engine.activation_bits":
+            guard let bits = ActivationBits(rawValue: try int(8...16)) else { throw bad("must be 8 or 16") }
+            activationBits = bits
         case "engine.read_ahead_layers": readAheadLayers = try int(0...1024)
         case "engine.truncation_fraction": truncationFraction = try number(0...0.9)
         case "engine.anonymous_session_idle_seconds": anonymousSessionIdleSeconds = try number(0...31_536_000)
@@ -269,6 +274,7 @@ public struct DaemonConfiguration: Sendable {
         e.lookAhead = lookAhead
         e.maxBatch = maxBatch
         e.prefillChunkTokens = prefillChunkTokens
+        e.activationBits = activationBits
         e.readAheadLayers = readAheadLayers
         e.truncationFraction = truncationFraction
         if let threads { e.threads = threads }
