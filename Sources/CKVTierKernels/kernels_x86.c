@@ -421,6 +421,48 @@ AVX512 INLINE float softmax16(float *sj, int T, float mx) {
     return 1.0f / _mm512_reduce_add_ps(sum);
 }
 
+// out[0 .. 16 NV) = sum over slots t < T of (p[t] * inv) * value t, slot after slot, for one
+// head: the accumulators stay in registers (NV a constant after inlining). Values from the
+// cache's runs (offset elements into each row, rows rowBytes apart) or, with runs NULL, from
+// F32 rows headDim apart at values. Decode and prompt attention both weigh values through here.
+AVX512 INLINE void weigh_values(int NV, const float *p, float inv, const kvt_kv_run *runs, size_t offset,
+                                int elemBytes, size_t rowBytes, const float *values, int headDim, int T, float *out) {
+    __m512 o[16];
+    for (int c = 0; c < NV; c++) o[c] = _mm512_setzero_ps();
+    if (runs) {
+        for (int t = 0, r = 0; t < T; r++) {
+            const uint8_t *v = (const uint8_t *)runs[r].v + offset * (size_t)elemBytes;
+            int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
+            for (; t < end; t++, v += rowBytes) {
+                __m512 w = _mm512_set1_ps(p[t] * inv);
+                for (int c = 0; c < NV; c++) {
+                    __m512 vv;
+                    load_row16(v, elemBytes, c, &vv);
+                    o[c] = _mm512_fmadd_ps(w, vv, o[c]);
+                }
+            }
+        }
+    } else {
+        for (int t = 0; t < T; t++) {
+            __m512 w = _mm512_set1_ps(p[t] * inv);
+            for (int c = 0; c < NV; c++)
+                o[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(values + (size_t)t * headDim + 16 * c), o[c]);
+        }
+    }
+    for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + 16 * c, o[c]);
+}
+
+// weigh_values with NV the head's 16-lane chunks, specialised for the common head sizes.
+AVX512 static void weigh_values_any(int nv, const float *p, float inv, const kvt_kv_run *runs, size_t offset,
+                                    int elemBytes, size_t rowBytes, const float *values, int headDim, int T,
+                                    float *out) {
+    switch (nv) {
+    case 4: weigh_values(4, p, inv, runs, offset, elemBytes, rowBytes, values, headDim, T, out); return;
+    case 8: weigh_values(8, p, inv, runs, offset, elemBytes, rowBytes, values, headDim, T, out); return;
+    default: weigh_values(nv, p, inv, runs, offset, elemBytes, rowBytes, values, headDim, T, out); return;
+    }
+}
+
 AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset,
                                     int elemBytes, size_t ld, const int32_t *pos, int T, int headDim, float scale,
                                     const float *cosTable, const float *sinTable, float *scores, float *out,
@@ -449,25 +491,11 @@ AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kv
             mx[j] = _mm512_mask_max_ps(mx[j], valid, mx[j], sc);
         }
     }
-    float inv[16];
-    for (int j = 0; j < nq; j++) inv[j] = softmax16(scores + (size_t)j * T, T, _mm512_reduce_max_ps(mx[j]));
-    __m512 o[16][16];
-    for (int j = 0; j < nq; j++)
-        for (int c = 0; c < nv; c++) o[j][c] = _mm512_setzero_ps();
-    for (int t = 0, rr = 0; t < T; rr++) {
-        const uint8_t *v = (const uint8_t *)runs[rr].v + offset * (size_t)elemBytes;
-        int end = t + (int)runs[rr].count < T ? t + (int)runs[rr].count : T;
-        for (; t < end; t++, v += rowBytes) {
-            for (int c = 0; c < nv; c++) {
-                __m512 vv;
-                load_row16(v, elemBytes, c, &vv);
-                for (int j = 0; j < nq; j++)
-                    o[j][c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(size_t)j * T + t] * inv[j]), vv, o[j][c]);
-            }
-        }
+    for (int j = 0; j < nq; j++) {
+        float inv = softmax16(scores + (size_t)j * T, T, _mm512_reduce_max_ps(mx[j]));
+        weigh_values_any(nv, scores + (size_t)j * T, inv, runs, offset, elemBytes, rowBytes, NULL, headDim, T,
+                         out + (size_t)j * ldo);
     }
-    for (int j = 0; j < nq; j++)
-        for (int c = 0; c < nv; c++) _mm512_storeu_ps(out + (size_t)j * ldo + 16 * c, o[j][c]);
 }
 
 // Prompt attention: m consecutive query rows, row i seeing the first T0 + i slots, each
@@ -514,19 +542,10 @@ AVX512 void kvt_attend_rows_avx512(const float *q, size_t ldqRow, size_t ldq, in
             }
             inv[j] = softmax16(scores + (size_t)j * Ti, Ti, _mm512_reduce_max_ps(mx));
         }
-        __m512 o[16][16];
-        for (int j = 0; j < nq; j++)
-            for (int c = 0; c < nv; c++) o[j][c] = _mm512_setzero_ps();
-        for (int t = 0; t < Ti; t++) {
-            for (int c = 0; c < nv; c++) {
-                __m512 vv = _mm512_loadu_ps(values + (size_t)t * headDim + 16 * c);
-                for (int j = 0; j < nq; j++)
-                    o[j][c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[(size_t)j * Ti + t] * inv[j]), vv, o[j][c]);
-            }
-        }
         float *oi = out + (size_t)i * ldoRow;
         for (int j = 0; j < nq; j++)
-            for (int c = 0; c < nv; c++) _mm512_storeu_ps(oi + (size_t)j * ldo + 16 * c, o[j][c]);
+            weigh_values_any(nv, scores + (size_t)j * Ti, inv[j], NULL, 0, 4, 0, values, headDim, Ti,
+                             oi + (size_t)j * ldo);
     }
 }
 
