@@ -246,8 +246,8 @@ VNNI INLINE __m512i dot_plane(const __m512i u[8], const int8_t *q) {
 // Sixteen rows (one interleaved group at g) against V activation vectors (x, ldx blocks apart);
 // q8 and V are constants after inlining. The block's unsigned weights are unpacked once into
 // eight vectors of four bytes per row and used by every vector; two integer chains per vector.
-VNNI INLINE void group_vnni(int bits, int q8, int V, const uint8_t *g, int nb, const kvt_q8_block *x, size_t ldx, float *out,
-                            size_t ldo, __mmask16 lanes) {
+VNNI INLINE void group_vnni(int bits, int q8, int V, const uint8_t *g, int nb, const kvt_q8_block *x, size_t ldx,
+                            float *out, size_t ldo, __mmask16 lanes) {
     const int bs = q8 ? X16_Q8_BLOCK : X16_Q4_BLOCK;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m512 acc[4], accm[4];
@@ -292,7 +292,8 @@ VNNI INLINE void groups_vnni(int bits, int q8, const uint8_t *w, size_t groupByt
             __mmask16 lanes = (__mmask16)((1u << valid) - 1);
             float *o = out + (size_t)(g - g0) * 16;
             int i = c0;
-            for (; i + 4 <= c1; i += 4) group_vnni(bits, q8, 4, grp, nb, x + (size_t)i * ldx, ldx, o + (size_t)i * ldo, ldo, lanes);
+            for (; i + 4 <= c1; i += 4)
+                group_vnni(bits, q8, 4, grp, nb, x + (size_t)i * ldx, ldx, o + (size_t)i * ldo, ldo, lanes);
             switch (c1 - i) {
             case 3: group_vnni(bits, q8, 3, grp, nb, x + (size_t)i * ldx, ldx, o + (size_t)i * ldo, ldo, lanes); break;
             case 2: group_vnni(bits, q8, 2, grp, nb, x + (size_t)i * ldx, ldx, o + (size_t)i * ldo, ldo, lanes); break;

@@ -480,7 +480,8 @@ AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kv
             const uint8_t *k = (const uint8_t *)runs[r].k + (offset + (size_t)inRun * ld) * (size_t)elemBytes;
             int t = t0 + i;
             const float *cs = cosTable + (size_t)pos[t] * half, *sn = sinTable + (size_t)pos[t] * half;
-            for (int c = 0; c < nv; c++) _mm512_storeu_ps(tile + i * headDim + 16 * c, rotate_key16(k, elemBytes, c, cs, sn));
+            for (int c = 0; c < nv; c++)
+                _mm512_storeu_ps(tile + i * headDim + 16 * c, rotate_key16(k, elemBytes, c, cs, sn));
         }
         for (int i = n; i < 16; i++)
             for (int c = 0; c < nv; c++) _mm512_storeu_ps(tile + i * headDim + 16 * c, _mm512_setzero_ps());

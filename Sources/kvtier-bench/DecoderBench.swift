@@ -17,7 +17,8 @@ struct DecoderBench: ParsableCommand {
     var batch = "1,4,8,16,32"
     @Option(help: "Rows from which the linear layers take dequantize-and-sgemm instead of the batched matrix-vector kernel (default: measured, as kvtierd does).")
     var gemmThreshold: Int?
-    @Option(help: "Bits per activation on the quantized-activation path (AVX-512 VNNI): 16 or 8 (engine.activation_bits).")
+    @Option(
+        help: "Bits per activation on the quantized-activation path (AVX-512 VNNI): 16 or 8 (engine.activation_bits).")
     var activationBits = 16
     @Option(help: "Repetitions; the median is reported.") var repetitions = 3
     @Flag(help: "Print one JSON object.") var json = false

@@ -45,8 +45,8 @@ final class RealModelLogitsTests: XCTestCase {
     }
 
     private func checkAgainstReference(
-        linearGemmThreshold: Int?, path: String, activationBits: ActivationBits = .sixteen, agreement minAgreement: Double = 0.99,
-        drift maxDrift: Double = 0.5, nll nllAccuracy: Double = 0.01
+        linearGemmThreshold: Int?, path: String, activationBits: ActivationBits = .sixteen,
+        agreement minAgreement: Double = 0.99, drift maxDrift: Double = 0.5, nll nllAccuracy: Double = 0.01
     ) throws {
         let model = try RealModel.load()
         let ref = try RealModel.golden("reference-logits.json", as: ReferenceLogits.self)

@@ -74,8 +74,10 @@ extension Transformer {
         }
     }
 
-    /// Grouped-query attention of the n new queries (slots slot0..<slot0+n) over all slots
-    /// [0, slot0 + n) of `view`, causal by slot order. Queries are already rotated.
+    /// Grouped-query attention of the n new queries (slots slot0..<slot0+n, a prompt: n is at
+    /// least `gemmThreshold`) over all slots [0, slot0 + n) of `view`, causal by slot order.
+    /// Queries are already rotated. Where the kernels are batch-invariant, each row as decoding
+    /// it alone gives it (`kvt_attend_rows_group`); else QK^T and PV through sgemm.
     func attention(
         view: KVLayerView, slot0: Int, n: Int, q: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>
     ) {
@@ -98,7 +100,7 @@ extension Transformer {
                 pool.run(workers) { t in
                     let (h0, h1) = Parallel.share(heads, t, workers)
                     let s = scratch[t]
-                    if n >= self.gemmThreshold && self.batchInvariant {
+                    if self.batchInvariant {
                         // Each row as decoding it alone would give it, keys rotated once.
                         let keys = s.keys.reserve((total + 15) / 16 * 16 * d)
                         let values = s.values.reserve(total * d)
@@ -112,24 +114,6 @@ extension Transformer {
                                     q + h * d, qw, d, Int32(nq), Int32(n), r.baseAddress, kvh * d, Int32(eb), kvw,
                                     view.positions, Int32(slot0 + 1), Int32(d), scale, cosT, sinT, keys, values,
                                     scores, out + h * d, qw, d)
-                                h += nq
-                            }
-                        }
-                        return
-                    }
-                    if n < self.gemmThreshold {
-                        let scores = s.scores.reserve(total * group)
-                        runs.withUnsafeBufferPointer { r in
-                            var h = h0
-                            while h < h1 {
-                                let kvh = h / group
-                                let nq = min(h1 - h, (kvh + 1) * group - h)
-                                for i in 0..<n {
-                                    kvt_attend_runs_group(
-                                        q + i * qw + h * d, d, Int32(nq), r.baseAddress, kvh * d, Int32(eb), kvw,
-                                        view.positions, Int32(slot0 + i + 1), Int32(d), scale, cosT, sinT, scores,
-                                        out + i * qw + h * d, d)
-                                }
                                 h += nq
                             }
                         }

@@ -40,7 +40,9 @@ extension Transformer {
     public func calibrateLinearGemmThreshold(log: (String) -> Void = { _ in }) -> Int {
         guard let w = weights.layers.first?.up, w.isQuantized else { return gemmThreshold }
         if w.takesQuantizedActivations {
-            log("linear layers: integer dot products on \(activationBits.rawValue)-bit activations (AVX-512 VNNI) at every size")
+            log(
+                "linear layers: integer dot products on \(activationBits.rawValue)-bit activations (AVX-512 VNNI) "
+                    + "at every size")
             return microBatch + 1
         }
         let maxRows = 512
