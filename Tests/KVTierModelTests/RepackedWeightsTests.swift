@@ -152,6 +152,12 @@ final class RepackedWeightsTests: XCTestCase {
                 XCTAssertEqual(up.rowBytes, up.cols / 32 * 24)
                 XCTAssertEqual(model.weights.output.kernelType, Int32(KVT_TYPE_Q8_X16))
                 XCTAssertTrue(model.makeTransformer(threads: 1).batchInvariant)
+                // An F16 output matrix stays on the F32 path: its logits would depend on the batch.
+                let f16Output = try TinyModel(embeddingType: 1).write()
+                defer { try? FileManager.default.removeItem(atPath: f16Output) }
+                let mixed = try LlamaModel(path: f16Output)
+                XCTAssertEqual(mixed.weights.layers[0].up.kernelType, Int32(KVT_TYPE_Q4_X16))
+                XCTAssertFalse(mixed.makeTransformer(threads: 1).batchInvariant)
             } else {
                 XCTAssertEqual(
                     up.kernelType, level == KVT_CPU_AVX512 ? Int32(KVT_TYPE_Q4_1_R) : Int32(KVT_TYPE_Q4_1),

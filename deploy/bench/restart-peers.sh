@@ -12,6 +12,7 @@
 # disk tier, which llama-server has no counterpart of. The same client (peer_replay.py), one
 # request at a time in the trace's order, max_tokens 1, streamed; release build; 2 threads each.
 # Results: OUT/{kvtierd,llama-server}-{straight,first-half,second-half}.json and summary.md.
+# KVTIERD_TOML: extra lines for kvtierd's configuration (e.g. $'[engine]\nactivation_bits = 8').
 set -euo pipefail
 model=${1:?model}; trace=${2:?trace}; out=${3:?out dir}; cache=${4:-256}
 here=$(cd "$(dirname "$0")" && pwd); root=$(cd "$here/../.." && pwd)
@@ -28,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 half=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["order"]) // 2)' "$trace")
 
-printf '[store]\nhbm_bytes = "720MiB"\ndram_bytes = "%sMiB"\n' "$cache" > "$scratch/kvtierd.toml"
+printf '[store]\nhbm_bytes = "720MiB"\ndram_bytes = "%sMiB"\n%s\n' "$cache" "${KVTIERD_TOML:-}" > "$scratch/kvtierd.toml"
 start_kvtierd() {  # state directory
     "$root/.build/release/kvtierd" --model "$model" --socket "$scratch/k.sock" --state-dir "$1" --threads 2 \
         --config "$scratch/kvtierd.toml" 2>> "$out/kvtierd.log" &

@@ -43,7 +43,8 @@ public final class Transformer {
     /// as decoding them one by one, a chat alone as in a batch): where the linear layers are on
     /// the quantized-activation path, whose kernel computes each row on its own, and prompt
     /// attention then runs each row as decoding does (`kvt_attend_rows_group`) instead of sgemm.
-    public var batchInvariant: Bool { weights.layers.first?.up.takesQuantizedActivations ?? false }
+    /// All of them must be: a model whose output matrix is F16, say, keeps batch-dependent logits.
+    public let batchInvariant: Bool
     /// Rows per sequence in one step at most (bounds scratch memory); `forward` splits longer inputs.
     public let microBatch = 512
     var rope: RopeTable
@@ -61,6 +62,7 @@ public final class Transformer {
     public init(config: LlamaConfig, weights: LlamaWeights, threads: Int) {
         self.config = config
         self.weights = weights
+        self.batchInvariant = weights.allTakeQuantizedActivations
         self.pool = WorkerPool(threads: max(1, threads))
         self.threads = pool.threads
         self.rope = RopeTable(

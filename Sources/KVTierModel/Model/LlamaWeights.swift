@@ -12,6 +12,14 @@ public struct LlamaWeights: Sendable {
     let output: WeightMatrix
     let outputNorm: NormWeight
     let layers: [Layer]
+    /// Whether every linear layer, the output projection included, is on the quantized-activation
+    /// path (whose kernel computes each row on its own): what batch invariance needs.
+    var allTakeQuantizedActivations: Bool {
+        output.takesQuantizedActivations
+            && layers.allSatisfy { l in
+                [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down].allSatisfy(\.takesQuantizedActivations)
+            }
+    }
     /// Keeps the mapping alive for the raw pointers above.
     let file: GGUFFile
 
