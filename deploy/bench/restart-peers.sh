@@ -29,7 +29,8 @@ cleanup() {
 trap cleanup EXIT
 half=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["order"]) // 2)' "$trace")
 
-printf '[store]\nhbm_bytes = "720MiB"\ndram_bytes = "%sMiB"\n%s\n' "$cache" "${KVTIERD_TOML:-}" > "$scratch/kvtierd.toml"
+printf '[store]\nhbm_bytes = "720MiB"\ndram_bytes = "%sMiB"\n%s\n' "$cache" "${KVTIERD_TOML:-}" \
+    > "$scratch/kvtierd.toml"
 start_kvtierd() {  # state directory
     "$root/.build/release/kvtierd" --model "$model" --socket "$scratch/k.sock" --state-dir "$1" --threads 2 \
         --config "$scratch/kvtierd.toml" 2>> "$out/kvtierd.log" &
