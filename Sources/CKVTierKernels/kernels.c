@@ -33,17 +33,21 @@ static int detect_level(void) {
 #endif
 }
 
-static int g_detected = -1;
-static int g_level = -1;
-
-int kvt_cpu_level_detected(void) {
-    int v = __atomic_load_n(&g_detected, __ATOMIC_RELAXED);
+// *slot, computed by detect() the first time (a race between two first callers is benign:
+// both store the same value).
+static int detected_once(int *slot, int (*detect)(void)) {
+    int v = __atomic_load_n(slot, __ATOMIC_RELAXED);
     if (v < 0) {
-        v = detect_level();
-        __atomic_store_n(&g_detected, v, __ATOMIC_RELAXED);
+        v = detect();
+        __atomic_store_n(slot, v, __ATOMIC_RELAXED);
     }
     return v;
 }
+
+static int g_detected = -1;
+static int g_level = -1;
+
+int kvt_cpu_level_detected(void) { return detected_once(&g_detected, detect_level); }
 
 int kvt_cpu_level(void) {
     int v = __atomic_load_n(&g_level, __ATOMIC_RELAXED);
@@ -93,14 +97,7 @@ static int detect_avx512vnni(void) {
 // each matrix product asked).
 static int g_vnni = -1;
 
-int kvt_cpu_has_avx512vnni(void) {
-    int v = __atomic_load_n(&g_vnni, __ATOMIC_RELAXED);
-    if (v < 0) {
-        v = detect_avx512vnni();
-        __atomic_store_n(&g_vnni, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
+int kvt_cpu_has_avx512vnni(void) { return detected_once(&g_vnni, detect_avx512vnni); }
 
 // The quantized-activation kernels run (AVX-512 level and VNNI).
 static int q8_vnni(void) { return kvt_cpu_level() >= KVT_CPU_AVX512 && kvt_cpu_has_avx512vnni(); }

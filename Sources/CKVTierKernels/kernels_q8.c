@@ -84,6 +84,14 @@ int kvt_repack_x16(int type, const void *src, size_t srcRowBytes, int rows, int 
     return out;
 }
 
+// Weight k (0..31) of the row in `lane` of an interleaved block, as the unsigned integer the
+// kernels multiply (Q8: the signed weight plus 128; Q4: the nibble).
+static inline int x16_unsigned(int type, const uint8_t *blk, int lane, int k) {
+    if (type == KVT_TYPE_Q8_X16) return blk[64 + 64 * (k / 4) + 4 * lane + k % 4];
+    uint8_t byte = blk[128 + 64 * (k / 8) + 4 * lane + k % 4];
+    return (k % 8) >= 4 ? byte >> 4 : byte & 15;
+}
+
 void kvt_dequantize_x16_row(int type, const void *w, size_t rowBytes, int r, int n, float *dst) {
     size_t bs = (size_t)x16_block_bytes(type);
     if (bs == 0) return;
@@ -93,13 +101,9 @@ void kvt_dequantize_x16_row(int type, const void *w, size_t rowBytes, int r, int
         const uint8_t *blk = g + (size_t)b * bs;
         float d = kvt_load_f32(blk + 4 * lane);
         for (int k = 0; k < 32; k++) {
-            if (type == KVT_TYPE_Q8_X16) {
-                dst[32 * b + k] = d * (float)((int)blk[64 + 64 * (k / 4) + 4 * lane + k % 4] - 128);
-            } else {
-                uint8_t byte = blk[128 + 64 * (k / 8) + 4 * lane + k % 4];
-                int q = (k % 8) >= 4 ? byte >> 4 : byte & 15;
-                dst[32 * b + k] = fmaf(d, (float)q, kvt_load_f32(blk + 64 + 4 * lane));
-            }
+            int u = x16_unsigned(type, blk, lane, k);
+            dst[32 * b + k] = type == KVT_TYPE_Q8_X16 ? d * (float)(u - 128)
+                                                      : fmaf(d, (float)u, kvt_load_f32(blk + 64 + 4 * lane));
         }
     }
 }
@@ -164,13 +168,7 @@ void kvt_matvec_q8_portable(int bits, int type, const void *w, size_t rowBytes, 
                 const uint8_t *blk = g + (size_t)b * bs;
                 int32_t isum = 0;
                 for (int k = 0; k < 32; k++) {
-                    int u;
-                    if (q8) {
-                        u = blk[64 + 64 * (k / 4) + 4 * lane + k % 4];
-                    } else {
-                        uint8_t byte = blk[128 + 64 * (k / 8) + 4 * lane + k % 4];
-                        u = (k % 8) >= 4 ? byte >> 4 : byte & 15;
-                    }
+                    int u = x16_unsigned(type, blk, lane, k);
                     isum += bits == 16 ? u * (256 * xb[b].hi[k] + xb[b].lo[k]) : u * xb[b].hi[k];
                 }
                 if (q8) isum -= 128 * xb[b].sum;

@@ -13,9 +13,17 @@ struct DecoderBench: ParsableCommand {
     @Option(help: "Threads.") var threads = 2
     @Option(help: "Prompt lengths to prefill (comma-separated).") var prefill = "128,512,2048"
     @Option(help: "Tokens to decode.") var decode = 128
-    @Option(help: "Batch widths for batched decode (tgN xB: B sequences decoding in one step each), comma-separated; \"\" for none.")
+    @Option(
+        help: ArgumentHelp(
+            "Batch widths for batched decode (tgN xB: B sequences decoding in one step each), comma-separated; "
+                + "\"\" for none.")
+    )
     var batch = "1,4,8,16,32"
-    @Option(help: "Rows from which the linear layers take dequantize-and-sgemm instead of the batched matrix-vector kernel (default: measured, as kvtierd does).")
+    @Option(
+        help: ArgumentHelp(
+            "Rows from which the linear layers take dequantize-and-sgemm instead of the batched matrix-vector kernel "
+                + "(default: measured, as kvtierd does).")
+    )
     var gemmThreshold: Int?
     @Option(
         help: "Bits per activation on the quantized-activation path (AVX-512 VNNI): 16 or 8 (engine.activation_bits).")
@@ -36,13 +44,21 @@ struct DecoderBench: ParsableCommand {
         var kernels = "linear layers: sgemm from \(gemmThreshold ?? 0) rows (--gemm-threshold)"
         transformer.linearGemmThreshold = gemmThreshold ?? transformer.calibrateLinearGemmThreshold { kernels = $0 }
         var rng = SplitMix64(seed: 1234)
-        func randomTokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(m.config.vocabularySize)) } }
+        func randomTokens(_ n: Int) -> [Int32] {
+            (0..<n).map { _ in Int32(rng.next() % UInt64(m.config.vocabularySize)) }
+        }
 
-        struct Row: Encodable { let test: String; let tokens: Int; let tokens_per_second: Double; let runs: [Double] }
+        struct Row: Encodable {
+            let test: String
+            let tokens: Int
+            let tokens_per_second: Double
+            let runs: [Double]
+        }
         var rows: [Row] = []
         // Warm-up: touches the weights once.
         let warm = InMemoryKVCache(layout: m.kvLayout, capacity: 64)
-        try transformer.forward(tokens: randomTokens(32), positions: (0..<32).map { Int32($0) }, cache: warm, logits: .last)
+        try transformer.forward(
+            tokens: randomTokens(32), positions: (0..<32).map { Int32($0) }, cache: warm, logits: .last)
 
         for n in lengths {
             var rates: [Double] = []
@@ -63,7 +79,8 @@ struct DecoderBench: ParsableCommand {
                 var token = randomTokens(1)[0]
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 for i in 0..<decode {
-                    try transformer.forward(tokens: [token], positions: [Int32(i)], cache: cache, logits: .last) { _, logits in
+                    try transformer.forward(tokens: [token], positions: [Int32(i)], cache: cache, logits: .last) {
+                        _, logits in
                         token = Sampler.argmax(logits)
                     }
                 }
@@ -96,7 +113,8 @@ struct DecoderBench: ParsableCommand {
         }
         // Batched decode: B sequences, each a few tokens in, decode `decode / 4` tokens each, one
         // step per token for all of them (what the daemon's batch executor runs).
-        for b in batch.split(separator: ",").compactMap({ Int($0.trimmingCharacters(in: .whitespaces)) }) where b > 0 && decode > 0 {
+        for b in batch.split(separator: ",").compactMap({ Int($0.trimmingCharacters(in: .whitespaces)) })
+        where b > 0 && decode > 0 {
             let steps = max(8, decode / 4)
             var rates: [Double] = []
             for _ in 0..<repetitions {
@@ -105,7 +123,9 @@ struct DecoderBench: ParsableCommand {
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 for i in 0..<steps {
                     let items = (0..<b).map { j in
-                        Transformer.StepItem(tokens: [tokens[j]], positions: [Int32(i)], cache: caches[j], logits: .last) { _, logits in
+                        Transformer.StepItem(
+                            tokens: [tokens[j]], positions: [Int32(i)], cache: caches[j], logits: .last
+                        ) { _, logits in
                             tokens[j] = Sampler.argmax(logits)
                         }
                     }
@@ -119,20 +139,28 @@ struct DecoderBench: ParsableCommand {
         let peak = ProcessStats.peakResidentBytes()
         if json {
             struct Out: Encodable {
-                let benchmark: String; let model: String; let threads: Int; let simd: String; let repetitions: Int
-                let results: [Row]; let peak_rss_bytes: Int; let kernels: String
+                let benchmark: String
+                let model: String
+                let threads: Int
+                let simd: String
+                let repetitions: Int
+                let results: [Row]
+                let peak_rss_bytes: Int
+                let kernels: String
             }
             let enc = JSONEncoder()
             enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             let out = Out(
-                benchmark: "decoder", model: path, threads: threads, simd: LlamaModel.simdLevel, repetitions: repetitions,
+                benchmark: "decoder", model: path, threads: threads, simd: LlamaModel.simdLevel,
+                repetitions: repetitions,
                 results: rows, peak_rss_bytes: peak, kernels: kernels)
             print(String(decoding: try enc.encode(out), as: UTF8.self))
         } else {
             print("| test | t/s (median of \(repetitions)) | runs |")
             print("|---|---:|---|")
             for r in rows {
-                print("| \(r.test) | \(String(format: "%.1f", r.tokens_per_second)) | \(r.runs.map { String(format: "%.1f", $0) }.joined(separator: ", ")) |")
+                let runs = r.runs.map { String(format: "%.1f", $0) }.joined(separator: ", ")
+                print("| \(r.test) | \(String(format: "%.1f", r.tokens_per_second)) | \(runs) |")
             }
             print(
                 "threads \(threads), simd \(LlamaModel.simdLevel), OpenBLAS \(OpenBLASCore.name), "

@@ -51,7 +51,10 @@ extension ModelCommand {
             let file: GGUFFile
             do { file = try GGUFFile(path: path) } catch { throw CLIError("\(error)") }
             print("file: \(path)")
-            print("gguf version: \(file.version), \(file.metadataKeys.count) metadata keys, \(file.tensors.count) tensors, alignment \(file.alignment)")
+            print(
+                "gguf version: \(file.version), \(file.metadataKeys.count) metadata keys, "
+                    + "\(file.tensors.count) tensors, alignment \(file.alignment)"
+            )
             print("simd: \(LlamaModel.simdLevel)")
             print("openblas: \(OpenBLASCore.name)")
             print("kernels: \(LlamaModel.linearKernels)")
@@ -62,7 +65,9 @@ extension ModelCommand {
             print("\ntensors:")
             for t in file.tensors {
                 let dims = t.dims.map(String.init).joined(separator: " x ")
-                print("  \(t.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(t.type.description.padding(toLength: 5, withPad: " ", startingAt: 0)) [\(dims)] \(t.byteCount) bytes @ \(t.fileOffset)")
+                let name = t.name.padding(toLength: 28, withPad: " ", startingAt: 0)
+                let type = t.type.description.padding(toLength: 5, withPad: " ", startingAt: 0)
+                print("  \(name) \(type) [\(dims)] \(t.byteCount) bytes @ \(t.fileOffset)")
             }
             if let c = try? LlamaConfig(gguf: file) {
                 let layout = KVLayout(layers: c.layerCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
@@ -134,21 +139,30 @@ extension ModelCommand {
                 }
                 try printJSON(
                     Out(
-                        prompt_ids: prompt, generated_ids: result.generated, text: result.text, stop: result.stopReason.rawValue,
-                        prefill_seconds: result.prefillSeconds, decode_seconds: result.decodeSeconds, peak_rss_bytes: rss))
+                        prompt_ids: prompt, generated_ids: result.generated, text: result.text,
+                        stop: result.stopReason.rawValue,
+                        prefill_seconds: result.prefillSeconds, decode_seconds: result.decodeSeconds,
+                        peak_rss_bytes: rss))
             } else {
                 print("")
-                let decodeRate = result.generated.count > 1 ? Double(result.generated.count - 1) / result.decodeSeconds : 0
-                FileHandle.standardError.write(Data(String(
-                    format: "[%d prompt tokens, %d generated (%@); prefill %.3f s, decode %.1f tok/s; peak RSS %.1f MB]\n",
-                    prompt.count, result.generated.count, result.stopReason.rawValue, result.prefillSeconds, decodeRate,
-                    Double(rss) / 1e6).utf8))
+                let decodeRate =
+                    result.generated.count > 1 ? Double(result.generated.count - 1) / result.decodeSeconds : 0
+                FileHandle.standardError.write(
+                    Data(
+                        String(
+                            format: "[%d prompt tokens, %d generated (%@); prefill %.3f s, decode %.1f tok/s; "
+                                + "peak RSS %.1f MB]\n",
+                            prompt.count, result.generated.count, result.stopReason.rawValue, result.prefillSeconds,
+                            decodeRate,
+                            Double(rss) / 1e6
+                        ).utf8))
             }
         }
     }
 
     struct Logits: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print the top-K logits at the last position of the prompt on standard input.")
+        static let configuration = CommandConfiguration(
+            abstract: "Print the top-K logits at the last position of the prompt on standard input.")
         @OptionGroup var options: ModelOptions
         @Option(help: "How many logits.") var top = 10
 
@@ -168,24 +182,37 @@ extension ModelCommand {
                 try transformer.forward(
                     tokens: ids, positions: (0..<ids.count).map { Int32($0) }, cache: cache, logits: .last
                 ) { _, logits in
-                    top = logits.enumerated().sorted { $0.element > $1.element }.prefix(k).map { (Int32($0.offset), $0.element) }
+                    top = logits.enumerated().sorted { $0.element > $1.element }.prefix(k).map {
+                        (Int32($0.offset), $0.element)
+                    }
                 }
             } catch {
                 throw CLIError("\(error)")
             }
-            struct Entry: Encodable { let id: Int32; let logit: Float; let piece: String }
-            struct Out: Encodable { let n_tokens: Int; let top: [Entry] }
+            struct Entry: Encodable {
+                let id: Int32
+                let logit: Float
+                let piece: String
+            }
+            struct Out: Encodable {
+                let n_tokens: Int
+                let top: [Entry]
+            }
             try printJSON(
                 Out(
                     n_tokens: ids.count,
                     top: top.map {
-                        Entry(id: $0.0, logit: $0.1, piece: String(decoding: model.tokenizer.pieceBytes($0.0, renderSpecial: true), as: UTF8.self))
+                        Entry(
+                            id: $0.0, logit: $0.1,
+                            piece: String(
+                                decoding: model.tokenizer.pieceBytes($0.0, renderSpecial: true), as: UTF8.self))
                     }))
         }
     }
 
     struct Perplexity: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Negative log-likelihood and perplexity of the text on standard input.")
+        static let configuration = CommandConfiguration(
+            abstract: "Negative log-likelihood and perplexity of the text on standard input.")
         @OptionGroup var options: ModelOptions
         @Option(help: "Score at most this many tokens (default: the model's context).") var maxTokens: Int?
 
@@ -209,7 +236,12 @@ extension ModelCommand {
                 throw CLIError("\(error)")
             }
             let n = ids.count - 1
-            struct Out: Encodable { let tokens: Int; let nll: Double; let mean_nll: Double; let perplexity: Double }
+            struct Out: Encodable {
+                let tokens: Int
+                let nll: Double
+                let mean_nll: Double
+                let perplexity: Double
+            }
             try printJSON(Out(tokens: n, nll: nll, mean_nll: nll / Double(n), perplexity: exp(nll / Double(n))))
         }
     }
@@ -223,4 +255,3 @@ func negativeLogLikelihood(_ logits: UnsafeBufferPointer<Float>, target: Int) ->
     for v in logits { s += exp(Double(v) - m) }
     return -(Double(logits[target]) - m - log(s))
 }
-

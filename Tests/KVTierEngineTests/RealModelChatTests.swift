@@ -66,7 +66,10 @@ final class RealModelChatTests: XCTestCase {
             }
             worstOverall = max(worstOverall, worst)
             print(
-                "real chat (\(elementType) KV) turn \(turn): prompt \(prompt.count) reused \(r.tokensReused) recomputed \(r.tokensRecomputed) hits \(r.hitsHBM)/\(r.hitsDRAM)/\(r.hitsDisk) stall \(String(format: "%.2f", r.loadStallMs)) ms, ttft \(String(format: "%.1f", r.ttftMs)) ms, max |dlogit| \(worst): \(r.text.debugDescription)"
+                "real chat (\(elementType) KV) turn \(turn): prompt \(prompt.count) reused \(r.tokensReused) "
+                    + "recomputed \(r.tokensRecomputed) hits \(r.hitsHBM)/\(r.hitsDRAM)/\(r.hitsDisk) "
+                    + "stall \(String(format: "%.2f", r.loadStallMs)) ms, ttft \(String(format: "%.1f", r.ttftMs)) ms, "
+                    + "max |dlogit| \(worst): \(r.text.debugDescription)"
             )
             if turn > 0 { XCTAssertGreaterThan(r.tokensReused, prompt.count / 2) }
             switch tiers[turn] {

@@ -31,7 +31,9 @@ public final class LlamaModel: Sendable {
         }
         guard tokenizer.vocabularySize == config.vocabularySize else {
             throw ModelLoadError.gguf(
-                .invalidValue(offset: 0, what: "tokenizer has \(tokenizer.vocabularySize) tokens, model \(config.vocabularySize)"))
+                .invalidValue(
+                    offset: 0, what: "tokenizer has \(tokenizer.vocabularySize) tokens, model \(config.vocabularySize)")
+            )
         }
         template = ChatTemplate(chatTemplateSource: file.metadata["tokenizer.chat_template"]?.stringValue)
     }
@@ -86,7 +88,8 @@ public enum ModelLoadError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         switch self {
         case .gguf(let e): return e.description
-        case .tokenizer(let e): return "cannot build the tokenizer from the GGUF metadata: \(e.map { "\($0)" } ?? "unknown error")"
+        case .tokenizer(let e):
+            return "cannot build the tokenizer from the GGUF metadata: \(e.map { "\($0)" } ?? "unknown error")"
         }
     }
 }

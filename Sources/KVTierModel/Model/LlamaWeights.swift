@@ -25,9 +25,11 @@ public struct LlamaWeights: Sendable {
 
     public init(file: GGUFFile, config c: LlamaConfig) throws(GGUFError) {
         self.file = file
-        tokenEmbedding = try WeightMatrix(file: file, name: "token_embd.weight", rows: c.vocabularySize, cols: c.embeddingLength)
+        tokenEmbedding = try WeightMatrix(
+            file: file, name: "token_embd.weight", rows: c.vocabularySize, cols: c.embeddingLength)
         if file.tensor("output.weight") != nil {
-            output = try WeightMatrix(file: file, name: "output.weight", rows: c.vocabularySize, cols: c.embeddingLength)
+            output = try WeightMatrix(
+                file: file, name: "output.weight", rows: c.vocabularySize, cols: c.embeddingLength)
         } else {
             output = tokenEmbedding
         }
@@ -35,14 +37,16 @@ public struct LlamaWeights: Sendable {
         var layers: [Layer] = []
         for l in 0..<c.layerCount {
             let p = "blk.\(l)."
-            let e = c.embeddingLength, f = c.feedForwardLength
+            let e = c.embeddingLength
+            let f = c.feedForwardLength
             layers.append(
                 Layer(
                     attnNorm: try NormWeight(file: file, name: p + "attn_norm.weight", count: e),
                     wq: try WeightMatrix(file: file, name: p + "attn_q.weight", rows: c.headCount * c.headDim, cols: e),
                     wk: try WeightMatrix(file: file, name: p + "attn_k.weight", rows: c.kvWidth, cols: e),
                     wv: try WeightMatrix(file: file, name: p + "attn_v.weight", rows: c.kvWidth, cols: e),
-                    wo: try WeightMatrix(file: file, name: p + "attn_output.weight", rows: e, cols: c.headCount * c.headDim),
+                    wo: try WeightMatrix(
+                        file: file, name: p + "attn_output.weight", rows: e, cols: c.headCount * c.headDim),
                     ffnNorm: try NormWeight(file: file, name: p + "ffn_norm.weight", count: e),
                     gate: try WeightMatrix(file: file, name: p + "ffn_gate.weight", rows: f, cols: e),
                     up: try WeightMatrix(file: file, name: p + "ffn_up.weight", rows: f, cols: e),
