@@ -1,3 +1,4 @@
+import CKVTierKernels
 import Foundation
 import XCTest
 
@@ -16,7 +17,7 @@ final class ChatEngineTests: XCTestCase {
 
     private func makeEngine(
         _ model: LlamaModel, dir: String, blockTokens: Int = 16, window: Int? = nil, elementType: KVElementType = .f16,
-        link: CopyEngine.Configuration = .unthrottled
+        link: CopyEngine.Configuration = .unthrottled, activationBits: ActivationBits = .sixteen
     ) throws -> ChatEngine {
         var c = StoreConfiguration(stateDirectory: dir)
         c.blockTokens = blockTokens
@@ -28,7 +29,29 @@ final class ChatEngineTests: XCTestCase {
         var e = EngineConfiguration()
         e.threads = 2
         e.contextWindow = window
+        e.activationBits = activationBits
         return ChatEngine(model: model, store: store, configuration: e)
+    }
+
+    /// `engine.activation_bits` reaches the decoder: the same turn's logits with 8-bit
+    /// activations are not those with 16 (and 16 is what a transformer gives by default).
+    func testActivationBitsReachTheDecoder() throws {
+        try XCTSkipUnless(
+            kvt_q8_layout(Int32(GGMLType.q4_1.rawValue)) >= 0, "no AVX-512 VNNI: activations stay F32 here")
+        let model = try LlamaModel(path: TinyModel().write())
+        let options = GenerationOptions(maxTokens: 1, sampling: .greedy, stopAtEndOfGeneration: false)
+        let messages = [ChatMessage(role: "user", content: "hello there, tell me more")]
+        var logits: [ActivationBits: [Float]] = [:]
+        for bits in ActivationBits.allCases {
+            let engine = try makeEngine(model, dir: tempDir(), activationBits: bits)
+            engine.logitsObserver = { logits[bits] = $1 }
+            _ = try engine.runTurn(session: "chat", messages: messages, options: options)
+            engine.quiesce()
+        }
+        let t = model.makeTransformer(threads: 1)
+        XCTAssertEqual(t.activationBits, .sixteen)
+        XCTAssertEqual(logits[.sixteen]?.count, model.config.vocabularySize)
+        XCTAssertNotEqual(logits[.eight], logits[.sixteen])
     }
 
     /// Full recomputation of a turn: prefill the whole prompt, then feed the engine's tokens one by one.
