@@ -47,6 +47,7 @@ void kvt_dequantize_row_avx512(int type, const void *src, float *dst, int n);
 void kvt_f16_to_f32_avx2(const uint16_t *src, float *dst, size_t n);
 void kvt_f32_to_f16_avx2(const float *src, uint16_t *dst, size_t n);
 float kvt_dot_f32_avx2(const float *a, const float *b, int n);
+void kvt_swiglu_avx512(const float *g, const float *u, float *y, size_t n);
 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset, int elemBytes,
                              size_t ld, const int32_t *pos, int T, int headDim, float scale, const float *cosTable,
                              const float *sinTable, float *scores, float *out, size_t ldo);

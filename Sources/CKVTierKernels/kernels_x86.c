@@ -351,6 +351,21 @@ AVX512 static inline __m512 exp_nonpositive_avx512(__m512 x) {
     return _mm512_scalef_ps(p, k);
 }
 
+// y = g * sigmoid(g) * u on 16 lanes at a time, SwiGLU's gate: e = e^-|g| by the polynomial
+// above (never overflows), sigmoid(g) = 1 / (1 + e) for g >= 0 and e / (1 + e) below.
+AVX512 void kvt_swiglu_avx512(const float *g, const float *u, float *y, size_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    size_t i = 0;
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + i), uv = _mm512_maskz_loadu_ps(m, u + i);
+        __m512 e = exp_nonpositive_avx512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(gv)));
+        __mmask16 negative = _mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_LT_OQ);
+        __m512 sig = _mm512_div_ps(_mm512_mask_blend_ps(negative, one, e), _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_mul_ps(gv, sig), uv));
+    }
+}
+
 AVX512 static void load_row16(const uint8_t *p, int elemBytes, int c, __m512 *v) {
     *v = elemBytes == 2 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32 * c)))
                         : _mm512_loadu_ps((const float *)p + 16 * c);
@@ -463,6 +478,48 @@ AVX512 static void weigh_values_any(int nv, const float *p, float inv, const kvt
     }
 }
 
+// weigh_values on F32 values for NQ heads of one query row at once (NQ * NV <= 16): each value
+// row is read once for all of them, and every head's accumulators see the operations, in the
+// order, weigh_values gives that head alone (so the same bits). Head j's probabilities are at
+// p + j * ldp, its output at out + j * ldo.
+AVX512 INLINE void weigh_values_heads(int NQ, int NV, const float *p, size_t ldp, const float *inv,
+                                      const float *values, int headDim, int T, float *out, size_t ldo) {
+    __m512 o[4][4];
+    for (int j = 0; j < NQ; j++)
+        for (int c = 0; c < NV; c++) o[j][c] = _mm512_setzero_ps();
+    for (int t = 0; t < T; t++) {
+        __m512 w[4];
+        for (int j = 0; j < NQ; j++) w[j] = _mm512_set1_ps(p[(size_t)j * ldp + t] * inv[j]);
+        for (int c = 0; c < NV; c++) {
+            __m512 vv = _mm512_loadu_ps(values + (size_t)t * headDim + 16 * c);
+            for (int j = 0; j < NQ; j++) o[j][c] = _mm512_fmadd_ps(w[j], vv, o[j][c]);
+        }
+    }
+    for (int j = 0; j < NQ; j++)
+        for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + (size_t)j * ldo + 16 * c, o[j][c]);
+}
+
+// One query row's nq heads over T F32 value rows: heads of 64 lanes four at a time, others one
+// by one (weigh_values_any).
+AVX512 static void weigh_values_row(int nv, int nq, const float *p, size_t ldp, const float *inv,
+                                    const float *values, int headDim, int T, float *out, size_t ldo) {
+    int j = 0;
+    if (nv == 4) {
+        for (; j + 4 <= nq; j += 4)
+            weigh_values_heads(4, 4, p + (size_t)j * ldp, ldp, inv + j, values, headDim, T, out + (size_t)j * ldo, ldo);
+        const float *pj = p + (size_t)j * ldp;
+        float *oj = out + (size_t)j * ldo;
+        switch (nq - j) {
+        case 3: weigh_values_heads(3, 4, pj, ldp, inv + j, values, headDim, T, oj, ldo); return;
+        case 2: weigh_values_heads(2, 4, pj, ldp, inv + j, values, headDim, T, oj, ldo); return;
+        case 1: weigh_values_heads(1, 4, pj, ldp, inv + j, values, headDim, T, oj, ldo); return;
+        default: return;
+        }
+    }
+    for (; j < nq; j++)
+        weigh_values_any(nv, p + (size_t)j * ldp, inv[j], NULL, 0, 4, 0, values, headDim, T, out + (size_t)j * ldo);
+}
+
 AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset,
                                     int elemBytes, size_t ld, const int32_t *pos, int T, int headDim, float scale,
                                     const float *cosTable, const float *sinTable, float *scores, float *out,
@@ -532,21 +589,20 @@ AVX512 void kvt_attend_rows_avx512(const float *q, size_t ldqRow, size_t ldq, in
         int Ti = T0 + i;
         const float *qi = q + (size_t)i * ldqRow;
         float inv[16];
-        for (int j = 0; j < nq; j++) {
-            __m512 mx = _mm512_set1_ps(-INFINITY);
-            for (int t0 = 0; t0 < Ti; t0 += 16) {
-                int n = Ti - t0 < 16 ? Ti - t0 : 16;
-                __mmask16 valid = (__mmask16)((1u << n) - 1);
+        __m512 mx[16];
+        for (int j = 0; j < nq; j++) mx[j] = _mm512_set1_ps(-INFINITY);
+        // Tile by tile, every head of the group: a tile of 16 keys is read from L1 by all of them.
+        for (int t0 = 0; t0 < Ti; t0 += 16) {
+            int n = Ti - t0 < 16 ? Ti - t0 : 16;
+            __mmask16 valid = (__mmask16)((1u << n) - 1);
+            for (int j = 0; j < nq; j++) {
                 __m512 sc = scores16(qi + (size_t)j * ldq, keys + (size_t)t0 * headDim, headDim, nv, scale);
                 _mm512_mask_storeu_ps(scores + (size_t)j * Ti + t0, valid, sc);
-                mx = _mm512_mask_max_ps(mx, valid, mx, sc);
+                mx[j] = _mm512_mask_max_ps(mx[j], valid, mx[j], sc);
             }
-            inv[j] = softmax16(scores + (size_t)j * Ti, Ti, _mm512_reduce_max_ps(mx));
         }
-        float *oi = out + (size_t)i * ldoRow;
-        for (int j = 0; j < nq; j++)
-            weigh_values_any(nv, scores + (size_t)j * Ti, inv[j], NULL, 0, 4, 0, values, headDim, Ti,
-                             oi + (size_t)j * ldo);
+        for (int j = 0; j < nq; j++) inv[j] = softmax16(scores + (size_t)j * Ti, Ti, _mm512_reduce_max_ps(mx[j]));
+        weigh_values_row(nv, nq, scores, (size_t)Ti, inv, values, headDim, Ti, out + (size_t)i * ldoRow, ldo);
     }
 }
 

@@ -4,7 +4,9 @@ import Foundation
 import KVTierModel
 
 /// Prefill and decode throughput of the in-process decoder, in the shape of llama-bench's
-/// pp/tg tests: prefill of N prompt tokens into an empty cache; decode of N tokens one at a time.
+/// pp/tg tests: prefill of N prompt tokens into an empty cache (or, with `--depth D`, into a cache
+/// already holding D tokens, as llama-bench's `-d`: a later turn of a chat); decode of N tokens
+/// one at a time.
 struct DecoderBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "decoder", abstract: "Prefill and decode tokens/s.")
 
@@ -12,6 +14,12 @@ struct DecoderBench: ParsableCommand {
     var model: String?
     @Option(help: "Threads.") var threads = 2
     @Option(help: "Prompt lengths to prefill (comma-separated).") var prefill = "128,512,2048"
+    @Option(
+        help: ArgumentHelp(
+            "Tokens already in the cache before each prefill (not timed), as llama-bench's -d: "
+                + "the shape of a later turn, its history reused.")
+    )
+    var depth = 0
     @Option(help: "Tokens to decode.") var decode = 128
     @Option(
         help: ArgumentHelp(
@@ -60,17 +68,25 @@ struct DecoderBench: ParsableCommand {
         try transformer.forward(
             tokens: randomTokens(32), positions: (0..<32).map { Int32($0) }, cache: warm, logits: .last)
 
+        guard depth >= 0 else { throw ValidationError("--depth must be 0 or more, got \(depth)") }
         for n in lengths {
             var rates: [Double] = []
             for _ in 0..<repetitions {
-                let cache = InMemoryKVCache(layout: m.kvLayout, capacity: n)
+                let cache = InMemoryKVCache(layout: m.kvLayout, capacity: depth + n)
+                if depth > 0 {
+                    try transformer.forward(
+                        tokens: randomTokens(depth), positions: (0..<depth).map { Int32($0) }, cache: cache,
+                        logits: .last)
+                }
                 let toks = randomTokens(n)
+                let positions = (depth..<(depth + n)).map { Int32($0) }
                 let t0 = DispatchTime.now().uptimeNanoseconds
-                try transformer.forward(tokens: toks, positions: (0..<n).map { Int32($0) }, cache: cache, logits: .last)
+                try transformer.forward(tokens: toks, positions: positions, cache: cache, logits: .last)
                 let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
                 rates.append(Double(n) / dt)
             }
-            rows.append(Row(test: "pp\(n)", tokens: n, tokens_per_second: median(rates), runs: rates))
+            let name = depth > 0 ? "pp\(n) @ d\(depth)" : "pp\(n)"
+            rows.append(Row(test: name, tokens: n, tokens_per_second: median(rates), runs: rates))
         }
         if decode > 0 {
             var rates: [Double] = []

@@ -90,9 +90,49 @@ extension Transformer {
         let scale = 1 / Float(d).squareRoot()
         let eb = view.precision.bytes  // bytes per cached element
         let total = slot0 + n
-        let workers = min(threads, heads)
         let scratch = self.workers
         let runs = view.cRuns
+        if batchInvariant {
+            // Each row as decoding it alone would give it (`kvt_attend_rows_group`), the rows
+            // shared out by their cost (row i sees slot0 + i + 1 slots), every worker all heads:
+            // a worker rotates the keys its rows see once per KV head.
+            let workers = min(threads, n)
+            let cost = { (i: Int) in i * (2 * slot0 + i + 1) / 2 }  // slots seen by rows [0, i)
+            var bounds = [0]
+            for t in 1..<max(1, workers) {
+                let target = cost(n) * t / workers
+                var i = bounds[t - 1]
+                while i < n && cost(i) < target { i += 1 }
+                bounds.append(i)
+            }
+            bounds.append(n)
+            rope.cos.withUnsafeBufferPointer { cs in
+                rope.sin.withUnsafeBufferPointer { sn in
+                    let cosT = cs.baseAddress!
+                    let sinT = sn.baseAddress!
+                    pool.run(workers) { t in
+                        let (a, b) = (bounds[t], bounds[t + 1])
+                        guard b > a else { return }
+                        let s = scratch[t]
+                        let seen = slot0 + b
+                        let keys = s.keys.reserve((seen + 15) / 16 * 16 * d)
+                        let values = s.values.reserve(seen * d)
+                        let scores = s.scores.reserve(seen * group)
+                        runs.withUnsafeBufferPointer { r in
+                            for kvh in 0..<c.kvHeadCount {
+                                let h = kvh * group
+                                kvt_attend_rows_group(
+                                    q + a * qw + h * d, qw, d, Int32(group), Int32(b - a), r.baseAddress, kvh * d,
+                                    Int32(eb), kvw, view.positions, Int32(slot0 + a + 1), Int32(d), scale, cosT, sinT,
+                                    keys, values, scores, out + a * qw + h * d, qw, d)
+                            }
+                        }
+                    }
+                }
+            }
+            return
+        }
+        let workers = min(threads, heads)
         rope.cos.withUnsafeBufferPointer { cs in
             rope.sin.withUnsafeBufferPointer { sn in
                 let cosT = cs.baseAddress!
@@ -100,25 +140,6 @@ extension Transformer {
                 pool.run(workers) { t in
                     let (h0, h1) = Parallel.share(heads, t, workers)
                     let s = scratch[t]
-                    if self.batchInvariant {
-                        // Each row as decoding it alone would give it, keys rotated once.
-                        let keys = s.keys.reserve((total + 15) / 16 * 16 * d)
-                        let values = s.values.reserve(total * d)
-                        let scores = s.scores.reserve(total * group)
-                        runs.withUnsafeBufferPointer { r in
-                            var h = h0
-                            while h < h1 {
-                                let kvh = h / group
-                                let nq = min(h1 - h, (kvh + 1) * group - h)
-                                kvt_attend_rows_group(
-                                    q + h * d, qw, d, Int32(nq), Int32(n), r.baseAddress, kvh * d, Int32(eb), kvw,
-                                    view.positions, Int32(slot0 + 1), Int32(d), scale, cosT, sinT, keys, values,
-                                    scores, out + h * d, qw, d)
-                                h += nq
-                            }
-                        }
-                        return
-                    }
                     let krot = s.keys.reserve(total * d)
                     let vf = s.values.reserve(total * d)
                     let chunk = 256

@@ -14,7 +14,7 @@ extension Transformer {
     ) {
         if w.takesQuantizedActivations {
             // Rows are contiguous: the vector rows, then each run's.
-            quantizedActivationRows(w, x, gemmRuns.reduce(vectorRows) { $0 + $1.n }, y)
+            quantizedActivationRows([w], x, gemmRuns.reduce(vectorRows) { $0 + $1.n }, [y])
             return
         }
         if vectorRows > 0 { matvecRows(w, x, vectorRows, y) }
@@ -24,7 +24,7 @@ extension Transformer {
     /// y[n x w.rows] = x[n x w.cols] * W^T, sgemm from `linearThreshold` rows on.
     func linear(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>) {
         if w.takesQuantizedActivations {
-            quantizedActivationRows(w, x, n, y)
+            quantizedActivationRows([w], x, n, [y])
         } else if n >= linearThreshold {
             gemm(w, x, n, y)
         } else {
@@ -121,26 +121,56 @@ extension Transformer {
         }
     }
 
-    /// The quantized-activation path: the n activation vectors quantized to `activationBits` per
-    /// block of 32 (once, here), then each worker's share of W's rows (whole groups of 16)
-    /// against all of them. Every row of y is the same bits whatever n is (`kvt_matvec_q8`).
-    private func quantizedActivationRows(
-        _ w: WeightMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>
+    /// ys[i][n x ws[i].rows] = x[n x cols] * ws[i]^T for matrices that read the same input (a
+    /// layer's query, key and value projections; its gate and up projections). On the
+    /// quantized-activation path x is quantized once for all of them and their rows go through
+    /// one fork-join; elsewhere each matrix as `linear` computes it alone.
+    func linear(
+        _ ws: [WeightMatrix], _ x: UnsafePointer<Float>, vectorRows: Int, gemmRuns: [(row: Int, n: Int)],
+        _ ys: [UnsafeMutablePointer<Float>]
     ) {
+        if ws.allSatisfy(\.takesQuantizedActivations), Set(ws.map(\.cols)).count == 1 {
+            quantizedActivationRows(ws, x, gemmRuns.reduce(vectorRows) { $0 + $1.n }, ys)
+            return
+        }
+        for (w, y) in zip(ws, ys) { linear(w, x, vectorRows: vectorRows, gemmRuns: gemmRuns, y) }
+    }
+
+    /// The quantized-activation path: the n activation vectors quantized to `activationBits` per
+    /// block of 32 (once, here, the rows shared out among the workers), then each worker's share
+    /// of the matrices' rows (whole groups of 16, the matrices one after the other) against all
+    /// of them. Every row of every y is the same bits whatever n is and however the rows are
+    /// shared (`kvt_quantize_q8` and `kvt_matvec_q8` compute each row and each group of 16 on
+    /// its own).
+    private func quantizedActivationRows(
+        _ ws: [WeightMatrix], _ x: UnsafePointer<Float>, _ n: Int, _ ys: [UnsafeMutablePointer<Float>]
+    ) {
+        guard let cols = ws.first?.cols else { return }
         let workers = threads
-        let blocks = w.cols / 32
+        let blocks = cols / 32
         let stride = MemoryLayout<kvt_q8_block>.stride
         let room = quantizedActivations.reserve(max(1, n * blocks * stride / MemoryLayout<Float>.stride))
         let xq = UnsafeMutableRawPointer(room).bindMemory(to: kvt_q8_block.self, capacity: n * blocks)
         let bits = Int32(activationBits.rawValue)
-        kvt_quantize_q8(bits, x, w.cols, Int32(n), Int32(w.cols), xq)
-        let groups = (w.rows + 15) / 16
+        pool.run(min(workers, n)) { t in
+            let (a, b) = Parallel.share(n, t, min(workers, n))
+            guard b > a else { return }
+            kvt_quantize_q8(bits, x + a * cols, cols, Int32(b - a), Int32(cols), xq + a * blocks)
+        }
+        let groups = ws.map { ($0.rows + 15) / 16 }
+        let total = groups.reduce(0, +)
         pool.run(workers) { t in
-            let (g0, g1) = Parallel.share(groups, t, workers)
-            guard g1 > g0 else { return }
-            kvt_matvec_q8(
-                bits, w.kernelType, w.base, w.rowBytes, Int32(16 * g0), Int32(min(16 * g1, w.rows)), Int32(w.cols),
-                xq, blocks, Int32(n), y + 16 * g0, w.rows)
+            let (g0, g1) = Parallel.share(total, t, workers)
+            var first = 0  // the first group of matrix i in the concatenation
+            for (i, w) in ws.enumerated() {
+                defer { first += groups[i] }
+                let lo = max(g0, first) - first
+                let hi = min(g1, first + groups[i]) - first
+                guard hi > lo else { continue }
+                kvt_matvec_q8(
+                    bits, w.kernelType, w.base, w.rowBytes, Int32(16 * lo), Int32(min(16 * hi, w.rows)),
+                    Int32(cols), xq, blocks, Int32(n), ys[i] + 16 * lo, w.rows)
+            }
         }
     }
 

@@ -226,12 +226,8 @@ public final class Transformer {
 
         for (l, layer) in weights.layers.enumerated() {
             // Attention block.
-            layer.attnNorm.values.withUnsafeBufferPointer { w in
-                for i in 0..<n { kvt_rmsnorm(x + i * e, w.baseAddress, xb + i * e, Int32(e), c.rmsNormEpsilon) }
-            }
-            project(layer.wq, xb, q)
-            project(layer.wk, xb, k)
-            project(layer.wv, xb, v)
+            normalize(x, layer.attnNorm, xb, rows: n)
+            linear([layer.wq, layer.wk, layer.wv], xb, vectorRows: vectorRows, gemmRuns: gemmRuns, [q, k, v])
             for run in runs {
                 let cache = items[run.item].cache
                 cache.write(
@@ -265,12 +261,9 @@ public final class Transformer {
             for i in 0..<(n * e) { x[i] += xb[i] }
 
             // Feed-forward block.
-            layer.ffnNorm.values.withUnsafeBufferPointer { w in
-                for i in 0..<n { kvt_rmsnorm(x + i * e, w.baseAddress, xb + i * e, Int32(e), c.rmsNormEpsilon) }
-            }
-            project(layer.gate, xb, gate)
-            project(layer.up, xb, up)
-            kvt_swiglu(gate, up, hidden, n * f)
+            normalize(x, layer.ffnNorm, xb, rows: n)
+            linear([layer.gate, layer.up], xb, vectorRows: vectorRows, gemmRuns: gemmRuns, [gate, up])
+            elementwise(n * f) { i0, i1 in kvt_swiglu(gate + i0, up + i0, hidden + i0, i1 - i0) }
             project(layer.down, hidden, xb)
             for i in 0..<(n * e) { x[i] += xb[i] }
             for run in runs { items[run.item].cache.didFinish(layer: l) }
@@ -291,6 +284,34 @@ public final class Transformer {
             outputLogits(x + run.row * e, rows: run.n, vectorOnly: false) { i, logits in
                 items[run.item].visit(i, logits)
             }
+        }
+    }
+
+    /// out[i] = RMSNorm(x[i]) * weight for `rows` rows of the embedding's width, the rows shared
+    /// out among the workers when there are several (each row computed on its own, the same bits
+    /// either way).
+    private func normalize(
+        _ x: UnsafePointer<Float>, _ weight: NormWeight, _ out: UnsafeMutablePointer<Float>, rows: Int
+    ) {
+        let e = config.embeddingLength
+        let eps = config.rmsNormEpsilon
+        weight.values.withUnsafeBufferPointer { w in
+            let workers = rows >= 4 ? threads : 1
+            pool.run(workers) { t in
+                let (a, b) = Parallel.share(rows, t, workers)
+                for i in a..<b { kvt_rmsnorm(x + i * e, w.baseAddress, out + i * e, Int32(e), eps) }
+            }
+        }
+    }
+
+    /// `body(i0, i1)` over [0, count) in one slice per worker when count is large enough to pay
+    /// for the fork-join (a prompt's or a batch's rows), else in one call: for elementwise
+    /// kernels, whose results do not depend on the slicing.
+    private func elementwise(_ count: Int, _ body: (Int, Int) -> Void) {
+        let workers = count >= 8192 ? threads : 1
+        pool.run(workers) { t in
+            let (a, b) = Parallel.share(count, t, workers)
+            if b > a { body(a, b) }
         }
     }
 
