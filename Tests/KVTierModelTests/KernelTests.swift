@@ -38,6 +38,29 @@ final class KernelTests: XCTestCase {
         XCTAssertTrue(Float16(bitPattern: nan).isNaN)
     }
 
+    /// SwiGLU, y = g * sigmoid(g) * u, against Double arithmetic at every level (AVX-512 takes
+    /// e^x from a polynomial, the others from expf): within a few ulp where y is a normal float,
+    /// and tiny where it underflows; lengths that leave masked tails.
+    func testSwiGLUMatchesDoubleArithmeticAtEveryLevel() {
+        var rng = TestRNG(seed: 5)
+        var g: [Float] = [0, -0, 1, -1, 1e-30, -1e-30, 20, -20, 88, -88, 100, -100, 1e4, -1e4, 0.5, -0.5]
+        g += (0..<1011).map { _ in (rng.nextFloat() - 0.5) * Float(1 << (rng.next() % 6)) }
+        let u = g.indices.map { _ in (rng.nextFloat() - 0.5) * 4 }
+        for level in levels {
+            _ = kvt_set_cpu_level(level)
+            for n in [1, 15, 16, 17, g.count] {
+                var y = [Float](repeating: .nan, count: n)
+                kvt_swiglu(g, u, &y, n)
+                for i in 0..<n {
+                    let gd = Double(g[i])
+                    let expected = gd / (1 + exp(-gd)) * Double(u[i])
+                    let tolerance = max(abs(expected) * 1e-6, 1e-37)
+                    XCTAssertEqual(Double(y[i]), expected, accuracy: tolerance, "level \(level), g \(g[i]), u \(u[i])")
+                }
+            }
+        }
+    }
+
     /// The batched matrix-vector kernel gives, for every activation vector, exactly (bit for bit)
     /// what the lone-vector kernel gives at the same level: batched decoding changes no logit.
     /// Widths cover the four-vector groups and their tails, lengths the four-block loop's tails,

@@ -54,6 +54,42 @@ final class TransformerTests: XCTestCase {
         try check(tiny, tokens: tokens, tolerance: 0.02, decodeTolerance: 0.02)
     }
 
+    /// Matrices that read the same input (a layer's query, key and value) computed together give
+    /// each matrix's own product bit for bit: on the quantized-activation path the input is
+    /// quantized once and their rows share one fork-join, elsewhere each goes alone.
+    func testProjectionsOfOneInputTogetherAreEachAlone() throws {
+        let model = try LlamaModel(path: TinyModel().write())
+        let e = model.config.embeddingLength
+        var rng = TestRNG(seed: 9)
+        for threads in [1, 2] {
+            let t = model.makeTransformer(threads: threads)
+            let layer = t.weights.layers[0]
+            let ws = [layer.wq, layer.wk, layer.wv]
+            for n in [1, 3, 20] {
+                let x = (0..<(n * e)).map { _ in (rng.nextFloat() - 0.5) * 4 }
+                var together = ws.map { [Float](repeating: .nan, count: n * $0.rows) }
+                var alone = together
+                x.withUnsafeBufferPointer { xp in
+                    let outs = together.indices.map { i in
+                        UnsafeMutablePointer<Float>.allocate(capacity: n * ws[i].rows)
+                    }
+                    defer { outs.forEach { $0.deallocate() } }
+                    t.linear(ws, xp.baseAddress!, vectorRows: n, gemmRuns: [], outs)
+                    for i in ws.indices {
+                        together[i] = Array(UnsafeBufferPointer(start: outs[i], count: n * ws[i].rows))
+                        t.linear(ws[i], xp.baseAddress!, vectorRows: n, gemmRuns: [], outs[i])
+                        alone[i] = Array(UnsafeBufferPointer(start: outs[i], count: n * ws[i].rows))
+                    }
+                }
+                for i in ws.indices {
+                    XCTAssertEqual(
+                        together[i].map(\.bitPattern), alone[i].map(\.bitPattern),
+                        "matrix \(i), \(n) rows, \(threads) threads")
+                }
+            }
+        }
+    }
+
     /// Keys are cached before RoPE: shifting every position by the same amount leaves attention
     /// unchanged (RoPE is relative), and re-positioning a cache gives the logits of recomputation.
     func testPositionsAreExplicitAndRelative() throws {
