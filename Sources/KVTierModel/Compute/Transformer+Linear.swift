@@ -137,7 +137,7 @@ extension Transformer {
     }
 
     /// The quantized-activation path: the n activation vectors quantized to `activationBits` per
-    /// block of 32 (once, here, the rows shared out among the workers), then each worker's share
+    /// block of 32 (once, here, a prompt's rows shared out among the workers), then each worker's share
     /// of the matrices' rows (whole groups of 16, the matrices one after the other) against all
     /// of them. Every row of every y is the same bits whatever n is and however the rows are
     /// shared (`kvt_quantize_q8` and `kvt_matvec_q8` compute each row and each group of 16 on
@@ -152,8 +152,9 @@ extension Transformer {
         let room = quantizedActivations.reserve(max(1, n * blocks * stride / MemoryLayout<Float>.stride))
         let xq = UnsafeMutableRawPointer(room).bindMemory(to: kvt_q8_block.self, capacity: n * blocks)
         let bits = Int32(activationBits.rawValue)
-        pool.run(min(workers, n)) { t in
-            let (a, b) = Parallel.share(n, t, min(workers, n))
+        let quantizers = elementwiseWorkers(rows: n)
+        pool.run(quantizers) { t in
+            let (a, b) = Parallel.share(n, t, quantizers)
             guard b > a else { return }
             kvt_quantize_q8(bits, x + a * cols, cols, Int32(b - a), Int32(cols), xq + a * blocks)
         }

@@ -263,7 +263,10 @@ public final class Transformer {
             // Feed-forward block.
             normalize(x, layer.ffnNorm, xb, rows: n)
             linear([layer.gate, layer.up], xb, vectorRows: vectorRows, gemmRuns: gemmRuns, [gate, up])
-            elementwise(n * f) { i0, i1 in kvt_swiglu(gate + i0, up + i0, hidden + i0, i1 - i0) }
+            pool.run(elementwiseWorkers(rows: n)) { t in
+                let (i0, i1) = Parallel.share(n * f, t, elementwiseWorkers(rows: n))
+                if i1 > i0 { kvt_swiglu(gate + i0, up + i0, hidden + i0, i1 - i0) }
+            }
             project(layer.down, hidden, xb)
             for i in 0..<(n * e) { x[i] += xb[i] }
             for run in runs { items[run.item].cache.didFinish(layer: l) }
@@ -296,7 +299,7 @@ public final class Transformer {
         let e = config.embeddingLength
         let eps = config.rmsNormEpsilon
         weight.values.withUnsafeBufferPointer { w in
-            let workers = rows >= 4 ? threads : 1
+            let workers = elementwiseWorkers(rows: rows)
             pool.run(workers) { t in
                 let (a, b) = Parallel.share(rows, t, workers)
                 for i in a..<b { kvt_rmsnorm(x + i * e, w.baseAddress, out + i * e, Int32(e), eps) }
@@ -304,16 +307,11 @@ public final class Transformer {
         }
     }
 
-    /// `body(i0, i1)` over [0, count) in one slice per worker when count is large enough to pay
-    /// for the fork-join (a prompt's or a batch's rows), else in one call: for elementwise
-    /// kernels, whose results do not depend on the slicing.
-    private func elementwise(_ count: Int, _ body: (Int, Int) -> Void) {
-        let workers = count >= 8192 ? threads : 1
-        pool.run(workers) { t in
-            let (a, b) = Parallel.share(count, t, workers)
-            if b > a { body(a, b) }
-        }
-    }
+    /// How many workers share elementwise work over `rows` rows (RMSNorm, SwiGLU, quantizing
+    /// activations): all of them for a prompt's rows, one for a few decode rows, where the work
+    /// is smaller than a fork-join's cost and each join is one more place for a descheduled
+    /// thread to hold up the step. Each row's result is the same bits either way.
+    func elementwiseWorkers(rows: Int) -> Int { rows >= 16 ? threads : 1 }
 
     /// Calls `body` with a view of `layer` of every cache, in order (each cache's `withLayer`,
     /// nested).
