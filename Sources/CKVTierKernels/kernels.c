@@ -192,7 +192,10 @@ void kvt_matvec(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
 #if defined(KVT_X86)
         if (l >= KVT_CPU_AVX512) { kvt_matvec_qf_avx512(type, w, rowBytes, r0, r1, n, x, xsum, out); return; }
         // The repacked layouts are made for the AVX-512 kernels; below that level they take the portable path.
-        if (l >= KVT_CPU_AVX2 && !is_repacked(type)) { kvt_matvec_qf_avx2(type, w, rowBytes, r0, r1, n, x, xsum, out); return; }
+        if (l >= KVT_CPU_AVX2 && !is_repacked(type)) {
+            kvt_matvec_qf_avx2(type, w, rowBytes, r0, r1, n, x, xsum, out);
+            return;
+        }
 #endif
         for (int r = r0; r < r1; r++) out[r - r0] = kvt_dot_qf_portable(type, base + (size_t)r * rowBytes, x, xsum, n);
         return;
@@ -218,7 +221,8 @@ void kvt_matvec_rows(int type, const void *w, size_t rowBytes, int r0, int r1, i
     for (int t0 = r0; t0 < r1; t0 += 16) {
         int t1 = t0 + 16 < r1 ? t0 + 16 : r1;
         for (int i = 0; i < m; i++)
-            kvt_matvec(type, w, rowBytes, t0, t1, n, x + i * ldx, xsum ? xsum + i * ldxsum : NULL, out + i * ldo + (t0 - r0));
+            kvt_matvec(type, w, rowBytes, t0, t1, n, x + i * ldx, xsum ? xsum + i * ldxsum : NULL,
+                       out + i * ldo + (t0 - r0));
     }
 }
 

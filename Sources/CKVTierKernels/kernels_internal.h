@@ -39,8 +39,8 @@ void kvt_matvec_qf_avx2(int type, const void *w, size_t rowBytes, int r0, int r1
                         const float *x, const float *xsum, float *out);
 void kvt_matvec_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n,
                           const float *x, const float *xsum, float *out);
-void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x, size_t ldx,
-                               const float *xsum, size_t ldxsum, int m, float *out, size_t ldo);
+void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x,
+                               size_t ldx, const float *xsum, size_t ldxsum, int m, float *out, size_t ldo);
 float kvt_dot_f_avx2(int type, const void *w, const float *x, int n);
 void kvt_dequantize_row_avx2(int type, const void *src, float *dst, int n);
 void kvt_dequantize_row_avx512(int type, const void *src, float *dst, int n);

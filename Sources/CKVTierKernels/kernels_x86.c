@@ -56,7 +56,8 @@ AVX2 static inline __m256 block_sum_avx2(__m128i lo, __m128i hi, const float *x)
 AVX2 INLINE void block_avx2(int type, const uint8_t *p, const float *x, const float *xs, __m256 *acc, __m128 *accm) {
     const __m128i m4 = _mm_set1_epi8(0x0f);
     if (type == KVT_TYPE_Q8_0) {
-        __m256 t = block_sum_avx2(_mm_loadu_si128((const __m128i *)(p + 2)), _mm_loadu_si128((const __m128i *)(p + 18)), x);
+        __m256 t = block_sum_avx2(_mm_loadu_si128((const __m128i *)(p + 2)), _mm_loadu_si128((const __m128i *)(p + 18)),
+                                  x);
         *acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(load_h1(p)), t, *acc);
     } else if (type == KVT_TYPE_Q4_0) {
         __m128i raw = _mm_loadu_si128((const __m128i *)(p + 2)), eight = _mm_set1_epi8(8);
@@ -120,10 +121,10 @@ AVX2 float kvt_dot_qf_avx2(int type, const void *w, const float *x, const float 
 // d * q for Q8_0), and both halves are multiplied into one accumulator: two fused
 // multiply-adds per block and activation vector, the dequantization shared by every vector
 // that uses the block (the previous kernels formed d * sum(q_j x_j) per block and vector: three
-// operations per block and vector, measured 1.4-1.7x slower at 16 vectors). A Q4 block is dequantized by a lookup: the 16
-// possible values (d * i + m, or d * (i - 8)) are computed once per block, and vpermps, which
-// reads only the low 4 bits of each index, picks each nibble's value without masking or
-// converting. Q4_1 and Q8_0 never read the per-block activation sums.
+// operations per block and vector, measured 1.4-1.7x slower at 16 vectors). A Q4 block is
+// dequantized by a lookup: the 16 possible values (d * i + m, or d * (i - 8)) are computed
+// once per block, and vpermps, which reads only the low 4 bits of each index, picks each
+// nibble's value without masking or converting. Q4_1 and Q8_0 never read the per-block activation sums.
 AVX512 INLINE void dequant_block_avx512(int type, const uint8_t *p, __m512 *lo, __m512 *hi) {
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     // Repacked blocks: the f32 scales are broadcast from memory (a load, no shuffle), which
@@ -177,7 +178,8 @@ AVX512 void kvt_dequantize_row_avx512(int type, const void *src, float *dst, int
 
 // The sum of a row's 16 lanes, in the order the four-row reduction below uses.
 AVX512 static inline float reduce1_avx512(__m512 a) {
-    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(a),
+                              _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     __m128 s2 = _mm_add_ps(s4, _mm_permute_ps(s4, 0xb1));
     return _mm_cvtss_f32(_mm_add_ps(s2, _mm_permute_ps(s2, 0x4e)));
@@ -192,7 +194,8 @@ AVX512 static inline __m128 reduce4_avx512(__m512 a, __m512 b, __m512 c, __m512 
     __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
     v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xb1));
     v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4e));
-    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), v));
+    const __m512i pick = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(pick, v));
 }
 
 // WR weight rows (p, rowBytes apart) against R activation vectors (x, ldx apart), WR and R
@@ -216,7 +219,8 @@ AVX512 INLINE void tile_avx512(int type, int WR, int R, const uint8_t *p, size_t
         for (int i = 0; i < R; i++) acc[k][i] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         __m512 lo[8], hi[8];
-        for (int k = 0; k < WR; k++) dequant_block_avx512(type, p + (size_t)k * rowBytes + (size_t)b * bs, &lo[k], &hi[k]);
+        for (int k = 0; k < WR; k++)
+            dequant_block_avx512(type, p + (size_t)k * rowBytes + (size_t)b * bs, &lo[k], &hi[k]);
         for (int i = 0; i < R; i++) {
             const float *xi = x + i * ldx + b * 32;
             __m512 x0 = _mm512_loadu_ps(xi), x1 = _mm512_loadu_ps(xi + 16);
@@ -258,32 +262,38 @@ AVX512 INLINE void rows_multi_avx512(int type, const uint8_t *p, size_t rowBytes
         for (; i + 8 <= m; i += 8) {
             int r = 0;
             for (; r + 2 <= n; r += 2)
-                tile_avx512(type, 2, 8, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+                tile_avx512(type, 2, 8, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb,
+                            out + i * ldo + t0 + r, ldo);
             for (; r < n; r++)
-                tile_avx512(type, 1, 8, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+                tile_avx512(type, 1, 8, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb,
+                            out + i * ldo + t0 + r, ldo);
         }
         while (i + 4 <= m) {
             int r = 0;
             for (; r + 2 <= n; r += 2)
-                tile_avx512(type, 2, 4, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+                tile_avx512(type, 2, 4, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb,
+                            out + i * ldo + t0 + r, ldo);
             for (; r < n; r++)
-                tile_avx512(type, 1, 4, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+                tile_avx512(type, 1, 4, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb,
+                            out + i * ldo + t0 + r, ldo);
             i += 4;
         }
         while (i + 2 <= m) {
             int r = 0;
             for (; r + 4 <= n; r += 4)
-                tile_avx512(type, 4, 2, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+                tile_avx512(type, 4, 2, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb,
+                            out + i * ldo + t0 + r, ldo);
             for (; r < n; r++)
-                tile_avx512(type, 1, 2, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb, out + i * ldo + t0 + r, ldo);
+                tile_avx512(type, 1, 2, tile + (size_t)r * rowBytes, rowBytes, x + i * ldx, ldx, nb,
+                            out + i * ldo + t0 + r, ldo);
             i += 2;
         }
         for (; i < m; i++) rows_avx512(type, tile, rowBytes, n, x + i * ldx, nb, out + i * ldo + t0);
     }
 }
 
-AVX512 void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x, size_t ldx,
-                                      const float *xsum, size_t ldxsum, int m, float *out, size_t ldo) {
+AVX512 void kvt_matvec_rows_qf_avx512(int type, const void *w, size_t rowBytes, int r0, int r1, int n, const float *x,
+                                      size_t ldx, const float *xsum, size_t ldxsum, int m, float *out, size_t ldo) {
     (void)xsum, (void)ldxsum;  // the AVX-512 kernels dequantize Q4_1's offsets into the weights
     const uint8_t *base = (const uint8_t *)w + (size_t)r0 * rowBytes;
     int nb = n / 32, rows = r1 - r0;
@@ -438,30 +448,22 @@ AVX512 INLINE float softmax16(float *sj, int T, float mx) {
 
 // out[0 .. 16 NV) = sum over slots t < T of (p[t] * inv) * value t, slot after slot, for one
 // head: the accumulators stay in registers (NV a constant after inlining). Values from the
-// cache's runs (offset elements into each row, rows rowBytes apart) or, with runs NULL, from
-// F32 rows headDim apart at values. Decode and prompt attention both weigh values through here.
+// cache's runs (offset elements into each row, rows rowBytes apart). Decode attention weighs
+// values through here; prompt attention through weigh_values_heads, the same operations.
 AVX512 INLINE void weigh_values(int NV, const float *p, float inv, const kvt_kv_run *runs, size_t offset,
-                                int elemBytes, size_t rowBytes, const float *values, int headDim, int T, float *out) {
+                                int elemBytes, size_t rowBytes, int T, float *out) {
     __m512 o[16];
     for (int c = 0; c < NV; c++) o[c] = _mm512_setzero_ps();
-    if (runs) {
-        for (int t = 0, r = 0; t < T; r++) {
-            const uint8_t *v = (const uint8_t *)runs[r].v + offset * (size_t)elemBytes;
-            int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
-            for (; t < end; t++, v += rowBytes) {
-                __m512 w = _mm512_set1_ps(p[t] * inv);
-                for (int c = 0; c < NV; c++) {
-                    __m512 vv;
-                    load_row16(v, elemBytes, c, &vv);
-                    o[c] = _mm512_fmadd_ps(w, vv, o[c]);
-                }
-            }
-        }
-    } else {
-        for (int t = 0; t < T; t++) {
+    for (int t = 0, r = 0; t < T; r++) {
+        const uint8_t *v = (const uint8_t *)runs[r].v + offset * (size_t)elemBytes;
+        int end = t + (int)runs[r].count < T ? t + (int)runs[r].count : T;
+        for (; t < end; t++, v += rowBytes) {
             __m512 w = _mm512_set1_ps(p[t] * inv);
-            for (int c = 0; c < NV; c++)
-                o[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(values + (size_t)t * headDim + 16 * c), o[c]);
+            for (int c = 0; c < NV; c++) {
+                __m512 vv;
+                load_row16(v, elemBytes, c, &vv);
+                o[c] = _mm512_fmadd_ps(w, vv, o[c]);
+            }
         }
     }
     for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + 16 * c, o[c]);
@@ -469,12 +471,11 @@ AVX512 INLINE void weigh_values(int NV, const float *p, float inv, const kvt_kv_
 
 // weigh_values with NV the head's 16-lane chunks, specialised for the common head sizes.
 AVX512 static void weigh_values_any(int nv, const float *p, float inv, const kvt_kv_run *runs, size_t offset,
-                                    int elemBytes, size_t rowBytes, const float *values, int headDim, int T,
-                                    float *out) {
+                                    int elemBytes, size_t rowBytes, int T, float *out) {
     switch (nv) {
-    case 4: weigh_values(4, p, inv, runs, offset, elemBytes, rowBytes, values, headDim, T, out); return;
-    case 8: weigh_values(8, p, inv, runs, offset, elemBytes, rowBytes, values, headDim, T, out); return;
-    default: weigh_values(nv, p, inv, runs, offset, elemBytes, rowBytes, values, headDim, T, out); return;
+    case 4: weigh_values(4, p, inv, runs, offset, elemBytes, rowBytes, T, out); return;
+    case 8: weigh_values(8, p, inv, runs, offset, elemBytes, rowBytes, T, out); return;
+    default: weigh_values(nv, p, inv, runs, offset, elemBytes, rowBytes, T, out); return;
     }
 }
 
@@ -484,40 +485,42 @@ AVX512 static void weigh_values_any(int nv, const float *p, float inv, const kvt
 // p + j * ldp, its output at out + j * ldo.
 AVX512 INLINE void weigh_values_heads(int NQ, int NV, const float *p, size_t ldp, const float *inv,
                                       const float *values, int headDim, int T, float *out, size_t ldo) {
-    __m512 o[4][4];
-    for (int j = 0; j < NQ; j++)
-        for (int c = 0; c < NV; c++) o[j][c] = _mm512_setzero_ps();
+    __m512 o[16];  // head j's chunk c at j * NV + c
+    for (int k = 0; k < NQ * NV; k++) o[k] = _mm512_setzero_ps();
     for (int t = 0; t < T; t++) {
-        __m512 w[4];
+        __m512 w[16];
         for (int j = 0; j < NQ; j++) w[j] = _mm512_set1_ps(p[(size_t)j * ldp + t] * inv[j]);
         for (int c = 0; c < NV; c++) {
             __m512 vv = _mm512_loadu_ps(values + (size_t)t * headDim + 16 * c);
-            for (int j = 0; j < NQ; j++) o[j][c] = _mm512_fmadd_ps(w[j], vv, o[j][c]);
+            for (int j = 0; j < NQ; j++) o[j * NV + c] = _mm512_fmadd_ps(w[j], vv, o[j * NV + c]);
         }
     }
     for (int j = 0; j < NQ; j++)
-        for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + (size_t)j * ldo + 16 * c, o[j][c]);
+        for (int c = 0; c < NV; c++) _mm512_storeu_ps(out + (size_t)j * ldo + 16 * c, o[j * NV + c]);
 }
 
-// One query row's nq heads over T F32 value rows: heads of 64 lanes four at a time, others one
-// by one (weigh_values_any).
+// One query row's nq heads over T F32 value rows: heads of 64 lanes four at a time, of 128
+// lanes two at a time, others one by one.
 AVX512 static void weigh_values_row(int nv, int nq, const float *p, size_t ldp, const float *inv,
                                     const float *values, int headDim, int T, float *out, size_t ldo) {
+#define HEADS(NQ, NV) \
+    weigh_values_heads(NQ, NV, p + (size_t)j * ldp, ldp, inv + j, values, headDim, T, out + (size_t)j * ldo, ldo)
     int j = 0;
     if (nv == 4) {
-        for (; j + 4 <= nq; j += 4)
-            weigh_values_heads(4, 4, p + (size_t)j * ldp, ldp, inv + j, values, headDim, T, out + (size_t)j * ldo, ldo);
-        const float *pj = p + (size_t)j * ldp;
-        float *oj = out + (size_t)j * ldo;
+        for (; j + 4 <= nq; j += 4) HEADS(4, 4);
         switch (nq - j) {
-        case 3: weigh_values_heads(3, 4, pj, ldp, inv + j, values, headDim, T, oj, ldo); return;
-        case 2: weigh_values_heads(2, 4, pj, ldp, inv + j, values, headDim, T, oj, ldo); return;
-        case 1: weigh_values_heads(1, 4, pj, ldp, inv + j, values, headDim, T, oj, ldo); return;
-        default: return;
+        case 3: HEADS(3, 4); break;
+        case 2: HEADS(2, 4); break;
+        case 1: HEADS(1, 4); break;
+        default: break;
         }
+    } else if (nv == 8) {
+        for (; j + 2 <= nq; j += 2) HEADS(2, 8);
+        if (j < nq) HEADS(1, 8);
+    } else {
+        for (; j < nq; j++) HEADS(1, nv);
     }
-    for (; j < nq; j++)
-        weigh_values_any(nv, p + (size_t)j * ldp, inv[j], NULL, 0, 4, 0, values, headDim, T, out + (size_t)j * ldo);
+#undef HEADS
 }
 
 AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kvt_kv_run *runs, size_t offset,
@@ -551,8 +554,7 @@ AVX512 void kvt_attend_group_avx512(const float *q, size_t ldq, int nq, const kv
     }
     for (int j = 0; j < nq; j++) {
         float inv = softmax16(scores + (size_t)j * T, T, _mm512_reduce_max_ps(mx[j]));
-        weigh_values_any(nv, scores + (size_t)j * T, inv, runs, offset, elemBytes, rowBytes, NULL, headDim, T,
-                         out + (size_t)j * ldo);
+        weigh_values_any(nv, scores + (size_t)j * T, inv, runs, offset, elemBytes, rowBytes, T, out + (size_t)j * ldo);
     }
 }
 
@@ -667,7 +669,8 @@ AVX2 void kvt_dequantize_row_avx2(int type, const void *src, float *dst, int n) 
         for (int b = 0; b < n / 32; b++, p += 34) q8_0_block_avx2(p + 2, _cvtsh_ss(load_u16(p)), dst + b * 32);
         return;
     case KVT_TYPE_Q4_1_R:
-        for (int b = 0; b < n / 32; b++, p += 24) q4_1_block_avx2(p + 8, kvt_load_f32(p), kvt_load_f32(p + 4), dst + b * 32);
+        for (int b = 0; b < n / 32; b++, p += 24)
+            q4_1_block_avx2(p + 8, kvt_load_f32(p), kvt_load_f32(p + 4), dst + b * 32);
         return;
     case KVT_TYPE_Q8_0_R:
         for (int b = 0; b < n / 32; b++, p += 36) q8_0_block_avx2(p + 4, kvt_load_f32(p), dst + b * 32);

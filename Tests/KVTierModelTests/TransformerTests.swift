@@ -12,7 +12,10 @@ final class TransformerTests: XCTestCase {
     /// `tolerance` bounds the sgemm path (one batch), `decodeTolerance` the matrix-vector path
     /// (token by token). Both use F32 activations and every weight's dequantized value, so both
     /// must be as close to the Double reference.
-    private func check(_ tiny: TinyModel, tokens: [Int32], tolerance: Double, decodeTolerance: Double, file: StaticString = #filePath, line: UInt = #line) throws {
+    private func check(
+        _ tiny: TinyModel, tokens: [Int32], tolerance: Double, decodeTolerance: Double, file: StaticString = #filePath,
+        line: UInt = #line
+    ) throws {
         let model = try LlamaModel(path: tiny.write())
         let ref = ReferenceLlama(tiny).logits(tokens: tokens, positions: Array(tokens.indices))
         for threads in [1, 2] {
@@ -20,7 +23,8 @@ final class TransformerTests: XCTestCase {
             let t = model.makeTransformer(threads: threads)
             let cache = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
             var worst = 0.0
-            try t.forward(tokens: tokens, positions: tokens.indices.map { Int32($0) }, cache: cache, logits: .all) { i, l in
+            try t.forward(tokens: tokens, positions: tokens.indices.map { Int32($0) }, cache: cache, logits: .all) {
+                i, l in
                 worst = max(worst, maxDiff(l, ref[i]))
             }
             XCTAssertLessThan(worst, tolerance, "batch, \(threads) threads", file: file, line: line)
@@ -35,7 +39,9 @@ final class TransformerTests: XCTestCase {
         }
     }
 
-    private let tokens: [Int32] = [1, 75, 104, 259, 40, 110, 260, 261, 2, 1, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140]
+    private let tokens: [Int32] = [
+        1, 75, 104, 259, 40, 110, 260, 261, 2, 1, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140,
+    ]
 
     func testQuantizedTinyModelMatchesReference() throws {
         try check(TinyModel(), tokens: tokens, tolerance: 0.02, decodeTolerance: 0.02)
@@ -123,12 +129,16 @@ final class TransformerTests: XCTestCase {
         t.gemmThreshold = threshold
         let whole = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
         var expected: [Float] = []
-        try t.forward(tokens: tokens, positions: tokens.indices.map { Int32($0) }, cache: whole, logits: .last) { _, l in expected = Array(l) }
+        try t.forward(tokens: tokens, positions: tokens.indices.map { Int32($0) }, cache: whole, logits: .last) {
+            _, l in expected = Array(l)
+        }
         let split = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
         try t.forward(tokens: Array(tokens[..<7]), positions: (0..<7).map { Int32($0) }, cache: split, logits: .none)
         try t.forward(tokens: Array(tokens[7..<9]), positions: [7, 8], cache: split, logits: .none)
         var got: [Float] = []
-        try t.forward(tokens: Array(tokens[9...]), positions: (9..<tokens.count).map { Int32($0) }, cache: split, logits: .last) { _, l in got = Array(l) }
+        try t.forward(
+            tokens: Array(tokens[9...]), positions: (9..<tokens.count).map { Int32($0) }, cache: split, logits: .last
+        ) { _, l in got = Array(l) }
         XCTAssertEqual(split.count, tokens.count)
         for (a, b) in zip(expected, got) { XCTAssertEqual(a, b, accuracy: 2e-3, "threshold \(threshold)") }
     }
@@ -143,7 +153,9 @@ final class TransformerTests: XCTestCase {
     /// quantized-activation path (AVX-512 VNNI) every kernel computes a row on its own, so the
     /// two are the same bits.
     func testSmallChunksGiveTheLogitsOfOneBatch() throws {
-        for (tiny, bound) in [(TinyModel(), 1e-3), (TinyModel(matrixType: 2, seed: 12), 5e-3), (TinyModel(matrixType: 8, seed: 13), 5e-3)] {
+        for (tiny, bound) in [
+            (TinyModel(), 1e-3), (TinyModel(matrixType: 2, seed: 12), 5e-3), (TinyModel(matrixType: 8, seed: 13), 5e-3),
+        ] {
             let model = try LlamaModel(path: tiny.write())
             for threads in [1, 2] {
                 let t = model.makeTransformer(threads: threads)
@@ -151,13 +163,17 @@ final class TransformerTests: XCTestCase {
                 XCTAssertEqual(tokens.count, 20)
                 var whole = [[Float]](repeating: [], count: tokens.count)
                 let c1 = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
-                try t.forward(tokens: tokens, positions: tokens.indices.map { Int32($0) }, cache: c1, logits: .all) { i, l in whole[i] = Array(l) }
+                try t.forward(tokens: tokens, positions: tokens.indices.map { Int32($0) }, cache: c1, logits: .all) {
+                    i, l in whole[i] = Array(l)
+                }
                 var split = [[Float]](repeating: [], count: tokens.count)
                 let c2 = InMemoryKVCache(layout: model.kvLayout, capacity: 64)
                 var start = 0
                 for size in [7, 1, 1, 11] {  // all below the threshold: matrix-vector products
                     let range = start..<(start + size)
-                    try t.forward(tokens: Array(tokens[range]), positions: range.map { Int32($0) }, cache: c2, logits: .all) { i, l in
+                    try t.forward(
+                        tokens: Array(tokens[range]), positions: range.map { Int32($0) }, cache: c2, logits: .all
+                    ) { i, l in
                         split[start + i] = Array(l)
                     }
                     start += size
@@ -167,7 +183,10 @@ final class TransformerTests: XCTestCase {
                     XCTAssertEqual(a.count, b.count)
                     for (u, v) in zip(a, b) { worst = max(worst, abs(u - v)) }
                 }
-                print("tiny model, matrix type \(tiny.matrixType), \(threads) threads: 20 tokens as 7 + 1 + 1 + 11 vs one batch: max |logit diff| \(worst)")
+                print(
+                    "tiny model, matrix type \(tiny.matrixType), \(threads) threads: "
+                        + "20 tokens as 7 + 1 + 1 + 11 vs one batch: max |logit diff| \(worst)"
+                )
                 XCTAssertLessThan(worst, Float(bound), "matrix type \(tiny.matrixType), \(threads) threads")
                 if t.batchInvariant { XCTAssertEqual(worst, 0, "batch-invariant kernels") }
             }
@@ -181,7 +200,9 @@ final class TransformerTests: XCTestCase {
         XCTAssertThrowsError(try t.forward(tokens: [99999], positions: [0], cache: c, logits: .last))
         XCTAssertThrowsError(try t.forward(tokens: [1], positions: [-1], cache: c, logits: .last))
         XCTAssertThrowsError(try t.forward(tokens: [1, 2], positions: [0], cache: c, logits: .last))
-        XCTAssertThrowsError(try t.forward(tokens: [1, 2, 3, 4, 5], positions: [0, 1, 2, 3, 4], cache: c, logits: .last)) {
+        XCTAssertThrowsError(
+            try t.forward(tokens: [1, 2, 3, 4, 5], positions: [0, 1, 2, 3, 4], cache: c, logits: .last)
+        ) {
             XCTAssertEqual($0 as? DecoderError, .cache(.full(capacity: 4, requested: 5)))
         }
         let wrong = InMemoryKVCache(layout: KVLayout(layers: 1, kvHeads: 1, headDim: 8), capacity: 4)

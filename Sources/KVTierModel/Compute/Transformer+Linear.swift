@@ -129,7 +129,7 @@ extension Transformer {
         _ ws: [WeightMatrix], _ x: UnsafePointer<Float>, vectorRows: Int, gemmRuns: [(row: Int, n: Int)],
         _ ys: [UnsafeMutablePointer<Float>]
     ) {
-        if ws.allSatisfy(\.takesQuantizedActivations), Set(ws.map(\.cols)).count == 1 {
+        if let cols = ws.first?.cols, ws.allSatisfy({ $0.takesQuantizedActivations && $0.cols == cols }) {
             quantizedActivationRows(ws, x, gemmRuns.reduce(vectorRows) { $0 + $1.n }, ys)
             return
         }
@@ -137,8 +137,8 @@ extension Transformer {
     }
 
     /// The quantized-activation path: the n activation vectors quantized to `activationBits` per
-    /// block of 32 (once, here, a prompt's rows shared out among the workers), then each worker's share
-    /// of the matrices' rows (whole groups of 16, the matrices one after the other) against all
+    /// block of 32 (once, here, a prompt's rows shared out among the workers), then each worker's
+    /// share of the matrices' rows (whole groups of 16, the matrices one after the other) against all
     /// of them. Every row of every y is the same bits whatever n is and however the rows are
     /// shared (`kvt_quantize_q8` and `kvt_matvec_q8` compute each row and each group of 16 on
     /// its own).
@@ -152,11 +152,9 @@ extension Transformer {
         let room = quantizedActivations.reserve(max(1, n * blocks * stride / MemoryLayout<Float>.stride))
         let xq = UnsafeMutableRawPointer(room).bindMemory(to: kvt_q8_block.self, capacity: n * blocks)
         let bits = Int32(activationBits.rawValue)
-        let quantizers = elementwiseWorkers(rows: n)
-        pool.run(quantizers) { t in
-            let (a, b) = Parallel.share(n, t, quantizers)
-            guard b > a else { return }
-            kvt_quantize_q8(bits, x + a * cols, cols, Int32(b - a), Int32(cols), xq + a * blocks)
+        forEachShare(ofRows: n) { r in
+            let a = r.lowerBound
+            kvt_quantize_q8(bits, x + a * cols, cols, Int32(r.count), Int32(cols), xq + a * blocks)
         }
         let groups = ws.map { ($0.rows + 15) / 16 }
         let total = groups.reduce(0, +)

@@ -213,8 +213,9 @@ public final class Transformer {
         let gate = self.gate.reserve(n * f)
         let up = self.up.reserve(n * f)
         let hidden = self.hidden.reserve(n * f)
-        func project(_ w: WeightMatrix, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>) {
-            linear(w, input, vectorRows: vectorRows, gemmRuns: gemmRuns, output)
+        /// The matrices `ws`, which read the same input, each into its output.
+        func project(_ ws: [WeightMatrix], _ input: UnsafePointer<Float>, _ outputs: [UnsafeMutablePointer<Float>]) {
+            linear(ws, input, vectorRows: vectorRows, gemmRuns: gemmRuns, outputs)
         }
 
         // Token embeddings.
@@ -227,7 +228,7 @@ public final class Transformer {
         for (l, layer) in weights.layers.enumerated() {
             // Attention block.
             normalize(x, layer.attnNorm, xb, rows: n)
-            linear([layer.wq, layer.wk, layer.wv], xb, vectorRows: vectorRows, gemmRuns: gemmRuns, [q, k, v])
+            project([layer.wq, layer.wk, layer.wv], xb, [q, k, v])
             for run in runs {
                 let cache = items[run.item].cache
                 cache.write(
@@ -257,17 +258,17 @@ public final class Transformer {
                     attention(view: view, slot0: run.slot0, n: run.n, q: q + run.row * qw, out: att + run.row * qw)
                 }
             }
-            project(layer.wo, att, xb)
+            project([layer.wo], att, [xb])
             for i in 0..<(n * e) { x[i] += xb[i] }
 
             // Feed-forward block.
             normalize(x, layer.ffnNorm, xb, rows: n)
-            linear([layer.gate, layer.up], xb, vectorRows: vectorRows, gemmRuns: gemmRuns, [gate, up])
-            pool.run(elementwiseWorkers(rows: n)) { t in
-                let (i0, i1) = Parallel.share(n * f, t, elementwiseWorkers(rows: n))
-                if i1 > i0 { kvt_swiglu(gate + i0, up + i0, hidden + i0, i1 - i0) }
+            project([layer.gate, layer.up], xb, [gate, up])
+            forEachShare(ofRows: n) { r in
+                let i0 = r.lowerBound * f
+                kvt_swiglu(gate + i0, up + i0, hidden + i0, r.count * f)
             }
-            project(layer.down, hidden, xb)
+            project([layer.down], hidden, [xb])
             for i in 0..<(n * e) { x[i] += xb[i] }
             for run in runs { items[run.item].cache.didFinish(layer: l) }
         }
@@ -299,19 +300,24 @@ public final class Transformer {
         let e = config.embeddingLength
         let eps = config.rmsNormEpsilon
         weight.values.withUnsafeBufferPointer { w in
-            let workers = elementwiseWorkers(rows: rows)
-            pool.run(workers) { t in
-                let (a, b) = Parallel.share(rows, t, workers)
-                for i in a..<b { kvt_rmsnorm(x + i * e, w.baseAddress, out + i * e, Int32(e), eps) }
+            forEachShare(ofRows: rows) { r in
+                for i in r { kvt_rmsnorm(x + i * e, w.baseAddress, out + i * e, Int32(e), eps) }
             }
         }
     }
 
-    /// How many workers share elementwise work over `rows` rows (RMSNorm, SwiGLU, quantizing
-    /// activations): all of them for a prompt's rows, one for a few decode rows, where the work
-    /// is smaller than a fork-join's cost and each join is one more place for a descheduled
-    /// thread to hold up the step. Each row's result is the same bits either way.
-    func elementwiseWorkers(rows: Int) -> Int { rows >= 16 ? threads : 1 }
+    /// `body` over each worker's share of `rows` rows, for row-wise work between the matrix
+    /// products (RMSNorm, SwiGLU, quantizing activations): all the workers for a prompt's rows,
+    /// one for a few decode rows, where the work is smaller than a fork-join's cost and each join
+    /// is one more place for a descheduled thread to hold up the step. Each row's result is the
+    /// same bits either way.
+    func forEachShare(ofRows rows: Int, _ body: (Range<Int>) -> Void) {
+        let workers = rows >= 16 ? threads : 1
+        pool.run(workers) { t in
+            let (a, b) = Parallel.share(rows, t, workers)
+            if b > a { body(a..<b) }
+        }
+    }
 
     /// Calls `body` with a view of `layer` of every cache, in order (each cache's `withLayer`,
     /// nested).
