@@ -78,7 +78,8 @@ final class BatchTierTests: XCTestCase {
     /// layer: it waits on its own thread until every layer is in HBM, so the reply beside it
     /// never pauses for the load (a lane that joined at once would stall every step on its
     /// layers, 500 ms each). The reply samples a token every 10 ms or more, so that it is still
-    /// under way, and its blocks (256 tokens) never fill, so the joining turn waits for no save.
+    /// under way, and its blocks (256 tokens) never fill, so the joining turn waits for no save
+    /// (the reply's partial saves, 500 ms each, go out on the link's other direction).
     /// The joining turn then generates 40 tokens, back to back: with 4 it could finish inside
     /// one of the reply's 10 ms pauses between steps and never share a step with it (seen on
     /// a loaded machine).

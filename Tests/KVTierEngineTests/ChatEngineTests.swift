@@ -159,6 +159,10 @@ final class ChatEngineTests: XCTestCase {
                 XCTAssertEqual(worst, 0, "\(elementType) turn \(turn): reuse is not the bits of recomputation")
             }
             for (a, b) in zip(seen, ref) { XCTAssertEqual(Sampler.argmax(a), Sampler.argmax(b)) }
+            // Every block the turn saved was computed straight into its HBM pages (the partial
+            // block it extends too, its reused rows copied in): none was copied into HBM.
+            XCTAssertGreaterThan(r.blocksSavedInPlace, 0, "turn \(turn) computed no block into its HBM pages")
+            XCTAssertEqual(r.blocksSavedByCopy, 0, "turn \(turn) copied blocks into HBM")
             if turn > 0 {
                 XCTAssertGreaterThan(r.tokensReused, 0, "turn \(turn) reused nothing")
                 XCTAssertEqual(r.tokensReused + r.tokensRecomputed, prompt.count)
@@ -171,6 +175,8 @@ final class ChatEngineTests: XCTestCase {
             print(
                 "\(elementType) turn \(turn): prompt \(prompt.count), reused \(r.tokensReused), "
                     + "recomputed \(r.tokensRecomputed), hits hbm/dram/disk \(r.hitsHBM)/\(r.hitsDRAM)/\(r.hitsDisk), "
+                    + "saved in place/by copy \(r.blocksSavedInPlace)/\(r.blocksSavedByCopy), "
+                    + "rows saved at the end \(r.rowsSavedAtEnd), "
                     + "max |dlogit| \(worst)"
             )
             messages.append(ChatMessage(role: "assistant", content: r.text))
@@ -200,6 +206,30 @@ extension ChatEngineTests {
         // by the matrix-vector kernel rather than sgemm (see RealModelChatTests).
         XCTAssertLessThan(worst, 2e-3, "logits differ from recomputation by \(worst)", file: file, line: line)
         return r
+    }
+
+    /// The blocks a reply fills are saved as they fill: when the reply ends, at most one row per
+    /// layer is left to copy down (partial saves every 2 rows with 16-token blocks), and the next
+    /// turn, reading the block those partial copies made from DRAM, gets full recomputation's logits.
+    func testPartialBlocksAreSavedAsTheyFill() throws {
+        let model = try LlamaModel(path: TinyModel(context: 512).write())
+        let engine = try makeEngine(model, dir: tempDir())
+        let layers = model.kvLayout.layers
+        var messages = [ChatMessage(role: "user", content: "hello there, tell me more")]
+        let options = GenerationOptions(maxTokens: 40, sampling: .greedy, stopAtEndOfGeneration: false)
+        let r = try engine.runTurn(session: "chat", messages: messages, options: options)
+        engine.quiesce()
+        let last = try XCTUnwrap(engine.stateForTesting("chat")?.blocks.last)
+        XCTAssertGreaterThanOrEqual(last.count, 4, "the premise: the reply ends well inside a block")
+        XCTAssertLessThanOrEqual(
+            r.rowsSavedAtEnd, layers,
+            "the end of the turn saved \(r.rowsSavedAtEnd) rows; the last block has \(last.count)")
+        XCTAssertEqual(r.blocksSavedByCopy, 0)
+        try engine.store.demote(session: "chat", to: .dram)
+        messages.append(ChatMessage(role: "assistant", content: r.text))
+        messages.append(ChatMessage(role: "user", content: "and then?"))
+        let next = try checkedTurn(engine, "chat", messages, replies: [r.text: r.generated])
+        XCTAssertGreaterThan(next.hitsDRAM, last.count - 1, "the next turn read the last block from DRAM")
     }
 
     func testEditedHistoryReusesOnlyTheCommonPrefix() throws {
@@ -335,8 +365,8 @@ extension ChatEngineTests {
                 guard let p = layer0.pages.first(where: { $0.key.start <= i && i < $0.key.start + $0.key.count }) else {
                     continue
                 }
-                let bytes = engine.store.contents(of: p.page, bytes: 2 * p.key.count * w * 2)
-                let k = bytes.baseAddress!.assumingMemoryBound(to: UInt16.self) + (i - p.key.start) * w
+                let keys = engine.store.contents(of: p.page, rows: p.key.count).keys
+                let k = keys.assumingMemoryBound(to: UInt16.self) + (i - p.key.start) * w
                 for j in 0..<w {
                     // Exact up to rounding: within two F16 ulps (2^-9 relative) of each other.
                     let a = Float(Float16(bitPattern: k[j]))

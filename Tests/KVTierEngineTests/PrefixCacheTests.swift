@@ -242,7 +242,9 @@ final class PrefixCacheTests: XCTestCase {
             return (reports, engine.store.stats.tiers.first { $0.tier == "dram" }?.hits ?? 0)
         }
         let ample = try run(hbmBytes: 16 << 20)
-        let tight = try run(hbmBytes: 24 * model.kvLayout.layers * page)  // one chat (up to 23 blocks), not two
+        // One chat (up to 24 blocks) and what its turn holds besides (the partial block it
+        // extends, read while its extension is written in place), not two chats.
+        let tight = try run(hbmBytes: 26 * model.kvLayout.layers * page)
         XCTAssertEqual(ample.dramHits, 0)
         XCTAssertGreaterThan(tight.dramHits, 0, "the small arena evicted KV that later turns reused from DRAM")
         for k in 0..<2 {

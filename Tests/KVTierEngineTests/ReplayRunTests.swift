@@ -141,7 +141,9 @@ final class ReplayRunTests: XCTestCase {
         workload = ReplayWorkload(conversations: workload.conversations + [other])
         var store = smallStore()
         let page = 2 * 16 * model.kvLayout.rowWidth * 2  // a 16-token block of F16 keys and values
-        store.hbmCapacityBytes = 16 * model.kvLayout.layers * page  // one chat (10 or 13 blocks), not two
+        // One chat (10 or 13 blocks) and what its turn holds besides (the blocks it writes, the
+        // partial block it extends counted twice), not two chats.
+        store.hbmCapacityBytes = 18 * model.kvLayout.layers * page
         var summaries: [String: ReplaySummary.Policy] = [:]
         for policy in ["kvtier", "hbm-oracle"].compactMap(ReplayPolicy.named) {
             let (turns, stats) = try ReplayRun(policy: policy, store: store, threads: 2).run(workload, model: model) {

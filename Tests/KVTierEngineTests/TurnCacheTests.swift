@@ -39,7 +39,7 @@ final class TurnCacheTests: XCTestCase {
         for l in 0..<2 { pages.append(try store.admit(block(layer: l, base: Float(1000 * l)))) }
         let stored = SessionState.BlockRange(home: "s", start: 0, count: 4)
 
-        let cache = TurnCache(store: store, layout: layout, capacity: 8)
+        let cache = TurnCache(store: store, session: "t", layout: layout, capacity: 8)
         defer { cache.finish() }
         cache.startLoad(blocks: [stored], readAhead: nil)
         // Slots 0..<3 are tokens 1..<4 of the stored block; slot 3 is computed.
@@ -55,7 +55,7 @@ final class TurnCacheTests: XCTestCase {
 
         let rowBytes = 4 * 4
         for l in 0..<2 {
-            let page = UnsafeRawPointer(store.contents(of: pages[l], bytes: 2 * 4 * rowBytes).baseAddress!)
+            let page = store.contents(of: pages[l], rows: 4).keys
             cache.withLayer(l) { view in
                 XCTAssertEqual(view.count, 4)
                 XCTAssertEqual(view.runs.count, 2, "the loaded run in its page, the computed slot in the turn's buffer")
@@ -92,7 +92,7 @@ final class TurnCacheTests: XCTestCase {
                     key: BlockKey(model: model, session: "fork", layer: l, start: 4, count: 4), elementType: .f32,
                     rowWidth: 4, payload: block(layer: l, base: 50).payload))
         }
-        let cache = TurnCache(store: store, layout: layout, capacity: 8)
+        let cache = TurnCache(store: store, session: "t", layout: layout, capacity: 8)
         defer { cache.finish() }
         // The tightest read buffer: the store moves a layer only once the one before it was
         // asked for. One load over both namespaces, so layer l of each comes before layer l + 1.
@@ -117,5 +117,102 @@ final class TurnCacheTests: XCTestCase {
             floats(cache.payload(layer: 0, start: 0, count: 8)),
             (0..<16).map { 10 + Float($0) } + (0..<16).map { 50 + Float($0) } + (0..<16).map { 110 + Float($0) }
                 + (0..<16).map { 150 + Float($0) })
+    }
+
+    /// Computed slots are written straight into HBM pages reserved for their block; sealing the
+    /// block copies in the reused rows below them and puts the values after the keys (the store's
+    /// page format), and the store adopts the very page: no copy into HBM.
+    func testComputedSlotsAreWrittenInPlaceAndTheSealedPageIsAdopted() throws {
+        let store = try makeStore()
+        // A stored partial block: tokens 0..<2 of block [0, 4).
+        for l in 0..<2 {
+            let full = block(layer: l, base: Float(1000 * l))
+            let payload = floats(full.payload)
+            let two = Array(payload[0..<8]) + Array(payload[16..<24])
+            try store.admit(
+                KVBlock(
+                    key: BlockKey(model: model, session: "s", layer: l, start: 0, count: 2), elementType: .f32,
+                    rowWidth: 4, payload: two.withUnsafeBytes { Array($0) }))
+        }
+        let stored = SessionState.BlockRange(home: "s", start: 0, count: 2)
+        let used = store.arena.usedPages
+        let cache = TurnCache(store: store, session: "s", layout: layout, capacity: 8)
+        cache.startLoad(blocks: [stored], readAhead: nil)
+        try cache.appendLoaded(block: stored, offset: 0, positions: [0, 1])
+        // Slots 2 and 3 are computed: history indices 2, 3 of the block [0, 4).
+        cache.placeComputed(slot: 2, index: 2, block: 0..<4)
+        cache.placeComputed(slot: 3, index: 3, block: 0..<4)
+        XCTAssertEqual(store.arena.usedPages, used + 2, "one page per layer reserved for the block")
+        XCTAssertEqual(try cache.append(positions: [2, 3]), 2)
+        let computed: [Float] = (0..<8).map { -1 - Float($0) }
+        for l in 0..<2 {
+            cache.waitUntilResident(layer: l)
+            computed.withUnsafeBufferPointer { k in
+                cache.write(layer: l, start: 2, count: 2, keys: k.baseAddress!, values: k.baseAddress!)
+            }
+            XCTAssertTrue(cache.readsInPlace(layer: l, slot: 3), "computed rows are read where they were written")
+            cache.withLayer(l) { view in
+                XCTAssertEqual(view.runs.count, 2, "the loaded run in its page, the computed one in the block's page")
+            }
+        }
+        var adopted: [PageID: BlockKey] = [:]
+        for l in 0..<2 {
+            let page = try XCTUnwrap(cache.seal(layer: l, blockStart: 0, count: 4))
+            let key = BlockKey(model: model, session: "s", layer: l, start: 0, count: 4)
+            try store.adopt(page, as: key)
+            adopted[page] = key
+            let base = Float(1000 * l)
+            let expect = (0..<8).map { base + Float($0) } + computed + (0..<8).map { base + 100 + Float($0) } + computed
+            XCTAssertEqual(
+                floats(store.payload(inPage: page, rows: 4)), expect,
+                "the adopted page holds the block in the store's format")
+            XCTAssertEqual(
+                floats(cache.payload(layer: l, start: 0, count: 4)), expect, "and the turn still reads the same rows")
+        }
+        XCTAssertNil(cache.seal(layer: 0, blockStart: 0, count: 4), "a layer is sealed once")
+        cache.finish(adopted: adopted)
+        XCTAssertEqual(store.arena.usedPages, used + 2, "the adopted pages are the block's pages in HBM")
+        for l in 0..<2 {
+            XCTAssertTrue(store.isInHBM(BlockKey(model: model, session: "s", layer: l, start: 0, count: 4)))
+        }
+    }
+
+    /// A block sealed shorter than its room (the turn's last, partial block) is in the store's
+    /// page format as it is; pages not adopted go back to the arena when the turn finishes.
+    func testAShortBlockIsSealedAsItIsAndUnadoptedPagesGoBack() throws {
+        let store = try makeStore()
+        let used = store.arena.usedPages
+        let cache = TurnCache(store: store, session: "s", layout: layout, capacity: 8)
+        for i in 0..<3 { cache.placeComputed(slot: i, index: 4 + i, block: 4..<8) }
+        _ = try cache.append(positions: [4, 5, 6])
+        let rows: [Float] = (0..<12).map(Float.init)
+        for l in 0..<2 {
+            rows.withUnsafeBufferPointer { r in
+                cache.write(layer: l, start: 0, count: 3, keys: r.baseAddress!, values: r.baseAddress! + 0)
+            }
+        }
+        let page = try XCTUnwrap(cache.seal(layer: 0, blockStart: 4, count: 3))
+        XCTAssertEqual(floats(store.payload(inPage: page, rows: 3)), rows + rows)
+        XCTAssertEqual(floats(cache.payload(layer: 0, start: 0, count: 3)), rows + rows)
+        cache.finish()
+        XCTAssertEqual(store.arena.usedPages, used, "every reserved page went back")
+    }
+
+    /// With no HBM page free, computed rows stay in the turn's own buffer (and are saved by copy).
+    func testWithoutAFreePageComputedRowsStayInTheTurnsBuffer() throws {
+        let store = try makeStore()
+        let hold = try XCTUnwrap(store.arena.allocate(count: store.arena.freePages))
+        defer { store.arena.free(hold) }
+        let cache = TurnCache(store: store, session: "s", layout: layout, capacity: 8)
+        defer { cache.finish() }
+        cache.placeComputed(slot: 0, index: 0, block: 0..<4)
+        _ = try cache.append(positions: [0])
+        let row: [Float] = [1, 2, 3, 4]
+        row.withUnsafeBufferPointer { r in
+            cache.write(layer: 0, start: 0, count: 1, keys: r.baseAddress!, values: r.baseAddress!)
+        }
+        XCTAssertFalse(cache.readsInPlace(layer: 0, slot: 0))
+        XCTAssertNil(cache.seal(layer: 0, blockStart: 0, count: 1))
+        XCTAssertEqual(floats(cache.payload(layer: 0, start: 0, count: 1)), row + row)
     }
 }

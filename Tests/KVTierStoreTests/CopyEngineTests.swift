@@ -7,7 +7,8 @@ final class CopyEngineTests: XCTestCase {
     func testBytesArriveIntact() throws {
         let engine = CopyEngine(configuration: .unthrottled)
         for size in [0, 1, 4095, 1 << 20, 1_000_003] {
-            let src = HostBuffer(bytes: size), dst = HostBuffer(bytes: size)
+            let src = HostBuffer(bytes: size)
+            let dst = HostBuffer(bytes: size)
             src.fillRandom(seed: UInt64(size) + 7)
             engine.copySync(from: src.pointer, to: dst.pointer, bytes: size)
             XCTAssertTrue(dst.bytes == src.bytes, "copy of \(size) bytes differs")
@@ -21,7 +22,9 @@ final class CopyEngineTests: XCTestCase {
             b.fillRandom(seed: UInt64(100 + i))
             return b
         }
-        let transfers = zip(sources, pages).map { CopyEngine.Transfer(from: $0.pointer, to: arena.pointer($1), bytes: 65536) }
+        let transfers = zip(sources, pages).map {
+            CopyEngine.Transfer(from: $0.pointer, to: arena.pointer($1), bytes: 65536)
+        }
         let arrived = DispatchSemaphore(value: 0)
         engine.copy(transfers) { arrived.signal() }
         XCTAssertEqual(arrived.wait(timeout: .now() + 60), .success)
@@ -64,6 +67,25 @@ final class CopyEngineTests: XCTestCase {
         XCTAssertEqual(engine.counters.transfers, count)
     }
 
+    /// The link is full duplex: a load (to the device) queued behind a slow save (to the host)
+    /// completes first, while the save still holds its own direction; two transfers of one
+    /// direction stay in order.
+    func testALoadIsNotQueuedBehindASave() {
+        // 100 MB/s: the 16 MB save holds its direction for 160 ms, the 16-byte load needs 1 ms.
+        let engine = CopyEngine(configuration: .init(bandwidthBytesPerSecond: 1e8, latencySeconds: 1e-3))
+        let page = HostBuffer(bytes: 16 << 20)
+        let host = HostBuffer(bytes: 16)
+        let other = HostBuffer(bytes: 16)
+        let log = OrderLog()
+        engine.copyOut(from: page.pointer, bytes: 16 << 20) { _ in log.append(0, sawOwnBytes: true) }
+        engine.copy(from: host.pointer, to: other.pointer, bytes: 16, direction: .toDevice) {
+            log.append(1, sawOwnBytes: true)
+        }
+        engine.copyOut(from: page.pointer, bytes: 16) { _ in log.append(2, sawOwnBytes: true) }
+        engine.waitUntilIdle()
+        XCTAssertEqual(log.order, [1, 0, 2], "the load went ahead of the save; the saves kept their order")
+    }
+
     /// At 1 GB/s, moving 64 MB must take at least 64 ms plus the per-transfer latency.
     /// Only a lower bound: how much longer it takes depends on the machine.
     func testThrottledBandwidthIsALowerBoundOnTime() {
@@ -72,7 +94,8 @@ final class CopyEngineTests: XCTestCase {
         let engine = CopyEngine(configuration: .init(bandwidthBytesPerSecond: bandwidth, latencySeconds: latency))
         let chunk = 4 << 20
         let chunks = 16
-        let src = HostBuffer(bytes: chunk), dst = HostBuffer(bytes: chunk)
+        let src = HostBuffer(bytes: chunk)
+        let dst = HostBuffer(bytes: chunk)
         src.fillRandom(seed: 3)
         let start = DispatchTime.now().uptimeNanoseconds
         for _ in 0..<chunks {
@@ -132,7 +155,7 @@ private final class HostBuffer: @unchecked Sendable {
         var s = seed
         let b = UnsafeMutableRawBufferPointer(start: pointer, count: count)
         for i in 0..<count {
-            s = s &* 6364136223846793005 &+ 1442695040888963407
+            s = s &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
             b[i] = UInt8(truncatingIfNeeded: s >> 33)
         }
     }

@@ -72,7 +72,7 @@ final class RemoteTierTests: XCTestCase {
             let expected = saved.filter { $0.key.layer == l }
             for (p, e) in zip(load.pages, expected) {
                 XCTAssertEqual(load.sources[p.key], .remote)
-                XCTAssertTrue(Array(b.contents(of: p.page, bytes: e.payload.count)) == e.payload)
+                XCTAssertTrue(b.payload(inPage: p.page, rows: p.key.count) == e.payload)
             }
         }
         handle.release()
@@ -207,7 +207,7 @@ final class RemoteTierTests: XCTestCase {
             let load = handle.wait(layer: l)
             for p in load.pages {
                 delivered += 1
-                XCTAssertTrue(Array(b.contents(of: p.page, bytes: bs[l].payload.count)) == bs[l].payload)
+                XCTAssertTrue(b.payload(inPage: p.page, rows: p.key.count) == bs[l].payload)
             }
         }
         handle.release()

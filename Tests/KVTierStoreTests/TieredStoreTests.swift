@@ -53,7 +53,7 @@ final class TieredStoreTests: XCTestCase {
             XCTAssertEqual(load.pages.map(\.key), expected.map(\.key), file: file, line: line)
             for (p, b) in zip(load.pages, expected) {
                 XCTAssertTrue(
-                    Array(store.contents(of: p.page, bytes: b.payload.count)) == b.payload,
+                    store.payload(inPage: p.page, rows: p.key.count) == b.payload,
                     "layer \(l) block \(b.key) differs", file: file, line: line)
             }
         }
@@ -62,6 +62,56 @@ final class TieredStoreTests: XCTestCase {
     /// Prefetches run on their own queue and step aside for loads: a turn's load issued behind
     /// eight sessions' prefetches from disk is delivered before they finish (on one shared queue,
     /// it would wait for all of them).
+    /// A block saved as it fills: each partial save copies only the rows after the one before
+    /// and leaves one copy in DRAM (the earlier one forgotten); the complete block, adopted in
+    /// the page the rows were written in, extends the last partial copy the same way.
+    func testPartialSavesExtendEachOtherAndTheCompleteBlockExtendsThem() throws {
+        let store = try TieredStore(configuration: config(tempDir()), model: model, shape: shape)
+        let full = block("s", layer: 1, start: 32)
+        let rb = shape.rowWidth * 2
+        let page = try store.reservePage(for: "s")
+        let base = store.pageBytes(page)
+        // The decoder's layout while the block fills: keys from 0, values after room for 16 rows.
+        func write(rows: Range<Int>) {
+            full.payload.withUnsafeBytes { p in
+                (base + rows.lowerBound * rb).copyMemory(
+                    from: p.baseAddress! + rows.lowerBound * rb, byteCount: rows.count * rb)
+                (base + 16 * rb + rows.lowerBound * rb).copyMemory(
+                    from: p.baseAddress! + (16 + rows.lowerBound) * rb, byteCount: rows.count * rb)
+            }
+        }
+        func key(_ n: Int) -> BlockKey { BlockKey(model: model, session: "s", layer: 1, start: 32, count: n) }
+        func expected(_ n: Int) -> [UInt8] {
+            Array(full.payload[0..<(n * rb)]) + Array(full.payload[(16 * rb)..<((16 + n) * rb)])
+        }
+        let copied0 = store.copyEngine.counters.bytes
+        write(rows: 0..<5)
+        store.savePartial(page: page, as: key(5), extending: nil) {}
+        write(rows: 5..<9)
+        store.savePartial(page: page, as: key(9), extending: key(5)) {}
+        store.waitForSaves()
+        XCTAssertEqual(store.copyEngine.counters.bytes - copied0, 2 * 9 * rb, "each row crossed the link once")
+        XCTAssertNil(store.dram.get(key(5)), "the earlier partial copy is forgotten")
+        XCTAssertEqual(store.dram.get(key(9))?.payload, expected(9))
+        write(rows: 9..<16)
+        try store.adopt(page, as: full.key)
+        store.unpin([full.key])
+        XCTAssertEqual(store.save(full.key, extending: key(9)).wait(), .inDRAM)
+        XCTAssertEqual(
+            store.copyEngine.counters.bytes - copied0, 2 * 16 * rb, "the complete block copied its last rows")
+        XCTAssertNil(store.dram.get(key(9)))
+        XCTAssertEqual(store.dram.get(full.key)?.payload, full.payload, "DRAM holds the whole block")
+        // With the partial copy gone, the block stays in HBM, and an eviction copies it down whole.
+        let other = block("s", layer: 2, start: 32)
+        let page2 = try store.reservePage(for: "s")
+        other.payload.withUnsafeBytes { store.pageBytes(page2).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        try store.adopt(page2, as: other.key)
+        store.unpin([other.key])
+        XCTAssertEqual(store.save(other.key, extending: key(3)).wait(), .inHBM)
+        try store.demote(session: "s", to: .dram)
+        XCTAssertEqual(store.dram.get(other.key)?.payload, other.payload)
+    }
+
     func testALoadIsNotQueuedBehindPrefetches() throws {
         var c = config(tempDir(), blockTokens: 256)
         c.dramCapacityBytes = 256 << 20
@@ -186,7 +236,7 @@ final class TieredStoreTests: XCTestCase {
         let l1 = h.wait(layer: 1)
         XCTAssertEqual(l1.missing, [blocks[2].key])
         XCTAssertEqual(l1.pages.map(\.key), [blocks[3].key])
-        XCTAssertTrue(Array(store.contents(of: l1.pages[0].page, bytes: blocks[3].payload.count)) == blocks[3].payload)
+        XCTAssertTrue(store.payload(inPage: l1.pages[0].page, rows: l1.pages[0].key.count) == blocks[3].payload)
         h.release()
         XCTAssertGreaterThan(store.stats.hbm.misses, 0)
         XCTAssertGreaterThan(store.stats.dram.checksumFailures, 0)
@@ -242,8 +292,7 @@ final class TieredStoreTests: XCTestCase {
 
     /// A store whose DRAM is just full with `sessions` (two blocks in every layer each), saved in
     /// that order.
-    private func storeWithDRAMFull(of sessions: [String], policy: StoreConfiguration.PolicyKind) throws -> TieredStore
-    {
+    private func storeWithDRAMFull(of sessions: [String], policy: StoreConfiguration.PolicyKind) throws -> TieredStore {
         var c = config(tempDir())
         c.dramCapacityBytes = sessions.count * 6 * 2 * 16 * shape.rowWidth * 2
         c.policy = policy
@@ -395,7 +444,7 @@ final class TieredStoreTests: XCTestCase {
                     let load = h.wait(layer: l)
                     for p in load.pages {
                         guard let expected = blocks.first(where: { $0.key == p.key }) else { continue }
-                        if Array(store.contents(of: p.page, bytes: expected.payload.count)) != expected.payload {
+                        if store.payload(inPage: p.page, rows: p.key.count) != expected.payload {
                             wrongData.add(1)
                         }
                     }

@@ -360,33 +360,40 @@ public final class ChatEngine: @unchecked Sendable {
         let plan = TurnPlan(
             state: state, promptCount: prompt.count, reuse: reuse, failed: failed, systemEnd: systemEnd,
             blockTokens: blockTokens)
-        let cache = TurnCache(store: store, layout: model.kvLayout, capacity: plan.live.count + maxNew + 1)
-        defer { cache.finish() }
-        if !plan.needed.isEmpty { cache.startLoad(blocks: plan.needed, readAhead: configuration.readAheadLayers) }
         let saver = LayerSaver(
             store: store, key: { [self] in key($0, $1) }, layers: model.kvLayout.layers, from: plan.saveFrom,
             sinks: state.sinks, dropEnd: state.dropEnd, systemEnd: systemEnd, blockTokens: blockTokens,
             placement: placement, homeFor: writeGuard(for: state))
+        let cache = TurnCache(
+            store: store, session: state.id, layout: model.kvLayout, capacity: plan.live.count + maxNew + 1)
         // However the attempt ends, no admission of its blocks outlives it (the session's next
-        // turn may remove or rewrite the same keys).
-        defer { saver.drain() }
+        // turn may remove or rewrite the same keys); then the cache's pages go back or are let go.
+        defer {
+            saver.drain()
+            let adopted = saver.adopted
+            // Pages the store did not adopt go back to the arena: no partial copy may still read them.
+            if cache.holdsPages(besides: adopted) { saver.waitForPartialCopies() }
+            cache.finish(adopted: adopted)
+            saver.forgetLeftoverPartials()
+        }
+        if !plan.needed.isEmpty { cache.startLoad(blocks: plan.needed, readAhead: configuration.readAheadLayers) }
         let stepper = TurnStepper(
             cache: cache, saver: saver, executor: executor, layers: model.kvLayout.layers,
             layerwiseLoading: configuration.layerwiseLoading,
-            layerwiseSave: configuration.asyncSaving && configuration.reuseKV)
+            layerwiseSave: configuration.asyncSaving && configuration.reuseKV, saves: configuration.reuseKV)
         defer { stepper.close() }
         var logits: [Float] = []
         for seg in plan.segments {
             switch seg {
             case .load(let b, let off, let idx):
-                stepper.assignSlots(idx)
+                stepper.assignSlots(idx, computed: false)
                 do {
                     try cache.appendLoaded(block: b, offset: off, positions: idx.map { state.position(of: $0) })
                 } catch {
                     throw DecoderError.cache(error)
                 }
             case .compute(let idx):
-                stepper.assignSlots(idx)
+                stepper.assignSlots(idx, computed: true)
                 let lane = stepper.lane()
                 let tokens = idx.map { prompt[$0] }
                 let positions = idx.map { state.position(of: $0) }
@@ -417,7 +424,7 @@ public final class ChatEngine: @unchecked Sendable {
             // Teacher forcing: the recorded reply's KV, in one batch after the first token.
             forced = Array(f.prefix(maxNew))
             let indices = Array(prompt.count..<(prompt.count + forced.count))
-            stepper.assignSlots(indices)
+            stepper.assignSlots(indices, computed: true)
             if !forced.isEmpty {
                 try stepper.lane().forward(
                     tokens: forced, positions: indices.map { state.position(of: $0) }, cache: cache, logits: .none
@@ -433,7 +440,7 @@ public final class ChatEngine: @unchecked Sendable {
             ) { next in
                 let i = prompt.count + fed
                 fed += 1
-                stepper.assignSlots([i])
+                stepper.assignSlots([i], computed: true)
                 var out: [Float] = []
                 try stepper.lane().forward(
                     tokens: [next], positions: [state.position(of: i)], cache: cache, logits: .last
@@ -476,6 +483,8 @@ public final class ChatEngine: @unchecked Sendable {
         report.tokensGenerated = generated.count
         report.recordLoad(cache)
         report.saveLagMs = saveSeconds * 1000
+        (report.blocksSavedInPlace, report.blocksSavedByCopy) = saver.savedCounts
+        report.rowsSavedAtEnd = saver.rowsSavedAtEnd
         report.ttftMs = Double(firstTokenAt - started) / 1e6
         report.text = text
         report.generated = generated

@@ -5,16 +5,27 @@ import KVTierStore
 /// Saves a turn's new KV into the store in blocks of `blockTokens`, layer by layer, as soon as
 /// a block of a layer is complete (and the partial tail at the end of the turn).
 ///
+/// A block the decoder computed into HBM pages of its own (`TurnCache.placeComputed`) is sealed
+/// in its page and adopted by the store there; any other block (reused rows it re-saves, rows
+/// HBM had no page for) is copied out of the turn's cache and admitted.
+///
+/// While a block computed in pages fills, its first rows are saved as they fill: every
+/// `partialRows` new rows of a layer go down to DRAM as a partial copy of the block (under the key
+/// of its rows so far), each extending the one before, and the complete block (or the turn's last,
+/// partial one) extends the latest: so the end of a turn copies down only its last few rows.
+///
 /// Threads: `saveComplete` is called by whoever runs the turn's layers (the batch executor's
-/// thread inside a step, the turn's thread at the end; never both at once) and only copies the
-/// block out of the turn's cache. Admitting it into HBM and saving it down (which may evict other
-/// sessions, or wait for the save queue's back-pressure) run on `queue`, one serial queue per
-/// turn, so a step of the running batch never waits for the store.
+/// thread inside a step, the turn's thread at the end; never both at once) and only seals the
+/// block's page or copies the block out of the turn's cache. Adopting or admitting it into HBM
+/// and saving it down (which may evict other sessions, or wait for the save queue's
+/// back-pressure) run on `queue`, one serial queue per turn, so a step of the running batch
+/// never waits for the store.
 ///
 /// Each block goes under the namespace `homeFor` picks for its range when its first layer is
 /// saved (the session's own, or an alternate one when that key is still referenced: blocks are
 /// immutable), and every later layer of it follows.
-/// `queue` owns `written` and `failedRanges`; the turn reads them after `drain()`.
+/// `queue` owns `written`, `failedRanges`, `adoptedPages` and `openPartials`; the turn reads them
+/// after `drain()`.
 final class LayerSaver: @unchecked Sendable {
     /// Where the blocks go: admitted into HBM, then saved down (all the saver uses of the store).
     let store: TieredStore
@@ -30,6 +41,9 @@ final class LayerSaver: @unchecked Sendable {
     private let queue = DispatchQueue(label: "kvtier.engine.saver")
     /// Per layer: history index up to which blocks were handed to the store (caller's state).
     private var savedUpTo: [Int]
+    /// Where the turn's first block starts (caller's state, as `lastRange`).
+    private let from: Int
+    private var lastRange: Range<Int>?
     /// The namespace for a block range (start, count), asked once per block (caller's state).
     private let homeFor: (Int, Int) -> String
     private var homes: [Range<Int>: String] = [:]
@@ -37,6 +51,21 @@ final class LayerSaver: @unchecked Sendable {
     private var writtenBlocks: [SessionState.BlockRange] = []
     /// Owned by `queue`.
     private var failedRanges: Set<SessionState.BlockRange> = []
+    /// Owned by `queue`: pages of the turn's cache the store adopted, with their blocks' keys.
+    private var adoptedPages: [PageID: BlockKey] = [:]
+    /// Owned by `queue`: blocks admitted by copy.
+    private var admittedByCopy = 0
+    /// Rows a layer of a filling block gains between two partial saves of it.
+    let partialRows: Int
+    /// Per layer: the latest partial copy of the block filling now (caller's state).
+    private var partials: [(blockStart: Int, key: BlockKey)?]
+    /// Partial copies whose rows the copy engine has not read yet.
+    private let partialCopies = DispatchGroup()
+    /// Rows (over every layer) the turn's end still had to save (caller's state): the rows of
+    /// the blocks `final` saved, less what their partial copies already held.
+    private(set) var rowsSavedAtEnd = 0
+    /// Owned by `queue`: partial copies saved and not yet extended by a later save.
+    private var openPartials: Set<BlockKey> = []
 
     init(
         store: TieredStore, key: @escaping @Sendable (Int, SessionState.BlockRange) -> BlockKey, layers: Int,
@@ -53,10 +82,46 @@ final class LayerSaver: @unchecked Sendable {
         self.blockTokens = blockTokens
         self.placement = placement
         savedUpTo = [Int](repeating: from, count: layers)
+        self.from = from
+        partialRows = max(1, blockTokens / 8)
+        partials = [(blockStart: Int, key: BlockKey)?](repeating: nil, count: layers)
+    }
+
+    /// Pages of the turn's cache the store adopted (after `drain()`): `TurnCache.finish` lets
+    /// them go, and gives the others back.
+    var adopted: [PageID: BlockKey] { queue.sync { adoptedPages } }
+
+    /// Blocks (one layer each) saved in place and by copy so far (after `drain()`).
+    var savedCounts: (inPlace: Int, byCopy: Int) { queue.sync { (adoptedPages.count, admittedByCopy) } }
+
+    /// The whole range of the block history index `index` falls in, as the saver will cut it
+    /// (nil: before the turn's first block, or in the dropped gap).
+    func blockRange(containing index: Int) -> Range<Int>? {
+        if let r = lastRange, r.contains(index) { return r }
+        var s = lastRange.map { $0.lowerBound <= index ? $0.upperBound : from } ?? from
+        while let r = chunk(from: s, end: Int.max), r.lowerBound <= index {
+            if index < r.upperBound {
+                lastRange = r
+                return r
+            }
+            s = r.upperBound
+        }
+        return nil
     }
 
     /// Waits until every block handed over so far is admitted and its save started.
     func drain() { queue.sync {} }
+
+    /// Waits until every partial copy has been read out of the turn's pages, which may then go
+    /// back to the arena (after `drain()`).
+    func waitForPartialCopies() { partialCopies.wait() }
+
+    /// Forgets partial copies no complete block extended (the turn failed before its end, or a
+    /// block could not be adopted): after `drain()`.
+    func forgetLeftoverPartials() {
+        let left = queue.sync { openPartials }
+        if !left.isEmpty { try? store.forgetLocally(Array(left)) }
+    }
 
     /// Blocks saved in every layer, in the order they were written (after `drain()`).
     var written: [SessionState.BlockRange] { queue.sync { writtenBlocks } }
@@ -92,18 +157,59 @@ final class LayerSaver: @unchecked Sendable {
             let home = homes[r] ?? homeFor(r.lowerBound, r.count)
             homes[r] = home
             let b = SessionState.BlockRange(home: home, start: r.lowerBound, count: r.count)
-            let block = KVBlock(
-                key: key(layer, b), elementType: store.elementType, rowWidth: cache.layout.rowWidth,
-                payload: cache.payload(layer: layer, start: slot, count: b.count))
-            queue.async { self.record(b, layer: layer, admitted: (try? self.store.admit(block)) != nil) }
+            let k = key(layer, b)
+            if let page = cache.seal(layer: layer, blockStart: r.lowerBound, count: r.count) {
+                let previous = partials[layer]?.blockStart == r.lowerBound ? partials[layer]?.key : nil
+                if previous != nil { partials[layer] = nil }
+                if final { rowsSavedAtEnd += r.count - (previous?.count ?? 0) }
+                queue.async {
+                    // The turn may end just where a partial save did: that copy is the block.
+                    let savedBelow = previous == k
+                    let adopted = (try? self.store.adopt(page, as: k, savedBelow: savedBelow)) != nil
+                    if adopted { self.adoptedPages[page] = k }
+                    self.record(b, layer: layer, admitted: adopted, extending: previous)
+                }
+            } else {
+                if final { rowsSavedAtEnd += r.count }
+                let block = KVBlock(
+                    key: k, elementType: store.elementType, rowWidth: cache.layout.rowWidth,
+                    payload: cache.payload(layer: layer, start: slot, count: b.count))
+                queue.async {
+                    let admitted = (try? self.store.admit(block)) != nil
+                    if admitted { self.admittedByCopy += 1 }
+                    self.record(b, layer: layer, admitted: admitted, extending: nil)
+                }
+            }
             savedUpTo[layer] = b.end
+        }
+        if !final { savePartially(layer: layer, end: end, cache: cache) }
+    }
+
+    /// Saves the rows of `layer`'s filling block (the one after the complete ones) once
+    /// `partialRows` more are final than its latest partial copy holds.
+    private func savePartially(layer: Int, end: Int, cache: TurnCache) {
+        guard let r = chunk(from: savedUpTo[layer], end: end) else { return }
+        let previous = partials[layer]?.blockStart == r.lowerBound ? partials[layer]?.key : nil
+        guard r.count - (previous?.count ?? 0) >= partialRows,
+            let page = cache.filling(layer: layer, blockStart: r.lowerBound, rows: r.count)
+        else { return }
+        let home = homes[r] ?? homeFor(r.lowerBound, r.count)
+        homes[r] = home
+        let k = key(layer, SessionState.BlockRange(home: home, start: r.lowerBound, count: r.count))
+        partials[layer] = (r.lowerBound, k)
+        partialCopies.enter()
+        queue.async {
+            self.store.savePartial(page: page, as: k, extending: previous) { self.partialCopies.leave() }
+            if let previous { self.openPartials.remove(previous) }
+            self.openPartials.insert(k)
         }
     }
 
     /// On `queue`: saves an admitted block down, or notes the failure.
-    private func record(_ b: SessionState.BlockRange, layer: Int, admitted: Bool) {
+    private func record(_ b: SessionState.BlockRange, layer: Int, admitted: Bool, extending previous: BlockKey?) {
         if admitted {
-            store.save(key(layer, b), placement: placement)
+            store.save(key(layer, b), placement: placement, extending: previous)
+            if let previous { openPartials.remove(previous) }
             if layer == 0 { writtenBlocks.append(b) }
         } else {
             // Not in HBM (e.g. the arena is full of pinned pages): the block is not recorded,

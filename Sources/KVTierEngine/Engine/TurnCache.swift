@@ -6,8 +6,10 @@ import KVTierStore
 /// The KV cache of one turn, a page table over the session's KV. Its slots are the session's
 /// live tokens in order: runs of slots loaded from the tiered store, read in place from the HBM
 /// pages the store's `LoadHandle` delivers (layer by layer, when the decoder reaches the layer;
-/// never copied), and slots the decoder computes, which live in `work` until saved. As each
-/// layer of new slots is finished, `onLayerFinished` lets the engine save it.
+/// never copied), and slots the decoder computes, written in place into HBM pages reserved for
+/// their block (`ComputedBlock`), which the store adopts when the block is saved. `work` holds
+/// only what no page holds: slots of a block HBM had no room for, and of a block not saved.
+/// As each layer of new slots is finished, `onLayerFinished` lets the engine save it.
 ///
 /// The loaded blocks may live under several store namespaces (a session forked from another
 /// reads the other's blocks for their common prefix): one load handle over all of them. The
@@ -31,12 +33,18 @@ final class TurnCache: KVCache {
     }
 
     private var runs: [LoadedRun] = []
+    /// Blocks computed into pages of their own, in slot order.
+    private var computed: [ComputedBlock] = []
+    /// Starts of blocks whose computed rows stay in `work` (no HBM page was free for them).
+    private var inWork: Set<Int> = []
     /// Per layer: how many of `runs` are resident (`waitUntilResident` has seen their layer).
     private var filledRuns: [Int]
     /// Per layer and run: where the run's keys and values sit in its HBM page (nil: the block
     /// failed to load; the attempt is then retried with those tokens recomputed).
     private var pageRows: [[(keys: UnsafeRawPointer, values: UnsafeRawPointer)?]]
     private var rowBytes: Int { layout.rowWidth * work.precision.bytes }
+    /// Where a page keeps its values (`TieredStore.pageValuesOffset`).
+    private let valuesOffset: Int
     private var handle: LoadHandle?
     private let store: TieredStore
     /// Seconds spent waiting for layers.
@@ -64,9 +72,14 @@ final class TurnCache: KVCache {
 
     deinit { Self.aliveLock.withLock { Self.aliveCount -= 1 } }
 
-    init(store: TieredStore, layout: KVLayout, capacity: Int) {
+    /// The session whose turn this is: reserving a page never evicts its own.
+    private let session: String
+
+    init(store: TieredStore, session: String, layout: KVLayout, capacity: Int) {
         Self.aliveLock.withLock { Self.aliveCount += 1 }
         self.store = store
+        self.session = session
+        self.valuesOffset = store.pageValuesOffset
         self.work = InMemoryKVCache(
             layout: layout, capacity: capacity, precision: store.elementType == .f32 ? .f32 : .f16)
         self.filledRuns = [Int](repeating: 0, count: layout.layers)
@@ -80,12 +93,106 @@ final class TurnCache: KVCache {
         }
     }
 
-    /// Unpins the session's HBM pages, and drops `onLayerFinished`: the engine's closure
-    /// captures this cache, and the cycle would otherwise keep every turn's KV buffer alive.
-    func finish() {
+    /// Unpins the session's HBM pages, lets the blocks the store adopted go (`adopted`: their
+    /// pages and keys) and gives the other reserved pages back, and drops `onLayerFinished`: the
+    /// engine's closure captures this cache, and the cycle would otherwise keep every turn's KV
+    /// buffer alive. No save of this cache's pages may still be on its way to `adopt`.
+    func finish(adopted: [PageID: BlockKey] = [:]) {
         handle?.release()
         handle = nil
         onLayerFinished = nil
+        var held: [BlockKey] = []
+        for block in computed {
+            for page in block.pages {
+                if let key = adopted[page] { held.append(key) } else { store.releasePage(page) }
+            }
+        }
+        computed = []
+        if !held.isEmpty { store.unpin(held) }
+    }
+
+    /// Whether the cache holds reserved pages other than `adopted` (which `finish` gives back).
+    func holdsPages(besides adopted: [PageID: BlockKey]) -> Bool {
+        computed.contains { $0.pages.contains { adopted[$0] == nil } }
+    }
+
+    /// Slot `slot`, history index `index` of the block whose whole range is `block`, will be
+    /// computed: its rows go into that block's pages, reserved now when it is the block's first
+    /// computed slot. When HBM has no page for it, or the block's computed rows would not be
+    /// consecutive, the rows stay in `work` (and the block is saved by copy).
+    func placeComputed(slot: Int, index: Int, block: Range<Int>) {
+        let row = index - block.lowerBound
+        if let i = computed.lastIndex(where: { $0.blockStart == block.lowerBound }) {
+            if computed[i].rows == row && computed[i].consecutive {
+                computed[i].rows += 1
+            } else {
+                computed[i].consecutive = false
+            }
+            return
+        }
+        guard !inWork.contains(block.lowerBound), row < block.count else { return }
+        var pages: [PageID] = []
+        for _ in 0..<layout.layers {
+            guard let page = try? store.reservePage(for: session) else {
+                for p in pages { store.releasePage(p) }
+                inWork.insert(block.lowerBound)
+                return
+            }
+            pages.append(page)
+        }
+        computed.append(
+            ComputedBlock(
+                blockStart: block.lowerBound, capacity: block.count, firstSlot: slot - row, firstComputedRow: row,
+                rows: row + 1, pages: pages, bases: pages.map { store.pageBytes($0) },
+                sealed: [Bool](repeating: false, count: layout.layers),
+                reusedCopied: [Bool](repeating: row == 0, count: layout.layers)))
+    }
+
+    /// The page of `layer` holding the block that starts at history index `blockStart`, sealed
+    /// at `count` rows for the store to adopt: the reused rows below its computed ones copied in
+    /// from where they are read now. nil: the block is not computed in pages (it is saved by
+    /// copy). The rows stay readable in place for the rest of the turn.
+    func seal(layer: Int, blockStart: Int, count n: Int) -> PageID? {
+        guard let i = computed.firstIndex(where: { $0.blockStart == blockStart }) else { return nil }
+        guard computed[i].consecutive, computed[i].rows == n, !computed[i].sealed[layer] else { return nil }
+        copyReusedRows(of: i, layer: layer)
+        computed[i].sealed[layer] = true
+        return computed[i].pages[layer]
+    }
+
+    /// The page of `layer` holding the block that starts at `blockStart` while it fills, for a
+    /// partial save of its first `rows` rows (final in `layer`): the reused rows below the
+    /// computed ones are copied in first. nil: the block is not computed in pages, or has fewer
+    /// rows, or is sealed.
+    func filling(layer: Int, blockStart: Int, rows n: Int) -> PageID? {
+        guard let i = computed.firstIndex(where: { $0.blockStart == blockStart }) else { return nil }
+        guard computed[i].consecutive, computed[i].rows >= n, !computed[i].sealed[layer] else { return nil }
+        copyReusedRows(of: i, layer: layer)
+        return computed[i].pages[layer]
+    }
+
+    /// Copies block `i`'s reused rows (below its computed ones) into its page of `layer`, once,
+    /// from where they are read now (their stored block's page).
+    private func copyReusedRows(of i: Int, layer: Int) {
+        guard !computed[i].reusedCopied[layer] else { return }
+        computed[i].reusedCopied[layer] = true
+        let b = computed[i]
+        let rb = rowBytes
+        let base = b.bases[layer]
+        withLayer(layer) { view in
+            var t0 = 0
+            for run in view.runs {
+                let lo = max(b.firstSlot, t0)
+                let hi = min(b.firstSlot + b.firstComputedRow, t0 + run.count)
+                if lo < hi {
+                    (base + (lo - b.firstSlot) * rb).copyMemory(
+                        from: run.keys + (lo - t0) * rb, byteCount: (hi - lo) * rb)
+                    (base + valuesOffset + (lo - b.firstSlot) * rb).copyMemory(
+                        from: run.values + (lo - t0) * rb, byteCount: (hi - lo) * rb)
+                }
+                t0 += run.count
+            }
+        }
     }
 
     /// Appends slots that will be filled from a stored block (at `positions`).
@@ -102,7 +209,28 @@ final class TurnCache: KVCache {
         if layersReadyAtFirstCompute == nil, let handle {
             layersReadyAtFirstCompute = handle.layers.count { handle.isReady(layer: $0) }
         }
-        work.write(layer: layer, start: start, count: count, keys: keys, values: values)
+        let w = layout.rowWidth
+        let rb = rowBytes
+        let end = start + count
+        var s = start
+        while s < end {
+            if let b = computed.first(where: { $0.computedSlots.contains(s) }) {
+                let hi = min(end, b.computedSlots.upperBound)
+                let row = s - b.firstSlot
+                let base = b.bases[layer]
+                work.precision.store(keys + (s - start) * w, to: base + row * rb, elements: (hi - s) * w)
+                work.precision.store(
+                    values + (s - start) * w, to: base + valuesOffset + row * rb, elements: (hi - s) * w)
+                s = hi
+            } else {
+                let next = computed.lazy.map(\.computedSlots.lowerBound).filter { $0 > s }.min() ?? end
+                let hi = min(end, next)
+                work.write(
+                    layer: layer, start: s, count: hi - s, keys: keys + (s - start) * w,
+                    values: values + (s - start) * w)
+                s = hi
+            }
+        }
     }
 
     func waitUntilResident(layer: Int) {
@@ -132,33 +260,49 @@ final class TurnCache: KVCache {
         filledRuns[layer] = runs.count
     }
 
-    /// Where `run`'s rows sit in `page`, which holds its whole block: keys [count x w] then
-    /// values [count x w], in the cache's element type.
+    /// Where `run`'s rows sit in `page`, which holds its whole block in the store's page format.
     private func rows(of run: LoadedRun, in page: PageID) -> (keys: UnsafeRawPointer, values: UnsafeRawPointer) {
-        let bytes = store.contents(of: page, bytes: 2 * run.block.count * rowBytes)
-        let base = UnsafeRawPointer(bytes.baseAddress!)
-        return (base + run.offset * rowBytes, base + (run.block.count + run.offset) * rowBytes)
+        let (keys, values) = store.contents(of: page, rows: run.block.count)
+        return (keys + run.offset * rowBytes, values + run.offset * rowBytes)
     }
 
-    /// Slots in order as runs: loaded runs in their pages, everything else in `work` (a run not
-    /// yet resident or failed, too: its rows there are never part of a result that is kept).
+    /// Slots in order as runs: loaded runs in their pages, computed blocks in theirs, everything
+    /// else in `work` (a run not yet resident or failed, too: its rows there are never part of a
+    /// result that is kept).
     func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R {
+        // The runs held in pages, by first slot (loaded and computed runs never share a slot).
+        var paged: [(slot: Int, run: KVRun)] = []
+        paged.reserveCapacity(runs.count + computed.count)
+        for (i, run) in runs.enumerated() where i < pageRows[layer].count {
+            if let rows = pageRows[layer][i] {
+                paged.append((run.slot, KVRun(keys: rows.keys, values: rows.values, count: run.count)))
+            }
+        }
+        let rb = rowBytes
+        for b in computed {
+            let slots = b.computedSlots.clamped(to: 0..<count)
+            guard !slots.isEmpty else { continue }
+            let row = slots.lowerBound - b.firstSlot
+            let base = UnsafeRawPointer(b.bases[layer])
+            paged.append(
+                (
+                    slots.lowerBound,
+                    KVRun(keys: base + row * rb, values: base + valuesOffset + row * rb, count: slots.count)
+                ))
+        }
+        if !computed.isEmpty { paged.sort { $0.slot < $1.slot } }
         var out: [KVRun] = []
-        out.reserveCapacity(2 * runs.count + 1)
+        out.reserveCapacity(2 * paged.count + 1)
         func fromWork(_ slot: Int, _ n: Int) {
             guard n > 0 else { return }
             let r = work.rows(layer: layer, slot: slot)
             out.append(KVRun(keys: r.keys, values: r.values, count: n))
         }
         var slot = 0
-        for (i, run) in runs.enumerated() {
-            fromWork(slot, run.slot - slot)
-            if i < pageRows[layer].count, let rows = pageRows[layer][i] {
-                out.append(KVRun(keys: rows.keys, values: rows.values, count: run.count))
-            } else {
-                fromWork(run.slot, run.count)
-            }
-            slot = run.slot + run.count
+        for p in paged {
+            fromWork(slot, p.slot - slot)
+            out.append(p.run)
+            slot = p.slot + p.run.count
         }
         fromWork(slot, count - slot)
         return try out.withUnsafeBufferPointer { r in
@@ -192,6 +336,7 @@ final class TurnCache: KVCache {
 
     /// Whether slot `slot` of `layer` is read in place from an HBM page (tests).
     func readsInPlace(layer: Int, slot: Int) -> Bool {
+        if computed.contains(where: { $0.computedSlots.contains(slot) }) { return true }
         guard let i = runs.firstIndex(where: { $0.slot <= slot && slot < $0.slot + $0.count }) else { return false }
         return i < pageRows[layer].count && pageRows[layer][i] != nil
     }

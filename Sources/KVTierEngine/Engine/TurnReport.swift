@@ -35,6 +35,13 @@ public struct TurnReport: Sendable, Codable {
     public var remoteLayerReadMs: [Double] = []
     /// Time saving added to the turn's critical path (HBM admission and back-pressure).
     public var saveLagMs = 0.0
+    /// Blocks (one layer each) the turn saved that the decoder had written straight into their
+    /// HBM pages (adopted there, no copy), and those copied into HBM (reused rows saved again
+    /// under a new key, or rows computed when HBM had no page free for their block).
+    public var blocksSavedInPlace = 0, blocksSavedByCopy = 0
+    /// KV rows (one token of one layer each) the end of the turn still had to save: the last
+    /// blocks' rows that no partial save, made as they filled, had copied down yet.
+    public var rowsSavedAtEnd = 0
     public var truncatedTokens = 0
     /// Blocks that failed to load (missing or corrupt) and whose tokens were recomputed.
     public var blocksRecovered = 0

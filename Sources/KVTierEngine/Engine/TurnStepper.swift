@@ -23,13 +23,17 @@ final class TurnStepper {
     private var allLoaded: Bool
     /// The turn's way into the running batch, opened at its first forward pass.
     private var openLane: BatchExecutor.Lane?
+    /// Whether computed slots go into HBM pages of their blocks (the turn saves its blocks).
+    private let computesInPlace: Bool
 
     /// `layerwiseSave`: blocks are saved as each layer finishes them (else only by `saveRest`).
+    /// `saves`: the turn saves its blocks at all (its computed slots then go into HBM pages).
     init(
         cache: TurnCache, saver: LayerSaver, executor: BatchExecutor, layers: Int, layerwiseLoading: Bool,
-        layerwiseSave: Bool
+        layerwiseSave: Bool, saves: Bool
     ) {
         self.cache = cache
+        computesInPlace = saves
         self.saver = saver
         self.executor = executor
         self.layers = layers
@@ -46,9 +50,15 @@ final class TurnStepper {
     /// One past the last history index in the cache.
     private var historyEnd: Int { cache.count > 0 ? indexOfSlot[cache.count - 1] + 1 : 0 }
 
-    /// Gives the next slots of the cache to history indices `indices`.
-    func assignSlots(_ indices: [Int]) {
-        for (k, i) in indices.enumerated() { slotOf[i] = cache.count + k }
+    /// Gives the next slots of the cache to history indices `indices`; `computed`: the decoder
+    /// computes them (into their block's HBM pages when the turn saves its blocks).
+    func assignSlots(_ indices: [Int], computed: Bool) {
+        for (k, i) in indices.enumerated() {
+            slotOf[i] = cache.count + k
+            if computed && computesInPlace, let block = saver.blockRange(containing: i) {
+                cache.placeComputed(slot: cache.count + k, index: i, block: block)
+            }
+        }
         indexOfSlot += indices
     }
 

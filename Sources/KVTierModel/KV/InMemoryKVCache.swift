@@ -39,7 +39,9 @@ public final class InMemoryKVCache: KVCache {
     }
 
     public func append(positions new: [Int32]) throws(KVCacheError) -> Int {
-        guard count + new.count <= capacity else { throw KVCacheError.full(capacity: capacity, requested: count + new.count) }
+        guard count + new.count <= capacity else {
+            throw KVCacheError.full(capacity: capacity, requested: count + new.count)
+        }
         for p in new where p < 0 { throw KVCacheError.badPosition(p) }
         let start = count
         for (i, p) in new.enumerated() { positions[start + i] = p }
@@ -47,7 +49,9 @@ public final class InMemoryKVCache: KVCache {
         return start
     }
 
-    public func write(layer: Int, start: Int, count n: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>) {
+    public func write(
+        layer: Int, start: Int, count n: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>
+    ) {
         precondition(layer >= 0 && layer < layout.layers && start >= 0 && start + n <= count, "KV write out of range")
         let elements = n * layout.rowWidth
         switch precision {
@@ -73,14 +77,16 @@ public final class InMemoryKVCache: KVCache {
         var out = [UInt8](repeating: 0, count: 2 * n * rowBytes)
         out.withUnsafeMutableBytes { dst in
             dst.baseAddress!.copyMemory(from: base(keys, layer, slot: start), byteCount: n * rowBytes)
-            (dst.baseAddress! + n * rowBytes).copyMemory(from: base(values, layer, slot: start), byteCount: n * rowBytes)
+            (dst.baseAddress! + n * rowBytes).copyMemory(
+                from: base(values, layer, slot: start), byteCount: n * rowBytes)
         }
         return out
     }
 
     public func withLayer<R>(_ layer: Int, _ body: (KVLayerView) throws -> R) rethrows -> R {
         precondition(layer >= 0 && layer < layout.layers, "KV layer out of range")
-        let run = KVRun(keys: UnsafeRawPointer(base(keys, layer)), values: UnsafeRawPointer(base(values, layer)), count: count)
+        let run = KVRun(
+            keys: UnsafeRawPointer(base(keys, layer)), values: UnsafeRawPointer(base(values, layer)), count: count)
         return try withUnsafePointer(to: run) { r in
             try body(
                 KVLayerView(
@@ -116,9 +122,15 @@ public final class InMemoryKVCache: KVCache {
     /// Throws like `append` when the copies do not fit or a position is negative; nothing is
     /// changed then. `source` may be this cache (the ranges then lie below the old count).
     @discardableResult
-    public func copySlots(from source: InMemoryKVCache, ranges: [Range<Int>], positions newPositions: [Int32]? = nil) throws(KVCacheError) -> Int {
+    public func copySlots(from source: InMemoryKVCache, ranges: [Range<Int>], positions newPositions: [Int32]? = nil)
+        throws(KVCacheError) -> Int
+    {
         precondition(source.layout == layout && source.precision == precision, "copySlots: the caches' layouts differ")
-        for r in ranges { precondition(r.lowerBound >= 0 && r.upperBound <= source.count, "copySlots: range \(r) outside the source's \(source.count) slots") }
+        for r in ranges {
+            precondition(
+                r.lowerBound >= 0 && r.upperBound <= source.count,
+                "copySlots: range \(r) outside the source's \(source.count) slots")
+        }
         let total = ranges.reduce(0) { $0 + $1.count }
         let sourcePositions = source.positions
         let kept = newPositions ?? ranges.flatMap { r in r.map { sourcePositions[$0] } }
@@ -127,11 +139,24 @@ public final class InMemoryKVCache: KVCache {
         for l in 0..<layout.layers {
             var dst = start
             for r in ranges where !r.isEmpty {
-                base(keys, l, slot: dst).copyMemory(from: source.base(source.keys, l, slot: r.lowerBound), byteCount: r.count * rowBytes)
-                base(values, l, slot: dst).copyMemory(from: source.base(source.values, l, slot: r.lowerBound), byteCount: r.count * rowBytes)
+                base(keys, l, slot: dst).copyMemory(
+                    from: source.base(source.keys, l, slot: r.lowerBound), byteCount: r.count * rowBytes)
+                base(values, l, slot: dst).copyMemory(
+                    from: source.base(source.values, l, slot: r.lowerBound), byteCount: r.count * rowBytes)
                 dst += r.count
             }
         }
         return start
+    }
+}
+
+extension KVPrecision {
+    /// Stores `elements` floats at `destination` in this precision (rows of a cache whose pages
+    /// live elsewhere, such as the tiered store's HBM pages).
+    public func store(_ source: UnsafePointer<Float>, to destination: UnsafeMutableRawPointer, elements: Int) {
+        switch self {
+        case .f16: kvt_f32_to_f16(source, destination.assumingMemoryBound(to: UInt16.self), elements)
+        case .f32: destination.copyMemory(from: source, byteCount: elements * 4)
+        }
     }
 }

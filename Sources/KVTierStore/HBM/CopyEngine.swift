@@ -1,20 +1,23 @@
 import Foundation
 
-/// Models the PCIe link between host DRAM and the simulated HBM: one serial Dispatch queue,
-/// "kvtier.copy-engine", that performs each transfer as a real `memcpy` and then, when a
-/// bandwidth is configured, waits until `latency + bytes / bandwidth` has passed since the
-/// transfer started. Effective throughput is therefore min(memcpy, modelled link), and
-/// transfers never overlap (one DMA engine, FIFO).
+/// Models the PCIe link between host DRAM and the simulated HBM. PCIe is full duplex and a GPU
+/// has a copy engine for each direction, so this has two serial Dispatch queues,
+/// "kvtier.copy-engine.to-device" (DRAM -> HBM: loads) and "kvtier.copy-engine.to-host"
+/// (HBM -> DRAM: saves), each performing its transfers as real `memcpy`s and then, when a
+/// bandwidth is configured, waiting until `latency + bytes / bandwidth` has passed since the
+/// transfer started. Effective throughput in each direction is min(memcpy, modelled link);
+/// transfers of one direction never overlap (one DMA engine each, FIFO), and a save never
+/// holds up a load.
 ///
 /// Queue and lock ownership:
-/// * `queue` (serial) owns the bytes of every queued transfer's source and destination from
-///   the moment the transfer is enqueued until its completion has run; it is the only thread
-///   that touches them meanwhile (see `HBMArena` for the page ownership rule).
-/// * `lock` (an `NSLock`) guards `totals`, written on `queue` and read from any thread.
-/// * Completions run on `queue`, one after another in submission order; keep them short
-///   (signal a semaphore, hop to another queue) since the link is idle while they run.
+/// * each direction's queue (serial) owns the bytes of every transfer queued on it, source and
+///   destination, from the moment the transfer is enqueued until its completion has run; it is
+///   the only thread that touches them meanwhile (see `HBMArena` for the page ownership rule).
+/// * `lock` (an `NSLock`) guards `totals`, written on the queues and read from any thread.
+/// * Completions run on their direction's queue, one after another in submission order; keep
+///   them short (signal a semaphore, hop to another queue) since the link is idle while they run.
 public final class CopyEngine: @unchecked Sendable {
-    // @unchecked: the configuration is immutable, `queue` is thread-safe, `totals` is only
+    // @unchecked: the configuration is immutable, the queues are thread-safe, `totals` is only
     // touched under `lock`.
 
     /// The modelled link.
@@ -82,8 +85,17 @@ public final class CopyEngine: @unchecked Sendable {
         }
     }
 
+    /// Which way a transfer goes.
+    public enum Direction: Sendable {
+        /// DRAM -> HBM (loads).
+        case toDevice
+        /// HBM -> DRAM (saves, demotions).
+        case toHost
+    }
+
     public let configuration: Configuration
-    private let queue = DispatchQueue(label: "kvtier.copy-engine", qos: .userInitiated)
+    private let toDevice = DispatchQueue(label: "kvtier.copy-engine.to-device", qos: .userInitiated)
+    private let toHost = DispatchQueue(label: "kvtier.copy-engine.to-host", qos: .userInitiated)
     private let lock = NSLock()
     /// Guarded by `lock`.
     private var totals = Counters()
@@ -92,38 +104,46 @@ public final class CopyEngine: @unchecked Sendable {
         self.configuration = configuration
     }
 
-    /// Enqueues a copy; `completion` runs on the copy engine's queue after the bytes have
-    /// arrived and the modelled link time has passed. Transfers complete in submission order.
-    /// Until then the queue owns both regions (see `Transfer`).
+    private func queue(_ direction: Direction) -> DispatchQueue { direction == .toDevice ? toDevice : toHost }
+
+    /// Enqueues a copy; `completion` runs on the direction's queue after the bytes have
+    /// arrived and the modelled link time has passed. Transfers of one direction complete in
+    /// submission order. Until then the queue owns both regions (see `Transfer`).
     public func copy(
         from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int,
-        completion: @escaping @Sendable () -> Void
+        direction: Direction = .toDevice, completion: @escaping @Sendable () -> Void
     ) {
-        copy([Transfer(from: source, to: destination, bytes: bytes)], completion: completion)
+        copy([Transfer(from: source, to: destination, bytes: bytes)], direction: direction, completion: completion)
     }
 
     /// Enqueues several copies as one modelled DMA (a scatter-gather list: one latency for
     /// the batch, bandwidth over the sum of bytes), e.g. all blocks of one layer of a session.
-    public func copy(_ transfers: [Transfer], completion: @escaping @Sendable () -> Void) {
-        queue.async { [self] in
+    public func copy(
+        _ transfers: [Transfer], direction: Direction = .toDevice, completion: @escaping @Sendable () -> Void
+    ) {
+        queue(direction).async { [self] in
             perform(transfers)
             completion()
         }
     }
 
-    /// Copies and returns when the transfer has completed, after everything queued before it.
-    /// Must not be called from the copy engine's queue (for example from a completion).
-    /// Copies owned bytes (a DRAM block's payload) into HBM pages, one modelled transfer for the
-    /// batch. The arrays stay alive in the closure until the copy ran, so no staging copy is needed.
+    /// Copies owned bytes (a DRAM block's payload: keys, then as many bytes of values) into HBM
+    /// pages, the keys at `destination` and the values at `destination + valuesOffset` (the
+    /// store's page format), one modelled transfer for the batch. The arrays stay alive in the
+    /// closure until the copy ran, so no staging copy is needed.
     public func copy(
-        payloads: [(source: [UInt8], destination: UnsafeMutableRawPointer)], completion: @escaping @Sendable () -> Void
+        payloads: [(source: [UInt8], destination: UnsafeMutableRawPointer)], valuesOffset: Int,
+        completion: @escaping @Sendable () -> Void
     ) {
         let jobs = payloads.map { OwnedTransfer(source: $0.source, destination: $0.destination) }
-        queue.async { [self] in
+        toDevice.async { [self] in
             measure(bytes: jobs.reduce(0) { $0 + $1.source.count }) {
                 for j in jobs {
                     j.source.withUnsafeBytes { src in
-                        if let base = src.baseAddress { j.destination.copyMemory(from: base, byteCount: src.count) }
+                        guard let base = src.baseAddress else { return }
+                        let half = src.count / 2
+                        j.destination.copyMemory(from: base, byteCount: half)
+                        (j.destination + valuesOffset).copyMemory(from: base + half, byteCount: src.count - half)
                     }
                 }
             }
@@ -134,7 +154,7 @@ public final class CopyEngine: @unchecked Sendable {
     /// Copies `bytes` out of an HBM page into a new array (HBM -> DRAM), handed to `completion`.
     public func copyOut(from source: UnsafeRawPointer, bytes: Int, completion: @escaping @Sendable ([UInt8]) -> Void) {
         let src = SourcePointer(source: source)
-        queue.async { [self] in
+        toHost.async { [self] in
             var out: [UInt8] = []
             measure(bytes: bytes) {
                 out = [UInt8](unsafeUninitializedCapacity: bytes) { buffer, count in
@@ -142,6 +162,31 @@ public final class CopyEngine: @unchecked Sendable {
                         base.initialize(from: src.source.assumingMemoryBound(to: UInt8.self), count: bytes)
                     }
                     count = bytes
+                }
+            }
+            completion(out)
+        }
+    }
+
+    /// Copies several regions of HBM pages (each `(start, bytes)`) into one new array, in order,
+    /// as one modelled transfer (a scatter-gather list), handed to `completion`.
+    public func copyOut(
+        pieces: [(source: UnsafeRawPointer, bytes: Int)], completion: @escaping @Sendable ([UInt8]) -> Void
+    ) {
+        let sources = pieces.map { (SourcePointer(source: $0.source), $0.bytes) }
+        let total = pieces.reduce(0) { $0 + $1.bytes }
+        toHost.async { [self] in
+            var out: [UInt8] = []
+            measure(bytes: total) {
+                out = [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
+                    var at = 0
+                    if let base = buffer.baseAddress {
+                        for (src, n) in sources {
+                            (base + at).initialize(from: src.source.assumingMemoryBound(to: UInt8.self), count: n)
+                            at += n
+                        }
+                    }
+                    count = at
                 }
             }
             completion(out)
@@ -159,27 +204,36 @@ public final class CopyEngine: @unchecked Sendable {
         let destination: UnsafeMutableRawPointer
     }
 
-    public func copySync(from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int) {
-        copySync([Transfer(from: source, to: destination, bytes: bytes)])
+    /// Copies and returns when the transfer has completed, after everything queued before it
+    /// in its direction. Must not be called from a copy engine queue (for example from a
+    /// completion).
+    public func copySync(
+        from source: UnsafeRawPointer, to destination: UnsafeMutableRawPointer, bytes: Int,
+        direction: Direction = .toDevice
+    ) {
+        copySync([Transfer(from: source, to: destination, bytes: bytes)], direction: direction)
     }
 
     /// Batch form of `copySync(from:to:bytes:)`.
-    public func copySync(_ transfers: [Transfer]) {
-        dispatchPrecondition(condition: .notOnQueue(queue))
-        queue.sync { perform(transfers) }
+    public func copySync(_ transfers: [Transfer], direction: Direction = .toDevice) {
+        dispatchPrecondition(condition: .notOnQueue(toDevice))
+        dispatchPrecondition(condition: .notOnQueue(toHost))
+        queue(direction).sync { perform(transfers) }
     }
 
-    /// Returns when every transfer queued so far has completed (and its completion has run).
-    /// Must not be called from the copy engine's queue.
+    /// Returns when every transfer queued so far, both ways, has completed (and its completion
+    /// has run). Must not be called from a copy engine queue.
     public func waitUntilIdle() {
-        dispatchPrecondition(condition: .notOnQueue(queue))
-        queue.sync {}
+        dispatchPrecondition(condition: .notOnQueue(toDevice))
+        dispatchPrecondition(condition: .notOnQueue(toHost))
+        toHost.sync {}
+        toDevice.sync {}
     }
 
     /// A snapshot of the totals.
     public var counters: Counters { lock.withLock { totals } }
 
-    /// Runs on `queue`.
+    /// Runs on a direction's queue.
     private func perform(_ transfers: [Transfer]) {
         measure(bytes: transfers.reduce(0) { $0 + max($1.bytes, 0) }) {
             for t in transfers where t.bytes > 0 {

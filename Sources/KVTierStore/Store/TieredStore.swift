@@ -128,8 +128,20 @@ public final class TieredStore: @unchecked Sendable {
         // while it is freed here (and an eviction already under way finishes first).
         hbm.pinSessionWhenNotDemoting(block.key.session)
         defer { hbm.unpinSession(block.key.session) }
-        // A new version of a block: older copies below must not survive it.
-        let key = block.key
+        try forgetOlderVersions(of: block.key)
+        let page = try allocatePage(sparing: block.key.session)
+        block.payload.withUnsafeBytes { src in
+            let half = src.count / 2
+            arena.pointer(page).copyMemory(from: src.baseAddress!, byteCount: half)
+            (arena.pointer(page) + pageValuesOffset).copyMemory(from: src.baseAddress! + half, byteCount: half)
+        }
+        hbm.place(block.key, in: page, bytes: block.payload.count)
+        policy.touch(session: block.key.session)
+        return page
+    }
+
+    /// A new version of a block is coming: older copies below must not survive it.
+    private func forgetOlderVersions(of key: BlockKey) throws(StoreError) {
         let replacing = hbm.contains(key) || dram.contains(key) || disk.contains(key)
         if replacing {
             waitForSaves()  // no copy of the old version may still be on its way down
@@ -141,20 +153,65 @@ public final class TieredStore: @unchecked Sendable {
             // record the deletion so that an older copy cannot come back when it reopens.
             do { _ = try disk.delete(key) } catch { throw .disk(error) }
         }
-        let page = try allocatePage(sparing: block.key.session)
-        block.payload.withUnsafeBytes { src in
-            arena.pointer(page).copyMemory(from: src.baseAddress!, byteCount: src.count)
-        }
-        hbm.place(block.key, in: page, bytes: block.payload.count)
-        policy.touch(session: block.key.session)
-        return page
     }
 
-    /// The bytes of a block resident in HBM. The page must be pinned by the caller (a load
-    /// handle not yet released) or otherwise not evictable.
-    public func contents(of page: PageID, bytes: Int) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: arena.pointer(page), count: bytes)
+    // MARK: Pages the decoder writes in place
+
+    /// An HBM page for a block the decoder is about to compute, owned by the caller until it
+    /// `adopt`s or `releasePage`s it: the decoder writes the block's rows straight into it, in
+    /// the store's page format (keys from byte 0, values from `pageValuesOffset`), so a finished
+    /// block needs no copy to land in HBM. Evicts other, unpinned sessions like `admit` (never
+    /// `session`'s pages); throws `hbmFull` when nothing can be evicted.
+    public func reservePage(for session: String) throws(StoreError) -> PageID {
+        try allocatePage(sparing: session)
     }
+
+    /// The start of a reserved page's bytes (the caller owns the page; see `reservePage`).
+    public func pageBytes(_ page: PageID) -> UnsafeMutableRawPointer { arena.pointer(page) }
+
+    /// Gives back a reserved page that was not adopted.
+    public func releasePage(_ page: PageID) { arena.free([page]) }
+
+    /// Makes a reserved page, holding `key`'s block in the store's page format (its `count`
+    /// rows), the block's page in HBM, as `admit` would with a
+    /// copy. The block is held (`pin(keys:)`): it stays in HBM, read in place, until `unpin`.
+    /// On failure the page stays the caller's. `savedBelow`: a partial save of all the block's
+    /// rows already put this very block below (`savePartial` under `key`): that copy is kept
+    /// (`save(key, extending: key)` then makes it the complete block, copying no rows).
+    public func adopt(_ page: PageID, as key: BlockKey, savedBelow: Bool = false) throws(StoreError) {
+        guard key.model == model, key.layer >= 0, key.layer < shape.layers, key.count > 0,
+            key.count <= configuration.blockTokens
+        else { throw .blockShape(key, "not a block of this store's model and shape") }
+        hbm.pinSessionWhenNotDemoting(key.session)
+        defer { hbm.unpinSession(key.session) }
+        if !savedBelow { try forgetOlderVersions(of: key) }
+        hbm.pin(keys: [key])
+        hbm.place(key, in: page, bytes: blockPayloadBytes(key))
+        policy.touch(session: key.session)
+    }
+
+    /// Lets blocks `adopt` held go (they may be evicted again).
+    public func unpin(_ keys: [BlockKey]) { hbm.unpin(keys: keys) }
+
+    /// Where a block resident in HBM keeps its `rows` rows: keys from the page's start, values
+    /// from `pageValuesOffset` (the store's page format). The page must be pinned by the caller
+    /// (a load handle not yet released) or otherwise not evictable.
+    public func contents(of page: PageID, rows: Int) -> (keys: UnsafeRawPointer, values: UnsafeRawPointer) {
+        let base = UnsafeRawPointer(arena.pointer(page))
+        return (base, base + pageValuesOffset)
+    }
+
+    /// A resident block's payload as the lower tiers keep it: the keys of its `rows` rows, then
+    /// their values (a copy; tests and checks).
+    public func payload(inPage page: PageID, rows: Int) -> [UInt8] {
+        let (k, v) = contents(of: page, rows: rows)
+        let n = rows * rowBytes
+        return Array(UnsafeRawBufferPointer(start: k, count: n)) + Array(UnsafeRawBufferPointer(start: v, count: n))
+    }
+
+    /// Where a page keeps its values: after room for the keys of a whole block, so a block the
+    /// decoder fills in place never moves its values, whatever its final count.
+    public var pageValuesOffset: Int { configuration.blockTokens * rowBytes }
 
     public func isInHBM(_ key: BlockKey) -> Bool { hbm.contains(key) }
 
@@ -222,7 +279,12 @@ public final class TieredStore: @unchecked Sendable {
         let n = blockPayloadBytes(key)
         var bytes = [UInt8](repeating: 0, count: n)
         bytes.withUnsafeMutableBytes { dst in
-            copyEngine.copySync(from: arena.pointer(page), to: dst.baseAddress!, bytes: n)
+            let base = arena.pointer(page)
+            copyEngine.copySync(
+                [
+                    .init(from: base, to: dst.baseAddress!, bytes: n / 2),
+                    .init(from: base + pageValuesOffset, to: dst.baseAddress! + n / 2, bytes: n / 2),
+                ], direction: .toHost)
         }
         return KVBlock(key: key, elementType: elementType, rowWidth: shape.rowWidth, payload: bytes)
     }
@@ -232,8 +294,15 @@ public final class TieredStore: @unchecked Sendable {
     /// Saves an HBM-resident block down the hierarchy, asynchronously: the copy engine moves it
     /// to DRAM, then (write-through, or when DRAM must make room) it goes to disk. Blocks the
     /// caller while `maxSavesInFlight` saves are pending (back-pressure).
+    ///
+    /// `extending`: a partial copy of the block's first rows that `savePartial` put below (the
+    /// block filled up since): only the rows after it cross the link, and the two become the block
+    /// (the partial copy is forgotten). When that copy is gone, the block stays in HBM alone until
+    /// an eviction copies it down whole (`.inHBM`).
     @discardableResult
-    public func save(_ key: BlockKey, placement: Placement = .keepInDRAM) -> SaveTicket {
+    public func save(_ key: BlockKey, placement: Placement = .keepInDRAM, extending previous: BlockKey? = nil)
+        -> SaveTicket
+    {
         let ticket = SaveTicket(key: key)
         guard configuration.lowerTiers else {
             ticket.finish(hbm.contains(key) ? .inHBM : .failed(StoreError.notInHBM(key).description))
@@ -252,12 +321,52 @@ public final class TieredStore: @unchecked Sendable {
             }
             return ticket
         }
+        let from = previous.map { min($0.count, key.count) } ?? 0
+        let base = UnsafeRawPointer(arena.pointer(page))
+        saveRows(
+            keys: base, values: base + pageValuesOffset, rows: from..<key.count, as: key, extending: previous,
+            partial: false, placement: placement, ticket: ticket,
+            copied: { [self] in hbm.unpinSession(key.session) })
+        return ticket
+    }
+
+    /// Saves the first `key.count` rows of a block the decoder is still filling in `page`
+    /// (reserved by the caller, which writes only later rows meanwhile and keeps the page until
+    /// `copied` has run) as the partial block `key`, in DRAM: only rows from `extending`'s count
+    /// on cross the link, merged there with that earlier partial copy, which is then forgotten.
+    /// Partial copies go to neither the remote tier nor (unless DRAM pushes them there) the
+    /// disk: the complete block replaces them (`save(_:extending:)`).
+    public func savePartial(
+        page: PageID, as key: BlockKey, extending previous: BlockKey?, copied: @escaping @Sendable () -> Void
+    ) {
+        guard configuration.lowerTiers else { return copied() }
+        let from = previous.map { min($0.count, key.count) } ?? 0
+        let base = UnsafeRawPointer(arena.pointer(page))
+        saveRows(
+            keys: base, values: base + pageValuesOffset, rows: from..<key.count, as: key, extending: previous,
+            partial: true, placement: .keepInDRAM, ticket: SaveTicket(key: key), copied: copied)
+    }
+
+    private var rowBytes: Int { shape.rowWidth * elementType.byteWidth }
+
+    /// Copies rows `rows` of a block (keys from `keys`, values from `values`) out over the link,
+    /// then on `writeback` makes them `key`'s block in DRAM (after `previous`'s rows when
+    /// extending) and, for a complete block, hands it to the remote tier and writes it through.
+    /// `copied` runs once the copy engine has read the rows.
+    private func saveRows(
+        keys: UnsafeRawPointer, values: UnsafeRawPointer, rows: Range<Int>, as key: BlockKey,
+        extending previous: BlockKey?,
+        partial: Bool, placement: Placement, ticket: SaveTicket, copied: @escaping @Sendable () -> Void
+    ) {
         saveCondition.withLock { savingSessions[key.session, default: 0] += 1 }
         saveSlots.wait()
         inFlight.add(1)
-        let n = blockPayloadBytes(key)
-        copyEngine.copyOut(from: arena.pointer(page), bytes: n) { [self] payload in
-            hbm.unpinSession(key.session)
+        let rb = rowBytes
+        let n = 2 * rows.count * rb
+        copyEngine.copyOut(
+            pieces: [(keys + rows.lowerBound * rb, rows.count * rb), (values + rows.lowerBound * rb, rows.count * rb)]
+        ) { [self] payload in
+            copied()
             writeback.async { [self] in
                 defer {
                     inFlight.add(-1)
@@ -268,19 +377,59 @@ public final class TieredStore: @unchecked Sendable {
                         saveCondition.broadcast()
                     }
                 }
-                let block = KVBlock(key: key, elementType: elementType, rowWidth: shape.rowWidth, payload: payload)
                 hbm.countSavedDown(bytes: n)
+                guard let block = assemble(key, rows: payload, after: previous) else {
+                    ticket.finish(.inHBM)  // the earlier rows are gone: an eviction copies the block down whole
+                    return
+                }
                 do {
+                    if partial {
+                        // An older partial copy under this key (a turn that failed) must not survive it.
+                        _ = dram.remove(key)
+                        if disk.contains(key) { _ = try? disk.delete(key) }
+                    }
                     let inDRAM = try insertIntoDRAM(block, arrival: .saved)
-                    remote?.put(block)  // written behind, on the remote tier's queue
-                    if placement == .writeThrough && inDRAM { try writeToDisk(block) }
+                    if !partial {
+                        remote?.put(block)  // written behind, on the remote tier's queue
+                        if placement == .writeThrough && inDRAM { try writeToDisk(block) }
+                    }
                     ticket.finish(placement == .writeThrough || !inDRAM ? .onDisk : .inDRAM)
                 } catch {
                     ticket.finish(.failed("\(error)"))
                 }
             }
         }
-        return ticket
+    }
+
+    /// On `writeback`: `key`'s block from the rows just copied out (keys then values), after the
+    /// rows of the partial copy `previous` (from DRAM or disk; forgotten once merged). nil when
+    /// that copy is gone or does not fit.
+    private func assemble(_ key: BlockKey, rows payload: [UInt8], after previous: BlockKey?) -> KVBlock? {
+        guard let previous else {
+            return KVBlock(key: key, elementType: elementType, rowWidth: shape.rowWidth, payload: payload)
+        }
+        let rb = rowBytes
+        let head = previous.count * rb
+        let earlier: KVBlock?
+        if let b = dram.get(previous, recordLookup: false) {
+            earlier = b
+        } else if case .hit(let b) = readFromDisk(previous) {
+            earlier = b
+        } else {
+            earlier = nil
+        }
+        _ = dram.remove(previous)
+        if disk.contains(previous) { _ = try? disk.delete(previous) }
+        guard let earlier, earlier.payload.count == 2 * head, payload.count == 2 * (key.count - previous.count) * rb
+        else { return nil }
+        let tail = payload.count / 2
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(2 * key.count * rb)
+        bytes += earlier.payload[0..<head]
+        bytes += payload[0..<tail]
+        bytes += earlier.payload[head...]
+        bytes += payload[tail...]
+        return KVBlock(key: key, elementType: elementType, rowWidth: shape.rowWidth, payload: bytes)
     }
 
     /// Waits until every save issued so far has finished.
@@ -527,7 +676,7 @@ public final class TieredStore: @unchecked Sendable {
         if transfers.isEmpty {
             finish()
         } else {
-            copyEngine.copy(payloads: transfers) { finish() }
+            copyEngine.copy(payloads: transfers, valuesOffset: pageValuesOffset) { finish() }
         }
     }
 
