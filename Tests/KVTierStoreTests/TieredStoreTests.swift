@@ -86,9 +86,9 @@ final class TieredStoreTests: XCTestCase {
         }
         let copied0 = store.copyEngine.counters.bytes
         write(rows: 0..<5)
-        store.savePartial(page: page, as: key(5), extending: nil) {}
+        store.savePartials([(page, key(5), nil)]) {}
         write(rows: 5..<9)
-        store.savePartial(page: page, as: key(9), extending: key(5)) {}
+        store.savePartials([(page, key(9), key(5))]) {}
         store.waitForSaves()
         XCTAssertEqual(store.copyEngine.counters.bytes - copied0, 2 * 9 * rb, "each row crossed the link once")
         XCTAssertNil(store.dram.get(key(5)), "the earlier partial copy is forgotten")

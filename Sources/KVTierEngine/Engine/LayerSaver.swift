@@ -9,10 +9,11 @@ import KVTierStore
 /// in its page and adopted by the store there; any other block (reused rows it re-saves, rows
 /// HBM had no page for) is copied out of the turn's cache and admitted.
 ///
-/// While a block computed in pages fills, its first rows are saved as they fill: every
-/// `partialRows` new rows of a layer go down to DRAM as a partial copy of the block (under the key
-/// of its rows so far), each extending the one before, and the complete block (or the turn's last,
-/// partial one) extends the latest: so the end of a turn copies down only its last few rows.
+/// While a block computed in pages fills, its first rows are saved as they fill: after a step's
+/// last layer, each layer with `partialRows` new rows sends them down to DRAM as a partial copy
+/// of its block (under the key of its rows so far, every layer in one transfer), each extending
+/// the one before, and the complete block (or the turn's last, partial one) extends the latest:
+/// so the end of a turn copies down only its last few rows.
 ///
 /// Threads: `saveComplete` is called by whoever runs the turn's layers (the batch executor's
 /// thread inside a step, the turn's thread at the end; never both at once) and only seals the
@@ -182,26 +183,35 @@ final class LayerSaver: @unchecked Sendable {
             }
             savedUpTo[layer] = b.end
         }
-        if !final { savePartially(layer: layer, end: end, cache: cache) }
+        if !final && layer == layers - 1 { savePartially(end: end, cache: cache) }
     }
 
-    /// Saves the rows of `layer`'s filling block (the one after the complete ones) once
-    /// `partialRows` more are final than its latest partial copy holds.
-    private func savePartially(layer: Int, end: Int, cache: TurnCache) {
-        guard let r = chunk(from: savedUpTo[layer], end: end) else { return }
-        let previous = partials[layer]?.blockStart == r.lowerBound ? partials[layer]?.key : nil
-        guard r.count - (previous?.count ?? 0) >= partialRows,
-            let page = cache.filling(layer: layer, blockStart: r.lowerBound, rows: r.count)
-        else { return }
-        let home = homes[r] ?? homeFor(r.lowerBound, r.count)
-        homes[r] = home
-        let k = key(layer, SessionState.BlockRange(home: home, start: r.lowerBound, count: r.count))
-        partials[layer] = (r.lowerBound, k)
+    /// After the step's last layer: saves the rows of each layer's filling block (the one after
+    /// the complete ones) where `partialRows` more are final than its latest partial copy holds,
+    /// every layer in one transfer.
+    private func savePartially(end: Int, cache: TurnCache) {
+        var parts: [(page: PageID, key: BlockKey, previous: BlockKey?)] = []
+        for layer in 0..<layers {
+            guard let r = chunk(from: savedUpTo[layer], end: end) else { continue }
+            let previous = partials[layer]?.blockStart == r.lowerBound ? partials[layer]?.key : nil
+            guard r.count - (previous?.count ?? 0) >= partialRows,
+                let page = cache.filling(layer: layer, blockStart: r.lowerBound, rows: r.count)
+            else { continue }
+            let home = homes[r] ?? homeFor(r.lowerBound, r.count)
+            homes[r] = home
+            let k = key(layer, SessionState.BlockRange(home: home, start: r.lowerBound, count: r.count))
+            partials[layer] = (r.lowerBound, k)
+            parts.append((page, k, previous))
+        }
+        guard !parts.isEmpty else { return }
         partialCopies.enter()
+        let batch = parts
         queue.async {
-            self.store.savePartial(page: page, as: k, extending: previous) { self.partialCopies.leave() }
-            if let previous { self.openPartials.remove(previous) }
-            self.openPartials.insert(k)
+            self.store.savePartials(batch) { self.partialCopies.leave() }
+            for part in batch {
+                if let previous = part.previous { self.openPartials.remove(previous) }
+                self.openPartials.insert(part.key)
+            }
         }
     }
 

@@ -176,7 +176,7 @@ public final class TieredStore: @unchecked Sendable {
     /// rows), the block's page in HBM, as `admit` would with a
     /// copy. The block is held (`pin(keys:)`): it stays in HBM, read in place, until `unpin`.
     /// On failure the page stays the caller's. `savedBelow`: a partial save of all the block's
-    /// rows already put this very block below (`savePartial` under `key`): that copy is kept
+    /// rows already put this very block below (`savePartials` under `key`): that copy is kept
     /// (`save(key, extending: key)` then makes it the complete block, copying no rows).
     public func adopt(_ page: PageID, as key: BlockKey, savedBelow: Bool = false) throws(StoreError) {
         guard key.model == model, key.layer >= 0, key.layer < shape.layers, key.count > 0,
@@ -295,7 +295,7 @@ public final class TieredStore: @unchecked Sendable {
     /// to DRAM, then (write-through, or when DRAM must make room) it goes to disk. Blocks the
     /// caller while `maxSavesInFlight` saves are pending (back-pressure).
     ///
-    /// `extending`: a partial copy of the block's first rows that `savePartial` put below (the
+    /// `extending`: a partial copy of the block's first rows that `savePartials` put below (the
     /// block filled up since): only the rows after it cross the link, and the two become the block
     /// (the partial copy is forgotten). When that copy is gone, the block stays in HBM alone until
     /// an eviction copies it down whole (`.inHBM`).
@@ -323,81 +323,110 @@ public final class TieredStore: @unchecked Sendable {
         }
         let from = previous.map { min($0.count, key.count) } ?? 0
         let base = UnsafeRawPointer(arena.pointer(page))
-        saveRows(
-            keys: base, values: base + pageValuesOffset, rows: from..<key.count, as: key, extending: previous,
-            partial: false, placement: placement, ticket: ticket,
-            copied: { [self] in hbm.unpinSession(key.session) })
+        let rows = RowsToSave(
+            keys: base, values: base + pageValuesOffset, rows: from..<key.count, key: key, previous: previous,
+            ticket: ticket)
+        saveRows([rows], partial: false, placement: placement) { [self] in hbm.unpinSession(key.session) }
         return ticket
     }
 
-    /// Saves the first `key.count` rows of a block the decoder is still filling in `page`
-    /// (reserved by the caller, which writes only later rows meanwhile and keeps the page until
-    /// `copied` has run) as the partial block `key`, in DRAM: only rows from `extending`'s count
-    /// on cross the link, merged there with that earlier partial copy, which is then forgotten.
-    /// Partial copies go to neither the remote tier nor (unless DRAM pushes them there) the
-    /// disk: the complete block replaces them (`save(_:extending:)`).
-    public func savePartial(
-        page: PageID, as key: BlockKey, extending previous: BlockKey?, copied: @escaping @Sendable () -> Void
+    /// Saves the first `key.count` rows of blocks the decoder is still filling, each in its
+    /// `page` (reserved by the caller, which writes only later rows meanwhile and keeps the page
+    /// until `copied` has run), as partial blocks `key`, in DRAM: only rows from `previous`'s
+    /// count on cross the link (one transfer for them all), merged there with that earlier
+    /// partial copy, which is then forgotten. Partial copies go to neither the remote tier nor
+    /// (unless DRAM pushes them there) the disk: the complete block replaces them
+    /// (`save(_:extending:)`).
+    public func savePartials(
+        _ parts: [(page: PageID, key: BlockKey, previous: BlockKey?)], copied: @escaping @Sendable () -> Void
     ) {
-        guard configuration.lowerTiers else { return copied() }
-        let from = previous.map { min($0.count, key.count) } ?? 0
-        let base = UnsafeRawPointer(arena.pointer(page))
-        saveRows(
-            keys: base, values: base + pageValuesOffset, rows: from..<key.count, as: key, extending: previous,
-            partial: true, placement: .keepInDRAM, ticket: SaveTicket(key: key), copied: copied)
+        guard configuration.lowerTiers, !parts.isEmpty else { return copied() }
+        let rows = parts.map { part -> RowsToSave in
+            let base = UnsafeRawPointer(arena.pointer(part.page))
+            let from = part.previous.map { min($0.count, part.key.count) } ?? 0
+            return RowsToSave(
+                keys: base, values: base + pageValuesOffset, rows: from..<part.key.count, key: part.key,
+                previous: part.previous, ticket: SaveTicket(key: part.key))
+        }
+        saveRows(rows, partial: true, placement: .keepInDRAM, copied: copied)
     }
 
     private var rowBytes: Int { shape.rowWidth * elementType.byteWidth }
 
-    /// Copies rows `rows` of a block (keys from `keys`, values from `values`) out over the link,
-    /// then on `writeback` makes them `key`'s block in DRAM (after `previous`'s rows when
-    /// extending) and, for a complete block, hands it to the remote tier and writes it through.
-    /// `copied` runs once the copy engine has read the rows.
+    /// Rows `rows` of one block (keys from `keys`, values from `values`, rows counted from the
+    /// block's first) to save as `key`'s block, after `previous`'s rows when extending.
+    private struct RowsToSave {
+        let keys: UnsafeRawPointer
+        let values: UnsafeRawPointer
+        let rows: Range<Int>
+        let key: BlockKey
+        let previous: BlockKey?
+        let ticket: SaveTicket
+    }
+
+    /// Copies the rows of `blocks` out over the link (one transfer), then on `writeback` makes
+    /// each its key's block in DRAM (after its `previous`'s rows when extending) and, for
+    /// complete blocks, hands it to the remote tier and writes it through. `copied` runs once the
+    /// copy engine has read the rows. One save slot for the batch (back-pressure).
     private func saveRows(
-        keys: UnsafeRawPointer, values: UnsafeRawPointer, rows: Range<Int>, as key: BlockKey,
-        extending previous: BlockKey?,
-        partial: Bool, placement: Placement, ticket: SaveTicket, copied: @escaping @Sendable () -> Void
+        _ blocks: [RowsToSave], partial: Bool, placement: Placement, copied: @escaping @Sendable () -> Void
     ) {
-        saveCondition.withLock { savingSessions[key.session, default: 0] += 1 }
+        saveCondition.withLock { for b in blocks { savingSessions[b.key.session, default: 0] += 1 } }
         saveSlots.wait()
         inFlight.add(1)
         let rb = rowBytes
-        let n = 2 * rows.count * rb
-        copyEngine.copyOut(
-            pieces: [(keys + rows.lowerBound * rb, rows.count * rb), (values + rows.lowerBound * rb, rows.count * rb)]
-        ) { [self] payload in
+        let pieces = blocks.flatMap { b in
+            [(b.keys + b.rows.lowerBound * rb, b.rows.count * rb), (b.values + b.rows.lowerBound * rb, b.rows.count * rb)]
+        }
+        let jobs = blocks.map { (key: $0.key, previous: $0.previous, ticket: $0.ticket, bytes: 2 * $0.rows.count * rb) }
+        copyEngine.copyOut(pieces: pieces) { [self] payload in
             copied()
             writeback.async { [self] in
                 defer {
                     inFlight.add(-1)
                     saveSlots.signal()
                     saveCondition.withLock {
-                        let left = savingSessions[key.session, default: 1] - 1
-                        savingSessions[key.session] = left > 0 ? left : nil
+                        for job in jobs {
+                            let left = savingSessions[job.key.session, default: 1] - 1
+                            savingSessions[job.key.session] = left > 0 ? left : nil
+                        }
                         saveCondition.broadcast()
                     }
                 }
-                hbm.countSavedDown(bytes: n)
-                guard let block = assemble(key, rows: payload, after: previous) else {
-                    ticket.finish(.inHBM)  // the earlier rows are gone: an eviction copies the block down whole
-                    return
-                }
-                do {
-                    if partial {
-                        // An older partial copy under this key (a turn that failed) must not survive it.
-                        _ = dram.remove(key)
-                        if disk.contains(key) { _ = try? disk.delete(key) }
-                    }
-                    let inDRAM = try insertIntoDRAM(block, arrival: .saved)
-                    if !partial {
-                        remote?.put(block)  // written behind, on the remote tier's queue
-                        if placement == .writeThrough && inDRAM { try writeToDisk(block) }
-                    }
-                    ticket.finish(placement == .writeThrough || !inDRAM ? .onDisk : .inDRAM)
-                } catch {
-                    ticket.finish(.failed("\(error)"))
+                var at = 0
+                for job in jobs {
+                    let rows = Array(payload[at..<(at + job.bytes)])
+                    at += job.bytes
+                    hbm.countSavedDown(bytes: job.bytes)
+                    finishSave(job.key, rows: rows, after: job.previous, partial: partial, placement: placement,
+                        ticket: job.ticket)
                 }
             }
+        }
+    }
+
+    /// On `writeback`: one block of a `saveRows` batch.
+    private func finishSave(
+        _ key: BlockKey, rows: [UInt8], after previous: BlockKey?, partial: Bool, placement: Placement,
+        ticket: SaveTicket
+    ) {
+        guard let block = assemble(key, rows: rows, after: previous) else {
+            ticket.finish(.inHBM)  // the earlier rows are gone: an eviction copies the block down whole
+            return
+        }
+        do {
+            // A partial copy replaces any older one under its key in DRAM (a turn that failed);
+            // one on disk is overwritten if this one goes there, and no turn reads partial copies
+            // (only the saves that extend them), so the disk tier's queue is not asked here.
+            if partial { _ = dram.remove(key) }
+            let inDRAM = try insertIntoDRAM(block, arrival: .saved)
+            if !partial {
+                remote?.put(block)  // written behind, on the remote tier's queue
+                if placement == .writeThrough && inDRAM { try writeToDisk(block) }
+            }
+            ticket.finish(placement == .writeThrough || !inDRAM ? .onDisk : .inDRAM)
+        } catch {
+            ticket.finish(.failed("\(error)"))
         }
     }
 
@@ -410,16 +439,15 @@ public final class TieredStore: @unchecked Sendable {
         }
         let rb = rowBytes
         let head = previous.count * rb
-        let earlier: KVBlock?
-        if let b = dram.get(previous, recordLookup: false) {
-            earlier = b
-        } else if case .hit(let b) = readFromDisk(previous) {
-            earlier = b
+        // Usually still in DRAM (removed from there, the disk tier not asked); else on disk, if
+        // DRAM pushed it there.
+        var earlier = dram.get(previous, recordLookup: false)
+        if earlier != nil {
+            _ = dram.remove(previous)
         } else {
-            earlier = nil
+            if case .hit(let b) = readFromDisk(previous) { earlier = b }
+            _ = try? disk.delete(previous)
         }
-        _ = dram.remove(previous)
-        if disk.contains(previous) { _ = try? disk.delete(previous) }
         guard let earlier, earlier.payload.count == 2 * head, payload.count == 2 * (key.count - previous.count) * rb
         else { return nil }
         let tail = payload.count / 2
