@@ -168,6 +168,9 @@ final class HBMTier: @unchecked Sendable {
         }
     }
 
+    /// Whether an eviction is demoting some session now (its pages are about to come free).
+    var isDemoting: Bool { lock.withLock { !demoting.isEmpty } }
+
     func endDemotion(of session: String) {
         lock.withLock { _ = demoting.remove(session) }
     }

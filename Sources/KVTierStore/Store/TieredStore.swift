@@ -241,6 +241,15 @@ public final class TieredStore: @unchecked Sendable {
         copyEngine.waitUntilIdle()
         try evictHBM(pages: 1, sparing: session)
         if let p = arena.allocate(count: 1)?.first { return p }
+        // Another thread's eviction may be demoting a session right now (it is then no candidate
+        // here), freeing its pages one by one: wait for it rather than fail, or a load would
+        // recompute what it could have read.
+        while hbm.isDemoting {
+            usleep(200)
+            if let p = arena.allocate(count: 1)?.first { return p }
+        }
+        try evictHBM(pages: 1, sparing: session)
+        if let p = arena.allocate(count: 1)?.first { return p }
         throw .hbmFull(neededPages: 1, freePages: arena.freePages)
     }
 
@@ -761,11 +770,15 @@ public final class TieredStore: @unchecked Sendable {
     }
 
     /// Every block of the session across tiers, by layer, in token order.
+    /// Read from the top tier down: a block moving down (demoted from HBM, pushed out of DRAM)
+    /// is copied below before it leaves the tier above, so one read in this order never misses
+    /// it (read bottom up, a block could leave DRAM for disk between the two reads and be in
+    /// neither, and its turn would recompute it).
     public func blockKeys(session: String) -> [Int: [BlockKey]] {
-        var all = Set(disk.keys(model: model, session: session))
+        var all = Set(hbm.keys(session: session).filter { $0.model == model })
         all.formUnion(dram.keys(session: session, model: model))
+        all.formUnion(disk.keys(model: model, session: session))
         if let remote { all.formUnion(remote.knownKeys(session: session, model: model)) }
-        all.formUnion(hbm.keys(session: session).filter { $0.model == model })
         return Dictionary(grouping: all.sorted { $0.start < $1.start }, by: \.layer)
     }
 
