@@ -35,6 +35,8 @@ public final class ChatEngine: @unchecked Sendable {
     public let kernelChoice: String
     let conversation: ConversationTokenizer
     private let gate = SessionGate()
+    /// Running turns that may swap out of HBM for one another.
+    let swapper = SwapCoordinator()
     let stateLock = NSLock()
     var sessions: [String: SessionState] = [:]
     /// Hash-chain link -> sessions whose cached tokens contain that prefix (guarded by `stateLock`).
@@ -360,6 +362,12 @@ public final class ChatEngine: @unchecked Sendable {
         let plan = TurnPlan(
             state: state, promptCount: prompt.count, reuse: reuse, failed: failed, systemEnd: systemEnd,
             blockTokens: blockTokens)
+        // HBM bounds the batch: when this turn finds no page for the KV it computes, another
+        // running turn swaps out to make room (and this one, when another needs room, may).
+        // The ticket goes last, once this turn's pages are let go, so a turn it swapped out
+        // loads back into them.
+        let ticket = swapper.register(session: state.id)
+        defer { swapper.unregister(ticket) }
         let saver = LayerSaver(
             store: store, key: { [self] in key($0, $1) }, layers: model.kvLayout.layers, from: plan.saveFrom,
             sinks: state.sinks, dropEnd: state.dropEnd, systemEnd: systemEnd, blockTokens: blockTokens,
@@ -377,10 +385,16 @@ public final class ChatEngine: @unchecked Sendable {
             saver.forgetLeftoverPartials()
         }
         if !plan.needed.isEmpty { cache.startLoad(blocks: plan.needed, readAhead: configuration.readAheadLayers) }
+        let id = state.id
+        let own: (String) -> Bool = { ns in ns == id || ns.hasPrefix(id + "~") }
+        cache.onNoPage = { [swapper] in swapper.makeRoom(for: ticket, timeout: 2) }
         let stepper = TurnStepper(
             cache: cache, saver: saver, executor: executor, layers: model.kvLayout.layers,
             layerwiseLoading: configuration.layerwiseLoading,
-            layerwiseSave: configuration.asyncSaving && configuration.reuseKV, saves: configuration.reuseKV)
+            layerwiseSave: configuration.asyncSaving && configuration.reuseKV, saves: configuration.reuseKV,
+            swapping: .init(
+                coordinator: swapper, ticket: ticket, store: store, readAhead: configuration.readAheadLayers,
+                ownNamespace: own))
         defer { stepper.close() }
         var logits: [Float] = []
         for seg in plan.segments {
@@ -394,7 +408,7 @@ public final class ChatEngine: @unchecked Sendable {
                 }
             case .compute(let idx):
                 stepper.assignSlots(idx, computed: true)
-                let lane = stepper.lane()
+                let lane = try stepper.lane()
                 let tokens = idx.map { prompt[$0] }
                 let positions = idx.map { state.position(of: $0) }
                 var result: [Float] = []
@@ -485,6 +499,7 @@ public final class ChatEngine: @unchecked Sendable {
         report.saveLagMs = saveSeconds * 1000
         (report.blocksSavedInPlace, report.blocksSavedByCopy) = saver.savedCounts
         report.rowsSavedAtEnd = saver.rowsSavedAtEnd
+        report.swappedOut = stepper.swaps
         report.ttftMs = Double(firstTokenAt - started) / 1e6
         report.text = text
         report.generated = generated

@@ -54,8 +54,8 @@ final class LayerSaver: @unchecked Sendable {
     private var failedRanges: Set<SessionState.BlockRange> = []
     /// Owned by `queue`: pages of the turn's cache the store adopted, with their blocks' keys.
     private var adoptedPages: [PageID: BlockKey] = [:]
-    /// Owned by `queue`: blocks admitted by copy.
-    private var admittedByCopy = 0
+    /// Owned by `queue`: blocks admitted by copy, and adopted in place.
+    private var admittedByCopy = 0, adoptedCount = 0
     /// Rows a layer of a filling block gains between two partial saves of it.
     let partialRows: Int
     /// Per layer: the latest partial copy of the block filling now (caller's state).
@@ -93,7 +93,42 @@ final class LayerSaver: @unchecked Sendable {
     var adopted: [PageID: BlockKey] { queue.sync { adoptedPages } }
 
     /// Blocks (one layer each) saved in place and by copy so far (after `drain()`).
-    var savedCounts: (inPlace: Int, byCopy: Int) { queue.sync { (adoptedPages.count, admittedByCopy) } }
+    var savedCounts: (inPlace: Int, byCopy: Int) { queue.sync { (adoptedCount, admittedByCopy) } }
+
+    /// The pages adopted so far (after `drain()`), forgotten here: the turn is swapping out
+    /// and lets them go itself (pages reserved later may reuse their ids).
+    func takeAdopted() -> [PageID: BlockKey] {
+        queue.sync {
+            let taken = adoptedPages
+            adoptedPages = [:]
+            return taken
+        }
+    }
+
+    /// Saves every row of each layer's filling block below now, as partial copies (the turn is
+    /// swapping out), and returns, by block start, the range those copies hold. Call `drain()`
+    /// and `waitForPartialCopies()` before letting the pages go.
+    func saveFilling(end: Int, cache: TurnCache) -> [Int: SessionState.BlockRange] {
+        var parts: [(page: PageID, key: BlockKey, previous: BlockKey?)] = []
+        var filling: [Int: SessionState.BlockRange] = [:]
+        for layer in 0..<layers {
+            guard let r = chunk(from: savedUpTo[layer], end: end) else { continue }
+            let previous = partials[layer]?.blockStart == r.lowerBound ? partials[layer]?.key : nil
+            if let previous, previous.count == r.count {
+                filling[r.lowerBound] = .init(home: previous.session, start: r.lowerBound, count: r.count)
+                continue
+            }
+            guard let page = cache.filling(layer: layer, blockStart: r.lowerBound, rows: r.count) else { continue }
+            let home = homes[r] ?? homeFor(r.lowerBound, r.count)
+            homes[r] = home
+            let b = SessionState.BlockRange(home: home, start: r.lowerBound, count: r.count)
+            partials[layer] = (r.lowerBound, key(layer, b))
+            parts.append((page, key(layer, b), previous))
+            filling[r.lowerBound] = b
+        }
+        if !parts.isEmpty { send(parts) }
+        return filling
+    }
 
     /// The whole range of the block history index `index` falls in, as the saver will cut it
     /// (nil: before the turn's first block, or in the dropped gap).
@@ -167,7 +202,10 @@ final class LayerSaver: @unchecked Sendable {
                     // The turn may end just where a partial save did: that copy is the block.
                     let savedBelow = previous == k
                     let adopted = (try? self.store.adopt(page, as: k, savedBelow: savedBelow)) != nil
-                    if adopted { self.adoptedPages[page] = k }
+                    if adopted {
+                        self.adoptedPages[page] = k
+                        self.adoptedCount += 1
+                    }
                     self.record(b, layer: layer, admitted: adopted, extending: previous)
                 }
             } else {
@@ -204,6 +242,11 @@ final class LayerSaver: @unchecked Sendable {
             parts.append((page, k, previous))
         }
         guard !parts.isEmpty else { return }
+        send(parts)
+    }
+
+    /// Hands partial copies to the store, on `queue`.
+    private func send(_ parts: [(page: PageID, key: BlockKey, previous: BlockKey?)]) {
         partialCopies.enter()
         let batch = parts
         queue.async {

@@ -101,6 +101,7 @@ final class TurnCache: KVCache {
         handle?.release()
         handle = nil
         onLayerFinished = nil
+        onNoPage = nil
         var held: [BlockKey] = []
         for block in computed {
             for page in block.pages {
@@ -110,6 +111,61 @@ final class TurnCache: KVCache {
         computed = []
         if !held.isEmpty { store.unpin(held) }
     }
+
+    /// Called when no HBM page is free for a computed block: returns whether room was made
+    /// (another running turn swapped out), and the reservation is then tried once more.
+    var onNoPage: (() -> Bool)?
+
+    /// Whether every computed block can be put below and read back: each either adopted by the
+    /// store in every layer (`adopted`) or still filling in pages with consecutive rows (a
+    /// partial copy of all its rows then holds it).
+    func canSwapOut(adopted: [PageID: BlockKey]) -> Bool {
+        computed.allSatisfy { b in
+            b.pages.allSatisfy { adopted[$0] != nil } || (b.consecutive && !b.sealed.contains(true))
+        }
+    }
+
+    /// The turn's KV leaves HBM (the caller has put it below: `adopted`, the keys of the blocks
+    /// the store adopted; `filling`, by block start, the range of the partial copy that holds all
+    /// the rows of each block still filling): the load's pins and the adopted blocks' pins go,
+    /// the filling blocks' pages go back, and every computed slot becomes a loaded run of its
+    /// stored block. `startLoad(blocks: storedBlocks, ...)` brings it all back.
+    func swapOut(adopted: [PageID: BlockKey], filling: [Int: SessionState.BlockRange]) {
+        handle?.release()
+        handle = nil
+        var held: [BlockKey] = []
+        for b in computed {
+            let stored =
+                adopted[b.pages[0]].map { SessionState.BlockRange(home: $0.session, start: $0.start, count: $0.count) }
+                ?? filling[b.blockStart]
+            for page in b.pages {
+                if let key = adopted[page] { held.append(key) } else { store.releasePage(page) }
+            }
+            // Rows given slots but not computed yet (the next step's) are placed again after the swap.
+            let rows = min(b.rows, stored?.count ?? 0)
+            guard let stored, rows > b.firstComputedRow else { continue }
+            let from = b.firstComputedRow
+            runs.append(LoadedRun(slot: b.firstSlot + from, count: rows - from, block: stored, offset: from))
+        }
+        if !held.isEmpty { store.unpin(held) }
+        computed = []
+        runs.sort { $0.slot < $1.slot }
+        filledRuns = [Int](repeating: 0, count: layout.layers)
+        pageRows = [[(keys: UnsafeRawPointer, values: UnsafeRawPointer)?]](repeating: [], count: layout.layers)
+    }
+
+    /// Forgets a load that could not place every block (HBM was full a moment): its pins go,
+    /// and `startLoad` may try again.
+    func forgetLoad() {
+        handle?.release()
+        handle = nil
+        failedBlocks = []
+        filledRuns = [Int](repeating: 0, count: layout.layers)
+        pageRows = [[(keys: UnsafeRawPointer, values: UnsafeRawPointer)?]](repeating: [], count: layout.layers)
+    }
+
+    /// Every stored block the cache's loaded runs read.
+    var storedBlocks: Set<SessionState.BlockRange> { Set(runs.map(\.block)) }
 
     /// Whether the cache holds reserved pages other than `adopted` (which `finish` gives back).
     func holdsPages(besides adopted: [PageID: BlockKey]) -> Bool {
@@ -131,14 +187,9 @@ final class TurnCache: KVCache {
             return
         }
         guard !inWork.contains(block.lowerBound), row < block.count else { return }
-        var pages: [PageID] = []
-        for _ in 0..<layout.layers {
-            guard let page = try? store.reservePage(for: session) else {
-                for p in pages { store.releasePage(p) }
-                inWork.insert(block.lowerBound)
-                return
-            }
-            pages.append(page)
+        guard let pages = reservePages() ?? (onNoPage?() == true ? reservePages() : nil) else {
+            inWork.insert(block.lowerBound)
+            return
         }
         computed.append(
             ComputedBlock(
@@ -146,6 +197,19 @@ final class TurnCache: KVCache {
                 rows: row + 1, pages: pages, bases: pages.map { store.pageBytes($0) },
                 sealed: [Bool](repeating: false, count: layout.layers),
                 reusedCopied: [Bool](repeating: row == 0, count: layout.layers)))
+    }
+
+    /// A page per layer, all or none.
+    private func reservePages() -> [PageID]? {
+        var pages: [PageID] = []
+        for _ in 0..<layout.layers {
+            guard let page = try? store.reservePage(for: session) else {
+                for p in pages { store.releasePage(p) }
+                return nil
+            }
+            pages.append(page)
+        }
+        return pages
     }
 
     /// The page of `layer` holding the block that starts at history index `blockStart`, sealed

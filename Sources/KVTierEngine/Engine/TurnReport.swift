@@ -42,6 +42,9 @@ public struct TurnReport: Sendable, Codable {
     /// KV rows (one token of one layer each) the end of the turn still had to save: the last
     /// blocks' rows that no partial save, made as they filled, had copied down yet.
     public var rowsSavedAtEnd = 0
+    /// Times the turn swapped out of HBM (its KV put below and its pages let go) so that another
+    /// running turn had room, and was loaded back.
+    public var swappedOut = 0
     public var truncatedTokens = 0
     /// Blocks that failed to load (missing or corrupt) and whose tokens were recomputed.
     public var blocksRecovered = 0

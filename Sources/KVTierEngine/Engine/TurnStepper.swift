@@ -1,5 +1,7 @@
 import Dispatch
+import Foundation
 import KVTierModel
+import KVTierStore
 
 /// The step executor of one attempt at a turn: puts the plan's tokens and the reply's into the
 /// turn's cache, slot after slot in history order (loaded ones from the store, computed ones
@@ -25,15 +27,31 @@ final class TurnStepper {
     private var openLane: BatchExecutor.Lane?
     /// Whether computed slots go into HBM pages of their blocks (the turn saves its blocks).
     private let computesInPlace: Bool
+    /// How the turn swaps out when another running turn needs its HBM pages (nil: never).
+    let swapping: Swapping?
+    /// Times the turn was swapped out and back.
+    private(set) var swaps = 0
+
+    /// What swapping out and back needs: the engine's coordinator and this turn's ticket, the
+    /// store, the read-ahead of the load that brings the KV back, and the namespaces the turn
+    /// writes (their saves are waited for before the load).
+    struct Swapping {
+        let coordinator: SwapCoordinator
+        let ticket: SwapCoordinator.Ticket
+        let store: TieredStore
+        let readAhead: Int?
+        let ownNamespace: (String) -> Bool
+    }
 
     /// `layerwiseSave`: blocks are saved as each layer finishes them (else only by `saveRest`).
     /// `saves`: the turn saves its blocks at all (its computed slots then go into HBM pages).
     init(
         cache: TurnCache, saver: LayerSaver, executor: BatchExecutor, layers: Int, layerwiseLoading: Bool,
-        layerwiseSave: Bool, saves: Bool
+        layerwiseSave: Bool, saves: Bool, swapping: Swapping? = nil
     ) {
         self.cache = cache
         computesInPlace = saves
+        self.swapping = saves ? swapping : nil
         self.saver = saver
         self.executor = executor
         self.layers = layers
@@ -65,7 +83,8 @@ final class TurnStepper {
     /// The running batch's lane for this turn. Joining a running batch (or the no-overlap
     /// ablation), the reused KV is in HBM in every layer first, so that its loading overlaps the
     /// others' steps and never stalls them.
-    func lane() -> BatchExecutor.Lane {
+    func lane() throws(EngineError) -> BatchExecutor.Lane {
+        if let swapping, swapping.coordinator.isRequested(swapping.ticket) { try swapOutAndBack(swapping) }
         if let openLane { return openLane }
         if !allLoaded || executor.activeLanes > 0 {
             for layer in 0..<layers { cache.waitUntilResident(layer: layer) }
@@ -74,6 +93,48 @@ final class TurnStepper {
         let opened = executor.lane()
         openLane = opened
         return opened
+    }
+
+    /// Another running turn needs HBM: between two steps, this one leaves the batch, puts below
+    /// what of its KV is only in HBM (partial copies of its filling blocks; its complete blocks
+    /// were adopted and are being saved, and an eviction copies down any not saved yet), lets
+    /// its pages go, waits until the turn that asked has ended (or is itself swapped out), then
+    /// loads its KV back layer by layer; `lane()` then rejoins the batch. A turn whose KV is not
+    /// all in a form it can put below (a block HBM had no page for, or failed to adopt) declines.
+    private func swapOutAndBack(_ s: Swapping) throws(EngineError) {
+        saver.drain()
+        guard cache.failedBlocks.isEmpty, cache.canSwapOut(adopted: saver.adopted) else {
+            s.coordinator.decline(s.ticket)
+            return
+        }
+        openLane?.close()
+        openLane = nil
+        let filling = saver.saveFilling(end: historyEnd, cache: cache)
+        saver.drain()
+        saver.waitForPartialCopies()
+        cache.swapOut(adopted: saver.takeAdopted(), filling: filling)
+        swaps += 1
+        s.coordinator.swappedOut(s.ticket)
+        s.store.waitForSaves(of: s.ownNamespace)  // the partial copies are in DRAM before they are loaded
+        // Back layer by layer. Other running turns may hold HBM a while yet: a block with no page
+        // now is tried again (every 50 ms, for up to 10 s) rather than recomputed.
+        for attempt in 1...200 {
+            cache.startLoad(blocks: cache.storedBlocks, readAhead: s.readAhead)
+            for layer in 0..<layers { cache.waitUntilResident(layer: layer) }
+            if cache.failedBlocks.isEmpty { break }
+            guard attempt < 200 else {
+                throw .loadKeepsFailing(session: s.ticket.session, blocks: cache.failedBlocks.count)
+            }
+            cache.forgetLoad()
+            usleep(50_000)
+        }
+        allLoaded = true
+        // Slots given out for the next step (not computed yet) go into pages again.
+        for slot in cache.count..<indexOfSlot.count {
+            if let block = saver.blockRange(containing: indexOfSlot[slot]) {
+                cache.placeComputed(slot: slot, index: indexOfSlot[slot], block: block)
+            }
+        }
     }
 
     /// Leaves the batch: its next step goes on without this turn.
