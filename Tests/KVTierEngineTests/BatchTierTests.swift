@@ -108,7 +108,8 @@ final class BatchTierTests: XCTestCase {
         XCTAssertGreaterThan(during.count, 20, "the reply went on while the turn joined")
         let worst = longestGap(during)
         print(
-            "reply tokens while a turn loaded 2 layers at 500 ms each: \(during.count), longest gap \(Int(worst * 1000)) ms"
+            "reply tokens while a turn loaded 2 layers at 500 ms each: \(during.count), "
+                + "longest gap \(Int(worst * 1000)) ms"
         )
         XCTAssertLessThan(worst, 0.4, "a step of the batch waited for the joining turn's load")
     }

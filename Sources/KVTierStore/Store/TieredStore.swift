@@ -385,7 +385,10 @@ public final class TieredStore: @unchecked Sendable {
         inFlight.add(1)
         let rb = rowBytes
         let pieces = blocks.flatMap { b in
-            [(b.keys + b.rows.lowerBound * rb, b.rows.count * rb), (b.values + b.rows.lowerBound * rb, b.rows.count * rb)]
+            [
+                (b.keys + b.rows.lowerBound * rb, b.rows.count * rb),
+                (b.values + b.rows.lowerBound * rb, b.rows.count * rb),
+            ]
         }
         let jobs = blocks.map { (key: $0.key, previous: $0.previous, ticket: $0.ticket, bytes: 2 * $0.rows.count * rb) }
         copyEngine.copyOut(pieces: pieces) { [self] payload in
